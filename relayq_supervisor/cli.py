@@ -1,0 +1,95 @@
+"""Command lines: argument parsing and printing, no logic.
+
+Exit codes: 0 ok, 1 failure, 2 usage/config error, 3 not running (status), 4 unknown name.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from .config import ConfigError, default_config_path, load_config, redis_version
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNKNOWN = 0, 1, 2, 3, 4
+
+
+class JournalFormatter(logging.Formatter):
+    """`<N>` priority prefixes when stderr is connected to journald (JOURNAL_STREAM set),
+    else a timestamp; never colour."""
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def __init__(self, journal: bool):
+        super().__init__()
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if self.journal:
+            return f"<{self.PRIORITY.get(record.levelno, 6)}>{msg}"
+        stamp = self.formatTime(record, "%Y-%m-%d %H:%M:%S") + f".{int(record.msecs):03d}"
+        level = "" if record.levelno == logging.INFO else f"{record.levelname}: "
+        return f"{stamp} {level}{msg}"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JournalFormatter(bool(os.environ.get("JOURNAL_STREAM"))))
+    root = logging.getLogger("relayq")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def describe_config(config) -> str:
+    lines = [f"config {config.path} is valid", f"run_dir {config.supervisor.run_dir}",
+             f"control socket {config.supervisor.control_socket}", f"audit log {config.supervisor.audit_log}"]
+    for spec in config.programs:
+        if spec.redis is not None:
+            r = spec.redis
+            lines.append(f"redis: {r.binary} (version {redis_version(r.binary)}) on {','.join(r.bind)}:{r.port}, "
+                         f"dir {r.dir}, protect={'yes' if spec.protect else 'no'}")
+        else:
+            names = ", ".join(spec.instance_names())
+            deps = f", after {', '.join(spec.depends_on)}" if spec.depends_on else ""
+            lines.append(f"{spec.name}: {' '.join(spec.command)} x{spec.numprocs} ({names}){deps}")
+    return "\n".join(lines)
+
+
+def supervisor_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relayq-supervisor",
+                                     description="Run Redis and the relayq workers under one owner.")
+    parser.add_argument("-c", "--config", default=None,
+                        help="config file (default: $RELAYQ_CONFIG, else ./config.toml)")
+    parser.add_argument("--check", action="store_true", help="validate the config, print what would run, exit")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    path = args.config or default_config_path()
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return EXIT_USAGE
+    if args.check:
+        print(describe_config(config))
+        return EXIT_OK
+    setup_logging(args.verbose)
+    from .supervisor import StartupError, Supervisor
+    supervisor = Supervisor(config)
+    try:
+        from .control import ControlServer
+        supervisor.control_factory = ControlServer
+    except ImportError:
+        pass
+    try:
+        asyncio.run(supervisor.run())
+    except StartupError as e:
+        print(e, file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def ctl_main(argv: list[str] | None = None) -> int:
+    from .ctl import main
+    return main(argv)

@@ -1,0 +1,109 @@
+"""Redis specifics: its argv, its readiness, who holds its port."""
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+
+import psutil
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from .audit.identity import unit_from_cgroup
+from .config import ProgramSpec
+
+log = logging.getLogger("relayq")
+
+# Redis applies command-line options after its config file, the last one winning, so
+# these come last: the supervisor must own the process in the foreground.
+FORCED = ("daemonize", "port", "bind", "dir")
+
+
+def redis_argv(spec: ProgramSpec, extra: list[str] = ()) -> list[str]:
+    r = spec.redis
+    args = list(r.args)
+    for i, arg in enumerate(args):
+        if arg.lower() == "--daemonize" and i + 1 < len(args) and args[i + 1].lower() == "yes":
+            log.warning("redis: '--daemonize yes' in [redis] args is overridden with 'no' "
+                        "(a daemonized Redis would escape supervision)")
+    if args and not args[0].startswith("--"):
+        _warn_config_file(args[0])
+    supervised = [] if any(a.lower() == "--supervised" for a in args) else ["--supervised", "systemd"]
+    return [r.binary, *args, *supervised, *extra, "--daemonize", "no", "--port", str(r.port),
+            "--bind", *r.bind, "--dir", r.dir]
+
+
+def _warn_config_file(path: str) -> None:
+    try:
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                words = line.split()
+                if len(words) >= 2 and words[0].lower() in FORCED and not line.lstrip().startswith("#"):
+                    log.warning("redis: %s:%d: '%s' is overridden by the supervisor's [redis] settings",
+                                path, lineno, line.strip())
+    except OSError as e:
+        log.warning("redis: cannot read config file %s (%s)", path, e.strerror)
+
+
+def ping_host(spec: ProgramSpec) -> str:
+    addr = spec.redis.bind[0].lstrip("-")
+    if addr in ("0.0.0.0", "*"):
+        return "127.0.0.1"
+    if addr in ("::", "::*"):
+        return "::1"
+    return addr
+
+
+def client(spec: ProgramSpec, username: str | None = None, password: str | None = None,
+           timeout: float = 0.5) -> aioredis.Redis:
+    return aioredis.Redis(host=ping_host(spec), port=spec.redis.port, username=username,
+                          password=password, socket_timeout=timeout, socket_connect_timeout=timeout,
+                          retry=None, health_check_interval=0)
+
+
+async def is_ready(conn: aioredis.Redis) -> bool:
+    """PONG = ready; LOADING (still reading its dump) or no answer = not yet."""
+    try:
+        return bool(await conn.ping())
+    except (redis.exceptions.RedisError, OSError):
+        return False
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """None if `port` is free on `host`; else a description of who holds it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        # SO_REUSEADDR: a TIME_WAIT left by our own previous Redis is not a holder
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return None
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                return None
+    return describe_listener(port) or "an unknown process (not visible from here)"
+
+
+def describe_listener(port: int) -> str | None:
+    try:
+        conns = psutil.net_connections(kind="inet")
+    except (psutil.AccessDenied, OSError):
+        return None
+    for c in conns:
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+            return describe_pid(c.pid)
+    return None
+
+
+def describe_pid(pid: int) -> str:
+    try:
+        cmdline = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        cmdline = "?"
+    text = f"pid {pid} ({cmdline})"
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            unit = unit_from_cgroup(f.read())
+    except OSError:
+        unit = None
+    return f"{text} of {unit}" if unit else text

@@ -1,0 +1,569 @@
+"""The arbiter: desired vs actual state of every program, dependency order, shutdown.
+
+One thread, one asyncio loop. Signals arrive as data through a signalfd; child exits
+are reaped with waitpid(-1) when SIGCHLD is read; every other fd (pidfds via spawn's
+exec-result pipes, children's output pipes, the notify socket, the control socket) is
+registered on the same loop. State changes happen only in the handlers below.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+from . import redis_server
+from .audit.identity import ProcessIdentity, proc_start_ticks
+from .audit.log import AuditLog, make_event
+from .config import Config, ProgramSpec, children_path, redis_version
+from .linux import prctl
+from .linux.signalfd import SignalFd
+from .locks import LockHeld, OwnerLock, describe_owner
+from .notify import ChildNotifySocket, ServiceNotifier
+from .output import open_child_output
+from .policy import BACKOFF as DECIDE_BACKOFF, EXIT as DECIDE_EXIT, FATAL as DECIDE_FATAL
+from .program import (BACKOFF, EXITED, FATAL, RUNNING, STARTING, STOPPED, STOPPING, ExitInfo,
+                      Program, signal_name)
+from .spawn import read_exec_result, spawn
+
+log = logging.getLogger("relayq")
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+# Variables that describe the supervisor's own place under systemd, not the children's.
+_NOT_FOR_CHILDREN = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
+                     "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM", "RELAYQ_CONFIG")
+
+
+class StartupError(Exception):
+    """Refusal to start; the message is for people, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    state: str
+    ok: bool
+    detail: str
+
+
+class Supervisor:
+    def __init__(self, config: Config):
+        self.config = config
+        self.started_wall = time.time()
+        self.started_mono = time.monotonic()
+        self.programs: dict[str, Program] = {}
+        for spec in config.programs:
+            for name in spec.instance_names():
+                self.programs[name] = Program(spec, name)
+        self.by_pid: dict[int, Program] = {}
+        self.locks: dict[str, OwnerLock] = {}
+        self.shutting_down = False
+        self.shutdown_requested = asyncio.Event()
+        self.sigfd: SignalFd | None = None
+        self.notify_socket: ChildNotifySocket | None = None
+        self.service = ServiceNotifier()
+        self.audit_log: AuditLog | None = None
+        self.redis_version = None
+        self.control = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.extra_status: dict = {}
+
+    # --- ordering ----------------------------------------------------------------
+
+    def instances(self, spec_name: str) -> list[Program]:
+        return [p for p in self.programs.values() if p.base == spec_name]
+
+    def dependencies_running(self, p: Program) -> str | None:
+        """None if every dependency is RUNNING, else what it waits for."""
+        waiting = [d.name for dep in p.spec.depends_on for d in self.instances(dep) if d.state != RUNNING]
+        return f"waiting for {', '.join(waiting)}" if waiting else None
+
+    def dependents(self, p: Program) -> list[Program]:
+        return [q for q in self.programs.values() if p.base in q.spec.depends_on]
+
+    # --- audit ---------------------------------------------------------------------
+
+    def audit(self, kind: str, **fields) -> None:
+        if self.audit_log is not None:
+            self.audit_log.write(make_event(kind, **fields))
+
+    # --- start-up --------------------------------------------------------------------
+
+    def owner_record(self) -> dict:
+        pid = os.getpid()
+        return {"pid": pid, "start_ticks": proc_start_ticks(pid), "config": self.config.path,
+                "manager": "relayq-supervisor"}
+
+    def take_lock(self, key: str, path: str, refusal: str) -> None:
+        lock = OwnerLock(path)
+        try:
+            lock.acquire(self.owner_record())
+        except LockHeld as e:
+            self.audit("lock_conflict", path=path, owner=e.owner)
+            raise StartupError(refusal.format(owner=describe_owner(e.owner), pid=e.owner.get("pid", "?"),
+                                              started=e.owner.get("taken_at", "?"),
+                                              config=e.owner.get("config", "?"))) from None
+        self.locks[key] = lock
+
+    def prepare(self) -> None:
+        """Everything that can refuse to start, before any child is started."""
+        sup = self.config.supervisor
+        for d in (sup.run_dir, sup.log_dir, os.path.dirname(sup.audit_log), os.path.dirname(sup.control_socket)):
+            os.makedirs(d, exist_ok=True)
+        self.take_lock("supervisor", os.path.join(sup.run_dir, "supervisor.lock"),
+                       f"relayq-supervisor: {sup.run_dir} is owned by pid {{pid}} (started {{started}}, config {{config}})")
+        self.audit_log = AuditLog(sup.audit_log, max_bytes=sup.audit_max_bytes, keep=sup.audit_backups,
+                                  on_error=lambda msg: log.error("audit: %s", msg))
+        for spec in self.config.programs:
+            self.take_lock(spec.name, os.path.join(sup.run_dir, f"{spec.name}.lock"),
+                           f"relayq-supervisor: program {spec.name} is owned by pid {{pid}} "
+                           f"(started {{started}}, config {{config}})")
+        redis = self.config.redis
+        if redis is not None:
+            os.makedirs(redis.redis.dir, exist_ok=True)
+            self.take_lock("redis-dir", os.path.join(redis.redis.dir, "relayq.lock"),
+                           f"relayq-supervisor: Redis data directory {redis.redis.dir} is owned by "
+                           f"pid {{pid}} (started {{started}}, config {{config}}): two servers on one "
+                           "data directory would overwrite each other's dump")
+            holder = redis_server.port_holder(redis_server.ping_host(redis), redis.redis.port)
+            if holder:
+                raise StartupError(self.port_message(redis, holder))
+            self.redis_version = redis_version(redis.redis.binary)
+
+    @staticmethod
+    def port_message(spec: ProgramSpec, holder: str) -> str:
+        return (f"port {spec.redis.port} is held by {holder}: stop and disable that manager first "
+                "(`relayqctl doctor` lists rival managers)")
+
+    # --- the loop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.prepare()
+        prctl.set_child_subreaper(True)
+        self.sigfd = SignalFd(HANDLED_SIGNALS)
+        self.loop.add_reader(self.sigfd.fileno(), self.on_signalfd)
+        self.notify_socket = ChildNotifySocket()
+        self.loop.add_reader(self.notify_socket.fileno(), self.on_notify)
+        if self.control_factory is not None:
+            self.control = self.control_factory(self)
+            await self.control.start()
+        log.info("supervisor: started pid %d with %s (%d programs)", os.getpid(), self.config.path,
+                 len(self.programs))
+        self.reconcile()
+        try:
+            await self.shutdown_requested.wait()
+            await self.shutdown()
+        finally:
+            self.close()
+
+    control_factory = None      # set by cli to the control server's constructor
+
+    def close(self) -> None:
+        if self.control is not None:
+            self.control.close()
+        if self.sigfd is not None:
+            self.loop.remove_reader(self.sigfd.fileno())
+            self.sigfd.close()
+        if self.notify_socket is not None:
+            self.loop.remove_reader(self.notify_socket.fileno())
+            self.notify_socket.close()
+        for lock in self.locks.values():
+            lock.release()
+        if self.audit_log is not None:
+            self.audit_log.close()
+
+    def request_shutdown(self, why: str) -> None:
+        if not self.shutdown_requested.is_set():
+            log.info("supervisor: shutting down (%s)", why)
+            self.shutdown_requested.set()
+
+    # --- signals and reaping ---------------------------------------------------------
+
+    def on_signalfd(self) -> None:
+        for info in self.sigfd.read_all():
+            if info.signo == signal.SIGCHLD:
+                continue    # coalesced: one reap pass below covers all of them
+            self.record_received_signal(info)
+            if info.signo in (signal.SIGTERM, signal.SIGINT):
+                self.request_shutdown(f"{signal_name(info.signo)} from pid {info.pid}")
+            elif info.signo == signal.SIGHUP:
+                self.on_reload_request(f"SIGHUP from pid {info.pid}")
+        self.reap()
+
+    def record_received_signal(self, info) -> None:
+        name = signal_name(info.signo)
+        if name in self.config.supervisor.audit_ignore:
+            return
+        sender = ProcessIdentity.capture(info.pid, uid_hint=info.uid, code_hint=info.code_name) if info.pid else None
+        self.audit("signal", signal=name, signo=info.signo, code=info.code_name,
+                   target={"program": "supervisor", "pid": os.getpid()},
+                   sender=self.name_sender(sender), action="delivered", via="signalfd")
+        log.info("supervisor: received %s from %s", name, sender.describe() if sender else "the kernel")
+
+    def name_sender(self, identity: ProcessIdentity | None) -> dict | None:
+        if identity is None:
+            return None
+        owner = self.by_pid.get(identity.pid)
+        if owner is not None:
+            identity = identity.with_program(owner.name)
+        return identity.to_dict()
+
+    def on_reload_request(self, why: str) -> None:
+        log.info("supervisor: reload requested (%s) - not supported yet, ignored", why)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            program = self.by_pid.pop(pid, None)
+            if program is not None:
+                self.on_exit(program, status)
+            self.kill_group_leftovers(pid)
+
+    def kill_group_leftovers(self, pgid: int) -> None:
+        """A program's main process is gone: end what it left in its process group,
+        as systemd does for a service's control group. Orphans were reparented to us
+        (child subreaper), so the group still existing means it is still ours."""
+        for child in own_children():
+            try:
+                if os.getpgid(child) == pgid:
+                    os.killpg(pgid, signal.SIGKILL)
+                    log.info("supervisor: killed what pid %d left in its process group", pgid)
+                    return
+            except OSError:
+                continue
+
+    # --- starting --------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Start whatever should run and can (its dependencies are RUNNING)."""
+        if self.shutting_down:
+            return
+        for p in self.programs.values():
+            if not p.wanted:
+                continue
+            startable = p.state == STOPPED or (p.state == BACKOFF and p.start_due)
+            if not startable:
+                continue
+            waiting = self.dependencies_running(p)
+            if waiting:
+                if p.reason != waiting:
+                    p.reason = waiting
+                    log.info("%s: %s", p.name, waiting)
+                continue
+            self.start(p)
+
+    def child_environment(self, p: Program) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _NOT_FOR_CHILDREN}
+        env["PATH"] = children_path()
+        redis = self.config.redis
+        if redis is not None:
+            env["RELAYQ_REDIS_URL"] = f"redis://{redis_server.ping_host(redis)}:{redis.redis.port}/0"
+        env["RELAYQ_PROGRAM"] = p.name
+        env["NOTIFY_SOCKET"] = self.notify_socket.address
+        env.update(dict(p.spec.environment))
+        return env
+
+    def argv(self, p: Program) -> list[str]:
+        if p.spec.redis is not None:
+            return redis_server.redis_argv(p.spec)
+        return list(p.spec.command)
+
+    def start(self, p: Program, why: str | None = None) -> None:
+        p.cancel_timer()
+        p.start_due = False
+        p.next_start_at = None
+        if p.spec.redis is not None:
+            holder = redis_server.port_holder(redis_server.ping_host(p.spec), p.spec.redis.port)
+            if holder:
+                self.give_up(p, self.port_message(p.spec, holder))
+                return
+        sup = self.config.supervisor
+        if p.output is None:
+            p.output = open_child_output(p.name, p.spec.log, sup.log_dir, sup.log_max_bytes, sup.log_backups)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        argv = self.argv(p)
+        try:
+            child = spawn(argv, self.child_environment(p), p.spec.directory or os.getcwd(), out_w,
+                          before_exec=self.before_exec)
+        except OSError as e:
+            os.close(out_r)
+            self.give_up(p, f"cannot start: {e.strerror}")
+            return
+        finally:
+            os.close(out_w)
+        if p.output_fd is not None:
+            self.close_output(p)
+        p.output_fd = out_r
+        self.loop.add_reader(out_r, self.on_output, p, out_r)
+        self.loop.add_reader(child.exec_result_fd, self.on_exec_result, p, child.exec_result_fd)
+        p.tracker.record_start()
+        p.pid, p.pidfd = child.pid, child.pidfd
+        p.started_at, p.started_wall = time.monotonic(), time.time()
+        p.exec_error = None
+        p.exited.clear()
+        self.by_pid[child.pid] = p
+        self.audit("spawn", program=p.name, pid=child.pid, argv=argv)
+        p.set_state(STARTING, why or f"pid {child.pid}")
+        self.begin_ready_check(p)
+
+    def before_exec(self, pid: int) -> None:
+        """Between fork and exec; the signal tap attaches here."""
+
+    def on_exec_result(self, p: Program, fd: int) -> None:
+        self.loop.remove_reader(fd)
+        err = read_exec_result(fd)
+        if err is not None:
+            p.exec_error = f"exec of {self.argv(p)[0]} failed: {os.strerror(err) if err else 'unknown error'}"
+            log.error("%s: %s", p.name, p.exec_error)
+
+    def begin_ready_check(self, p: Program) -> None:
+        if p.spec.redis is not None:
+            p.ready_task = self.loop.create_task(self.wait_redis_ready(p, p.pid))
+        else:
+            p.timer = self.loop.call_later(p.spec.ready_after, self.mark_running, p, p.pid,
+                                           f"alive for {p.spec.ready_after:g}s")
+
+    async def wait_redis_ready(self, p: Program, pid: int) -> None:
+        conn = redis_server.client(p.spec)
+        delay = 0.01
+        try:
+            while p.pid == pid and p.state == STARTING:
+                if await redis_server.is_ready(conn):
+                    self.mark_running(p, pid, "answered PING")
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        finally:
+            await conn.aclose()
+
+    def mark_running(self, p: Program, pid: int, why: str) -> None:
+        if p.pid != pid or p.state != STARTING:
+            return
+        p.cancel_timer()
+        if asyncio.current_task() is not p.ready_task:     # never cancel ourselves mid-cleanup
+            p.cancel_ready_check()
+        p.ready_task = None
+        p.set_state(RUNNING, why)
+        self.reconcile()
+        self.on_state_change()
+
+    def on_notify(self) -> None:
+        for pid, fields in self.notify_socket.receive():
+            p = self.program_of_pid(pid)
+            if p is None:
+                continue
+            if fields.get("READY") == "1":
+                self.mark_running(p, p.pid, "sent READY=1")
+            if "STATUS" in fields:
+                p.notify_status = fields["STATUS"]
+
+    def program_of_pid(self, pid: int | None) -> Program | None:
+        if pid is None:
+            return None
+        p = self.by_pid.get(pid)
+        if p is not None:
+            return p
+        try:        # a helper process or thread of the child: same session
+            return self.by_pid.get(os.getsid(pid))
+        except OSError:
+            return None
+
+    def on_output(self, p: Program, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove_reader(fd)
+            os.close(fd)
+            if p.output_fd == fd:
+                p.output_fd = None
+            return
+        try:
+            p.output.write(data)
+        except OSError as e:
+            log.error("%s: cannot write its log (%s)", p.name, e.strerror)
+
+    def close_output(self, p: Program) -> None:
+        if p.output_fd is not None:
+            self.loop.remove_reader(p.output_fd)
+            os.close(p.output_fd)
+            p.output_fd = None
+
+    # --- exits and restarts -------------------------------------------------------------
+
+    def on_exit(self, p: Program, status: int) -> None:
+        runtime = time.monotonic() - (p.started_at or time.monotonic())
+        info = ExitInfo.from_wait_status(status, runtime)
+        if p.exec_error:
+            info = ExitInfo(info.code, info.signal, info.at, runtime, detail=p.exec_error)
+        elif p.state == STOPPING and p.stop_reason:
+            info = ExitInfo(info.code, info.signal, info.at, runtime, info.core_dumped, detail=p.stop_reason)
+        p.last_exit = info
+        pid = p.pid
+        p.forget_process()
+        self.audit("exit", program=p.name, pid=pid, code=info.code,
+                   signal=signal_name(info.signal) if info.signal else None,
+                   runtime_s=round(runtime, 3), sender=None, note=info.detail)
+        if p.state == STOPPING or not p.wanted or self.shutting_down:
+            p.set_state(STOPPED, info.describe())
+            p.exited.set()
+            self.on_state_change()
+            return
+        p.exited.set()
+        decision = p.tracker.on_exit(runtime, info.code, info.signal)
+        what = f"pid {pid} {info.describe()} after {runtime:.1f}s"
+        if decision.action == DECIDE_FATAL:
+            self.give_up(p, f"{decision.reason} (last: {what})")
+        elif decision.action == DECIDE_EXIT:
+            p.set_state(EXITED, f"{what}; {decision.reason}")
+        elif decision.action == DECIDE_BACKOFF:
+            p.next_start_at = time.monotonic() + decision.delay
+            p.set_state(BACKOFF, f"{what}; {decision.reason}")
+            self.audit("backoff", program=p.name, delay_s=round(decision.delay, 3), streak=decision.streak)
+            p.timer = self.loop.call_later(decision.delay, self.backoff_over, p)
+        else:
+            p.set_state(BACKOFF, f"{what}; {decision.reason}")
+            p.restarts += 1
+            p.start_due = True
+        self.reconcile()
+        self.on_state_change()
+
+    def backoff_over(self, p: Program) -> None:
+        p.timer = None
+        if p.state == BACKOFF and p.wanted:
+            p.start_due = True
+            p.restarts += 1
+            self.reconcile()
+
+    def give_up(self, p: Program, reason: str) -> None:
+        p.cancel_timer()
+        p.set_state(FATAL, reason)
+        self.audit("gave_up", program=p.name, reason=reason)
+        self.on_state_change()
+
+    def on_state_change(self) -> None:
+        """Hook for status publishers (systemd STATUS=, readiness)."""
+
+    # --- stopping ------------------------------------------------------------------------
+
+    async def stop(self, p: Program, reason: str) -> None:
+        """Stop one instance and wait until it has exited."""
+        p.cancel_timer()
+        p.start_due = False
+        if p.pid is None:
+            if p.state in (BACKOFF, STARTING, FATAL, EXITED):
+                p.set_state(STOPPED, reason)
+            return
+        if p.state != STOPPING:
+            p.stop_reason = reason
+            p.cancel_ready_check()
+            p.set_state(STOPPING, f"{reason}: {signal_name(p.spec.stop_signal)} to pid {p.pid}")
+            self.send(p, p.spec.stop_signal, reason)
+            p.timer = self.loop.call_later(p.spec.stop_timeout, self.stop_timed_out, p, p.pid)
+        await p.exited.wait()
+
+    def send(self, p: Program, signo: int, reason: str) -> None:
+        delivered = p.send_signal(signo)
+        self.audit("signal", signal=signal_name(signo), signo=signo, code="SI_USER",
+                   target={"program": p.name, "pid": p.pid}, sender={"pid": os.getpid(), "program": "supervisor"},
+                   action="delivered" if delivered else "not-delivered", via="supervisor", reason=reason)
+
+    def stop_timed_out(self, p: Program, pid: int) -> None:
+        p.timer = None
+        if p.pid != pid or p.state != STOPPING:
+            return
+        log.warning("%s: did not exit %gs after %s: SIGKILL to process group %d", p.name,
+                    p.spec.stop_timeout, signal_name(p.spec.stop_signal), pid)
+        self.audit("signal", signal="SIGKILL", signo=9, code="SI_USER", target={"program": p.name, "pid": pid},
+                   sender={"pid": os.getpid(), "program": "supervisor"}, action="delivered", via="supervisor",
+                   reason="stop-timeout-kill")
+        p.stop_reason = f"{p.stop_reason}; SIGKILL after stop_timeout {p.spec.stop_timeout:g}s"
+        try:    # the main process is not reaped yet, so its pid (the group id) is still ours
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    async def stop_in_order(self, targets: list[Program], reason: str) -> None:
+        """Stop `targets`, dependents before what they depend on."""
+        remaining = list(targets)
+        while remaining:
+            layer = [p for p in remaining if not any(q in remaining for q in self.dependents(p))]
+            await asyncio.gather(*(self.stop(p, reason) for p in layer))
+            remaining = [p for p in remaining if p not in layer]
+
+    async def shutdown(self) -> None:
+        self.shutting_down = True
+        self.service.send(STOPPING=1)
+        for p in self.programs.values():
+            p.wanted = False
+        await self.stop_in_order(list(self.programs.values()), "supervisor shutdown")
+        await self.end_leftovers()
+        for p in self.programs.values():
+            self.close_output(p)
+            if p.output is not None:
+                p.output.close()
+        log.info("supervisor: all programs stopped, exiting")
+
+    async def end_leftovers(self, deadline_s: float = 5.0) -> None:
+        """No child, grandchild or zombie survives the supervisor."""
+        deadline = time.monotonic() + deadline_s
+        while True:
+            self.reap()
+            children = own_children()
+            if not children or time.monotonic() > deadline:
+                return
+            for pid in children:
+                try:
+                    fd = os.pidfd_open(pid)
+                except OSError:
+                    continue
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+            await asyncio.sleep(0.01)   # reaping is driven by SIGCHLD; this only bounds the loop
+
+    # --- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        redis = self.config.redis
+        return {
+            "supervisor": {
+                "pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started_mono, 3),
+                "started_at": self.started_wall, "config": self.config.path,
+                "redis_binary": redis.redis.binary if redis else None, "redis_version": self.redis_version,
+                "hostname": socket.gethostname(), **self.extra_status,
+            },
+            "programs": [p.status() for p in self.programs.values()],
+        }
+
+
+def own_children() -> list[int]:
+    """Direct children of this process, from /proc (cheap: no scan of all processes)."""
+    pids = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return pids
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.extend(int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return pids
