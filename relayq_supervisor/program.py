@@ -84,8 +84,10 @@ class Program:
         self.ready_task: asyncio.Task | None = None
         self.output = None
         self.output_fd: int | None = None
+        self.starts = 0                            # every start, automatic or not
         self.exited = asyncio.Event()
         self.exited.set()
+        self.listener = None                       # called after every transition
 
     @property
     def base(self) -> str:
@@ -95,6 +97,8 @@ class Program:
         old, self.state, self.reason = self.state, state, reason
         level = logging.WARNING if state in (FATAL, BACKOFF) else logging.INFO
         log.log(level, "%s: %s -> %s (%s)", self.name, old, state, reason)
+        if self.listener is not None:
+            self.listener(self)
 
     def uptime(self) -> float | None:
         if self.state in (RUNNING, STARTING, STOPPING) and self.started_at is not None:

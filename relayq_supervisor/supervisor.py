@@ -26,6 +26,7 @@ from .locks import LockHeld, OwnerLock, describe_owner
 from .notify import ChildNotifySocket, ServiceNotifier
 from .output import open_child_output
 from .policy import BACKOFF as DECIDE_BACKOFF, EXIT as DECIDE_EXIT, FATAL as DECIDE_FATAL
+from .protocol import ProtocolError
 from .program import (BACKOFF, EXITED, FATAL, RUNNING, STARTING, STOPPED, STOPPING, ExitInfo,
                       Program, signal_name)
 from .spawn import read_exec_result, spawn
@@ -58,7 +59,8 @@ class Supervisor:
         self.programs: dict[str, Program] = {}
         for spec in config.programs:
             for name in spec.instance_names():
-                self.programs[name] = Program(spec, name)
+                self.programs[name] = program = Program(spec, name)
+                program.listener = self.on_state_change
         self.by_pid: dict[int, Program] = {}
         self.locks: dict[str, OwnerLock] = {}
         self.shutting_down = False
@@ -71,6 +73,7 @@ class Supervisor:
         self.control = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.extra_status: dict = {}
+        self.waiters: list[tuple[object, asyncio.Future]] = []
 
     # --- ordering ----------------------------------------------------------------
 
@@ -310,6 +313,7 @@ class Supervisor:
         p.pid, p.pidfd = child.pid, child.pidfd
         p.started_at, p.started_wall = time.monotonic(), time.time()
         p.exec_error = None
+        p.starts += 1
         p.exited.clear()
         self.by_pid[child.pid] = p
         self.audit("spawn", program=p.name, pid=child.pid, argv=argv)
@@ -355,7 +359,6 @@ class Supervisor:
         p.ready_task = None
         p.set_state(RUNNING, why)
         self.reconcile()
-        self.on_state_change()
 
     def on_notify(self) -> None:
         for pid, fields in self.notify_socket.receive():
@@ -420,7 +423,6 @@ class Supervisor:
         if p.state == STOPPING or not p.wanted or self.shutting_down:
             p.set_state(STOPPED, info.describe())
             p.exited.set()
-            self.on_state_change()
             return
         p.exited.set()
         decision = p.tracker.on_exit(runtime, info.code, info.signal)
@@ -439,7 +441,6 @@ class Supervisor:
             p.restarts += 1
             p.start_due = True
         self.reconcile()
-        self.on_state_change()
 
     def backoff_over(self, p: Program) -> None:
         p.timer = None
@@ -452,10 +453,28 @@ class Supervisor:
         p.cancel_timer()
         p.set_state(FATAL, reason)
         self.audit("gave_up", program=p.name, reason=reason)
-        self.on_state_change()
 
-    def on_state_change(self) -> None:
-        """Hook for status publishers (systemd STATUS=, readiness)."""
+    def on_state_change(self, p: Program) -> None:
+        """After every transition: wake operators waiting for an outcome."""
+        still = []
+        for check, fut in self.waiters:
+            if fut.done():
+                continue
+            outcome = check()
+            if outcome is not None:
+                fut.set_result(outcome)
+            else:
+                still.append((check, fut))
+        self.waiters = still
+
+    async def wait_until(self, check) -> object:
+        """Wait until check() returns something other than None, re-checked after every transition."""
+        outcome = check()
+        if outcome is not None:
+            return outcome
+        fut = self.loop.create_future()
+        self.waiters.append((check, fut))
+        return await fut
 
     # --- stopping ------------------------------------------------------------------------
 
@@ -537,6 +556,134 @@ class Supervisor:
                 finally:
                     os.close(fd)
             await asyncio.sleep(0.01)   # reaping is driven by SIGCHLD; this only bounds the loop
+
+    # --- operators (relayqctl) ---------------------------------------------------------
+
+    def resolve(self, names: list[str]) -> list[Program]:
+        """`worker` selects all its instances, `worker:1` one; unknown names -> code 4."""
+        out: list[Program] = []
+        for name in names:
+            found = [self.programs[name]] if name in self.programs else self.instances(name)
+            if not found:
+                known = ", ".join(sorted({p.base for p in self.programs.values()} | set(self.programs)))
+                raise ProtocolError(f"unknown program name {name!r} (known: {known})", code=4)
+            out.extend(p for p in found if p not in out)
+        return out
+
+    def with_dependencies(self, targets: list[Program]) -> list[Program]:
+        out, todo = [], list(targets)
+        while todo:
+            p = todo.pop()
+            if p in out:
+                continue
+            out.append(p)
+            todo.extend(q for dep in p.spec.depends_on for q in self.instances(dep))
+        return [p for p in self.programs.values() if p in out]      # dependency order
+
+    def with_dependents(self, targets: list[Program]) -> list[Program]:
+        out, todo = [], list(targets)
+        while todo:
+            p = todo.pop()
+            if p not in out:
+                out.append(p)
+                todo.extend(self.dependents(p))
+        return [p for p in self.programs.values() if p in out]
+
+    def operator_start(self, targets: list[Program], who: str) -> None:
+        for p in self.with_dependencies(targets):
+            if p.state in (RUNNING, STARTING) and p.wanted:
+                continue
+            p.wanted = True
+            p.tracker.reset()       # an operator start forgets the failure streak and window
+            if p.state in (FATAL, EXITED):
+                p.set_state(STOPPED, who)
+            elif p.state == BACKOFF:
+                p.cancel_timer()
+                p.start_due = True
+            log.info("%s: start requested (%s)", p.name, who)
+        self.reconcile()
+
+    def start_outcome(self, p: Program, starts_before: int):
+        if p.state == RUNNING:
+            return Outcome(p.name, p.state, True, f"running, pid {p.pid}")
+        started = p.starts > starts_before
+        if p.state in (FATAL, EXITED) or (p.state == BACKOFF and started) or (p.state == STOPPED and not p.wanted):
+            return Outcome(p.name, p.state, False, p.reason)
+        for dep in p.spec.depends_on:
+            for d in self.instances(dep):
+                if d.state in (FATAL, EXITED) or not d.wanted:
+                    return Outcome(p.name, p.state, False, f"dependency {d.name} is {d.state}: {d.reason}")
+        return None
+
+    async def operator_stop(self, targets: list[Program], who: str) -> None:
+        for p in targets:
+            p.wanted = False
+        await self.stop_in_order(targets, who)
+
+    async def handle_request(self, cmd: str, args: dict, peer) -> dict:
+        who = f"operator relayqctl {cmd} by uid {peer.uid} pid {peer.pid}"
+        if cmd == "status":
+            status = self.status()
+            if args.get("names"):
+                status["programs"] = [p.status() for p in self.resolve(args["names"])]
+            return status
+        if cmd == "pid":
+            if not args.get("name"):
+                return {"pid": os.getpid()}
+            targets = self.resolve([args["name"]])
+            return {"pid": targets[0].pid, "pids": {p.name: p.pid for p in targets}}
+        if cmd == "shutdown":
+            self.audit("operator", action="shutdown", peer={"pid": peer.pid, "uid": peer.uid})
+            self.request_shutdown(who)
+            return {"pid": os.getpid()}
+        if cmd == "why":
+            return self.why(self.resolve([args.get("name") or ""])[0])
+        if cmd == "reload":
+            return await self.reload(who)
+        if self.shutting_down:
+            raise ProtocolError("the supervisor is shutting down", code=1)
+        if not args.get("names"):
+            raise ProtocolError(f"{cmd}: name at least one program", code=2)
+        targets = self.resolve(args["names"])
+        wait = args.get("wait", True)
+        self.audit("operator", action=cmd, programs=[p.name for p in targets], peer={"pid": peer.pid, "uid": peer.uid})
+        if cmd == "stop":
+            if args.get("with_dependents"):
+                targets = self.with_dependents(targets)
+            job = self.loop.create_task(self.operator_stop(targets, who))
+        elif cmd == "restart":
+            job = self.loop.create_task(self.operator_restart(targets, who))
+        else:
+            before = {p.name: p.starts for p in targets}
+            self.operator_start(targets, who)
+            job = self.loop.create_task(self.wait_until(lambda: self.all_outcomes(
+                [self.start_outcome(p, before[p.name]) for p in targets])))
+        if not wait:
+            return {"outcomes": [Outcome(p.name, p.state, True, "requested").__dict__ for p in targets]}
+        await job
+        return {"outcomes": [self.final_outcome(cmd, p).__dict__ for p in targets]}
+
+    @staticmethod
+    def all_outcomes(outcomes: list):
+        return None if any(o is None for o in outcomes) else outcomes
+
+    def final_outcome(self, cmd: str, p: Program) -> Outcome:
+        if cmd == "stop":
+            return Outcome(p.name, p.state, p.state == STOPPED, p.reason)
+        ok = p.state == RUNNING
+        return Outcome(p.name, p.state, ok, f"running, pid {p.pid}" if ok else p.reason)
+
+    async def operator_restart(self, targets: list[Program], who: str) -> None:
+        await self.stop_in_order(targets, who)
+        before = {p.name: p.starts for p in targets}
+        self.operator_start(targets, who)
+        await self.wait_until(lambda: self.all_outcomes([self.start_outcome(p, before[p.name]) for p in targets]))
+
+    def why(self, p: Program) -> dict:
+        return {"program": p.status(), "event": None}
+
+    async def reload(self, who: str) -> dict:
+        raise ProtocolError("reload is not supported by this version", code=1)
 
     # --- status ------------------------------------------------------------------------------
 

@@ -1,0 +1,131 @@
+"""The control socket: requests in, replies out. Peers are checked with SO_PEERCRED.
+
+Single-threaded: every client is a coroutine with a read deadline, so a client that
+connects and never writes costs one idle coroutine, never a blocked loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import grp
+import logging
+import os
+import socket
+import struct
+
+from . import protocol
+from .protocol import ProtocolError
+
+log = logging.getLogger("relayq")
+
+READ_TIMEOUT_S = 5.0
+_PEERCRED = struct.Struct("3i")
+
+
+class Peer:
+    def __init__(self, pid: int, uid: int, gid: int):
+        self.pid, self.uid, self.gid = pid, uid, gid
+
+    def groups(self) -> set[int]:
+        groups = {self.gid}
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("Groups:"):
+                        groups.update(int(g) for g in line.split()[1:])
+        except (OSError, ValueError):
+            pass
+        return groups
+
+    def __str__(self) -> str:
+        return f"uid {self.uid} pid {self.pid}"
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    return Peer(*_PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)))
+
+
+class ControlServer:
+    def __init__(self, supervisor):
+        self.sup = supervisor
+        self.path = supervisor.config.supervisor.control_socket
+        group = supervisor.config.supervisor.control_group
+        self.group_gid = grp.getgrnam(group).gr_gid if group else None
+        self.server: asyncio.AbstractServer | None = None
+        self.inode = None
+
+    async def start(self) -> None:
+        # The supervisor lock is held: any socket file here belongs to a dead supervisor.
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o117)
+        try:
+            self.server = await asyncio.start_unix_server(self.handle, path=self.path,
+                                                          limit=protocol.MAX_REQUEST_BYTES)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o660)
+        if self.group_gid is not None:
+            os.chown(self.path, -1, self.group_gid)
+        st = os.stat(self.path)
+        self.inode = (st.st_dev, st.st_ino)
+
+    def is_intact(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self.inode
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+            if self.is_intact():
+                os.unlink(self.path)
+
+    def allowed(self, peer: Peer) -> bool:
+        if peer.uid in (0, os.getuid()):
+            return True
+        return self.group_gid is not None and self.group_gid in peer.groups()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            reply = await self.serve_one(reader, writer)
+            writer.write(reply)
+            await asyncio.wait_for(writer.drain(), READ_TIMEOUT_S)
+        except (ConnectionError, asyncio.TimeoutError):
+            pass
+        except Exception:   # one bad client must never end supervision
+            log.exception("control: error while serving a client")
+        finally:
+            writer.close()
+
+    async def serve_one(self, reader, writer) -> bytes:
+        peer = peer_of(writer.get_extra_info("socket"))
+        if not self.allowed(peer):
+            log.warning("control: refused %s: not root, not uid %d%s", peer, os.getuid(),
+                        f", not in group {self.sup.config.supervisor.control_group}" if self.group_gid is not None else "")
+            self.sup.audit("control_refused", peer={"pid": peer.pid, "uid": peer.uid})
+            return protocol.reply_error(
+                f"permission denied: uid {peer.uid} may not use this supervisor "
+                f"(allowed: root, uid {os.getuid()}"
+                + (f", group {self.sup.config.supervisor.control_group}" if self.group_gid is not None else "")
+                + ")", code=1)
+        try:
+            line = await asyncio.wait_for(reader.readuntil(b"\n"), READ_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return protocol.reply_error(f"no request within {READ_TIMEOUT_S:g}s", code=2)
+        except asyncio.LimitOverrunError:
+            return protocol.reply_error(f"request too large (limit {protocol.MAX_REQUEST_BYTES} bytes)", code=2)
+        except asyncio.IncompleteReadError as e:
+            if not e.partial:
+                return protocol.reply_error("empty request", code=2)
+            return protocol.reply_error("truncated request (no newline at the end)", code=2)
+        try:
+            cmd, args = protocol.parse_request(line)
+            result = await self.sup.handle_request(cmd, args, peer)
+        except ProtocolError as e:
+            return protocol.reply_error(str(e), code=e.code)
+        return protocol.reply_ok(result)

@@ -1,0 +1,87 @@
+"""The control protocol, shared by the supervisor and relayqctl.
+
+Transport: a UNIX stream socket. Each side sends one JSON object per line (UTF-8,
+newline-terminated). The client sends one request and reads one reply, then closes.
+
+Request:  {"v": 1, "cmd": "status", "args": {"names": ["worker"]}}
+Reply:    {"v": 1, "ok": true, "result": {...}}
+          {"v": 1, "ok": false, "error": "unknown program name 'x' (known: redis, worker)", "code": 4}
+
+`code` is the exit status relayqctl should use (0 ok, 1 failure, 2 bad request,
+3 not running, 4 unknown name). Commands and their args:
+  status   {names: [str]}                         -> {supervisor: {...}, programs: [...]}
+  start    {names: [str], wait: bool}             -> {outcomes: [{name, state, ok, detail}]}
+  stop     {names, wait, with_dependents: bool}   -> {outcomes: [...]}
+  restart  {names, wait}                          -> {outcomes: [...]}
+  pid      {name: str | null}                     -> {pid: int | null}
+  shutdown {}                                     -> {pid: int}
+  reload   {}                                     -> {changes: {...}}
+  why      {name: str}                            -> {program: {...}, event: {...} | null}
+New fields may be added to any object; clients ignore what they do not know.
+"""
+from __future__ import annotations
+
+import json
+
+VERSION = 1
+MAX_REQUEST_BYTES = 64 * 1024
+COMMANDS = ("status", "start", "stop", "restart", "pid", "shutdown", "reload", "why")
+
+
+class ProtocolError(Exception):
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def encode(obj: dict) -> bytes:
+    return (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
+
+
+def request(cmd: str, **args) -> bytes:
+    return encode({"v": VERSION, "cmd": cmd, "args": args})
+
+
+def reply_ok(result: dict) -> bytes:
+    return encode({"v": VERSION, "ok": True, "result": result})
+
+
+def reply_error(message: str, code: int = 1) -> bytes:
+    return encode({"v": VERSION, "ok": False, "error": message, "code": code})
+
+
+def parse_request(line: bytes) -> tuple[str, dict]:
+    """Validate one request line; ProtocolError (code 2) says what is wrong with it."""
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ProtocolError(f"malformed request: not JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("malformed request: expected a JSON object")
+    if obj.get("v") != VERSION:
+        raise ProtocolError(f"unsupported protocol version {obj.get('v')!r} (this supervisor speaks {VERSION})")
+    cmd = obj.get("cmd")
+    if cmd not in COMMANDS:
+        raise ProtocolError(f"unknown command {cmd!r} (known: {', '.join(COMMANDS)})")
+    args = obj.get("args", {})
+    if not isinstance(args, dict):
+        raise ProtocolError("malformed request: 'args' must be an object")
+    names = args.get("names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ProtocolError("malformed request: 'names' must be a list of strings")
+    for key in ("wait", "with_dependents"):
+        if key in args and not isinstance(args[key], bool):
+            raise ProtocolError(f"malformed request: '{key}' must be true or false")
+    if "name" in args and args["name"] is not None and not isinstance(args["name"], str):
+        raise ProtocolError("malformed request: 'name' must be a string")
+    return cmd, args
+
+
+def parse_reply(line: bytes) -> dict:
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ProtocolError(f"malformed reply from the supervisor ({e})", code=1) from None
+    if not isinstance(obj, dict) or "ok" not in obj:
+        raise ProtocolError("malformed reply from the supervisor", code=1)
+    return obj
