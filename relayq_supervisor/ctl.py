@@ -1,0 +1,210 @@
+"""relayqctl: talk to the running supervisor over its control socket.
+
+Exit status follows systemctl: 0 all named programs RUNNING (or the action worked),
+1 failure or supervisor unreachable, 2 usage, 3 some program not RUNNING, 4 unknown name.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import socket
+import sys
+import time
+
+from . import protocol
+from .config import ConfigError, default_config_path, load_config
+from .protocol import ProtocolError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNKNOWN = 0, 1, 2, 3, 4
+
+
+class Unreachable(Exception):
+    pass
+
+
+def call(socket_path: str, cmd: str, timeout: float = 30.0, **args) -> dict:
+    """One request, one reply. Unreachable names the socket and why."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(socket_path)
+        except FileNotFoundError:
+            raise Unreachable(f"{socket_path}: no supervisor is listening (no socket file)") from None
+        except ConnectionRefusedError:
+            raise Unreachable(f"{socket_path}: no supervisor is listening (stale socket)") from None
+        except PermissionError:
+            raise Unreachable(f"{socket_path}: permission denied") from None
+        except OSError as e:
+            raise Unreachable(f"{socket_path}: {e.strerror}") from None
+        s.sendall(protocol.request(cmd, **args))
+        data = b""
+        while not data.endswith(b"\n"):
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                raise Unreachable(f"{socket_path}: no reply within {timeout:g}s") from None
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    if not data:
+        raise Unreachable(f"{socket_path}: the supervisor closed the connection without a reply")
+    return protocol.parse_reply(data)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    if d:
+        return f"{d}d {h}h{m:02d}m"
+    if h:
+        return f"{h}h{m:02d}m"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def describe_program(p: dict) -> str:
+    """The last column: why it is in this state, and how its last run ended."""
+    parts = []
+    if p["state"] in ("BACKOFF", "FATAL", "EXITED", "STOPPED", "STARTING", "STOPPING") and p.get("reason"):
+        parts.append(p["reason"])
+    if p.get("last_exit") and p["state"] in ("RUNNING", "STARTING"):
+        parts.append(f"last: {p['last_exit']['description']}")
+    return "; ".join(parts)
+
+
+def print_status(status: dict) -> None:
+    sup = status["supervisor"]
+    redis = f"{sup.get('redis_binary')} {sup.get('redis_version')}" if sup.get("redis_binary") else "no redis"
+    print(f"relayq-supervisor pid {sup['pid']}, up {format_duration(sup['uptime_s'])}, "
+          f"config {sup['config']}, redis {redis}")
+    for note in sup.get("notes", []):
+        print(f"  {note}")
+    rows = [("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "DETAIL")]
+    for p in status["programs"]:
+        rows.append((p["name"], p["state"], str(p["pid"] or "-"), format_duration(p["uptime_s"]),
+                     str(p["restarts"]), describe_program(p)))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
+
+
+def socket_path(args) -> str:
+    if args.socket:
+        return args.socket
+    return load_config(args.config or default_config_path()).supervisor.control_socket
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relayqctl", description="Show and drive relayq-supervisor.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", help="config file (default: $RELAYQ_CONFIG, else ./config.toml)")
+    common.add_argument("--socket", help="control socket path (instead of reading the config)")
+    common.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the supervisor")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+    p = sub.add_parser("status", parents=[common], help="what runs, since when, how it last stopped")
+    p.add_argument("names", nargs="*")
+    p.add_argument("--json", action="store_true")
+    for name, text in (("start", "start programs (and what they depend on)"), ("stop", "stop programs"),
+                       ("restart", "stop then start programs")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("names", nargs="+", metavar="NAME")
+        p.add_argument("--no-wait", action="store_true", help="return at once")
+        if name == "stop":
+            p.add_argument("--with-dependents", action="store_true", help="stop what depends on them first")
+    sub.add_parser("shutdown", parents=[common], help="stop everything in order and exit")
+    p = sub.add_parser("pid", parents=[common], help="the supervisor's pid, or a program's")
+    p.add_argument("name", nargs="?")
+    sub.add_parser("reload", parents=[common], help="re-read the config, apply what changed")
+    p = sub.add_parser("why", parents=[common], help="the last stop of a program, with its evidence")
+    p.add_argument("name")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.cmd:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        path = socket_path(args)
+    except ConfigError as e:
+        print(f"relayqctl: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return run(args, path)
+    except Unreachable as e:
+        print(f"relayqctl: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ProtocolError as e:
+        print(f"relayqctl: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+def checked(reply: dict) -> dict:
+    if not reply.get("ok"):
+        raise ProtocolError(reply.get("error", "the supervisor refused the request"), code=reply.get("code", 1))
+    return reply["result"]
+
+
+def run(args, path: str) -> int:
+    cmd = args.cmd
+    if cmd == "status":
+        result = checked(call(path, "status", args.timeout, names=args.names))
+        if args.json:
+            print(json.dumps(result, indent=2, default=str))
+        else:
+            print_status(result)
+        return EXIT_OK if all(p["state"] == "RUNNING" for p in result["programs"]) else EXIT_NOT_RUNNING
+    if cmd in ("start", "stop", "restart"):
+        extra = {"with_dependents": args.with_dependents} if cmd == "stop" else {}
+        result = checked(call(path, cmd, args.timeout, names=args.names, wait=not args.no_wait, **extra))
+        ok = True
+        for o in result["outcomes"]:
+            ok &= o["ok"]
+            print(f"{o['name']}: {o['state']}" + (f" ({o['detail']})" if o.get("detail") else ""))
+        return EXIT_OK if ok else EXIT_FAILURE
+    if cmd == "shutdown":
+        result = checked(call(path, "shutdown", args.timeout))
+        pid = result["pid"]
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+            time.sleep(0.05)    # a client-side poll with a deadline; the supervisor is another process
+        print(f"relayq-supervisor pid {pid}: " + ("stopped" if not os.path.exists(f"/proc/{pid}") else "still stopping"))
+        return EXIT_OK
+    if cmd == "pid":
+        result = checked(call(path, "pid", args.timeout, name=args.name))
+        if args.name and len(result.get("pids", {})) > 1:
+            for name, pid in result["pids"].items():
+                print(f"{name} {pid or '-'}")
+            return EXIT_OK
+        if result["pid"] is None:
+            print("-")
+            return EXIT_NOT_RUNNING
+        print(result["pid"])
+        return EXIT_OK
+    if cmd == "reload":
+        result = checked(call(path, "reload", args.timeout))
+        print(json.dumps(result.get("changes", {}), indent=2))
+        return EXIT_OK
+    if cmd == "why":
+        result = checked(call(path, "why", args.timeout, name=args.name))
+        print(json.dumps(result, indent=2, default=str))
+        return EXIT_OK
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
