@@ -1,0 +1,423 @@
+"""Who a process is, read so that a recycled pid is never blamed.
+
+A signal carries only the sender's pid (and real uid). By the time we look at
+/proc that pid may belong to another process, so `ProcessIdentity.capture`
+pins the process with a pidfd *before* reading anything, and afterwards checks
+through the pidfd that the same process is still there and that its start
+time did not change. A pid cannot be reused while the process (even as a
+zombie) exists, so facts read between the two steps belong to it. When the
+check fails the identity says so (``alive=False``) and keeps only what the
+kernel itself reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import functools
+import os
+import pwd
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+EXITED_NOTE = "sender exited before it could be inspected"
+ZOMBIE_NOTE = "sender had exited when inspected; its command line was already gone"
+KERNEL_NOTE = "no sender pid (the kernel, or a process in a pid namespace we cannot see)"
+UNSET_ID = 4294967295  # (uid_t)-1 in /proc/PID/loginuid and sessionid: never set
+UNIT_SUFFIXES = (".service", ".scope", ".timer", ".socket")
+MAX_ANCESTRY = 64  # parent chains are short; this only stops a corrupt /proc loop
+DESCRIBE_WIDTH = 80
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# psutil's epoch start time is btime (whole seconds, re-read from /proc/stat and
+# moved by clock steps) plus ticks: a cross-check only, the tick readings are exact.
+START_TIME_SLACK = 1.0
+
+
+@dataclass(frozen=True)
+class Ancestor:
+    """One process in a sender's parent chain."""
+
+    pid: int
+    comm: str
+    cmdline: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "comm": self.comm, "cmdline": list(self.cmdline)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Ancestor:
+        return cls(pid=int(d["pid"]), comm=d.get("comm") or "", cmdline=tuple(d.get("cmdline") or ()))
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """Evidence about one process; None means "not known", never a guess.
+
+    ``code`` is the siginfo si_code name the caller got from the kernel
+    (e.g. ``SI_USER``), kept with the identity because it says how far the
+    pid can be trusted. ``program`` is set by the supervisor when the process
+    is one of its own children.
+    """
+
+    pid: int
+    uid: int | None = None
+    user: str | None = None
+    comm: str | None = None
+    exe: str | None = None
+    cmdline: tuple[str, ...] | None = None
+    start_time: float | None = None
+    ppid: int | None = None
+    ancestry: tuple[Ancestor, ...] = ()
+    unit: str | None = None
+    loginuid: int | None = None
+    session: int | None = None
+    tty: str | None = None
+    alive: bool = False
+    note: str | None = None
+    program: str | None = None
+    code: str | None = None
+
+    @classmethod
+    def capture(
+        cls,
+        pid: int,
+        uid_hint: int | None = None,
+        code_hint: str | None = None,
+        *,
+        seen_boottime: float | None = None,
+    ) -> ProcessIdentity:
+        """Read who `pid` is now, pinned with a pidfd so a recycled pid is never blamed.
+
+        `uid_hint`/`code_hint` are the sender uid and si_code from the siginfo;
+        a process whose real uid differs from `uid_hint` is not the sender.
+        `seen_boottime` (``time.clock_gettime(time.CLOCK_BOOTTIME)`` when the
+        signal was read) rejects a process started after the signal: the pid
+        was reused before we could open it.
+        """
+        gone = cls(pid=pid, uid=uid_hint, code=code_hint, alive=False, note=EXITED_NOTE)
+        if pid <= 0:
+            return dataclasses.replace(gone, note=KERNEL_NOTE)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return gone
+        except OSError as e:
+            if e.errno not in (errno.ENOSYS, errno.EINVAL):
+                return dataclasses.replace(gone, note=f"could not open pid {pid}: {e.strerror}")
+            pidfd = None  # kernel < 5.3: fall back to the start-time check alone
+        try:
+            ticks = proc_start_ticks(pid)
+            if ticks is None:
+                return gone
+            facts = _read_facts(pid)
+            if facts is None or facts.start_ticks != ticks:
+                return gone
+            if not _still_same_process(pidfd, pid, ticks, facts.start_time):
+                return gone
+            if seen_boottime is not None and ticks / CLOCK_TICKS > seen_boottime + 1.0 / CLOCK_TICKS:
+                return dataclasses.replace(
+                    gone, note=f"pid {pid} was reused by a process started after the signal; sender already gone"
+                )
+            if uid_hint is not None and facts.uid != uid_hint:
+                return dataclasses.replace(
+                    gone, note=f"pid {pid} now belongs to uid {facts.uid}, not the sender's uid {uid_hint}; sender already gone"
+                )
+            ancestry = _read_ancestry(facts.ppid, ticks) if facts.ppid else ()
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        return cls(
+            pid=pid,
+            uid=facts.uid,
+            user=_user_name(facts.uid),
+            comm=facts.comm,
+            exe=facts.exe,
+            cmdline=facts.cmdline,
+            start_time=facts.start_time,
+            ppid=facts.ppid,
+            ancestry=ancestry,
+            unit=facts.unit,
+            loginuid=facts.loginuid,
+            session=facts.session,
+            tty=facts.tty,
+            alive=not facts.zombie,
+            note=ZOMBIE_NOTE if facts.zombie else None,
+            code=code_hint,
+        )
+
+    def with_program(self, name: str) -> ProcessIdentity:
+        """A copy naming the supervised program this process is."""
+        return dataclasses.replace(self, program=name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; every field present, unknowns as None."""
+        return {
+            "pid": self.pid,
+            "uid": self.uid,
+            "user": self.user,
+            "comm": self.comm,
+            "exe": self.exe,
+            "cmdline": list(self.cmdline) if self.cmdline is not None else None,
+            "start_time": self.start_time,
+            "ppid": self.ppid,
+            "ancestry": [a.to_dict() for a in self.ancestry],
+            "unit": self.unit,
+            "loginuid": self.loginuid,
+            "session": self.session,
+            "tty": self.tty,
+            "alive": self.alive,
+            "note": self.note,
+            "program": self.program,
+            "code": self.code,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProcessIdentity:
+        """Inverse of `to_dict`; tolerates missing keys (older log lines)."""
+        cmdline = d.get("cmdline")
+        return cls(
+            pid=int(d["pid"]),
+            uid=d.get("uid"),
+            user=d.get("user"),
+            comm=d.get("comm"),
+            exe=d.get("exe"),
+            cmdline=tuple(cmdline) if cmdline is not None else None,
+            start_time=d.get("start_time"),
+            ppid=d.get("ppid"),
+            ancestry=tuple(Ancestor.from_dict(a) for a in d.get("ancestry") or ()),
+            unit=d.get("unit"),
+            loginuid=d.get("loginuid"),
+            session=d.get("session"),
+            tty=d.get("tty"),
+            alive=bool(d.get("alive", False)),
+            note=d.get("note"),
+            program=d.get("program"),
+            code=d.get("code"),
+        )
+
+    def describe(self) -> str:
+        """One short line: ``pid 4412 python3 /opt/relayq/monitor.py (relayq-redis-monitor.service)``."""
+        if self.program:
+            return f"{self.program} (pid {self.pid})"
+        if self.comm is None:
+            return f"pid {self.pid} ({self.note or EXITED_NOTE})"
+        args = list(self.cmdline[1:]) if self.cmdline else []
+        command = " ".join([self.comm, *args]) if self.cmdline or not self.alive else f"[{self.comm}]"
+        if len(command) > DESCRIBE_WIDTH:
+            command = command[: DESCRIBE_WIDTH - 3] + "..."
+        text = f"pid {self.pid} {command}"
+        if self.unit:
+            text += f" ({self.unit})"
+        if not self.alive and self.note:
+            text += f" [{self.note}]"
+        return text
+
+
+def unit_from_cgroup(text: str) -> str | None:
+    """The systemd unit in /proc/PID/cgroup text, e.g. ``relayq-redis-monitor.service``.
+
+    Prefers the unified (v2) line, then v1's name=systemd hierarchy, then any
+    other; within a path the innermost .service/.scope/.timer/.socket wins.
+    """
+    paths: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        parts = line.strip().split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        rank = 0 if hierarchy == "0" and controllers == "" else 1 if controllers == "name=systemd" else 2
+        paths.append((rank, path))
+    for _, path in sorted(paths, key=lambda p: p[0]):
+        for part in reversed(path.split("/")):
+            if part.endswith(UNIT_SUFFIXES) and len(part) > len(".scope"):
+                return part
+    return None
+
+
+def start_ticks_from_stat(text: str) -> int | None:
+    """Field 22 (starttime, clock ticks after boot) of /proc/PID/stat text.
+
+    comm (field 2) may contain spaces and ')', so fields are counted from the
+    last ')'.
+    """
+    close = text.rfind(")")
+    if close < 0:
+        return None
+    rest = text[close + 1 :].split()
+    # rest[0] is field 3 (state), so field 22 is rest[19].
+    try:
+        return int(rest[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks after boot, or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return start_ticks_from_stat(f.read().decode("utf-8", "replace"))
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What /proc said about a pid, before we know it is still the pinned process."""
+
+    start_ticks: int | None
+    uid: int
+    comm: str
+    exe: str | None
+    cmdline: tuple[str, ...] | None
+    start_time: float
+    ppid: int
+    tty: str | None
+    unit: str | None
+    loginuid: int | None
+    session: int | None
+    zombie: bool
+
+
+def _read_facts(pid: int) -> _Facts | None:
+    """Everything /proc tells about `pid`, or None if it vanished while reading."""
+    try:
+        p = psutil.Process(pid)
+        start_ticks = proc_start_ticks(pid)
+        with p.oneshot():
+            zombie = p.status() == psutil.STATUS_ZOMBIE
+            comm = p.name()
+            uid = p.uids().real
+            ppid = p.ppid()
+            start_time = p.create_time()
+            tty = p.terminal()
+            # A zombie has no memory left: no argv, no exe link.
+            cmdline = None if zombie else tuple(p.cmdline())
+            exe = None if zombie else _exe(p)
+    except psutil.ZombieProcess:
+        return None  # became a zombie between status() and the reads: treat as gone
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return _Facts(
+        start_ticks=start_ticks,
+        uid=uid,
+        comm=comm,
+        exe=exe,
+        cmdline=cmdline,
+        start_time=start_time,
+        ppid=ppid,
+        tty=tty,
+        unit=_read_unit(pid),
+        loginuid=_read_id(f"/proc/{pid}/loginuid"),
+        session=_read_id(f"/proc/{pid}/sessionid"),
+        zombie=zombie,
+    )
+
+
+def _exe(p: psutil.Process) -> str | None:
+    try:
+        return p.exe() or None  # kernel threads have no exe: psutil says ""
+    except psutil.AccessDenied:
+        return None
+
+
+def _still_same_process(pidfd: int | None, pid: int, ticks: int, start_time: float | None) -> bool:
+    """True if the pidfd's process is still there and every reading agrees on its start."""
+    if pidfd is not None and not _pidfd_alive(pidfd):
+        return False
+    if proc_start_ticks(pid) != ticks:
+        return False
+    if start_time is None:
+        return True
+    expected = psutil.boot_time() + ticks / CLOCK_TICKS
+    return abs(start_time - expected) <= START_TIME_SLACK
+
+
+def _pidfd_alive(pidfd: int) -> bool:
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # the permission check comes after the lookup: it exists
+    return True
+
+
+def _read_ancestry(ppid: int, child_ticks: int) -> tuple[Ancestor, ...]:
+    """Parents from `ppid` up to pid 1, each pinned like the sender; stops where one vanishes."""
+    chain: list[Ancestor] = []
+    seen: set[int] = set()
+    pid = ppid
+    while pid > 0 and pid not in seen and len(chain) < MAX_ANCESTRY:
+        seen.add(pid)
+        found = _read_ancestor(pid, child_ticks)
+        if found is None:
+            break
+        ancestor, pid, child_ticks = found
+        chain.append(ancestor)
+    return tuple(chain)
+
+
+def _read_ancestor(pid: int, child_ticks: int) -> tuple[Ancestor, int, int] | None:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EINVAL):
+            return None
+        pidfd = None
+    try:
+        ticks = proc_start_ticks(pid)
+        # A parent always started before its child; a later start means the
+        # parent exited and its pid was reused between our two reads.
+        if ticks is None or ticks > child_ticks:
+            return None
+        try:
+            p = psutil.Process(pid)
+            with p.oneshot():
+                if p.status() == psutil.STATUS_ZOMBIE:
+                    return None
+                ancestor = Ancestor(pid=pid, comm=p.name(), cmdline=tuple(p.cmdline()))
+                parent = p.ppid()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+        if not _still_same_process(pidfd, pid, ticks, None):
+            return None
+        return ancestor, parent, ticks
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _read_unit(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+            return unit_from_cgroup(f.read())
+    except OSError:
+        return None
+
+
+def _read_id(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            value = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return None if value == UNSET_ID else value
+
+
+@functools.lru_cache(maxsize=256)
+def _user_name(uid: int) -> str | None:
+    # Cached: a name service lookup may be slow and this runs on the event loop.
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def boottime_now() -> float:
+    """Seconds since boot on the clock /proc/PID/stat start times use (for `seen_boottime`)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)

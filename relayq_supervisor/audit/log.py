@@ -1,0 +1,274 @@
+"""The append-only audit log: one JSON object per line, evidence for people.
+
+Durability: every event is written with a single write(2) on an O_APPEND fd
+and then fsync'ed before `AuditLog.write` returns True, so a crash (of the
+supervisor or of the machine) loses nothing that was acknowledged. A line
+that could not be written completely is cut back off the file, so a reader
+only ever sees whole events or, after a power loss mid-write, one torn last
+line (which `review.iter_events` skips).
+
+A failing disk never raises into the supervisor: the failure is reported
+once through ``on_error``, events wait in memory (bounded) and are written in
+order by the next successful write; recovery is reported once too.
+
+Rotation is by size: path -> path.1 -> path.2 ... keeping ``keep`` old files.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import json
+import os
+import socket
+import sys
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+EVENT_KINDS = frozenset(
+    {
+        "signal",
+        "exit",
+        "redis_denied",
+        "spawn",
+        "backoff",
+        "gave_up",
+        "tap_unavailable",
+        "lock_conflict",
+        "tamper",
+        "rival_manager",
+        "operator",
+        "audit_gap",
+    }
+)
+FILE_MODE = 0o640
+MAX_PENDING = 1000
+
+
+def utc_timestamp(when: float | None = None) -> str:
+    """ISO 8601 UTC with milliseconds and Z: ``2026-11-25T23:21:26.721Z``."""
+    dt = datetime.now(timezone.utc) if when is None else datetime.fromtimestamp(when, timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def make_event(kind: str, **fields: Any) -> dict[str, Any]:
+    """An audit event: ``ts``, ``host`` and ``event`` first, then `fields`.
+
+    `fields` may override ``ts``/``host`` (replayed or imported events).
+    """
+    event: dict[str, Any] = {"ts": utc_timestamp(), "host": socket.gethostname(), "event": kind}
+    event.update(fields)
+    event["event"] = kind
+    return event
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    """One log line. Undecodable argv bytes (surrogate escapes) become \\uDCxx escapes, still valid JSON."""
+    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
+    return (text + "\n").encode("utf-8", "backslashreplace")
+
+
+class AuditLog:
+    """Appends events to `path`; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_bytes: int = 10 * 1024 * 1024,
+        keep: int = 5,
+        on_error: Callable[[str], None] | None = None,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.on_error = on_error or _print_to_stderr
+        self.max_pending = max_pending
+        self._fd: int | None = None
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._failing = False
+        self._dropped = 0
+        self._failed_since: str | None = None
+
+    @property
+    def pending(self) -> int:
+        """Events waiting in memory for the disk to accept them."""
+        return len(self._pending)
+
+    @property
+    def failing(self) -> bool:
+        return self._failing
+
+    def write(self, event: dict[str, Any]) -> bool:
+        """Append `event` durably. False if it (or an earlier one) is still held in memory."""
+        try:
+            line = encode_event(event)
+        except (TypeError, ValueError) as e:
+            self.on_error(f"audit log {self.path}: event {event.get('event')!r} cannot be encoded ({e}); dropped")
+            return False
+        self._pending.append(line)
+        if self.flush():
+            return True
+        while len(self._pending) > self.max_pending:
+            self._pending.popleft()
+            self._dropped += 1
+        return False
+
+    def flush(self) -> bool:
+        """Write held events in order; True when none is left."""
+        written = 0
+        lost = self._dropped
+        try:
+            if self._failing and self._dropped:
+                self._append(self._gap_line())
+                self._dropped = 0
+            while self._pending:
+                self._append(self._pending[0])
+                self._pending.popleft()
+                written += 1
+        except OSError as e:
+            self._close_fd()
+            if not self._failing:
+                self._failing = True
+                self._failed_since = utc_timestamp()
+                reason = os.strerror(e.errno) if e.errno else str(e)
+                self.on_error(
+                    f"audit log {self.path}: write failed ({reason}); events are kept in memory and retried"
+                )
+            return False
+        if self._failing:
+            self._failing = False
+            message = f"audit log {self.path}: writing again; {written} held events written in order"
+            if lost:
+                message += f"; {lost} older events were lost (recorded as an audit_gap event)"
+            self.on_error(message)
+        return True
+
+    def close(self) -> None:
+        """Try once more to write held events, then close the file."""
+        if self._pending:
+            self.flush()
+        self._close_fd()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _gap_line(self) -> bytes:
+        # Said in the log itself: the reader must know events are missing here.
+        return encode_event(
+            make_event(
+                "audit_gap",
+                dropped=self._dropped,
+                since=self._failed_since,
+                reason=f"more than {self.max_pending} events waited for the disk; the oldest were dropped",
+            )
+        )
+
+    def _append(self, line: bytes) -> None:
+        fd = self._current_fd()
+        size = os.fstat(fd).st_size
+        if size > 0 and size + len(line) > self.max_bytes:
+            self._rotate()
+            fd = self._current_fd()
+            size = 0
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(fd)
+        except OSError:
+            # Cut a partial line back off so the retry does not leave a torn line mid-file.
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+            raise
+
+    def _current_fd(self) -> int:
+        if self._fd is not None and not self._replaced():
+            return self._fd
+        self._close_fd()
+        self._fd = self._open()
+        return self._fd
+
+    def _replaced(self) -> bool:
+        """True if someone moved or deleted the file under us: write to the path, not the orphan."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        own = os.fstat(self._fd)
+        return (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino)
+
+    def _open(self) -> int:
+        flags = os.O_APPEND | os.O_WRONLY | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except FileExistsError:
+            fd = os.open(self.path, flags)
+            try:
+                self._end_torn_line(fd)
+            except OSError:
+                os.close(fd)
+                raise
+            return fd
+        try:
+            os.fchmod(fd, FILE_MODE)  # the umask must neither loosen nor tighten it
+            _fsync_dir(self.path)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    def _end_torn_line(self, fd: int) -> None:
+        # After a crash mid-write the file may end without a newline; without one
+        # the next event would be glued to the torn bytes and lost with them.
+        size = os.fstat(fd).st_size
+        if not size:
+            return
+        reader = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # fd is write-only
+        try:
+            last = os.pread(reader, 1, size - 1)
+        finally:
+            os.close(reader)
+        if last != b"\n":
+            os.write(fd, b"\n")
+
+    def _rotate(self) -> None:
+        self._close_fd()
+        if self.keep <= 0:
+            os.unlink(self.path)
+        else:
+            n = self.keep + 1
+            while os.path.exists(f"{self.path}.{n}"):  # left from a larger `keep`
+                os.unlink(f"{self.path}.{n}")
+                n += 1
+            for i in range(self.keep - 1, 0, -1):
+                if os.path.exists(f"{self.path}.{i}"):
+                    os.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+            os.replace(self.path, f"{self.path}.1")
+        _fsync_dir(self.path)
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a created or renamed entry durable: fsync of the file alone does not cover its name."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _print_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
