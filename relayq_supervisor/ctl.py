@@ -9,9 +9,9 @@ import argparse
 import errno
 import json
 import os
+import select
 import socket
 import sys
-import time
 
 from . import protocol
 from .config import ConfigError, default_config_path, load_config
@@ -177,13 +177,21 @@ def run(args, path: str) -> int:
             print(f"{o['name']}: {o['state']}" + (f" ({o['detail']})" if o.get("detail") else ""))
         return EXIT_OK if ok else EXIT_FAILURE
     if cmd == "shutdown":
-        result = checked(call(path, "shutdown", args.timeout))
-        pid = result["pid"]
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
-            time.sleep(0.05)    # a client-side poll with a deadline; the supervisor is another process
-        print(f"relayq-supervisor pid {pid}: " + ("stopped" if not os.path.exists(f"/proc/{pid}") else "still stopping"))
-        return EXIT_OK
+        pid = None
+        try:
+            pid = checked(call(path, "pid", args.timeout))["pid"]
+            pidfd = os.pidfd_open(pid)      # before asking: the pid cannot be recycled under us
+        except OSError:
+            pidfd = None
+        checked(call(path, "shutdown", args.timeout))
+        if pidfd is None:
+            print("relayq-supervisor: shutdown requested")
+            return EXIT_OK
+        # a pidfd turns readable when the process has exited (zombie or not)
+        done, _, _ = select.select([pidfd], [], [], args.timeout)
+        os.close(pidfd)
+        print(f"relayq-supervisor pid {pid}: " + ("stopped" if done else f"still stopping after {args.timeout:g}s"))
+        return EXIT_OK if done else EXIT_FAILURE
     if cmd == "pid":
         result = checked(call(path, "pid", args.timeout, name=args.name))
         if args.name and len(result.get("pids", {})) > 1:
