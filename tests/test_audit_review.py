@@ -328,6 +328,11 @@ def test_follow_stops_when_told(tmp_path):
 def test_real_sender_written_filtered_and_formatted(tmp_path, procs):
     p = subprocess.Popen(["sleep", "30"])
     procs.append(p)
+    # Popen returns after fork, maybe before exec: wait until the process is `sleep`
+    deadline = time.monotonic() + 10
+    while open(f"/proc/{p.pid}/cmdline", "rb").read() != b"sleep\x0030\x00":
+        assert time.monotonic() < deadline, "sleep never exec'd"
+        time.sleep(0.005)
     sender = ProcessIdentity.capture(p.pid, uid_hint=os.getuid(), code_hint="SI_USER")
     path = tmp_path / "audit.jsonl"
     with AuditLog(path) as audit:
