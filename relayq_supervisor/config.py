@@ -89,6 +89,7 @@ class SupervisorSpec:
     audit_max_bytes: int = 10 * 1024 * 1024
     audit_backups: int = 10
     health_interval: float = 5.0
+    signal_tap: bool = True
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ _SUPERVISOR_KEYS = {
     "run_dir": str, "log_dir": str, "audit_log": str, "control_socket": str,
     "control_group": str, "audit_ignore": list, "log_max_bytes": int, "log_backups": int,
     "audit_max_bytes": int, "audit_backups": int, "health_interval": (int, float),
+    "signal_tap": bool,
 }
 _RESTART_KEYS = {
     "policy": str, "backoff_initial": (int, float), "backoff_factor": (int, float),
@@ -444,6 +446,7 @@ def parse_config(raw: bytes, path: str) -> Config:
         audit_ignore=tuple("SIG" + n.upper().removeprefix("SIG") for n in ignore),
         **{k: sup[k] for k in ("log_max_bytes", "log_backups", "audit_max_bytes", "audit_backups") if k in sup},
         **({"health_interval": float(sup["health_interval"])} if "health_interval" in sup else {}),
+        signal_tap=sup.get("signal_tap", True),
     )
     if supervisor.control_group is not None:
         import grp

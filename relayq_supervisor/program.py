@@ -79,6 +79,7 @@ class Program:
         self.start_due = False                     # backoff over, waiting for dependencies
         self.exec_error: str | None = None
         self.notify_status: str | None = None      # last STATUS= the child sent
+        self.last_signal: dict | None = None       # last signal delivered to it, with its sender
         self.stop_reason: str | None = None        # why the supervisor is stopping it
         self.timer: asyncio.TimerHandle | None = None
         self.ready_task: asyncio.Task | None = None

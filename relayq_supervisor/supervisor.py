@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from . import redis_server
 from .audit.identity import ProcessIdentity, proc_start_ticks
 from .audit.log import AuditLog, make_event
+from .audit.tap import SignalTap
 from .config import Config, ProgramSpec, children_path, redis_version
-from .linux import prctl
+from .linux import prctl, ptrace
+from .linux.siginfo import Siginfo, is_user_sent
 from .linux.signalfd import SignalFd
 from .locks import LockHeld, OwnerLock, describe_owner
 from .notify import ChildNotifySocket, ServiceNotifier
@@ -34,6 +36,10 @@ from .spawn import read_exec_result, spawn
 log = logging.getLogger("relayq")
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+# Signals that stop a program: the guard suppresses them to a protected program
+# unless the supervisor itself sends them.
+GUARDED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
+                             signal.SIGUSR2, signal.SIGSTOP, signal.SIGTSTP})
 # Variables that describe the supervisor's own place under systemd, not the children's.
 _NOT_FOR_CHILDREN = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
                      "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM", "RELAYQ_CONFIG")
@@ -74,6 +80,7 @@ class Supervisor:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.extra_status: dict = {}
         self.waiters: list[tuple[object, asyncio.Future]] = []
+        self.tap = SignalTap(self.on_traced_signal) if config.supervisor.signal_tap else None
 
     # --- ordering ----------------------------------------------------------------
 
@@ -220,17 +227,21 @@ class Supervisor:
         log.info("supervisor: reload requested (%s) - not supported yet, ignored", why)
 
     def reap(self) -> None:
+        """Every waitpid() result: traced children's stops go to the tap, exits here.
+        __WALL: threads of traced children report too."""
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG | ptrace.WALL)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            if self.tap is not None and self.tap.handle(pid, status) is None:
+                continue
             program = self.by_pid.pop(pid, None)
             if program is not None:
                 self.on_exit(program, status)
-            self.kill_group_leftovers(pid)
+                self.kill_group_leftovers(pid)
 
     def kill_group_leftovers(self, pgid: int) -> None:
         """A program's main process is gone: end what it left in its process group,
@@ -321,7 +332,48 @@ class Supervisor:
         self.begin_ready_check(p)
 
     def before_exec(self, pid: int) -> None:
-        """Between fork and exec; the signal tap attaches here."""
+        """Between fork and exec: the signal tap seizes the child here."""
+        if self.tap is None or self.tap.unavailable:
+            return
+        if not self.tap.attach(pid):
+            log.warning("supervisor: signal tap: %s (signals to children are not attributed)", self.tap.state)
+            self.audit("tap_unavailable", reason=self.tap.unavailable)
+
+    def on_traced_signal(self, tid: int, info: Siginfo) -> bool:
+        """A signal is about to reach a traced child: record it, and say whether to deliver."""
+        p = self.program_of_pid(tid)
+        user_sent = is_user_sent(info.code) and info.pid > 0
+        if user_sent and info.pid == os.getpid():
+            return True                     # our own: recorded when sent
+        name = signal_name(info.signo)
+        sender = None
+        if user_sent:
+            sender = ProcessIdentity.capture(info.pid, uid_hint=info.uid, code_hint=info.code_name)
+        action, note = "delivered", None
+        self_sent = p is not None and user_sent and self.program_of_pid(info.pid) is p
+        if (p is not None and p.spec.protect and user_sent and not self_sent and info.signo in GUARDED_SIGNALS
+                and not self.shutting_down):
+            action = "blocked"
+            if info.signo == signal.SIGTERM and info.pid in (1, os.getppid()):
+                # the service manager stopping the whole group: don't fight it, order it
+                note = "service manager stop: the supervisor orders the shutdown"
+                self.request_shutdown(f"SIGTERM to {p.name} from the service manager (pid {info.pid})")
+        sender_dict = self.name_sender(sender)
+        if name not in self.config.supervisor.audit_ignore or action == "blocked":
+            self.audit("signal", signal=name, signo=info.signo, code=info.code_name,
+                       target={"program": p.name if p else None, "pid": tid}, sender=sender_dict,
+                       action=action, via="ptrace", **({"note": note} if note else {}))
+        if p is None:
+            return True
+        who = sender.describe() if sender else f"the kernel ({info.code_name})"
+        if action == "blocked":
+            if note is None:
+                log.warning("%s: blocked %s from %s; to stop %s use `relayqctl stop %s`", p.name, name, who,
+                            p.name, p.name)
+            return False
+        if user_sent or info.signo not in (signal.SIGCHLD, signal.SIGWINCH):
+            p.last_signal = {"signal": name, "signo": info.signo, "sender": sender_dict, "describe": who}
+        return True
 
     def on_exec_result(self, p: Program, fd: int) -> None:
         self.loop.remove_reader(fd)
@@ -414,12 +466,16 @@ class Supervisor:
             info = ExitInfo(info.code, info.signal, info.at, runtime, detail=p.exec_error)
         elif p.state == STOPPING and p.stop_reason:
             info = ExitInfo(info.code, info.signal, info.at, runtime, info.core_dumped, detail=p.stop_reason)
+        sender = None
+        if info.signal is not None and p.state != STOPPING:
+            info, sender = self.attribute_exit(p, info)
         p.last_exit = info
+        p.last_signal = None
         pid = p.pid
         p.forget_process()
         self.audit("exit", program=p.name, pid=pid, code=info.code,
                    signal=signal_name(info.signal) if info.signal else None,
-                   runtime_s=round(runtime, 3), sender=None, note=info.detail)
+                   runtime_s=round(runtime, 3), sender=sender, note=info.detail)
         if p.state == STOPPING or not p.wanted or self.shutting_down:
             p.set_state(STOPPED, info.describe())
             p.exited.set()
@@ -441,6 +497,17 @@ class Supervisor:
             p.restarts += 1
             p.start_due = True
         self.reconcile()
+
+    def attribute_exit(self, p: Program, info: ExitInfo) -> tuple[ExitInfo, dict | None]:
+        """Who killed it: the sender of the fatal signal, when the tap saw it."""
+        last = p.last_signal
+        if last is not None and last["signo"] == info.signal:
+            detail = f"from {last['describe']}"
+            return ExitInfo(info.code, info.signal, info.at, info.runtime, info.core_dumped, detail), last["sender"]
+        if info.signal == signal.SIGKILL and self.tap is not None and not self.tap.unavailable:
+            return ExitInfo(info.code, info.signal, info.at, info.runtime, info.core_dumped,
+                            "sender not visible to the tap"), None
+        return info, None
 
     def backoff_over(self, p: Program) -> None:
         p.timer = None
@@ -694,7 +761,9 @@ class Supervisor:
                 "pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started_mono, 3),
                 "started_at": self.started_wall, "config": self.config.path,
                 "redis_binary": redis.redis.binary if redis else None, "redis_version": self.redis_version,
-                "hostname": socket.gethostname(), **self.extra_status,
+                "hostname": socket.gethostname(),
+                "signal_tap": self.tap.state if self.tap is not None else "off (signal_tap = false)",
+                **self.extra_status,
             },
             "programs": [p.status() for p in self.programs.values()],
         }

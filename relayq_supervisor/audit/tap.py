@@ -1,0 +1,74 @@
+"""The signal tap: sees every signal sent to a supervised child, and who sent it.
+
+The supervisor is the parent of every child, so it may trace them. It seizes each
+child between fork and exec (spawn's gate), with TRACECLONE so every thread, including
+ones made later, is traced, and TRACEEXEC so exec is an event stop, not a SIGTRAP.
+At each signal-delivery-stop the kernel's siginfo names the sender; the decision to
+deliver or suppress is the caller's (`on_signal`). Everything here is ptrace(2):
+- group-stop (SIGSTOP/SIGTSTP/...) of a seized tracee is reported as PTRACE_EVENT_STOP
+  and must be answered with PTRACE_LISTEN, so the process really stays stopped and a
+  later SIGCONT still reaches us;
+- other event stops (clone, exec, a new thread's first stop) resume with no signal;
+- a tracee belongs to the thread that seized it: all calls come from the loop thread;
+- PTRACE_O_EXITKILL is never set: a supervisor crash must not take Redis with it.
+"""
+from __future__ import annotations
+
+import errno
+from typing import Callable
+
+from ..linux import ptrace
+from ..linux.siginfo import Siginfo
+
+OPTIONS = ptrace.PTRACE_O_TRACECLONE | ptrace.PTRACE_O_TRACEEXEC
+
+
+class SignalTap:
+    def __init__(self, on_signal: Callable[[int, Siginfo], bool]):
+        self.on_signal = on_signal          # (tid, siginfo) -> deliver?
+        self.unavailable: str | None = None
+
+    @property
+    def state(self) -> str:
+        return f"unavailable ({self.unavailable})" if self.unavailable else "attached"
+
+    def attach(self, pid: int) -> bool:
+        """Seize a freshly forked child (still waiting at the exec gate)."""
+        if self.unavailable:
+            return False
+        try:
+            ptrace.seize(pid, OPTIONS)
+            return True
+        except OSError as e:
+            if e.errno in (errno.EPERM, errno.EACCES, errno.ENOSYS, errno.EINVAL):
+                self.unavailable = f"ptrace refused: {e.strerror}"
+                return False
+            raise
+
+    def handle(self, tid: int, status: int) -> ptrace.WaitEvent | None:
+        """Take one waitpid() result. Stops are answered here and give None; exits
+        (of any thread) come back to the caller."""
+        ev = ptrace.decode_wait_status(status)
+        if ev.kind in ("exited", "killed"):
+            return ev
+        try:
+            if ev.kind == "signal_stop":
+                self.deliver_or_suppress(tid, ev.stopsig)
+            elif ev.kind == "group_stop":
+                ptrace.listen(tid)
+            else:                           # event stops, syscall stops
+                ptrace.cont(tid, 0)
+        except ProcessLookupError:
+            pass                            # killed (SIGKILL) while stopped: its exit follows
+        return None
+
+    def deliver_or_suppress(self, tid: int, stopsig: int) -> None:
+        try:
+            info = ptrace.getsiginfo(tid)
+        except ProcessLookupError:
+            return
+        deliver = True
+        try:
+            deliver = self.on_signal(tid, info)
+        finally:        # whatever the callback did, never leave a tracee stopped
+            ptrace.cont(tid, stopsig if deliver else 0)
