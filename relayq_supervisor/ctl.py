@@ -14,6 +14,9 @@ import socket
 import sys
 
 from . import protocol
+from datetime import datetime, timezone
+
+from .audit import review
 from .config import ConfigError, default_config_path, load_config
 from .protocol import ProtocolError
 
@@ -127,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("reload", parents=[common], help="re-read the config, apply what changed")
     p = sub.add_parser("why", parents=[common], help="the last stop of a program, with its evidence")
     p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("audit", parents=[common], help="the audit log as a timeline (rotated files too)")
+    p.add_argument("--json", action="store_true", help="one JSON event per line")
+    p.add_argument("--program", help="NAME (worker matches worker:0, worker:1)")
+    p.add_argument("--signal", help="SIGTERM, TERM or 15")
+    p.add_argument("--sender", help="a pid, or text found in the sender's command, unit or program")
+    p.add_argument("--since", help="10m, 2h, 1d or an ISO time")
+    p.add_argument("--until", help="same forms as --since")
+    p.add_argument("--blocked", action="store_true", help="only signals the guard blocked")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument("--file", help="audit log path (instead of the config's audit_log)")
     return parser
 
 
@@ -137,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        if args.cmd == "audit":
+            return audit_timeline(args)
         path = socket_path(args)
     except ConfigError as e:
         print(f"relayqctl: {e}", file=sys.stderr)
@@ -209,9 +225,68 @@ def run(args, path: str) -> int:
         return EXIT_OK
     if cmd == "why":
         result = checked(call(path, "why", args.timeout, name=args.name))
-        print(json.dumps(result, indent=2, default=str))
+        if args.json:
+            print(json.dumps(result, indent=2, default=str))
+        else:
+            print_why(result)
         return EXIT_OK
     return EXIT_USAGE
+
+
+def print_why(result: dict) -> None:
+    p, stop = result["program"], result.get("last_stop")
+    print(f"{p['name']}: {p['state']}" + (f", pid {p['pid']}" if p["pid"] else "") + f" ({p['reason']})")
+    if not stop:
+        print("  no run of it has ended yet")
+        return
+    print(f"  last stop: {review.format_event(stop['exit'])}")
+    sender = stop.get("sender")
+    if sender:
+        print(f"  sent by: {review.describe_sender(sender)}")
+        for key in ("uid", "user", "exe", "cmdline", "unit", "loginuid", "session", "tty", "alive", "note"):
+            if sender.get(key) not in (None, [], ""):
+                value = " ".join(sender[key]) if key == "cmdline" else sender[key]
+                print(f"    {key}: {value}")
+        for anc in sender.get("ancestry") or []:
+            print(f"    parent: pid {anc['pid']} {anc.get('comm') or ''} {' '.join(anc.get('cmdline') or [])}")
+    if stop.get("signals"):
+        print("  signals before it:")
+        for event in stop["signals"]:
+            print(f"    {review.format_event(event)}")
+    if stop.get("output_tail"):
+        print("  its last output:")
+        for line in stop["output_tail"][-12:]:
+            print(f"    {line}")
+
+
+def audit_timeline(args) -> int:
+    path = args.file or load_config(args.config or default_config_path()).supervisor.audit_log
+    try:
+        now = datetime.now(timezone.utc)
+        wanted = review.EventFilter(program=args.program, signal=args.signal, sender=args.sender,
+                                    since=review.parse_when(args.since, now) if args.since else None,
+                                    until=review.parse_when(args.until, now) if args.until else None,
+                                    blocked_only=args.blocked)
+    except ValueError as e:
+        print(f"relayqctl audit: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    show = (lambda e: print(json.dumps(e, default=str))) if args.json else (lambda e: print(review.format_event(e)))
+    stream = review.iter_events(path)
+    for event in stream:
+        if wanted.matches(event):
+            show(event)
+    if not stream.files and not args.follow:
+        print(f"relayqctl audit: {path}: no audit log yet", file=sys.stderr)
+        return EXIT_FAILURE
+    if stream.corrupt_lines:
+        print(f"relayqctl audit: skipped {stream.corrupt_lines} unreadable line(s)", file=sys.stderr)
+    if args.follow:
+        sys.stdout.flush()
+        for event in review.follow(path):
+            if wanted.matches(event):
+                show(event)
+                sys.stdout.flush()
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from .config import ProgramSpec
@@ -80,6 +81,9 @@ class Program:
         self.exec_error: str | None = None
         self.notify_status: str | None = None      # last STATUS= the child sent
         self.last_signal: dict | None = None       # last signal delivered to it, with its sender
+        self.recent_signals: deque[dict] = deque(maxlen=10)   # audit events, for `relayqctl why`
+        self.output_tail: deque[str] = deque(maxlen=20)       # its last output lines
+        self.last_stop: dict | None = None         # evidence of how the last run ended
         self.stop_reason: str | None = None        # why the supervisor is stopping it
         self.timer: asyncio.TimerHandle | None = None
         self.ready_task: asyncio.Task | None = None
@@ -132,6 +136,11 @@ class Program:
         self.pid = self.pidfd = None
         self.cancel_ready_check()
         self.cancel_timer()
+
+    def remember_output(self, data: bytes) -> None:
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                self.output_tail.append(line[:300])
 
     def status(self) -> dict:
         next_in = None

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from . import redis_server
-from .audit.identity import ProcessIdentity, proc_start_ticks
+from .audit.identity import ProcessIdentity, boottime_now, proc_start_ticks
 from .audit.log import AuditLog, make_event
 from .audit.tap import SignalTap
 from .config import Config, ProgramSpec, children_path, redis_version
@@ -36,6 +36,7 @@ from .spawn import read_exec_result, spawn
 log = logging.getLogger("relayq")
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+STOP_REQUESTS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP})
 # Signals that stop a program: the guard suppresses them to a protected program
 # unless the supervisor itself sends them.
 GUARDED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
@@ -348,7 +349,9 @@ class Supervisor:
         name = signal_name(info.signo)
         sender = None
         if user_sent:
-            sender = ProcessIdentity.capture(info.pid, uid_hint=info.uid, code_hint=info.code_name)
+            # started after this moment = a recycled pid, not the sender
+            sender = ProcessIdentity.capture(info.pid, uid_hint=info.uid, code_hint=info.code_name,
+                                             seen_boottime=boottime_now())
         action, note = "delivered", None
         self_sent = p is not None and user_sent and self.program_of_pid(info.pid) is p
         if (p is not None and p.spec.protect and user_sent and not self_sent and info.signo in GUARDED_SIGNALS
@@ -360,9 +363,8 @@ class Supervisor:
                 self.request_shutdown(f"SIGTERM to {p.name} from the service manager (pid {info.pid})")
         sender_dict = self.name_sender(sender)
         if name not in self.config.supervisor.audit_ignore or action == "blocked":
-            self.audit("signal", signal=name, signo=info.signo, code=info.code_name,
-                       target={"program": p.name if p else None, "pid": tid}, sender=sender_dict,
-                       action=action, via="ptrace", **({"note": note} if note else {}))
+            self.record_signal(p, tid, info.signo, code=info.code_name, sender=sender_dict, action=action,
+                               via="ptrace", **({"note": note} if note else {}))
         if p is None:
             return True
         who = sender.describe() if sender else f"the kernel ({info.code_name})"
@@ -446,6 +448,7 @@ class Supervisor:
             if p.output_fd == fd:
                 p.output_fd = None
             return
+        p.remember_output(data)
         try:
             p.output.write(data)
         except OSError as e:
@@ -467,15 +470,19 @@ class Supervisor:
         elif p.state == STOPPING and p.stop_reason:
             info = ExitInfo(info.code, info.signal, info.at, runtime, info.core_dumped, detail=p.stop_reason)
         sender = None
-        if info.signal is not None and p.state != STOPPING:
+        if p.state != STOPPING:
             info, sender = self.attribute_exit(p, info)
         p.last_exit = info
         p.last_signal = None
         pid = p.pid
         p.forget_process()
-        self.audit("exit", program=p.name, pid=pid, code=info.code,
-                   signal=signal_name(info.signal) if info.signal else None,
-                   runtime_s=round(runtime, 3), sender=sender, note=info.detail)
+        event = make_event("exit", program=p.name, pid=pid, code=info.code,
+                           signal=signal_name(info.signal) if info.signal else None,
+                           runtime_s=round(runtime, 3), sender=sender, note=info.detail)
+        if self.audit_log is not None:
+            self.audit_log.write(event)
+        p.last_stop = {"exit": event, "description": info.describe(), "sender": sender,
+                       "signals": list(p.recent_signals), "output_tail": list(p.output_tail)}
         if p.state == STOPPING or not p.wanted or self.shutting_down:
             p.set_state(STOPPED, info.describe())
             p.exited.set()
@@ -504,6 +511,10 @@ class Supervisor:
         if last is not None and last["signo"] == info.signal:
             detail = f"from {last['describe']}"
             return ExitInfo(info.code, info.signal, info.at, info.runtime, info.core_dumped, detail), last["sender"]
+        if last is not None and info.signal is None and last["signo"] in STOP_REQUESTS and last["sender"]:
+            # it handled the signal and exited on its own: still that sender's doing
+            detail = f"after {last['signal']} from {last['describe']}"
+            return ExitInfo(info.code, None, info.at, info.runtime, False, detail), last["sender"]
         if info.signal == signal.SIGKILL and self.tap is not None and not self.tap.unavailable:
             return ExitInfo(info.code, info.signal, info.at, info.runtime, info.core_dumped,
                             "sender not visible to the tap"), None
@@ -563,9 +574,19 @@ class Supervisor:
 
     def send(self, p: Program, signo: int, reason: str) -> None:
         delivered = p.send_signal(signo)
-        self.audit("signal", signal=signal_name(signo), signo=signo, code="SI_USER",
-                   target={"program": p.name, "pid": p.pid}, sender={"pid": os.getpid(), "program": "supervisor"},
-                   action="delivered" if delivered else "not-delivered", via="supervisor", reason=reason)
+        self.record_signal(p, p.pid, signo, action="delivered" if delivered else "not-delivered", reason=reason)
+
+    def record_signal(self, p: Program | None, pid: int, signo: int, *, code: str = "SI_USER",
+                      sender: dict | None = None, via: str = "supervisor", **fields) -> None:
+        """One `signal` audit event (defaults: sent by the supervisor itself)."""
+        if sender is None and via == "supervisor":
+            sender = {"pid": os.getpid(), "program": "supervisor"}
+        event = make_event("signal", signal=signal_name(signo), signo=signo, code=code,
+                           target={"program": p.name if p else None, "pid": pid}, sender=sender, via=via, **fields)
+        if self.audit_log is not None:
+            self.audit_log.write(event)
+        if p is not None:
+            p.recent_signals.append(event)
 
     def stop_timed_out(self, p: Program, pid: int) -> None:
         p.timer = None
@@ -573,9 +594,7 @@ class Supervisor:
             return
         log.warning("%s: did not exit %gs after %s: SIGKILL to process group %d", p.name,
                     p.spec.stop_timeout, signal_name(p.spec.stop_signal), pid)
-        self.audit("signal", signal="SIGKILL", signo=9, code="SI_USER", target={"program": p.name, "pid": pid},
-                   sender={"pid": os.getpid(), "program": "supervisor"}, action="delivered", via="supervisor",
-                   reason="stop-timeout-kill")
+        self.record_signal(p, pid, signal.SIGKILL, action="delivered", reason="stop-timeout-kill")
         p.stop_reason = f"{p.stop_reason}; SIGKILL after stop_timeout {p.spec.stop_timeout:g}s"
         try:    # the main process is not reaped yet, so its pid (the group id) is still ours
             os.killpg(pid, signal.SIGKILL)
@@ -747,7 +766,7 @@ class Supervisor:
         await self.wait_until(lambda: self.all_outcomes([self.start_outcome(p, before[p.name]) for p in targets]))
 
     def why(self, p: Program) -> dict:
-        return {"program": p.status(), "event": None}
+        return {"program": p.status(), "last_stop": p.last_stop}
 
     async def reload(self, who: str) -> dict:
         raise ProtocolError("reload is not supported by this version", code=1)
