@@ -36,7 +36,7 @@ WatchCallback = Callable[[str, str], None]
 # IN_ATTRIB is there because `touch` of an existing file may only utime() it (pathlib does);
 # IN_MODIFY is not: it fires on every write(2) and the file is only complete at IN_CLOSE_WRITE.
 _DIRECTORY_MASK = (pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO | pyinotify.IN_CLOSE_WRITE
-                   | pyinotify.IN_DELETE | pyinotify.IN_MOVED_FROM
+                   | pyinotify.IN_ATTRIB | pyinotify.IN_DELETE | pyinotify.IN_MOVED_FROM
                    | pyinotify.IN_DELETE_SELF | pyinotify.IN_MOVE_SELF | pyinotify.IN_ONLYDIR)
 _APPEARED = pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO
 _WRITTEN = pyinotify.IN_CLOSE_WRITE | pyinotify.IN_ATTRIB
