@@ -8,7 +8,9 @@ registered on the same loop. State changes happen only in the handlers below.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
+import hashlib
 import logging
 import os
 import signal
@@ -20,7 +22,8 @@ from . import redis_server
 from .audit.identity import ProcessIdentity, boottime_now, proc_start_ticks
 from .audit.log import AuditLog, make_event
 from .audit.tap import SignalTap
-from .config import Config, ProgramSpec, children_path, redis_version
+from . import doctor
+from .config import Config, ConfigError, ProgramSpec, children_path, load_config, redis_version
 from .linux import prctl, ptrace
 from .linux.siginfo import Siginfo, is_user_sent
 from .linux.signalfd import SignalFd
@@ -32,6 +35,7 @@ from .protocol import ProtocolError
 from .program import (BACKOFF, EXITED, FATAL, RUNNING, STARTING, STOPPED, STOPPING, ExitInfo,
                       Program, signal_name)
 from .spawn import read_exec_result, spawn
+from .watch import Watcher
 
 log = logging.getLogger("relayq")
 
@@ -82,6 +86,11 @@ class Supervisor:
         self.extra_status: dict = {}
         self.waiters: list[tuple[object, asyncio.Future]] = []
         self.tap = SignalTap(self.on_traced_signal) if config.supervisor.signal_tap else None
+        self.config_digest = file_digest(config.path)
+        self.config_changed = False
+        self.watcher: Watcher | None = None
+        self.ready_sent = False
+        self.watchdog: asyncio.TimerHandle | None = None
 
     # --- ordering ----------------------------------------------------------------
 
@@ -165,7 +174,11 @@ class Supervisor:
             await self.control.start()
         log.info("supervisor: started pid %d with %s (%d programs)", os.getpid(), self.config.path,
                  len(self.programs))
+        self.warn_about_rivals()
+        self.start_watches()
+        self.start_watchdog()
         self.reconcile()
+        self.publish_status()
         try:
             await self.shutdown_requested.wait()
             await self.shutdown()
@@ -175,6 +188,10 @@ class Supervisor:
     control_factory = None      # set by cli to the control server's constructor
 
     def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        if self.watcher is not None:
+            self.watcher.close()
         if self.control is not None:
             self.control.close()
         if self.sigfd is not None:
@@ -225,7 +242,12 @@ class Supervisor:
         return identity.to_dict()
 
     def on_reload_request(self, why: str) -> None:
-        log.info("supervisor: reload requested (%s) - not supported yet, ignored", why)
+        async def reload_logged():
+            try:
+                await self.reload(why)
+            except ProtocolError as e:
+                log.error("supervisor: reload rejected, nothing changed: %s", e)
+        self.loop.create_task(reload_logged())
 
     def reap(self) -> None:
         """Every waitpid() result: traced children's stops go to the tap, exits here.
@@ -369,6 +391,8 @@ class Supervisor:
             return True
         who = sender.describe() if sender else f"the kernel ({info.code_name})"
         if action == "blocked":
+            self.blocked_today()
+            self.blocked_count += 1
             if note is None:
                 log.warning("%s: blocked %s from %s; to stop %s use `relayqctl stop %s`", p.name, name, who,
                             p.name, p.name)
@@ -533,7 +557,8 @@ class Supervisor:
         self.audit("gave_up", program=p.name, reason=reason)
 
     def on_state_change(self, p: Program) -> None:
-        """After every transition: wake operators waiting for an outcome."""
+        """After every transition: wake operators waiting for an outcome, tell systemd."""
+        self.publish_status()
         still = []
         for check, fut in self.waiters:
             if fut.done():
@@ -611,10 +636,15 @@ class Supervisor:
 
     async def shutdown(self) -> None:
         self.shutting_down = True
-        self.service.send(STOPPING=1)
+        self.service.send(STOPPING=1, STATUS="stopping programs in dependency order")
+        extender = self.loop.create_task(self.extend_stop_timeout()) if self.service.enabled else None
         for p in self.programs.values():
             p.wanted = False
-        await self.stop_in_order(list(self.programs.values()), "supervisor shutdown")
+        try:
+            await self.stop_in_order(list(self.programs.values()), "supervisor shutdown")
+        finally:
+            if extender is not None:
+                extender.cancel()
         await self.end_leftovers()
         for p in self.programs.values():
             self.close_output(p)
@@ -769,9 +799,218 @@ class Supervisor:
         return {"program": p.status(), "last_stop": p.last_stop}
 
     async def reload(self, who: str) -> dict:
-        raise ProtocolError("reload is not supported by this version", code=1)
+        """Re-read the config: a broken one changes nothing; otherwise only what changed
+        is stopped, started or restarted."""
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as e:
+            raise ProtocolError(str(e), code=2) from None
+        log.info("supervisor: reloading %s (%s)", new.path, who)
+        self.service.send(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+        try:
+            changes = await self.apply_config(new)
+        finally:
+            self.service.send(READY=1, STATUS=self.status_line())
+        self.config_digest = file_digest(new.path)
+        self.config_changed = False
+        log.info("supervisor: reloaded: %s", ", ".join(f"{k} {v}" for k, v in changes.items() if v) or "nothing changed")
+        return {"changes": changes}
+
+    async def apply_config(self, new: Config) -> dict:
+        old = {spec.name: spec for spec in self.config.programs}
+        fresh = {spec.name: spec for spec in new.programs}
+        removed = [n for n in old if n not in fresh]
+        added = [n for n in fresh if n not in old]
+        resized, changed = [], []
+        for name in fresh.keys() & old.keys():
+            if fresh[name] == old[name]:
+                continue
+            same_but_count = dataclasses.replace(old[name], numprocs=fresh[name].numprocs) == fresh[name]
+            # 1 <-> N renames the instances (redis vs worker:0): that is a change, not a resize
+            if same_but_count and old[name].numprocs > 1 and fresh[name].numprocs > 1:
+                resized.append(name)
+            else:
+                changed.append(name)
+        keep_names = {n for name in resized for n in fresh[name].instance_names()}
+        going = [p for p in self.programs.values()
+                 if p.base in removed or p.base in changed or (p.base in resized and p.name not in keep_names)]
+        await self.stop_in_order(going, "reload")
+        for p in going:
+            self.close_output(p)
+            if p.output is not None:
+                p.output.close()
+        for name in removed:
+            self.locks.pop(name).release()
+        for name in added:
+            self.take_lock(name, os.path.join(new.supervisor.run_dir, f"{name}.lock"),
+                           f"program {name} is owned by pid {{pid}}")
+        programs: dict[str, Program] = {}
+        for spec in new.programs:
+            for name in spec.instance_names():
+                p = self.programs.get(name)
+                if p is None or p in going:
+                    p = Program(spec, name)
+                    p.listener = self.on_state_change
+                p.spec = spec
+                programs[name] = p
+        self.programs = programs
+        not_applied = [f.name for f in dataclasses.fields(new.supervisor)
+                       if getattr(new.supervisor, f.name) != getattr(self.config.supervisor, f.name)]
+        self.config = new
+        self.reconcile()
+        return {"added": added, "removed": removed, "changed": changed, "resized": resized,
+                "not_applied": [f"[supervisor] {k}: restart the supervisor to apply" for k in not_applied]}
+
+    # --- systemd -----------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        parts = []
+        for spec in self.config.programs:
+            group = self.instances(spec.name)
+            running = sum(p.state == RUNNING for p in group)
+            if len(group) == 1:
+                parts.append(f"{spec.name} {group[0].state.lower()}")
+            else:
+                parts.append(f"{spec.name} {running}/{len(group)} running")
+        blocked = self.blocked_today()
+        return "; ".join(parts) + f"; {blocked} blocked signal{'s' if blocked != 1 else ''} today"
+
+    def blocked_today(self) -> int:
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        if self.blocked_day != today:
+            self.blocked_day, self.blocked_count = today, 0
+        return self.blocked_count
+
+    blocked_day = ""
+    blocked_count = 0
+
+    def publish_status(self) -> None:
+        if not self.service.enabled or self.shutting_down:
+            return
+        if not self.ready_sent:
+            pending = [p for p in self.programs.values() if p.spec.autostart and p.state not in (RUNNING, FATAL)]
+            if pending:
+                self.service.send(STATUS=self.status_line())
+                return
+            self.ready_sent = True
+            gave_up = [p.name for p in self.programs.values() if p.state == FATAL]
+            status = self.status_line() + (f"; gave up: {', '.join(gave_up)}" if gave_up else "")
+            self.service.send(READY=1, STATUS=status)
+            return
+        self.service.send(STATUS=self.status_line())
+
+    def start_watchdog(self) -> None:
+        """WATCHDOG=1 at half of WATCHDOG_USEC, from this loop: a stuck loop stops the pings."""
+        usec = os.environ.get("WATCHDOG_USEC")
+        owner = os.environ.get("WATCHDOG_PID")
+        if not usec or not self.service.enabled or (owner and owner != str(os.getpid())):
+            return
+        try:
+            interval = int(usec) / 2e6
+        except ValueError:
+            log.warning("supervisor: ignoring WATCHDOG_USEC=%r (not a number)", usec)
+            return
+
+        def ping():
+            self.service.send(WATCHDOG=1)
+            self.watchdog = self.loop.call_later(interval, ping)
+
+        ping()
+
+    async def extend_stop_timeout(self) -> None:
+        """While programs (Redis writing its dump) are still stopping, keep systemd from
+        running out of TimeoutStopSec and SIGKILLing them."""
+        while True:
+            self.service.send(EXTEND_TIMEOUT_USEC=10_000_000,
+                              STATUS="stopping: " + ", ".join(p.name for p in self.programs.values()
+                                                               if p.state == STOPPING))
+            await asyncio.sleep(4.0)
+
+    # --- rivals and tampering ------------------------------------------------------------
+
+    def doctor_target(self) -> doctor.DoctorTarget:
+        redis = self.config.redis
+        own = {os.getpid(), *self.by_pid}
+        return doctor.DoctorTarget(redis_port=redis.redis.port if redis else None,
+                                   redis_dir=redis.redis.dir if redis else None,
+                                   program_commands=tuple(s.command for s in self.config.programs if s.redis is None),
+                                   own_pids=frozenset(own), own_config=self.config.path)
+
+    def warn_about_rivals(self) -> None:
+        try:
+            rivals = doctor.find_rivals(self.doctor_target(), scan_processes=False)
+        except Exception as e:      # advice only: never a reason not to supervise
+            log.warning("supervisor: rival-manager check failed (%s)", e)
+            return
+        for r in rivals:
+            log.warning("supervisor: rival manager %s %s (%s): %s", r.kind, r.name, r.reason or r.evidence, r.disable)
+
+    def start_watches(self) -> None:
+        self.watcher = Watcher(self.loop)
+        self.watcher.watch_file(self.config.path, self.on_config_file)
+        sup = self.config.supervisor
+        guarded = {os.path.basename(l.path) for l in self.locks.values() if os.path.dirname(l.path) == sup.run_dir}
+        guarded.add(os.path.basename(sup.control_socket))
+        self.watcher.watch_dir(sup.run_dir, self.on_run_dir, names=guarded)
+        if os.path.dirname(sup.control_socket) != sup.run_dir:
+            self.watcher.watch_dir(os.path.dirname(sup.control_socket), self.on_run_dir,
+                                   names={os.path.basename(sup.control_socket)})
+        if "redis-dir" in self.locks:
+            lock = self.locks["redis-dir"].path
+            self.watcher.watch_dir(os.path.dirname(lock), self.on_run_dir, names={os.path.basename(lock)})
+        for d in doctor.watched_dirs(self.rival_root):
+            self.watcher.watch_dir(d, self.on_rival_dir)
+
+    rival_root = "/"        # tests point this at a fake root
+
+    def on_config_file(self, path: str, what: str) -> None:
+        changed = file_digest(path) != self.config_digest
+        if changed and not self.config_changed:
+            log.info("supervisor: config changed on disk since load (%s); `relayqctl reload` applies it", path)
+        self.config_changed = changed
+
+    def on_run_dir(self, path: str, what: str) -> None:
+        for key, lock in self.locks.items():
+            if lock.path == path and not lock.is_intact():
+                self.audit("tamper", path=path, what=what)
+                log.warning("supervisor: lock file %s was %s: taking it again", path, what)
+                lock.release()
+                try:
+                    lock.acquire(self.owner_record())
+                except (LockHeld, OSError) as e:
+                    log.error("supervisor: cannot take %s again (%s)", path, e)
+                return
+        if self.control is not None and path == self.control.path and not self.control.is_intact():
+            self.audit("tamper", path=path, what=what)
+            log.warning("supervisor: control socket %s was %s: listening again", path, what)
+            self.loop.create_task(self.restart_control())
+
+    async def restart_control(self) -> None:
+        self.control.close()
+        await self.control.start()
+
+    def on_rival_dir(self, path: str, what: str) -> None:
+        if what == "deleted":
+            return
+        try:
+            rival = doctor.rival_for_file(path, self.doctor_target(), root=self.rival_root)
+        except Exception as e:
+            log.warning("supervisor: cannot check %s for a rival manager (%s)", path, e)
+            return
+        if rival is not None:
+            self.audit("rival_manager", path=path, reason=rival.reason or rival.evidence, disable=rival.disable)
+            log.warning("supervisor: rival manager appeared: %s %s (%s); disable it: %s", rival.kind, rival.name,
+                        rival.reason or rival.evidence, rival.disable)
 
     # --- status ------------------------------------------------------------------------------
+
+    def status_notes(self) -> list[str]:
+        notes = []
+        if self.config_changed:
+            notes.append("config changed on disk since load")
+        if self.tap is not None and self.tap.unavailable:
+            notes.append(f"signal tap: {self.tap.state}")
+        return notes
 
     def status(self) -> dict:
         redis = self.config.redis
@@ -782,10 +1021,20 @@ class Supervisor:
                 "redis_binary": redis.redis.binary if redis else None, "redis_version": self.redis_version,
                 "hostname": socket.gethostname(),
                 "signal_tap": self.tap.state if self.tap is not None else "off (signal_tap = false)",
+                "config_changed": self.config_changed,
+                "notes": self.status_notes(),
                 **self.extra_status,
             },
             "programs": [p.status() for p in self.programs.values()],
         }
+
+
+def file_digest(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
 
 
 def own_children() -> list[int]:
