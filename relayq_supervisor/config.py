@@ -90,6 +90,7 @@ class SupervisorSpec:
     audit_backups: int = 10
     health_interval: float = 5.0
     signal_tap: bool = True
+    doctor_root: str = "/"          # the file system whose units/cron the rival checks read
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ _SUPERVISOR_KEYS = {
     "run_dir": str, "log_dir": str, "audit_log": str, "control_socket": str,
     "control_group": str, "audit_ignore": list, "log_max_bytes": int, "log_backups": int,
     "audit_max_bytes": int, "audit_backups": int, "health_interval": (int, float),
-    "signal_tap": bool,
+    "signal_tap": bool, "doctor_root": str,
 }
 _RESTART_KEYS = {
     "policy": str, "backoff_initial": (int, float), "backoff_factor": (int, float),
@@ -396,6 +397,45 @@ def _dependency_order(loc, programs: list[ProgramSpec], where_of: dict) -> tuple
     return tuple(ordered)
 
 
+def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
+    _check_table(loc, ("supervisor",), sup, _SUPERVISOR_KEYS)
+    run_dir = _resolve(base, sup.get("run_dir", "var/run"))
+    log_dir = _resolve(base, sup.get("log_dir", "var/log"))
+    ignore = _str_list(loc, ("supervisor", "audit_ignore"), sup.get("audit_ignore", ["SIGCHLD", "SIGWINCH"]))
+    for name in ignore:
+        _signal_number(loc, ("supervisor", "audit_ignore"), name)
+    for key in ("log_max_bytes", "audit_max_bytes"):
+        if key in sup and sup[key] < 1024:
+            raise loc.error(("supervisor", key), f"'{key}' must be at least 1024")
+    for key in ("log_backups", "audit_backups"):
+        if sup.get(key, 1) < 0:
+            raise loc.error(("supervisor", key), f"'{key}' must not be negative")
+    if sup.get("health_interval", 1) <= 0:
+        raise loc.error(("supervisor", "health_interval"), "'health_interval' must be positive")
+    supervisor = SupervisorSpec(
+        run_dir=run_dir, log_dir=log_dir,
+        audit_log=_resolve(base, sup.get("audit_log", os.path.join(log_dir, "audit.jsonl"))),
+        control_socket=_resolve(base, sup.get("control_socket", os.path.join(run_dir, "relayq.sock"))),
+        control_group=sup.get("control_group"),
+        audit_ignore=tuple("SIG" + n.upper().removeprefix("SIG") for n in ignore),
+        **{k: sup[k] for k in ("log_max_bytes", "log_backups", "audit_max_bytes", "audit_backups") if k in sup},
+        **({"health_interval": float(sup["health_interval"])} if "health_interval" in sup else {}),
+        signal_tap=sup.get("signal_tap", True),
+        doctor_root=_resolve(base, sup.get("doctor_root", "/")),
+    )
+    if supervisor.control_group is not None:
+        import grp
+        try:
+            grp.getgrnam(supervisor.control_group)
+        except KeyError:
+            raise loc.error(("supervisor", "control_group"),
+                            f"control_group {supervisor.control_group!r} is not a group on this machine") from None
+    if len(os.fsencode(supervisor.control_socket)) > 107:
+        raise loc.error(("supervisor", "control_socket"),
+                        f"control_socket path is too long for a UNIX socket (max 107 bytes): {supervisor.control_socket}")
+    return supervisor
+
+
 def load_config(path: str | os.PathLike) -> Config:
     path = os.path.abspath(os.fspath(path))
     try:
@@ -423,41 +463,8 @@ def parse_config(raw: bytes, path: str) -> Config:
     base = Path(path).parent
     _check_table(loc, (), data, _TOP_KEYS)
 
-    sup = data.get("supervisor", {})
-    _check_table(loc, ("supervisor",), sup, _SUPERVISOR_KEYS)
-    run_dir = _resolve(base, sup.get("run_dir", "var/run"))
-    log_dir = _resolve(base, sup.get("log_dir", "var/log"))
-    ignore = _str_list(loc, ("supervisor", "audit_ignore"), sup.get("audit_ignore", ["SIGCHLD", "SIGWINCH"]))
-    for name in ignore:
-        _signal_number(loc, ("supervisor", "audit_ignore"), name)
-    for key in ("log_max_bytes", "audit_max_bytes"):
-        if key in sup and sup[key] < 1024:
-            raise loc.error(("supervisor", key), f"'{key}' must be at least 1024")
-    for key in ("log_backups", "audit_backups"):
-        if sup.get(key, 1) < 0:
-            raise loc.error(("supervisor", key), f"'{key}' must not be negative")
-    if sup.get("health_interval", 1) <= 0:
-        raise loc.error(("supervisor", "health_interval"), "'health_interval' must be positive")
-    supervisor = SupervisorSpec(
-        run_dir=run_dir, log_dir=log_dir,
-        audit_log=_resolve(base, sup.get("audit_log", os.path.join(log_dir, "audit.jsonl"))),
-        control_socket=_resolve(base, sup.get("control_socket", os.path.join(run_dir, "relayq.sock"))),
-        control_group=sup.get("control_group"),
-        audit_ignore=tuple("SIG" + n.upper().removeprefix("SIG") for n in ignore),
-        **{k: sup[k] for k in ("log_max_bytes", "log_backups", "audit_max_bytes", "audit_backups") if k in sup},
-        **({"health_interval": float(sup["health_interval"])} if "health_interval" in sup else {}),
-        signal_tap=sup.get("signal_tap", True),
-    )
-    if supervisor.control_group is not None:
-        import grp
-        try:
-            grp.getgrnam(supervisor.control_group)
-        except KeyError:
-            raise loc.error(("supervisor", "control_group"),
-                            f"control_group {supervisor.control_group!r} is not a group on this machine") from None
-    if len(os.fsencode(supervisor.control_socket)) > 107:
-        raise loc.error(("supervisor", "control_socket"),
-                        f"control_socket path is too long for a UNIX socket (max 107 bytes): {supervisor.control_socket}")
+    supervisor = _parse_supervisor(loc, data.get("supervisor", {}), base)
+    run_dir = supervisor.run_dir
 
     programs: list[ProgramSpec] = []
     where_of: dict[str, tuple] = {}
@@ -475,6 +482,24 @@ def parse_config(raw: bytes, path: str) -> Config:
     if not programs:
         raise ConfigError(f"{path}: nothing to supervise: add a [redis] table or a [[program]]")
     return Config(path=path, supervisor=supervisor, programs=_dependency_order(loc, programs, where_of))
+
+
+def load_supervisor_section(path: str | os.PathLike) -> SupervisorSpec:
+    """Only [supervisor] (socket, logs): what relayqctl needs to reach a supervisor even
+    when the rest of the file on disk is broken (a reload will say what is wrong)."""
+    path = os.path.abspath(os.fspath(path))
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+        data = tomllib.loads(text)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    sup = data.get("supervisor", {})
+    if not isinstance(sup, dict):
+        raise ConfigError(f"{path}: supervisor: must be a table")
+    return _parse_supervisor(_Locator(path, text), sup, Path(path).parent)
 
 
 def default_config_path() -> str:

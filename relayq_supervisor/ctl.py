@@ -16,8 +16,10 @@ import sys
 from . import protocol
 from datetime import datetime, timezone
 
+import psutil
+
 from .audit import review
-from .config import ConfigError, default_config_path, load_config
+from .config import ConfigError, default_config_path, load_config, load_supervisor_section
 from .protocol import ProtocolError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNKNOWN = 0, 1, 2, 3, 4
@@ -104,7 +106,7 @@ def print_status(status: dict) -> None:
 def socket_path(args) -> str:
     if args.socket:
         return args.socket
-    return load_config(args.config or default_config_path()).supervisor.control_socket
+    return load_supervisor_section(args.config or default_config_path()).control_socket
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("why", parents=[common], help="the last stop of a program, with its evidence")
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("doctor", parents=[common], help="find rival managers of Redis and the workers")
+    p.add_argument("--root", help="look at this root instead of / (the config's doctor_root)")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("audit", parents=[common], help="the audit log as a timeline (rotated files too)")
     p.add_argument("--json", action="store_true", help="one JSON event per line")
     p.add_argument("--program", help="NAME (worker matches worker:0, worker:1)")
@@ -153,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "audit":
             return audit_timeline(args)
+        if args.cmd == "doctor":
+            return run_doctor(args)
         path = socket_path(args)
     except ConfigError as e:
         print(f"relayqctl: {e}", file=sys.stderr)
@@ -220,8 +227,10 @@ def run(args, path: str) -> int:
         print(result["pid"])
         return EXIT_OK
     if cmd == "reload":
-        result = checked(call(path, "reload", args.timeout))
-        print(json.dumps(result.get("changes", {}), indent=2))
+        changes = checked(call(path, "reload", args.timeout)).get("changes", {})
+        lines = [f"{what}: {', '.join(names)}" for what, names in changes.items() if names and what != "not_applied"]
+        lines += changes.get("not_applied", [])
+        print("\n".join(lines) if lines else "reloaded: nothing changed")
         return EXIT_OK
     if cmd == "why":
         result = checked(call(path, "why", args.timeout, name=args.name))
@@ -259,8 +268,27 @@ def print_why(result: dict) -> None:
             print(f"    {line}")
 
 
+def run_doctor(args) -> int:
+    from . import doctor
+    from .supervisor import doctor_target
+    config = load_config(args.config or default_config_path())
+    own = set()
+    try:        # what the running supervisor owns is not a rival
+        pid = checked(call(args.socket or config.supervisor.control_socket, "pid", 5.0))["pid"]
+        own = {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
+    except (Unreachable, ProtocolError, psutil.Error):
+        pass
+    root = args.root or config.supervisor.doctor_root
+    rivals = doctor.find_rivals(doctor_target(config, own), root=root, scan_processes=root == "/")
+    if args.json:
+        print(json.dumps({"root": root, "rivals": [r.to_dict() for r in rivals]}, indent=2))
+    else:
+        print(doctor.format_report(rivals))
+    return EXIT_FAILURE if rivals else EXIT_OK
+
+
 def audit_timeline(args) -> int:
-    path = args.file or load_config(args.config or default_config_path()).supervisor.audit_log
+    path = args.file or load_supervisor_section(args.config or default_config_path()).audit_log
     try:
         now = datetime.now(timezone.utc)
         wanted = review.EventFilter(program=args.program, signal=args.signal, sender=args.sender,

@@ -929,16 +929,12 @@ class Supervisor:
     # --- rivals and tampering ------------------------------------------------------------
 
     def doctor_target(self) -> doctor.DoctorTarget:
-        redis = self.config.redis
-        own = {os.getpid(), *self.by_pid}
-        return doctor.DoctorTarget(redis_port=redis.redis.port if redis else None,
-                                   redis_dir=redis.redis.dir if redis else None,
-                                   program_commands=tuple(s.command for s in self.config.programs if s.redis is None),
-                                   own_pids=frozenset(own), own_config=self.config.path)
+        return doctor_target(self.config, {os.getpid(), *self.by_pid})
 
     def warn_about_rivals(self) -> None:
         try:
-            rivals = doctor.find_rivals(self.doctor_target(), scan_processes=False)
+            rivals = doctor.find_rivals(self.doctor_target(), root=self.config.supervisor.doctor_root,
+                                        scan_processes=False)
         except Exception as e:      # advice only: never a reason not to supervise
             log.warning("supervisor: rival-manager check failed (%s)", e)
             return
@@ -958,10 +954,8 @@ class Supervisor:
         if "redis-dir" in self.locks:
             lock = self.locks["redis-dir"].path
             self.watcher.watch_dir(os.path.dirname(lock), self.on_run_dir, names={os.path.basename(lock)})
-        for d in doctor.watched_dirs(self.rival_root):
+        for d in doctor.watched_dirs(self.config.supervisor.doctor_root):
             self.watcher.watch_dir(d, self.on_rival_dir)
-
-    rival_root = "/"        # tests point this at a fake root
 
     def on_config_file(self, path: str, what: str) -> None:
         changed = file_digest(path) != self.config_digest
@@ -993,7 +987,7 @@ class Supervisor:
         if what == "deleted":
             return
         try:
-            rival = doctor.rival_for_file(path, self.doctor_target(), root=self.rival_root)
+            rival = doctor.rival_for_file(path, self.doctor_target(), root=self.config.supervisor.doctor_root)
         except Exception as e:
             log.warning("supervisor: cannot check %s for a rival manager (%s)", path, e)
             return
@@ -1027,6 +1021,14 @@ class Supervisor:
             },
             "programs": [p.status() for p in self.programs.values()],
         }
+
+
+def doctor_target(config: Config, own_pids) -> doctor.DoctorTarget:
+    redis = config.redis
+    return doctor.DoctorTarget(redis_port=redis.redis.port if redis else None,
+                               redis_dir=redis.redis.dir if redis else None,
+                               program_commands=tuple(s.command for s in config.programs if s.redis is None),
+                               own_pids=frozenset(own_pids), own_config=config.path)
 
 
 def file_digest(path: str) -> str | None:

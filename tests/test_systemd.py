@@ -1,0 +1,248 @@
+"""Type=notify protocol, reload, inotify watches (config, tamper, rivals), doctor CLI."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import textwrap
+import time
+
+import redis
+
+from conftest import PYTHON, WORKER, redis_config, wait_for
+
+
+def audit_events(sup, kind):
+    path = sup.dir / "log" / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] == kind]
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages: list[dict] = []
+
+    def receive(self, timeout: float) -> dict | None:
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            return None
+        msg = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+        msg["_t"] = time.monotonic()
+        self.messages.append(msg)
+        return msg
+
+    def until(self, predicate, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self.receive(deadline - time.monotonic())
+            if msg is not None and predicate(msg):
+                return msg
+        raise AssertionError(f"no matching notify message; got {self.messages[-10:]}")
+
+    def close(self):
+        self.sock.close()
+
+
+def test_notify_sequence_ready_watchdog_status_stopping(make_supervisor, port, tmp_path):
+    notify = NotifySocket(tmp_path / "notify.sock")
+    try:
+        sup = make_supervisor(redis_config(None, port, programs=WORKER,
+                                           redis_extra='args = ["--save", "3600 1"]'.replace("", "")
+                                           ).replace('args = ["--save", ""]\n', ""))
+        env = dict(os.environ, NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="200000")
+        sup.start(env=env)
+        ready = notify.until(lambda m: m.get("READY") == "1")
+        # READY=1 only once Redis answers and both workers run
+        assert redis.Redis(port=port, socket_timeout=1).ping()
+        assert ready["STATUS"].startswith("redis running; worker 2/2 running; 0 blocked signals today")
+        assert not any(m.get("READY") for m in notify.messages[:-1])
+        statuses_before = [m["STATUS"] for m in notify.messages[:-1] if "STATUS" in m]
+        assert statuses_before and all("worker 2/2" not in s for s in statuses_before)
+        # the watchdog pings come from the loop, at half of WATCHDOG_USEC
+        pings = []
+        while len(pings) < 4:
+            pings.append(notify.until(lambda m: m.get("WATCHDOG") == "1", timeout=5)["_t"])
+        gaps = [b - a for a, b in zip(pings, pings[1:])]
+        assert all(0.05 < g < 0.5 for g in gaps), gaps
+        # a dataset Redis must save at shutdown
+        r = redis.Redis(port=port)
+        pipe = r.pipeline(transaction=False)
+        for i in range(50000):
+            pipe.set(f"key:{i}", "x" * 200)
+        pipe.execute()
+        sup.proc.send_signal(signal.SIGTERM)
+        stopping = notify.until(lambda m: m.get("STOPPING") == "1")
+        extend = notify.until(lambda m: "EXTEND_TIMEOUT_USEC" in m)
+        assert int(extend["EXTEND_TIMEOUT_USEC"]) >= 5_000_000
+        assert extend["_t"] >= stopping["_t"]
+        assert sup.proc.wait(60) == 0
+        assert "DB saved on disk" in (sup.dir / "log" / "redis.log").read_text()
+    finally:
+        notify.close()
+
+
+def test_no_watchdog_without_watchdog_usec(make_supervisor, port, tmp_path):
+    notify = NotifySocket(tmp_path / "notify.sock")
+    try:
+        sup = make_supervisor(redis_config(None, port))
+        sup.start(env=dict(os.environ, NOTIFY_SOCKET=notify.path))
+        notify.until(lambda m: m.get("READY") == "1")
+        sup.ctl("status", check=True)
+        sup.terminate()
+        while notify.receive(0.2) is not None:
+            pass
+        assert not any("WATCHDOG" in m for m in notify.messages)
+    finally:
+        notify.close()
+
+
+def test_reload_resizes_only_the_difference_and_keeps_redis(make_supervisor, port):
+    text = redis_config(None, port, programs=WORKER)
+    sup = make_supervisor(text).start()
+    st = sup.wait_all_running()
+    pids = {p["name"]: p["pid"] for p in st["programs"]}
+    sup.config.write_text(text.replace("numprocs = 2", "numprocs = 3"))
+    wait_for(lambda: "config changed on disk since load" in sup.ctl("status").stdout, what="changed on disk note")
+    r = sup.ctl("reload")
+    assert r.returncode == 0, r.stderr
+    assert "resized: worker" in r.stdout
+    sup.wait_state("worker:2", "RUNNING")
+    after = {p["name"]: p["pid"] for p in sup.status()["programs"]}
+    assert after["redis"] == pids["redis"]
+    assert after["worker:0"] == pids["worker:0"] and after["worker:1"] == pids["worker:1"]
+    assert "config changed on disk" not in sup.ctl("status").stdout
+    # shrink with SIGHUP: only worker:2 goes
+    sup.config.write_text(text)
+    os.kill(sup.pid, signal.SIGHUP)
+    wait_for(lambda: "worker:2" not in [p["name"] for p in sup.status()["programs"]], what="worker:2 removed")
+    after = {p["name"]: p["pid"] for p in sup.status()["programs"]}
+    assert after == {k: v for k, v in pids.items()}
+
+
+def test_broken_reload_changes_nothing(make_supervisor, port):
+    text = redis_config(None, port, programs=WORKER)
+    sup = make_supervisor(text).start()
+    before = {p["name"]: p["pid"] for p in sup.wait_all_running()["programs"]}
+    sup.config.write_text(text + "\n[[program]]\nname = 'x'\ncommand = ['/no/such']\n")
+    r = sup.ctl("reload")
+    assert r.returncode == 2
+    assert f"{sup.config}:" in r.stderr and "not found" in r.stderr
+    assert {p["name"]: p["pid"] for p in sup.status()["programs"]} == before
+
+
+def test_reload_adds_changes_and_removes_programs(make_supervisor, port):
+    extra = """
+    [[program]]
+    name = "sleeper"
+    command = ["sleep", "300"]
+    ready_after = 0.1
+    """
+    text = redis_config(None, port, programs=WORKER + textwrap.dedent(extra))
+    sup = make_supervisor(text).start()
+    before = {p["name"]: p["pid"] for p in sup.wait_all_running()["programs"]}
+    new = text.replace('command = ["sleep", "300"]', 'command = ["sleep", "301"]') + textwrap.dedent("""
+    [[program]]
+    name = "newcomer"
+    command = ["sleep", "302"]
+    ready_after = 0.1
+    """)
+    new = new.replace(WORKER.strip(), "")
+    sup.config.write_text(new)
+    r = sup.ctl("reload")
+    assert r.returncode == 0, r.stderr
+    assert "added: newcomer" in r.stdout and "removed: worker" in r.stdout and "changed: sleeper" in r.stdout
+    st = sup.wait_all_running()
+    after = {p["name"]: p["pid"] for p in st["programs"]}
+    assert set(after) == {"redis", "sleeper", "newcomer"}
+    assert after["redis"] == before["redis"] and after["sleeper"] != before["sleeper"]
+
+
+def test_deleted_lock_file_is_taken_again_and_recorded(make_supervisor, port):
+    sup = make_supervisor(redis_config(None, port)).start()
+    sup.wait_state("redis", "RUNNING")
+    lock = sup.dir / "run" / "redis.lock"
+    lock.unlink()
+    wait_for(lambda: audit_events(sup, "tamper"), timeout=5, what="tamper event")
+    assert audit_events(sup, "tamper")[0]["path"] == str(lock)
+    wait_for(lambda: lock.exists() and subprocess.run(["flock", "-n", str(lock), "true"]).returncode == 1,
+             timeout=5, what="lock held again")
+    assert f'"pid": {sup.pid}' in lock.read_text()
+
+
+def test_deleted_control_socket_comes_back(make_supervisor, port):
+    sup = make_supervisor(redis_config(None, port)).start()
+    sup.wait_state("redis", "RUNNING")
+    (sup.dir / "run" / "relayq.sock").unlink()
+    wait_for(lambda: sup.ctl("pid").returncode == 0, timeout=5, what="control socket back")
+    assert [e["path"] for e in audit_events(sup, "tamper")] == [str(sup.dir / "run" / "relayq.sock")]
+
+
+def make_fake_root(root):
+    lib = root / "lib" / "systemd" / "system"
+    etc = root / "etc" / "systemd" / "system"
+    (etc / "multi-user.target.wants").mkdir(parents=True)
+    lib.mkdir(parents=True)
+    (lib / "redis-server.service").write_text(textwrap.dedent("""\
+        [Unit]
+        Description=Advanced key-value store
+        [Service]
+        Type=notify
+        ExecStart=/usr/bin/redis-server /etc/redis/redis.conf --supervised systemd --daemonize no
+        [Install]
+        WantedBy=multi-user.target
+        """))
+    os.symlink(lib / "redis-server.service", etc / "multi-user.target.wants" / "redis-server.service")
+    (root / "etc" / "cron.d").mkdir(parents=True)
+    return etc
+
+
+def test_a_rival_timer_dropped_in_is_recorded_within_a_second(make_supervisor, port, tmp_path):
+    fake = tmp_path / "fakeroot"
+    etc = make_fake_root(fake)
+    sup = make_supervisor(redis_config(None, port, supervisor_extra=f'doctor_root = "{fake}"')).start()
+    sup.wait_state("redis", "RUNNING")
+    assert "rival manager systemd-unit redis-server.service" in sup.log()
+    (etc / "relayq-redis-monitor.service").write_text(
+        "[Service]\nType=oneshot\nExecStart=/usr/bin/redis-cli -p 6379 shutdown\n")
+    t0 = time.monotonic()
+    (etc / "relayq-redis-monitor.timer").write_text("[Timer]\nOnCalendar=minutely\n[Install]\nWantedBy=timers.target\n")
+    wait_for(lambda: any(e["path"].endswith("relayq-redis-monitor.timer") for e in audit_events(sup, "rival_manager")),
+             timeout=5, interval=0.01, what="rival_manager event")
+    assert time.monotonic() - t0 < 1.0
+    assert "rival manager appeared" in sup.log()
+
+
+def test_doctor_cli_finds_the_incident(make_supervisor, port, tmp_path):
+    fake = tmp_path / "fakeroot"
+    etc = make_fake_root(fake)
+    (etc / "relayq-redis-monitor.service").write_text("[Service]\nExecStart=/usr/local/bin/redis-monitor.sh\n")
+    (etc / "relayq-redis-monitor.timer").write_text("[Timer]\nOnCalendar=minutely\n")
+    (fake / "etc" / "cron.d" / "redis-check").write_text("*/5 * * * * root redis-cli -p 6379 shutdown\n")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(redis_config(None, port))
+    r = subprocess.run([PYTHON, "-m", "relayq_supervisor.ctl", "doctor", "-c", str(cfg), "--root", str(fake)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "redis-server.service" in r.stdout
+    assert "systemctl disable --now redis-server.service && systemctl mask redis-server.service" in r.stdout
+    assert "relayq-redis-monitor.timer" in r.stdout and "systemctl disable --now relayq-redis-monitor.timer" in r.stdout
+    assert "/etc/cron.d/redis-check" in r.stdout and "redis-cli -p 6379 shutdown" in r.stdout
+    js = subprocess.run([PYTHON, "-m", "relayq_supervisor.ctl", "doctor", "-c", str(cfg), "--root", str(fake),
+                         "--json"], capture_output=True, text=True, timeout=60)
+    names = {r["name"] for r in json.loads(js.stdout)["rivals"]}
+    assert {"redis-server.service", "relayq-redis-monitor.timer"} <= names
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    r = subprocess.run([PYTHON, "-m", "relayq_supervisor.ctl", "doctor", "-c", str(cfg), "--root", str(clean)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "no rival managers found" in r.stdout
