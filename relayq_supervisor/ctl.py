@@ -111,10 +111,15 @@ def socket_path(args) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relayqctl", description="Show and drive relayq-supervisor.")
+    # -c/--socket/--timeout work before or after the subcommand (`relayqctl -c X reload`,
+    # `relayqctl reload -c X`); SUPPRESS keeps a subcommand's absent option from hiding the other
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", help="config file (default: $RELAYQ_CONFIG, else ./config.toml)")
-    common.add_argument("--socket", help="control socket path (instead of reading the config)")
-    common.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the supervisor")
+    for parser_, default in ((parser, None), (common, argparse.SUPPRESS)):
+        parser_.add_argument("-c", "--config", default=default,
+                             help="config file (default: $RELAYQ_CONFIG, else ./config.toml)")
+        parser_.add_argument("--socket", default=default, help="control socket path (instead of reading the config)")
+        parser_.add_argument("--timeout", type=float, default=120.0 if default is None else default,
+                             help="seconds to wait for the supervisor")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
     p = sub.add_parser("status", parents=[common], help="what runs, since when, how it last stopped")
     p.add_argument("names", nargs="*")
