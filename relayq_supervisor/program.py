@@ -147,11 +147,17 @@ class Program:
         if self.state == BACKOFF and self.next_start_at is not None:
             next_in = max(0.0, round(self.next_start_at - self.clock(), 3))
         up = self.uptime()
+        reason = self.reason
+        if next_in is not None:     # live, not the text frozen at the exit
+            reason = f"next start in {next_in:.1f}s, failure {self.tracker.streak} of " \
+                     f"{self.spec.restart.start_limit_burst}"
+            if self.last_exit is not None:
+                reason += f"; last: {self.last_exit.describe()}"
         return {
             "name": self.name, "program": self.base, "state": self.state, "pid": self.pid,
             "uptime_s": round(up, 3) if up is not None else None,
             "started_at": self.started_wall, "restarts": self.restarts,
             "last_exit": self.last_exit.to_dict() if self.last_exit else None,
-            "next_start_in_s": next_in, "reason": self.reason, "wanted": self.wanted,
+            "next_start_in_s": next_in, "reason": reason, "wanted": self.wanted,
             "streak": self.tracker.streak,
         }

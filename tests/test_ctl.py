@@ -230,3 +230,21 @@ def test_unprivileged_peer_is_refused(make_supervisor, port, shared_dir):
     wait_for(lambda: "control: refused uid 65534" in sup.log(), what="refusal logged")
     assert sup.proc.poll() is None
     assert sup.program("redis")["state"] == "RUNNING"
+
+
+def test_backoff_reason_is_live(make_supervisor, port):
+    programs = """
+    [[program]]
+    name = "flaky"
+    command = ["sh", "-c", "exit 1"]
+    ready_after = 5
+    [program.restart]
+    backoff_initial = 30
+    jitter = 0
+    """
+    sup = make_supervisor(redis_config(None, port, programs=programs)).start()
+    p = sup.wait_state("flaky", "BACKOFF")
+    assert p["reason"].startswith("next start in ") and ", failure 1 of 5; last: exited 1" in p["reason"]
+    assert 0 < p["next_start_in_s"] <= 30
+    r = sup.ctl("status", "flaky")
+    assert r.returncode == 3 and "failure 1 of 5" in r.stdout
