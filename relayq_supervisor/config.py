@@ -347,6 +347,10 @@ def _parse_redis(loc, table: dict, base: Path, run_dir: str) -> ProgramSpec:
     if log not in ("file", "inherit"):
         raise loc.error(where + ("log",), f"'log' must be \"file\" or \"inherit\", not {log!r}")
     denied = _str_list(loc, where + ("denied_commands",), table.get("denied_commands", list(RedisSpec.denied_commands)))
+    for command in denied:
+        if not re.match(r"^[a-z][a-z0-9_.-]*(\|[a-z0-9_.-]+)?$", command.lower()):
+            raise loc.error(where + ("denied_commands",),
+                            f"denied_commands: {command!r} is not a command name like \"shutdown\" or \"config|set\"")
     spec = RedisSpec(
         binary=binary, port=port, bind=bind,
         dir=_resolve(base, table.get("dir", "var/lib/redis")),

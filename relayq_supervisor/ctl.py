@@ -263,9 +263,9 @@ def print_why(result: dict) -> None:
                 print(f"    {key}: {value}")
         for anc in sender.get("ancestry") or []:
             print(f"    parent: pid {anc['pid']} {anc.get('comm') or ''} {' '.join(anc.get('cmdline') or [])}")
-    if stop.get("signals"):
-        print("  signals before it:")
-        for event in stop["signals"]:
+    if stop.get("events"):
+        print("  what happened to it before (signals, denied commands):")
+        for event in stop["events"]:
             print(f"    {review.format_event(event)}")
     if stop.get("output_tail"):
         print("  its last output:")

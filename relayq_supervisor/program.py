@@ -81,7 +81,7 @@ class Program:
         self.exec_error: str | None = None
         self.notify_status: str | None = None      # last STATUS= the child sent
         self.last_signal: dict | None = None       # last signal delivered to it, with its sender
-        self.recent_signals: deque[dict] = deque(maxlen=10)   # audit events, for `relayqctl why`
+        self.recent_events: deque[dict] = deque(maxlen=10)    # signals, denials: for `relayqctl why`
         self.output_tail: deque[str] = deque(maxlen=20)       # its last output lines
         self.last_stop: dict | None = None         # evidence of how the last run ended
         self.stop_reason: str | None = None        # why the supervisor is stopping it

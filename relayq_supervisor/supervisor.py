@@ -22,7 +22,7 @@ from . import redis_server
 from .audit.identity import ProcessIdentity, boottime_now, proc_start_ticks
 from .audit.log import AuditLog, make_event
 from .audit.tap import SignalTap
-from . import doctor
+from . import doctor, redis_acl
 from .config import Config, ConfigError, ProgramSpec, children_path, load_config, redis_version
 from .linux import prctl, ptrace
 from .linux.siginfo import Siginfo, is_user_sent
@@ -91,6 +91,9 @@ class Supervisor:
         self.watcher: Watcher | None = None
         self.ready_sent = False
         self.watchdog: asyncio.TimerHandle | None = None
+        self.redis_admin: redis_acl.AdminCredentials | None = None
+        self.acl_log = redis_acl.AclLogReader()
+        self.health_task: asyncio.Task | None = None
 
     # --- ordering ----------------------------------------------------------------
 
@@ -153,6 +156,11 @@ class Supervisor:
             if holder:
                 raise StartupError(self.port_message(redis, holder))
             self.redis_version = redis_version(redis.redis.binary)
+            try:
+                self.redis_admin = redis_acl.AdminCredentials.load_or_create(self.config.supervisor.run_dir)
+                self.write_redis_acl(redis)
+            except (redis_acl.AclSetupError, ValueError) as e:
+                raise StartupError(f"relayq-supervisor: cannot set up the Redis command guard: {e}") from None
 
     @staticmethod
     def port_message(spec: ProgramSpec, holder: str) -> str:
@@ -177,6 +185,8 @@ class Supervisor:
         self.warn_about_rivals()
         self.start_watches()
         self.start_watchdog()
+        if self.config.redis is not None:
+            self.health_task = self.loop.create_task(self.health_loop())
         self.reconcile()
         self.publish_status()
         try:
@@ -188,6 +198,8 @@ class Supervisor:
     control_factory = None      # set by cli to the control server's constructor
 
     def close(self) -> None:
+        if self.health_task is not None:
+            self.health_task.cancel()
         if self.watchdog is not None:
             self.watchdog.cancel()
         if self.watcher is not None:
@@ -310,10 +322,19 @@ class Supervisor:
         env.update(dict(p.spec.environment))
         return env
 
+    def write_redis_acl(self, spec: ProgramSpec) -> str:
+        """Rewritten before every Redis start, so the file and the password always agree."""
+        return redis_acl.write_acl_file(self.config.supervisor.run_dir, spec.redis.denied_commands,
+                                        redis_acl.version_tuple(self.redis_version), self.redis_admin)
+
     def argv(self, p: Program) -> list[str]:
         if p.spec.redis is not None:
-            return redis_server.redis_argv(p.spec)
+            acl = os.path.join(self.config.supervisor.run_dir, "redis-users.acl")
+            return redis_server.redis_argv(p.spec, ["--aclfile", acl])
         return list(p.spec.command)
+
+    def redis_client(self, spec: ProgramSpec):
+        return redis_server.client(spec, self.redis_admin.username, self.redis_admin.password)
 
     def start(self, p: Program, why: str | None = None) -> None:
         p.cancel_timer()
@@ -325,6 +346,12 @@ class Supervisor:
                 self.give_up(p, self.port_message(p.spec, holder))
                 return
         sup = self.config.supervisor
+        if p.spec.redis is not None:
+            try:
+                self.write_redis_acl(p.spec)
+            except (redis_acl.AclSetupError, OSError, ValueError) as e:
+                self.give_up(p, f"cannot write the Redis ACL file: {e}")
+                return
         if p.output is None:
             p.output = open_child_output(p.name, p.spec.log, sup.log_dir, sup.log_max_bytes, sup.log_backups)
         out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -416,7 +443,7 @@ class Supervisor:
                                            f"alive for {p.spec.ready_after:g}s")
 
     async def wait_redis_ready(self, p: Program, pid: int) -> None:
-        conn = redis_server.client(p.spec)
+        conn = self.redis_client(p.spec)
         delay = 0.01
         try:
             while p.pid == pid and p.state == STARTING:
@@ -506,7 +533,7 @@ class Supervisor:
         if self.audit_log is not None:
             self.audit_log.write(event)
         p.last_stop = {"exit": event, "description": info.describe(), "sender": sender,
-                       "signals": list(p.recent_signals), "output_tail": list(p.output_tail)}
+                       "events": list(p.recent_events), "output_tail": list(p.output_tail)}
         if p.state == STOPPING or not p.wanted or self.shutting_down:
             p.set_state(STOPPED, info.describe())
             p.exited.set()
@@ -611,7 +638,7 @@ class Supervisor:
         if self.audit_log is not None:
             self.audit_log.write(event)
         if p is not None:
-            p.recent_signals.append(event)
+            p.recent_events.append(event)
 
     def stop_timed_out(self, p: Program, pid: int) -> None:
         p.timer = None
@@ -925,6 +952,55 @@ class Supervisor:
                               STATUS="stopping: " + ", ".join(p.name for p in self.programs.values()
                                                                if p.state == STOPPING))
             await asyncio.sleep(4.0)
+
+    # --- Redis health and the command guard -------------------------------------------
+
+    async def health_loop(self) -> None:
+        """Every health_interval: read Redis' ACL LOG for denied commands (the only
+        periodic wake-up besides the systemd watchdog)."""
+        interval = self.config.supervisor.health_interval
+        conn = None
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                p = self.programs.get("redis")
+                if p is None or p.state != RUNNING:
+                    continue
+                if conn is None:
+                    conn = self.redis_client(p.spec)
+                await self.check_redis(p, conn)
+        finally:
+            if conn is not None:
+                await conn.aclose()
+
+    async def check_redis(self, p: Program, conn) -> None:
+        try:
+            denials = await self.acl_log.poll(conn)
+        except Exception as e:      # redis errors, timeouts: the next round tries again
+            log.warning("redis: health check failed (%s)", e)
+            return
+        for d in denials:
+            self.record_denial(p, d)
+
+    def record_denial(self, p: Program, d: redis_acl.Denial) -> None:
+        sender, note = None, None
+        pid = redis_acl.find_client_process(d.client_addr, p.spec.redis.port) if d.client_addr else None
+        if pid is not None:
+            identity = ProcessIdentity.capture(pid)
+            if identity.alive and redis_acl.process_holds_client_socket(pid, d.client_addr, p.spec.redis.port):
+                sender = self.name_sender(identity)
+        if sender is None:
+            note = "client gone before it could be found" if d.client_addr else "client address unknown"
+        event = make_event("redis_denied", program=p.name, command=d.command, reason=d.reason, context=d.context,
+                           user=d.user, client_addr=d.client_addr, client_laddr=d.client_laddr,
+                           client_name=d.client_name, count=d.count_new, count_total=d.count_total,
+                           sender=sender, **({"note": note} if note else {}))
+        if self.audit_log is not None:
+            self.audit_log.write(event)
+        p.recent_events.append(event)
+        who = ProcessIdentity.from_dict(sender).describe() if sender else note
+        log.warning("redis: denied %s x%d by user %s from %s (%s); only the supervisor may stop Redis: "
+                    "`relayqctl stop redis`", d.command, d.count_new, d.user, d.client_addr, who)
 
     # --- rivals and tampering ------------------------------------------------------------
 

