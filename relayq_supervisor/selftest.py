@@ -480,6 +480,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("shell_command", metavar="COMMAND", help="run by a worker with sh -c")
     r.add_argument("--queue", default=DEFAULT_QUEUE, help=f"queue to use (default {DEFAULT_QUEUE})")
     r.add_argument("--url", help="Redis URL (default: $RELAYQ_REDIS_URL)")
+    r.add_argument("-c", "--config", help="take the Redis address from this relayq-supervisor config")
     r.add_argument("--timeout", type=float, default=30.0, help="job time limit in seconds (default 30)")
     r.add_argument("--wait", type=float, help="seconds to wait for the result (default: timeout + 5)")
     return parser
@@ -494,6 +495,18 @@ def main(argv: list[str] | None = None) -> int:
         return Worker(url=args.url, queue=args.queue, poll=args.poll).serve()
 
     wait = args.wait if args.wait is not None else args.timeout + 5
+    if args.config and not args.url:
+        from .config import ConfigError, load_config
+        from .redis_server import ping_host
+        try:
+            spec = load_config(args.config).redis
+        except ConfigError as e:
+            print(f"relayq: {e}", file=sys.stderr)
+            return 2
+        if spec is None:
+            print(f"relayq: {args.config} has no [redis] table", file=sys.stderr)
+            return 2
+        args.url = f"redis://{ping_host(spec)}:{spec.redis.port}/0"
     try:
         output = JobClient(args.queue).run(args.shell_command, timeout=args.timeout, url=args.url).get(wait)
     except (JobFailed, TimeoutError, RedisUnreachable) as e:

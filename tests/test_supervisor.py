@@ -29,9 +29,8 @@ def test_redis_and_workers_run_and_a_job_returns_success(make_supervisor, port):
     assert names == ["redis", "worker:0", "worker:1"]
     redis_started = st["programs"][0]["started_at"]
     assert all(p["started_at"] >= redis_started for p in st["programs"][1:])
-    env = dict(os.environ, RELAYQ_REDIS_URL=f"redis://127.0.0.1:{port}/0")
-    r = subprocess.run([PYTHON, "-m", "relayq_supervisor.selftest", "run", "echo SUCCESS"],
-                       capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run([PYTHON, "-m", "relayq_supervisor.selftest", "run", "-c", str(sup.config), "echo SUCCESS"],
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "SUCCESS"
     # each child logs into its own file
