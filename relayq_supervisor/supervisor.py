@@ -110,9 +110,25 @@ class Supervisor:
 
     # --- audit ---------------------------------------------------------------------
 
-    def audit(self, kind: str, **fields) -> None:
+    def audit(self, kind: str, **fields) -> dict:
+        """Queue one audit event; the events of one loop pass are written and fsynced
+        together at its end, after the work (a respawn) that produced them."""
+        event = make_event(kind, **fields)
         if self.audit_log is not None:
-            self.audit_log.write(make_event(kind, **fields))
+            self.audit_log.queue(event)
+            if not self.audit_flush_scheduled:
+                self.audit_flush_scheduled = True
+                if self.loop is not None:
+                    self.loop.call_soon(self.flush_audit)
+                else:
+                    self.flush_audit()
+        return event
+
+    audit_flush_scheduled = False
+
+    def flush_audit(self) -> None:
+        self.audit_flush_scheduled = False
+        self.audit_log.flush()
 
     # --- start-up --------------------------------------------------------------------
 
@@ -527,11 +543,9 @@ class Supervisor:
         p.last_signal = None
         pid = p.pid
         p.forget_process()
-        event = make_event("exit", program=p.name, pid=pid, code=info.code,
+        event = self.audit("exit", program=p.name, pid=pid, code=info.code,
                            signal=signal_name(info.signal) if info.signal else None,
                            runtime_s=round(runtime, 3), sender=sender, note=info.detail)
-        if self.audit_log is not None:
-            self.audit_log.write(event)
         p.last_stop = {"exit": event, "description": info.describe(), "sender": sender,
                        "events": list(p.recent_events), "output_tail": list(p.output_tail)}
         if p.state == STOPPING or not p.wanted or self.shutting_down:
@@ -633,10 +647,8 @@ class Supervisor:
         """One `signal` audit event (defaults: sent by the supervisor itself)."""
         if sender is None and via == "supervisor":
             sender = {"pid": os.getpid(), "program": "supervisor"}
-        event = make_event("signal", signal=signal_name(signo), signo=signo, code=code,
+        event = self.audit("signal", signal=signal_name(signo), signo=signo, code=code,
                            target={"program": p.name if p else None, "pid": pid}, sender=sender, via=via, **fields)
-        if self.audit_log is not None:
-            self.audit_log.write(event)
         if p is not None:
             p.recent_events.append(event)
 
@@ -991,12 +1003,10 @@ class Supervisor:
                 sender = self.name_sender(identity)
         if sender is None:
             note = "client gone before it could be found" if d.client_addr else "client address unknown"
-        event = make_event("redis_denied", program=p.name, command=d.command, reason=d.reason, context=d.context,
+        event = self.audit("redis_denied", program=p.name, command=d.command, reason=d.reason, context=d.context,
                            user=d.user, client_addr=d.client_addr, client_laddr=d.client_laddr,
                            client_name=d.client_name, count=d.count_new, count_total=d.count_total,
                            sender=sender, **({"note": note} if note else {}))
-        if self.audit_log is not None:
-            self.audit_log.write(event)
         p.recent_events.append(event)
         who = ProcessIdentity.from_dict(sender).describe() if sender else note
         log.warning("redis: denied %s x%d by user %s from %s (%s); only the supervisor may stop Redis: "

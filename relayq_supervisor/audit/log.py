@@ -1,8 +1,12 @@
 """The append-only audit log: one JSON object per line, evidence for people.
 
 Durability: every event is written with a single write(2) on an O_APPEND fd
-and then fsync'ed before `AuditLog.write` returns True, so a crash (of the
-supervisor or of the machine) loses nothing that was acknowledged. A line
+and fsync'ed before `AuditLog.write` returns True, so a crash (of the
+supervisor or of the machine) loses nothing that was acknowledged.
+`queue` + `flush` batch: the supervisor queues the events of one pass of its
+event loop and flushes them with one fsync at the end of that pass (after the
+replacement child is already spawned), so a crash loses at most the events of
+the pass in progress. A line
 that could not be written completely is cut back off the file, so a reader
 only ever sees whole events or, after a power loss mid-write, one torn last
 line (which `review.iter_events` skips).
@@ -101,18 +105,17 @@ class AuditLog:
 
     def write(self, event: dict[str, Any]) -> bool:
         """Append `event` durably. False if it (or an earlier one) is still held in memory."""
+        return self.queue(event) and self.flush()
+
+    def queue(self, event: dict[str, Any]) -> bool:
+        """Hold `event` for the next flush(); False if it cannot be encoded (dropped, reported)."""
         try:
             line = encode_event(event)
         except (TypeError, ValueError) as e:
             self.on_error(f"audit log {self.path}: event {event.get('event')!r} cannot be encoded ({e}); dropped")
             return False
         self._pending.append(line)
-        if self.flush():
-            return True
-        while len(self._pending) > self.max_pending:
-            self._pending.popleft()
-            self._dropped += 1
-        return False
+        return True
 
     def flush(self) -> bool:
         """Write held events in order; True when none is left."""
@@ -122,12 +125,18 @@ class AuditLog:
             if self._failing and self._dropped:
                 self._append(self._gap_line())
                 self._dropped = 0
+            fd = None
             while self._pending:
-                self._append(self._pending[0])
+                fd = self._append(self._pending[0])
                 self._pending.popleft()
                 written += 1
+            if fd is not None:
+                os.fsync(fd)        # one fsync for the batch
         except OSError as e:
             self._close_fd()
+            while len(self._pending) > self.max_pending:   # the disk refuses: bound what waits
+                self._pending.popleft()
+                self._dropped += 1
             if not self._failing:
                 self._failing = True
                 self._failed_since = utc_timestamp()
@@ -167,10 +176,12 @@ class AuditLog:
             )
         )
 
-    def _append(self, line: bytes) -> None:
+    def _append(self, line: bytes) -> int:
+        """One whole line with one write(2); the caller fsyncs."""
         fd = self._current_fd()
         size = os.fstat(fd).st_size
         if size > 0 and size + len(line) > self.max_bytes:
+            os.fsync(fd)            # what this batch put in the old file is durable before it moves
             self._rotate()
             fd = self._current_fd()
             size = 0
@@ -178,7 +189,6 @@ class AuditLog:
             written = os.write(fd, line)
             if written != len(line):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            os.fsync(fd)
         except OSError:
             # Cut a partial line back off so the retry does not leave a torn line mid-file.
             try:
@@ -186,6 +196,7 @@ class AuditLog:
             except OSError:
                 pass
             raise
+        return fd
 
     def _current_fd(self) -> int:
         if self._fd is not None and not self._replaced():
