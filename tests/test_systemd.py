@@ -246,3 +246,23 @@ def test_doctor_cli_finds_the_incident(make_supervisor, port, tmp_path):
     r = subprocess.run([PYTHON, "-m", "relayq_supervisor.ctl", "doctor", "-c", str(cfg), "--root", str(clean)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "no rival managers found" in r.stdout
+
+
+def test_reload_is_framed_by_reloading_and_ready(make_supervisor, port, tmp_path):
+    notify = NotifySocket(tmp_path / "notify.sock")
+    try:
+        text = redis_config(None, port, programs=WORKER)
+        sup = make_supervisor(text)
+        sup.start(env=dict(os.environ, NOTIFY_SOCKET=notify.path))
+        notify.until(lambda m: m.get("READY") == "1")
+        sup.config.write_text(text.replace("numprocs = 2", "numprocs = 3"))
+        assert sup.ctl("reload").returncode == 0
+        reloading = notify.until(lambda m: m.get("RELOADING") == "1")
+        now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        assert 0 < now_usec - int(reloading["MONOTONIC_USEC"]) < 60_000_000
+        ready = notify.until(lambda m: m.get("READY") == "1")
+        assert ready["_t"] >= reloading["_t"] and "worker" in ready["STATUS"]
+        sup.terminate()
+        notify.until(lambda m: m.get("STOPPING") == "1")
+    finally:
+        notify.close()
