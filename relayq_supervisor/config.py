@@ -14,9 +14,8 @@ import signal
 import subprocess
 import sys
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 DEFAULT_CONFIG = "config.toml"
 REDIS_NAME = "redis"

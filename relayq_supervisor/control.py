@@ -78,6 +78,11 @@ class ControlServer:
             return False
         return (st.st_dev, st.st_ino) == self.inode
 
+    async def restart(self) -> None:
+        """Listen again (the socket file was deleted or replaced)."""
+        self.close()
+        await self.start()
+
     def close(self) -> None:
         if self.server is not None:
             self.server.close()

@@ -6,7 +6,6 @@ Exit status follows systemctl: 0 all named programs RUNNING (or the action worke
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import select

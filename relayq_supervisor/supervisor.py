@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
-import hashlib
 import logging
 import os
 import signal
@@ -28,14 +26,16 @@ from .linux import prctl, ptrace
 from .linux.siginfo import Siginfo, is_user_sent
 from .linux.signalfd import SignalFd
 from .locks import LockHeld, OwnerLock, describe_owner
-from .notify import ChildNotifySocket, ServiceNotifier
+from .ground import GroundWatch
+from .notify import ChildNotifySocket
+from .redis_health import RedisHealth
+from .service import ServiceLink
 from .output import open_child_output
 from .policy import BACKOFF as DECIDE_BACKOFF, EXIT as DECIDE_EXIT, FATAL as DECIDE_FATAL
 from .protocol import ProtocolError
 from .program import (BACKOFF, EXITED, FATAL, RUNNING, STARTING, STOPPED, STOPPING, ExitInfo,
                       Program, signal_name)
 from .spawn import read_exec_result, spawn
-from .watch import Watcher
 
 log = logging.getLogger("relayq")
 
@@ -78,7 +78,9 @@ class Supervisor:
         self.shutdown_requested = asyncio.Event()
         self.sigfd: SignalFd | None = None
         self.notify_socket: ChildNotifySocket | None = None
-        self.service = ServiceNotifier()
+        self.service = ServiceLink(self)
+        self.ground = GroundWatch(self)
+        self.redis_health = RedisHealth(self)
         self.audit_log: AuditLog | None = None
         self.redis_version = None
         self.control = None
@@ -86,14 +88,7 @@ class Supervisor:
         self.extra_status: dict = {}
         self.waiters: list[tuple[object, asyncio.Future]] = []
         self.tap = SignalTap(self.on_traced_signal) if config.supervisor.signal_tap else None
-        self.config_digest = file_digest(config.path)
-        self.config_changed = False
-        self.watcher: Watcher | None = None
-        self.ready_sent = False
-        self.watchdog: asyncio.TimerHandle | None = None
         self.redis_admin: redis_acl.AdminCredentials | None = None
-        self.acl_log = redis_acl.AclLogReader()
-        self.health_task: asyncio.Task | None = None
 
     # --- ordering ----------------------------------------------------------------
 
@@ -198,13 +193,13 @@ class Supervisor:
             await self.control.start()
         log.info("supervisor: started pid %d with %s (%d programs)", os.getpid(), self.config.path,
                  len(self.programs))
-        self.warn_about_rivals()
-        self.start_watches()
-        self.start_watchdog()
+        self.ground.warn_about_rivals()
+        self.ground.start(self.loop)
+        self.service.start_watchdog()
         if self.config.redis is not None:
-            self.health_task = self.loop.create_task(self.health_loop())
+            self.redis_health.start(self.loop)
         self.reconcile()
-        self.publish_status()
+        self.service.publish()
         try:
             await self.shutdown_requested.wait()
             await self.shutdown()
@@ -214,12 +209,9 @@ class Supervisor:
     control_factory = None      # set by cli to the control server's constructor
 
     def close(self) -> None:
-        if self.health_task is not None:
-            self.health_task.cancel()
-        if self.watchdog is not None:
-            self.watchdog.cancel()
-        if self.watcher is not None:
-            self.watcher.close()
+        self.redis_health.close()
+        self.service.close()
+        self.ground.close()
         if self.control is not None:
             self.control.close()
         if self.sigfd is not None:
@@ -434,8 +426,7 @@ class Supervisor:
             return True
         who = sender.describe() if sender else f"the kernel ({info.code_name})"
         if action == "blocked":
-            self.blocked_today()
-            self.blocked_count += 1
+            self.service.count_blocked()
             if note is None:
                 log.warning("%s: blocked %s from %s; to stop %s use `relayqctl stop %s`", p.name, name, who,
                             p.name, p.name)
@@ -599,7 +590,7 @@ class Supervisor:
 
     def on_state_change(self, p: Program) -> None:
         """After every transition: wake operators waiting for an outcome, tell systemd."""
-        self.publish_status()
+        self.service.publish()
         still = []
         for check, fut in self.waiters:
             if fut.done():
@@ -675,15 +666,10 @@ class Supervisor:
 
     async def shutdown(self) -> None:
         self.shutting_down = True
-        self.service.send(STOPPING=1, STATUS="stopping programs in dependency order")
-        extender = self.loop.create_task(self.extend_stop_timeout()) if self.service.enabled else None
+        self.service.stopping()
         for p in self.programs.values():
             p.wanted = False
-        try:
-            await self.stop_in_order(list(self.programs.values()), "supervisor shutdown")
-        finally:
-            if extender is not None:
-                extender.cancel()
+        await self.stop_in_order(list(self.programs.values()), "supervisor shutdown")
         await self.end_leftovers()
         for p in self.programs.values():
             self.close_output(p)
@@ -845,13 +831,12 @@ class Supervisor:
         except ConfigError as e:
             raise ProtocolError(str(e), code=2) from None
         log.info("supervisor: reloading %s (%s)", new.path, who)
-        self.service.send(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+        self.service.reloading()
         try:
             changes = await self.apply_config(new)
         finally:
-            self.service.send(READY=1, STATUS=self.status_line())
-        self.config_digest = file_digest(new.path)
-        self.config_changed = False
+            self.service.reloaded()
+        self.ground.config_loaded()
         log.info("supervisor: reloaded: %s", ", ".join(f"{k} {v}" for k, v in changes.items() if v) or "nothing changed")
         return {"changes": changes}
 
@@ -900,193 +885,14 @@ class Supervisor:
         return {"added": added, "removed": removed, "changed": changed, "resized": resized,
                 "not_applied": [f"[supervisor] {k}: restart the supervisor to apply" for k in not_applied]}
 
-    # --- systemd -----------------------------------------------------------------------
-
-    def status_line(self) -> str:
-        parts = []
-        for spec in self.config.programs:
-            group = self.instances(spec.name)
-            running = sum(p.state == RUNNING for p in group)
-            if len(group) == 1:
-                parts.append(f"{spec.name} {group[0].state.lower()}")
-            else:
-                parts.append(f"{spec.name} {running}/{len(group)} running")
-        blocked = self.blocked_today()
-        return "; ".join(parts) + f"; {blocked} blocked signal{'s' if blocked != 1 else ''} today"
-
-    def blocked_today(self) -> int:
-        today = time.strftime("%Y-%m-%d", time.gmtime())
-        if self.blocked_day != today:
-            self.blocked_day, self.blocked_count = today, 0
-        return self.blocked_count
-
-    blocked_day = ""
-    blocked_count = 0
-
-    def publish_status(self) -> None:
-        if not self.service.enabled or self.shutting_down:
-            return
-        if not self.ready_sent:
-            pending = [p for p in self.programs.values() if p.spec.autostart and p.state not in (RUNNING, FATAL)]
-            if pending:
-                self.service.send(STATUS=self.status_line())
-                return
-            self.ready_sent = True
-            gave_up = [p.name for p in self.programs.values() if p.state == FATAL]
-            status = self.status_line() + (f"; gave up: {', '.join(gave_up)}" if gave_up else "")
-            self.service.send(READY=1, STATUS=status)
-            return
-        self.service.send(STATUS=self.status_line())
-
-    def start_watchdog(self) -> None:
-        """WATCHDOG=1 at half of WATCHDOG_USEC, from this loop: a stuck loop stops the pings."""
-        usec = os.environ.get("WATCHDOG_USEC")
-        owner = os.environ.get("WATCHDOG_PID")
-        if not usec or not self.service.enabled or (owner and owner != str(os.getpid())):
-            return
-        try:
-            interval = int(usec) / 2e6
-        except ValueError:
-            log.warning("supervisor: ignoring WATCHDOG_USEC=%r (not a number)", usec)
-            return
-
-        def ping():
-            self.service.send(WATCHDOG=1)
-            self.watchdog = self.loop.call_later(interval, ping)
-
-        ping()
-
-    async def extend_stop_timeout(self) -> None:
-        """While programs (Redis writing its dump) are still stopping, keep systemd from
-        running out of TimeoutStopSec and SIGKILLing them."""
-        while True:
-            self.service.send(EXTEND_TIMEOUT_USEC=10_000_000,
-                              STATUS="stopping: " + ", ".join(p.name for p in self.programs.values()
-                                                               if p.state == STOPPING))
-            await asyncio.sleep(4.0)
-
-    # --- Redis health and the command guard -------------------------------------------
-
-    async def health_loop(self) -> None:
-        """Every health_interval: read Redis' ACL LOG for denied commands (the only
-        periodic wake-up besides the systemd watchdog)."""
-        interval = self.config.supervisor.health_interval
-        conn = None
-        try:
-            while True:
-                await asyncio.sleep(interval)
-                p = self.programs.get("redis")
-                if p is None or p.state != RUNNING:
-                    continue
-                if conn is None:
-                    conn = self.redis_client(p.spec)
-                await self.check_redis(p, conn)
-        finally:
-            if conn is not None:
-                await conn.aclose()
-
-    async def check_redis(self, p: Program, conn) -> None:
-        try:
-            denials = await self.acl_log.poll(conn)
-        except Exception as e:      # redis errors, timeouts: the next round tries again
-            log.warning("redis: health check failed (%s)", e)
-            return
-        for d in denials:
-            self.record_denial(p, d)
-
-    def record_denial(self, p: Program, d: redis_acl.Denial) -> None:
-        sender, note = None, None
-        pid = redis_acl.find_client_process(d.client_addr, p.spec.redis.port) if d.client_addr else None
-        if pid is not None:
-            identity = ProcessIdentity.capture(pid)
-            if identity.alive and redis_acl.process_holds_client_socket(pid, d.client_addr, p.spec.redis.port):
-                sender = self.name_sender(identity)
-        if sender is None:
-            note = "client gone before it could be found" if d.client_addr else "client address unknown"
-        event = self.audit("redis_denied", program=p.name, command=d.command, reason=d.reason, context=d.context,
-                           user=d.user, client_addr=d.client_addr, client_laddr=d.client_laddr,
-                           client_name=d.client_name, count=d.count_new, count_total=d.count_total,
-                           sender=sender, **({"note": note} if note else {}))
-        p.recent_events.append(event)
-        who = ProcessIdentity.from_dict(sender).describe() if sender else note
-        log.warning("redis: denied %s x%d by user %s from %s (%s); only the supervisor may stop Redis: "
-                    "`relayqctl stop redis`", d.command, d.count_new, d.user, d.client_addr, who)
-
-    # --- rivals and tampering ------------------------------------------------------------
-
     def doctor_target(self) -> doctor.DoctorTarget:
         return doctor_target(self.config, {os.getpid(), *self.by_pid})
-
-    def warn_about_rivals(self) -> None:
-        try:
-            rivals = doctor.find_rivals(self.doctor_target(), root=self.config.supervisor.doctor_root,
-                                        scan_processes=False)
-        except Exception as e:      # advice only: never a reason not to supervise
-            log.warning("supervisor: rival-manager check failed (%s)", e)
-            return
-        for r in rivals:
-            log.warning("supervisor: rival manager %s %s (%s): %s", r.kind, r.name, r.reason or r.evidence, r.disable)
-
-    def start_watches(self) -> None:
-        self.watcher = Watcher(self.loop)
-        self.watcher.watch_file(self.config.path, self.on_config_file)
-        sup = self.config.supervisor
-        guarded = {os.path.basename(l.path) for l in self.locks.values() if os.path.dirname(l.path) == sup.run_dir}
-        guarded.add(os.path.basename(sup.control_socket))
-        self.watcher.watch_dir(sup.run_dir, self.on_run_dir, names=guarded)
-        if os.path.dirname(sup.control_socket) != sup.run_dir:
-            self.watcher.watch_dir(os.path.dirname(sup.control_socket), self.on_run_dir,
-                                   names={os.path.basename(sup.control_socket)})
-        if "redis-dir" in self.locks:
-            lock = self.locks["redis-dir"].path
-            self.watcher.watch_dir(os.path.dirname(lock), self.on_run_dir, names={os.path.basename(lock)})
-        for d in doctor.watched_dirs(self.config.supervisor.doctor_root):
-            self.watcher.watch_dir(d, self.on_rival_dir)
-
-    def on_config_file(self, path: str, what: str) -> None:
-        changed = file_digest(path) != self.config_digest
-        if changed and not self.config_changed:
-            log.info("supervisor: config changed on disk since load (%s); `relayqctl reload` applies it", path)
-        self.config_changed = changed
-
-    def on_run_dir(self, path: str, what: str) -> None:
-        for key, lock in self.locks.items():
-            if lock.path == path and not lock.is_intact():
-                self.audit("tamper", path=path, what=what)
-                log.warning("supervisor: lock file %s was %s: taking it again", path, what)
-                lock.release()
-                try:
-                    lock.acquire(self.owner_record())
-                except (LockHeld, OSError) as e:
-                    log.error("supervisor: cannot take %s again (%s)", path, e)
-                return
-        if self.control is not None and path == self.control.path and not self.control.is_intact():
-            self.audit("tamper", path=path, what=what)
-            log.warning("supervisor: control socket %s was %s: listening again", path, what)
-            self.loop.create_task(self.restart_control())
-
-    async def restart_control(self) -> None:
-        self.control.close()
-        await self.control.start()
-
-    def on_rival_dir(self, path: str, what: str) -> None:
-        if what == "deleted":
-            return
-        try:
-            rival = doctor.rival_for_file(path, self.doctor_target(), root=self.config.supervisor.doctor_root)
-        except Exception as e:
-            log.warning("supervisor: cannot check %s for a rival manager (%s)", path, e)
-            return
-        if rival is not None:
-            self.audit("rival_manager", path=path, reason=rival.reason or rival.evidence, disable=rival.disable)
-            log.warning("supervisor: rival manager appeared: %s %s (%s); disable it: %s", rival.kind, rival.name,
-                        rival.reason or rival.evidence, rival.disable)
 
     # --- status ------------------------------------------------------------------------------
 
     def status_notes(self) -> list[str]:
         notes = []
-        if self.config_changed:
+        if self.ground.config_changed:
             notes.append("config changed on disk since load")
         if self.tap is not None and self.tap.unavailable:
             notes.append(f"signal tap: {self.tap.state}")
@@ -1101,7 +907,7 @@ class Supervisor:
                 "redis_binary": redis.redis.binary if redis else None, "redis_version": self.redis_version,
                 "hostname": socket.gethostname(),
                 "signal_tap": self.tap.state if self.tap is not None else "off (signal_tap = false)",
-                "config_changed": self.config_changed,
+                "config_changed": self.ground.config_changed,
                 "notes": self.status_notes(),
                 **self.extra_status,
             },
@@ -1115,14 +921,6 @@ def doctor_target(config: Config, own_pids) -> doctor.DoctorTarget:
                                redis_dir=redis.redis.dir if redis else None,
                                program_commands=tuple(s.command for s in config.programs if s.redis is None),
                                own_pids=frozenset(own_pids), own_config=config.path)
-
-
-def file_digest(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    except OSError:
-        return None
 
 
 def own_children() -> list[int]:

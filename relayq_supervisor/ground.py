@@ -1,0 +1,100 @@
+"""inotify watches on the ground the supervisor stands on: its config file (changed on
+disk since load), its lock files and control socket (deleted or replaced: taken again,
+recorded as `tamper`), and the unit and cron directories where rival managers appear
+(recorded as `rival_manager` at once, not at the next restart)."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+
+from . import doctor
+from .locks import LockHeld
+from .watch import Watcher
+
+log = logging.getLogger("relayq")
+
+
+def file_digest(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+class GroundWatch:
+    def __init__(self, supervisor):
+        self.sup = supervisor
+        self.watcher: Watcher | None = None
+        self.config_digest = file_digest(supervisor.config.path)
+        self.config_changed = False
+
+    def config_loaded(self) -> None:
+        self.config_digest = file_digest(self.sup.config.path)
+        self.config_changed = False
+
+    def warn_about_rivals(self) -> None:
+        """At start-up: the doctor's file checks, as warnings in the log."""
+        try:
+            rivals = doctor.find_rivals(self.sup.doctor_target(), root=self.sup.config.supervisor.doctor_root,
+                                        scan_processes=False)
+        except Exception as e:      # advice only: never a reason not to supervise
+            log.warning("supervisor: rival-manager check failed (%s)", e)
+            return
+        for r in rivals:
+            log.warning("supervisor: rival manager %s %s (%s): %s", r.kind, r.name, r.reason or r.evidence, r.disable)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        sup = self.sup.config.supervisor
+        self.watcher = Watcher(loop)
+        self.watcher.watch_file(self.sup.config.path, self.on_config_file)
+        guarded: dict[str, set[str]] = {}
+        for path in [lock.path for lock in self.sup.locks.values()] + [sup.control_socket]:
+            guarded.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
+        for directory, names in guarded.items():
+            self.watcher.watch_dir(directory, self.on_guarded_file, names=names)
+        for directory in doctor.watched_dirs(sup.doctor_root):
+            self.watcher.watch_dir(directory, self.on_rival_dir)
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
+
+    def on_config_file(self, path: str, what: str) -> None:
+        changed = file_digest(path) != self.config_digest
+        if changed and not self.config_changed:
+            log.info("supervisor: config changed on disk since load (%s); `relayqctl reload` applies it", path)
+        self.config_changed = changed
+
+    def on_guarded_file(self, path: str, what: str) -> None:
+        for lock in self.sup.locks.values():
+            if lock.path == path and not lock.is_intact():
+                self.sup.audit("tamper", path=path, what=what)
+                log.warning("supervisor: lock file %s was %s: taking it again", path, what)
+                lock.release()
+                try:
+                    lock.acquire(self.sup.owner_record())
+                except (LockHeld, OSError) as e:
+                    log.error("supervisor: cannot take %s again (%s)", path, e)
+                return
+        control = self.sup.control
+        if control is not None and path == control.path and not control.is_intact():
+            self.sup.audit("tamper", path=path, what=what)
+            log.warning("supervisor: control socket %s was %s: listening again", path, what)
+            asyncio.get_running_loop().create_task(control.restart())
+
+    def on_rival_dir(self, path: str, what: str) -> None:
+        if what == "deleted":
+            return
+        try:
+            rival = doctor.rival_for_file(path, self.sup.doctor_target(), root=self.sup.config.supervisor.doctor_root)
+        except Exception as e:
+            log.warning("supervisor: cannot check %s for a rival manager (%s)", path, e)
+            return
+        if rival is not None:
+            self.sup.audit("rival_manager", path=path, reason=rival.reason or rival.evidence, disable=rival.disable)
+            log.warning("supervisor: rival manager appeared: %s %s (%s); disable it: %s", rival.kind, rival.name,
+                        rival.reason or rival.evidence, rival.disable)

@@ -1,0 +1,111 @@
+"""What systemd hears from the supervisor (Type=notify): READY=1 once everything that
+starts at boot runs (or has given up), a current STATUS= line, WATCHDOG=1 from the
+event loop itself, RELOADING=1/READY=1 around a reload, STOPPING=1 and
+EXTEND_TIMEOUT_USEC= while programs (Redis writing its dump) are still stopping."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+from .notify import ServiceNotifier
+from .program import FATAL, RUNNING, STOPPING
+
+log = logging.getLogger("relayq")
+
+EXTEND_BY_USEC = 10_000_000
+EXTEND_EVERY_S = 4.0
+
+
+class ServiceLink:
+    def __init__(self, supervisor):
+        self.sup = supervisor
+        self.notifier = ServiceNotifier()
+        self.ready_sent = False
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.extender: asyncio.Task | None = None
+        self.blocked_day = ""
+        self.blocked_count = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.notifier.enabled
+
+    def count_blocked(self) -> None:
+        self.blocked_today()
+        self.blocked_count += 1
+
+    def blocked_today(self) -> int:
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        if self.blocked_day != today:
+            self.blocked_day, self.blocked_count = today, 0
+        return self.blocked_count
+
+    def status_line(self) -> str:
+        """`redis running; worker 2/2 running; 0 blocked signals today`"""
+        parts = []
+        for spec in self.sup.config.programs:
+            group = self.sup.instances(spec.name)
+            if len(group) == 1:
+                parts.append(f"{spec.name} {group[0].state.lower()}")
+            else:
+                parts.append(f"{spec.name} {sum(p.state == RUNNING for p in group)}/{len(group)} running")
+        blocked = self.blocked_today()
+        return "; ".join(parts) + f"; {blocked} blocked signal{'s' if blocked != 1 else ''} today"
+
+    def publish(self) -> None:
+        """After every transition: STATUS=, and READY=1 the first time all is up."""
+        if not self.enabled or self.sup.shutting_down:
+            return
+        programs = self.sup.programs.values()
+        if not self.ready_sent and not any(p.spec.autostart and p.state not in (RUNNING, FATAL) for p in programs):
+            self.ready_sent = True
+            gave_up = [p.name for p in programs if p.state == FATAL]
+            self.notifier.send(READY=1, STATUS=self.status_line() + (f"; gave up: {', '.join(gave_up)}" if gave_up else ""))
+            return
+        self.notifier.send(STATUS=self.status_line())
+
+    def start_watchdog(self) -> None:
+        """WATCHDOG=1 at half of WATCHDOG_USEC, from the loop: a stuck loop stops the pings.
+        Without WATCHDOG_USEC there is no timer at all."""
+        usec = os.environ.get("WATCHDOG_USEC")
+        owner = os.environ.get("WATCHDOG_PID")
+        if not usec or not self.enabled or (owner and owner != str(os.getpid())):
+            return
+        try:
+            interval = int(usec) / 2e6
+        except ValueError:
+            log.warning("supervisor: ignoring WATCHDOG_USEC=%r (not a number)", usec)
+            return
+        loop = asyncio.get_running_loop()
+
+        def ping():
+            self.notifier.send(WATCHDOG=1)
+            self.watchdog = loop.call_later(interval, ping)
+
+        ping()
+
+    def reloading(self) -> None:
+        self.notifier.send(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+
+    def reloaded(self) -> None:
+        self.notifier.send(READY=1, STATUS=self.status_line())
+
+    def stopping(self) -> None:
+        self.notifier.send(STOPPING=1, STATUS="stopping programs in dependency order")
+        if self.enabled:
+            self.extender = asyncio.get_running_loop().create_task(self.extend_stop_timeout())
+
+    async def extend_stop_timeout(self) -> None:
+        """Keep systemd from running out of TimeoutStopSec and SIGKILLing Redis mid-save."""
+        while True:
+            still = ", ".join(p.name for p in self.sup.programs.values() if p.state == STOPPING)
+            self.notifier.send(EXTEND_TIMEOUT_USEC=EXTEND_BY_USEC, STATUS=f"stopping: {still}")
+            await asyncio.sleep(EXTEND_EVERY_S)
+
+    def close(self) -> None:
+        for handle in (self.watchdog, self.extender):
+            if handle is not None:
+                handle.cancel()
+        self.watchdog = self.extender = None
