@@ -130,7 +130,45 @@ class ControlServer:
             return protocol.reply_error("truncated request (no newline at the end)", code=2)
         try:
             cmd, args = protocol.parse_request(line)
-            result = await self.sup.handle_request(cmd, args, peer)
+            result = await self.dispatch(cmd, args, peer)
         except ProtocolError as e:
             return protocol.reply_error(str(e), code=e.code)
         return protocol.reply_ok(result)
+
+    async def dispatch(self, cmd: str, args: dict, peer: Peer) -> dict:
+        """One validated request -> the supervisor's primitives -> the reply's result."""
+        sup = self.sup
+        who = f"operator relayqctl {cmd} by uid {peer.uid} pid {peer.pid}"
+        if cmd == "status":
+            status = sup.status()
+            if args.get("names"):
+                status["programs"] = [p.status() for p in sup.resolve(args["names"])]
+            return status
+        if cmd == "pid":
+            if not args.get("name"):
+                return {"pid": os.getpid()}
+            targets = sup.resolve([args["name"]])
+            return {"pid": targets[0].pid, "pids": {p.name: p.pid for p in targets}}
+        if cmd == "why":
+            return sup.why(sup.resolve([args.get("name") or ""])[0])
+        if cmd == "reload":
+            return await sup.reload(who)
+        if cmd == "shutdown":
+            sup.audit("operator", action="shutdown", peer={"pid": peer.pid, "uid": peer.uid})
+            sup.request_shutdown(who)
+            return {"pid": os.getpid()}
+        if sup.shutting_down:
+            raise ProtocolError("the supervisor is shutting down", code=1)
+        if not args.get("names"):
+            raise ProtocolError(f"{cmd}: name at least one program", code=2)
+        targets = sup.resolve(args["names"])
+        if cmd == "stop" and args.get("with_dependents"):
+            targets = sup.with_dependents(targets)
+        sup.audit("operator", action=cmd, programs=[p.name for p in targets], peer={"pid": peer.pid, "uid": peer.uid})
+        action = {"start": sup.operator_start, "stop": sup.operator_stop, "restart": sup.operator_restart}[cmd]
+        job = asyncio.get_running_loop().create_task(action(targets, who))
+        if not args.get("wait", True):
+            return {"outcomes": [{"name": p.name, "state": p.state, "ok": True, "detail": "requested"}
+                                 for p in targets]}
+        await job
+        return {"outcomes": [sup.final_outcome(cmd, p).__dict__ for p in targets]}

@@ -730,7 +730,9 @@ class Supervisor:
                 todo.extend(self.dependents(p))
         return [p for p in self.programs.values() if p in out]
 
-    def operator_start(self, targets: list[Program], who: str) -> None:
+    async def operator_start(self, targets: list[Program], who: str) -> None:
+        """Start them (and what they depend on); return once each runs or has failed."""
+        before = {p.name: p.starts for p in targets}
         for p in self.with_dependencies(targets):
             if p.state in (RUNNING, STARTING) and p.wanted:
                 continue
@@ -743,6 +745,8 @@ class Supervisor:
                 p.start_due = True
             log.info("%s: start requested (%s)", p.name, who)
         self.reconcile()
+        await self.wait_until(lambda: None if any(self.start_outcome(p, before[p.name]) is None for p in targets)
+                              else True)
 
     def start_outcome(self, p: Program, starts_before: int):
         if p.state == RUNNING:
@@ -761,53 +765,6 @@ class Supervisor:
             p.wanted = False
         await self.stop_in_order(targets, who)
 
-    async def handle_request(self, cmd: str, args: dict, peer) -> dict:
-        who = f"operator relayqctl {cmd} by uid {peer.uid} pid {peer.pid}"
-        if cmd == "status":
-            status = self.status()
-            if args.get("names"):
-                status["programs"] = [p.status() for p in self.resolve(args["names"])]
-            return status
-        if cmd == "pid":
-            if not args.get("name"):
-                return {"pid": os.getpid()}
-            targets = self.resolve([args["name"]])
-            return {"pid": targets[0].pid, "pids": {p.name: p.pid for p in targets}}
-        if cmd == "shutdown":
-            self.audit("operator", action="shutdown", peer={"pid": peer.pid, "uid": peer.uid})
-            self.request_shutdown(who)
-            return {"pid": os.getpid()}
-        if cmd == "why":
-            return self.why(self.resolve([args.get("name") or ""])[0])
-        if cmd == "reload":
-            return await self.reload(who)
-        if self.shutting_down:
-            raise ProtocolError("the supervisor is shutting down", code=1)
-        if not args.get("names"):
-            raise ProtocolError(f"{cmd}: name at least one program", code=2)
-        targets = self.resolve(args["names"])
-        wait = args.get("wait", True)
-        self.audit("operator", action=cmd, programs=[p.name for p in targets], peer={"pid": peer.pid, "uid": peer.uid})
-        if cmd == "stop":
-            if args.get("with_dependents"):
-                targets = self.with_dependents(targets)
-            job = self.loop.create_task(self.operator_stop(targets, who))
-        elif cmd == "restart":
-            job = self.loop.create_task(self.operator_restart(targets, who))
-        else:
-            before = {p.name: p.starts for p in targets}
-            self.operator_start(targets, who)
-            job = self.loop.create_task(self.wait_until(lambda: self.all_outcomes(
-                [self.start_outcome(p, before[p.name]) for p in targets])))
-        if not wait:
-            return {"outcomes": [Outcome(p.name, p.state, True, "requested").__dict__ for p in targets]}
-        await job
-        return {"outcomes": [self.final_outcome(cmd, p).__dict__ for p in targets]}
-
-    @staticmethod
-    def all_outcomes(outcomes: list):
-        return None if any(o is None for o in outcomes) else outcomes
-
     def final_outcome(self, cmd: str, p: Program) -> Outcome:
         if cmd == "stop":
             return Outcome(p.name, p.state, p.state == STOPPED, p.reason)
@@ -816,9 +773,7 @@ class Supervisor:
 
     async def operator_restart(self, targets: list[Program], who: str) -> None:
         await self.stop_in_order(targets, who)
-        before = {p.name: p.starts for p in targets}
-        self.operator_start(targets, who)
-        await self.wait_until(lambda: self.all_outcomes([self.start_outcome(p, before[p.name]) for p in targets]))
+        await self.operator_start(targets, who)
 
     def why(self, p: Program) -> dict:
         return {"program": p.status(), "last_stop": p.last_stop}
