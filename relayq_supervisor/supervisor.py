@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from . import redis_server
 from .audit.identity import ProcessIdentity, boottime_now, proc_start_ticks
 from .audit.log import AuditLog, make_event
+from .audit.guard import judge
 from .audit.tap import SignalTap
 from . import doctor, redis_acl
 from .config import Config, ConfigError, ProgramSpec, children_path, load_config, redis_version
@@ -41,10 +42,6 @@ log = logging.getLogger("relayq")
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 STOP_REQUESTS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP})
-# Signals that stop a program: the guard suppresses them to a protected program
-# unless the supervisor itself sends them.
-GUARDED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
-                             signal.SIGUSR2, signal.SIGSTOP, signal.SIGTSTP})
 # Variables that describe the supervisor's own place under systemd, not the children's.
 _NOT_FOR_CHILDREN = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
                      "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM", "RELAYQ_CONFIG")
@@ -409,17 +406,14 @@ class Supervisor:
             # started after this moment = a recycled pid, not the sender
             sender = ProcessIdentity.capture(info.pid, uid_hint=info.uid, code_hint=info.code_name,
                                              seen_boottime=boottime_now())
-        action, note = "delivered", None
-        self_sent = p is not None and user_sent and self.program_of_pid(info.pid) is p
-        if (p is not None and p.spec.protect and user_sent and not self_sent and info.signo in GUARDED_SIGNALS
-                and not self.shutting_down):
-            action = "blocked"
-            if info.signo == signal.SIGTERM and info.pid in (1, os.getppid()):
-                # the service manager stopping the whole group: don't fight it, order it
-                note = "service manager stop: the supervisor orders the shutdown"
-                self.request_shutdown(f"SIGTERM to {p.name} from the service manager (pid {info.pid})")
+        verdict = judge(info.signo, protected=p is not None and p.spec.protect, user_sent=user_sent,
+                        from_program_itself=p is not None and user_sent and self.program_of_pid(info.pid) is p,
+                        from_service_manager=info.pid in (1, os.getppid()), shutting_down=self.shutting_down)
+        if verdict.shutdown:
+            self.request_shutdown(f"SIGTERM to {p.name} from the service manager (pid {info.pid})")
+        action, note = verdict.action, verdict.note
         sender_dict = self.name_sender(sender)
-        if name not in self.config.supervisor.audit_ignore or action == "blocked":
+        if name not in self.config.supervisor.audit_ignore or not verdict.deliver:
             self.record_signal(p, tid, info.signo, code=info.code_name, sender=sender_dict, action=action,
                                via="ptrace", **({"note": note} if note else {}))
         if p is None:
