@@ -89,6 +89,9 @@ class GroundWatch:
     def on_rival_dir(self, path: str, what: str) -> None:
         if what == "deleted":
             return
+        if what == "created" and path.endswith((".wants", ".requires")) and os.path.isdir(path):
+            self.watcher.watch_dir(path, self.on_rival_dir)     # `systemctl enable` made a new one
+            return
         try:
             rival = doctor.rival_for_file(path, self.sup.doctor_target(), root=self.sup.config.supervisor.doctor_root)
         except Exception as e:

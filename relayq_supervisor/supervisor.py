@@ -24,7 +24,7 @@ from .audit.tap import SignalTap
 from . import doctor, redis_acl
 from .config import Config, ConfigError, ProgramSpec, children_path, load_config, redis_version
 from .linux import prctl, ptrace
-from .linux.siginfo import Siginfo, is_user_sent
+from .linux.siginfo import Siginfo, is_user_sent, sender_is_verified
 from .linux.signalfd import SignalFd
 from .locks import LockHeld, OwnerLock, describe_owner
 from .ground import GroundWatch
@@ -414,8 +414,10 @@ class Supervisor:
         action, note = verdict.action, verdict.note
         sender_dict = self.name_sender(sender)
         if name not in self.config.supervisor.audit_ignore or not verdict.deliver:
+            # SI_QUEUE and the like carry a pid the sender wrote itself; SI_USER/SI_TKILL the kernel's
             self.record_signal(p, tid, info.signo, code=info.code_name, sender=sender_dict, action=action,
-                               via="ptrace", **({"note": note} if note else {}))
+                               via="ptrace", sender_verified=sender_is_verified(info.code) if user_sent else None,
+                               **({"note": note} if note else {}))
         if p is None:
             return True
         who = sender.describe() if sender else f"the kernel ({info.code_name})"
