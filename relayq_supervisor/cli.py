@@ -75,13 +75,9 @@ def supervisor_main(argv: list[str] | None = None) -> int:
         print(describe_config(config))
         return EXIT_OK
     setup_logging(args.verbose)
+    from .control import ControlServer
     from .supervisor import StartupError, Supervisor
-    supervisor = Supervisor(config)
-    try:
-        from .control import ControlServer
-        supervisor.control_factory = ControlServer
-    except ImportError:
-        pass
+    supervisor = Supervisor(config, control_factory=ControlServer)
     try:
         asyncio.run(supervisor.run())
     except StartupError as e:

@@ -16,26 +16,25 @@ import socket
 import time
 from dataclasses import dataclass
 
-from . import redis_server
+from . import doctor, redis_acl, redis_server
+from .audit.guard import judge
 from .audit.identity import ProcessIdentity, boottime_now, proc_start_ticks
 from .audit.log import AuditLog, make_event
-from .audit.guard import judge
 from .audit.tap import SignalTap
-from . import doctor, redis_acl
 from .config import Config, ConfigError, ProgramSpec, children_path, load_config, redis_version
+from .ground import GroundWatch
 from .linux import prctl, ptrace
 from .linux.siginfo import Siginfo, is_user_sent, sender_is_verified
 from .linux.signalfd import SignalFd
 from .locks import LockHeld, OwnerLock, describe_owner
-from .ground import GroundWatch
 from .notify import ChildNotifySocket
-from .redis_health import RedisHealth
-from .service import ServiceLink
 from .output import open_child_output
 from .policy import BACKOFF as DECIDE_BACKOFF, EXIT as DECIDE_EXIT, FATAL as DECIDE_FATAL
-from .protocol import ProtocolError
 from .program import (BACKOFF, EXITED, FATAL, RUNNING, STARTING, STOPPED, STOPPING, ExitInfo,
                       Program, signal_name)
+from .protocol import ProtocolError
+from .redis_health import RedisHealth
+from .service import ServiceLink
 from .spawn import read_exec_result, spawn
 
 log = logging.getLogger("relayq")
@@ -60,8 +59,10 @@ class Outcome:
 
 
 class Supervisor:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, control_factory=None):
+        """control_factory(supervisor) makes the control server (a layer above this one)."""
         self.config = config
+        self.control_factory = control_factory
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.programs: dict[str, Program] = {}
@@ -82,7 +83,6 @@ class Supervisor:
         self.redis_version = None
         self.control = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.extra_status: dict = {}
         self.waiters: list[tuple[object, asyncio.Future]] = []
         self.tap = SignalTap(self.on_traced_signal) if config.supervisor.signal_tap else None
         self.redis_admin: redis_acl.AdminCredentials | None = None
@@ -110,10 +110,7 @@ class Supervisor:
             self.audit_log.queue(event)
             if not self.audit_flush_scheduled:
                 self.audit_flush_scheduled = True
-                if self.loop is not None:
-                    self.loop.call_soon(self.flush_audit)
-                else:
-                    self.flush_audit()
+                self.loop.call_soon(self.flush_audit)
         return event
 
     audit_flush_scheduled = False
@@ -179,7 +176,12 @@ class Supervisor:
 
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.prepare()
+        try:
+            self.prepare()
+        except StartupError:
+            if self.audit_log is not None:
+                self.audit_log.close()      # the lock_conflict event is evidence too
+            raise
         prctl.set_child_subreaper(True)
         self.sigfd = SignalFd(HANDLED_SIGNALS)
         self.loop.add_reader(self.sigfd.fileno(), self.on_signalfd)
@@ -202,8 +204,6 @@ class Supervisor:
             await self.shutdown()
         finally:
             self.close()
-
-    control_factory = None      # set by cli to the control server's constructor
 
     def close(self) -> None:
         self.redis_health.close()
@@ -860,7 +860,6 @@ class Supervisor:
                 "signal_tap": self.tap.state if self.tap is not None else "off (signal_tap = false)",
                 "config_changed": self.ground.config_changed,
                 "notes": self.status_notes(),
-                **self.extra_status,
             },
             "programs": [p.status() for p in self.programs.values()],
         }
