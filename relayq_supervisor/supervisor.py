@@ -244,7 +244,8 @@ class Supervisor:
         name = signal_name(info.signo)
         if name in self.config.supervisor.audit_ignore:
             return
-        sender = ProcessIdentity.capture(info.pid, uid_hint=info.uid, code_hint=info.code_name) if info.pid else None
+        sender = ProcessIdentity.capture(info.pid, uid_hint=info.uid, code_hint=info.code_name,
+                                         seen_boottime=boottime_now()) if info.pid else None
         self.audit("signal", signal=name, signo=info.signo, code=info.code_name,
                    target={"program": "supervisor", "pid": os.getpid()},
                    sender=self.name_sender(sender), action="delivered", via="signalfd")
@@ -359,7 +360,9 @@ class Supervisor:
                 return
         if p.output is None:
             p.output = open_child_output(p.name, p.spec.log, sup.log_dir, sup.log_max_bytes, sup.log_backups)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        # only our end non-blocking: O_NONBLOCK on the child's stdout would hand it EAGAIN
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(out_r, False)
         argv = self.argv(p)
         try:
             child = spawn(argv, self.child_environment(p), p.spec.directory or os.getcwd(), out_w,

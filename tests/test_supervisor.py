@@ -292,3 +292,18 @@ def test_on_failure_and_never_policies(make_supervisor, port):
     assert "exited 0 with policy on-failure" in clean["reason"]
     once = sup.wait_state("once", "EXITED")
     assert "policy never" in once["reason"] and once["last_exit"]["code"] == 1
+
+
+def test_child_stdout_is_a_blocking_pipe(make_supervisor, port):
+    # a child must never see EAGAIN on its stdout: only the supervisor's end is non-blocking
+    programs = f"""
+    [[program]]
+    name = "flags"
+    command = ["{PYTHON}", "-c", "import os, sys, time; print('blocking' if os.get_blocking(1) else 'nonblocking', flush=True); time.sleep(300)"]
+    ready_after = 0.1
+    """
+    sup = make_supervisor(redis_config(None, port, programs=programs)).start()
+    sup.wait_state("flags", "RUNNING")
+    log_file = sup.dir / "log" / "flags.log"
+    wait_for(lambda: log_file.exists() and log_file.read_text().strip(), what="flags output")
+    assert log_file.read_text().strip() == "blocking"
