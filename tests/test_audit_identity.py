@@ -9,6 +9,7 @@ import time
 import psutil
 import pytest
 
+from conftest import wait_for
 from relayq_supervisor.audit import identity
 from relayq_supervisor.audit.identity import (
     EXITED_NOTE,
@@ -21,36 +22,13 @@ from relayq_supervisor.audit.identity import (
 )
 
 
-@pytest.fixture
-def procs():
-    """Popen objects started by a test; killed and reaped by pid afterwards."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            try:
-                os.kill(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        p.wait(timeout=10)
-
-
-def wait_for(predicate, timeout=10.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
 def start_sleep_under_shell(procs):
     """sh (known parent) -> sleep 30; returns (sh Popen, sleep pid)."""
     sh = subprocess.Popen(["sh", "-c", "sleep 30 & echo $!; wait"], stdout=subprocess.PIPE, text=True)
     procs.append(sh)
     sleep_pid = int(sh.stdout.readline())
     # sh forks before exec: wait until the child really is `sleep`
-    wait_for(lambda: psutil.Process(sleep_pid).cmdline() == ["sleep", "30"])
+    wait_for(lambda: psutil.Process(sleep_pid).cmdline() == ["sleep", "30"], 10, 0.01, what="sleep to exec")
     return sh, sleep_pid
 
 
@@ -107,7 +85,7 @@ def test_capture_of_reaped_process_invents_nothing(procs):
 def test_capture_of_zombie_keeps_only_what_is_still_true(procs):
     p = subprocess.Popen(["true"])
     procs.append(p)
-    wait_for(lambda: psutil.Process(p.pid).status() == psutil.STATUS_ZOMBIE)
+    wait_for(lambda: psutil.Process(p.pid).status() == psutil.STATUS_ZOMBIE, 10, 0.01, what="a zombie")
 
     ident = ProcessIdentity.capture(p.pid, code_hint="SI_USER")
 

@@ -1,11 +1,11 @@
 import os
-import signal
 import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from conftest import wait_for
 from relayq_supervisor.audit.identity import ProcessIdentity
 from relayq_supervisor.audit.log import AuditLog, make_event
 from relayq_supervisor.audit.review import (
@@ -68,16 +68,6 @@ DENIED = {
     "reason": "command",
     "sender": ProcessIdentity(pid=77, comm="redis-cli", cmdline=("redis-cli", "shutdown"), alive=True).to_dict(),
 }
-
-
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            os.kill(p.pid, signal.SIGKILL)
-        p.wait(timeout=10)
 
 
 # --- parse_when ---------------------------------------------------------------
@@ -329,10 +319,8 @@ def test_real_sender_written_filtered_and_formatted(tmp_path, procs):
     p = subprocess.Popen(["sleep", "30"])
     procs.append(p)
     # Popen returns after fork, maybe before exec: wait until the process is `sleep`
-    deadline = time.monotonic() + 10
-    while open(f"/proc/{p.pid}/cmdline", "rb").read() != b"sleep\x0030\x00":
-        assert time.monotonic() < deadline, "sleep never exec'd"
-        time.sleep(0.005)
+    wait_for(lambda: open(f"/proc/{p.pid}/cmdline", "rb").read() == b"sleep\x0030\x00", 10, 0.005,
+             what="sleep to exec")
     sender = ProcessIdentity.capture(p.pid, uid_hint=os.getuid(), code_hint="SI_USER")
     path = tmp_path / "audit.jsonl"
     with AuditLog(path) as audit:

