@@ -18,7 +18,6 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from conftest import PYTHON, embedded_redis_tool, find_redis_tool, free_port, wait_for, wait_for_redis
-from relayq_supervisor import redis_acl
 from relayq_supervisor.config import RedisSpec, redis_version
 from relayq_supervisor.redis_acl import (
     AclLogReader, AclSetupError, AdminCredentials, acl_rules, find_client_process,
