@@ -142,6 +142,21 @@ def _read_password_file(path: str) -> tuple[str | None, str | None]:
     return text, None
 
 
+def _holds(path: str, text: str) -> bool:
+    """True when `path` is our own 0600 regular file with exactly `text`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o777 != 0o600 or st.st_uid != os.getuid():
+            return False
+        return os.read(fd, len(text.encode()) + 1) == text.encode()
+    finally:
+        os.close(fd)
+
+
 def _write_private_file(path: str, text: str, replace: bool) -> bool:
     """Write `text` to `path` with mode 0600, complete or not at all: a temporary file
     in the same directory, then rename (replace) or link (create only if absent).
@@ -245,6 +260,8 @@ def write_acl_file(run_dir: str | os.PathLike, denied: tuple[str, ...], version:
     redis-server then gets `--aclfile PATH`."""
     path = os.path.join(os.fspath(run_dir), ACL_FILE)
     text = acl_file_text(denied, version, creds, default_password)
+    if _holds(path, text):
+        return path         # a restart: skip the write and its fsync on the way to Redis
     try:
         _write_private_file(path, text, replace=True)
     except OSError as e:

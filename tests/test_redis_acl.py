@@ -440,3 +440,16 @@ def test_find_client_process_ignores_unix_socket_and_garbage_addresses():
     assert find_client_process("/tmp/redis.sock:0", 6379) is None
     assert find_client_process("", 6379) is None
     assert find_client_process("not-an-ip:12", 6379) is None
+
+
+def test_an_unchanged_acl_file_is_not_rewritten(tmp_path):
+    creds = AdminCredentials.load_or_create(tmp_path)
+    path = write_acl_file(tmp_path, ("shutdown",), (7, 0, 15), creds)
+    first = os.stat(path).st_ino
+    assert write_acl_file(tmp_path, ("shutdown",), (7, 0, 15), creds) == path
+    assert os.stat(path).st_ino == first                 # same file: no rewrite
+    write_acl_file(tmp_path, ("shutdown", "debug"), (7, 0, 15), creds)
+    assert os.stat(path).st_ino != first and "-debug" in open(path).read()
+    os.chmod(path, 0o644)                                 # loosened: rewritten 0600
+    write_acl_file(tmp_path, ("shutdown", "debug"), (7, 0, 15), creds)
+    assert os.stat(path).st_mode & 0o777 == 0o600
