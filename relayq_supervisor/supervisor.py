@@ -70,6 +70,7 @@ class Supervisor:
             for name in spec.instance_names():
                 self.programs[name] = program = Program(spec, name)
                 program.listener = self.on_state_change
+        self.index_programs()
         self.by_pid: dict[int, Program] = {}
         self.locks: dict[str, OwnerLock] = {}
         self.shutting_down = False
@@ -89,8 +90,16 @@ class Supervisor:
 
     # --- ordering ----------------------------------------------------------------
 
+    def index_programs(self) -> None:
+        """Instances by program name, and who depends on whom: lookups per event."""
+        self.groups: dict[str, list[Program]] = {}
+        for p in self.programs.values():
+            self.groups.setdefault(p.base, []).append(p)
+        self.spec_dependents = {spec.name: [s.name for s in self.config.programs if spec.name in s.depends_on]
+                                for spec in self.config.programs}
+
     def instances(self, spec_name: str) -> list[Program]:
-        return [p for p in self.programs.values() if p.base == spec_name]
+        return self.groups.get(spec_name, [])
 
     def dependencies_running(self, p: Program) -> str | None:
         """None if every dependency is RUNNING, else what it waits for."""
@@ -98,7 +107,7 @@ class Supervisor:
         return f"waiting for {', '.join(waiting)}" if waiting else None
 
     def dependents(self, p: Program) -> list[Program]:
-        return [q for q in self.programs.values() if p.base in q.spec.depends_on]
+        return [q for name in self.spec_dependents.get(p.base, ()) for q in self.instances(name)]
 
     # --- audit ---------------------------------------------------------------------
 
@@ -285,25 +294,25 @@ class Supervisor:
                 self.kill_group_leftovers(pid)
 
     def kill_group_leftovers(self, pgid: int) -> None:
-        """A program's main process is gone: end what it left in its process group,
-        as systemd does for a service's control group. Orphans were reparented to us
-        (child subreaper), so the group still existing means it is still ours."""
-        for child in own_children():
-            try:
-                if os.getpgid(child) == pgid:
-                    os.killpg(pgid, signal.SIGKILL)
-                    log.info("supervisor: killed what pid %d left in its process group", pgid)
-                    return
-            except OSError:
-                continue
+        """A program's main process is gone: end what it left in its process group, as
+        systemd does for a service's control group. The group id stays allocated while
+        the group has members, so the number still names our group; an empty group
+        answers ESRCH. One syscall, whatever the number of children."""
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        log.info("supervisor: killed what pid %d left in its process group", pgid)
 
     # --- starting --------------------------------------------------------------------
 
-    def reconcile(self) -> None:
-        """Start whatever should run and can (its dependencies are RUNNING)."""
+    def reconcile(self, candidates=None) -> None:
+        """Start whatever should run and can (its dependencies are RUNNING). An event
+        passes the instances it can have made startable, so its cost does not grow with
+        the number of programs."""
         if self.shutting_down:
             return
-        for p in self.programs.values():
+        for p in self.programs.values() if candidates is None else candidates:
             if not p.wanted:
                 continue
             startable = p.state == STOPPED or (p.state == BACKOFF and p.start_due)
@@ -469,7 +478,7 @@ class Supervisor:
             p.cancel_ready_check()
         p.ready_task = None
         p.set_state(RUNNING, why)
-        self.reconcile()
+        self.reconcile(self.dependents(p))
 
     def on_notify(self) -> None:
         for pid, fields in self.notify_socket.receive():
@@ -558,7 +567,7 @@ class Supervisor:
             p.set_state(BACKOFF, f"{what}; {decision.reason}")
             p.restarts += 1
             p.start_due = True
-        self.reconcile()
+        self.reconcile([p])
 
     def attribute_exit(self, p: Program, info: ExitInfo) -> tuple[ExitInfo, dict | None]:
         """Who killed it: the sender of the fatal signal, when the tap saw it."""
@@ -580,7 +589,7 @@ class Supervisor:
         if p.state == BACKOFF and p.wanted:
             p.start_due = True
             p.restarts += 1
-            self.reconcile()
+            self.reconcile([p])
 
     def give_up(self, p: Program, reason: str) -> None:
         p.cancel_timer()
@@ -835,6 +844,7 @@ class Supervisor:
         not_applied = [f.name for f in dataclasses.fields(new.supervisor)
                        if getattr(new.supervisor, f.name) != getattr(self.config.supervisor, f.name)]
         self.config = new
+        self.index_programs()
         self.reconcile()
         return {"added": added, "removed": removed, "changed": changed, "resized": resized,
                 "not_applied": [f"[supervisor] {k}: restart the supervisor to apply" for k in not_applied]}
