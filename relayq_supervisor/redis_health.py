@@ -28,19 +28,11 @@ class RedisHealth:
             self.task = None
 
     async def run(self) -> None:
-        conn = None
-        try:
-            while True:
-                await asyncio.sleep(self.sup.config.supervisor.health_interval)
-                p = self.sup.programs.get("redis")
-                if p is None or p.state != RUNNING:
-                    continue
-                if conn is None:
-                    conn = self.sup.redis_client(p.spec)
-                await self.check(p, conn)
-        finally:
-            if conn is not None:
-                await conn.aclose()
+        while True:
+            await asyncio.sleep(self.sup.config.supervisor.health_interval)
+            p = self.sup.programs.get("redis")
+            if p is not None and p.state == RUNNING:
+                await self.check(p, self.sup.redis_client(p.spec))
 
     async def check(self, p: Program, conn) -> None:
         try:

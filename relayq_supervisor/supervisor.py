@@ -87,6 +87,7 @@ class Supervisor:
         self.waiters: list[tuple[object, asyncio.Future]] = []
         self.tap = SignalTap(self.on_traced_signal) if config.supervisor.signal_tap else None
         self.redis_admin: redis_acl.AdminCredentials | None = None
+        self.redis_conn = None      # ((host, port), client), see redis_client()
 
     # --- ordering ----------------------------------------------------------------
 
@@ -349,7 +350,12 @@ class Supervisor:
         return list(p.spec.command)
 
     def redis_client(self, spec: ProgramSpec):
-        return redis_server.client(spec, self.redis_admin.username, self.redis_admin.password)
+        """One admin client for readiness and health checks, made once: a client per
+        start would cost a read of redis-py's package metadata on every restart."""
+        key = (redis_server.ping_host(spec), spec.redis.port)
+        if self.redis_conn is None or self.redis_conn[0] != key:
+            self.redis_conn = (key, redis_server.client(spec, self.redis_admin.username, self.redis_admin.password))
+        return self.redis_conn[1]
 
     def start(self, p: Program, why: str | None = None) -> None:
         p.cancel_timer()
@@ -460,15 +466,12 @@ class Supervisor:
     async def wait_redis_ready(self, p: Program, pid: int) -> None:
         conn = self.redis_client(p.spec)
         delay = 0.01
-        try:
-            while p.pid == pid and p.state == STARTING:
-                if await redis_server.is_ready(conn):
-                    self.mark_running(p, pid, "answered PING")
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.2)
-        finally:
-            await conn.aclose()
+        while p.pid == pid and p.state == STARTING:
+            if await redis_server.is_ready(conn):
+                self.mark_running(p, pid, "answered PING")
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     def mark_running(self, p: Program, pid: int, why: str) -> None:
         if p.pid != pid or p.state != STARTING:
@@ -679,6 +682,9 @@ class Supervisor:
             p.wanted = False
         await self.stop_in_order(list(self.programs.values()), "supervisor shutdown")
         await self.end_leftovers()
+        if self.redis_conn is not None:
+            await self.redis_conn[1].aclose()
+            self.redis_conn = None
         for p in self.programs.values():
             self.close_output(p)
             if p.output is not None:
