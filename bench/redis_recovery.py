@@ -149,13 +149,11 @@ def summarize(ctx, rounds, supervised, samples, cold, problem) -> Section:
 
 
 RESTART_PATH = (
-    "Where the time goes (from an strace of one Redis restart on commit 183a668, not measured by this script): "
-    "after reaping, the loop logs, test-binds the port, rewrites and fsyncs the Redis ACL file and renames it "
-    "into place, and forks itself (about 40 MiB of Python, then Python code in the child up to exec) before "
-    "Redis can start. With the tap, Redis then sits at its exec event stop until the loop has finished that "
-    "pass (leftovers scan, audit write and fsync, creating the readiness client, which reads redis-py's package "
-    "metadata from disk), and each of its start-up threads waits at a clone stop for the loop too (compare the "
-    "tap-on and tap-off rows). What would fix it: drop PTRACE_O_TRACEEXEC (a PTRACE_SEIZEd tracee gets no exec "
-    "SIGTRAP, so that stop buys nothing); answer tracee stops before other work in a loop pass; write the ACL "
-    "file only when its content changes; take Redis's own READY=1 (it runs with --supervised systemd) instead "
-    "of building a client per start.")
+    "Where the time goes: after reaping, the loop logs, test-binds the port and forks itself (about 35 MiB of "
+    "Python, then Python code in the child up to the exec gate) before Redis can start; an unchanged ACL file "
+    "is no longer rewritten and the readiness client is made once (both were on this path before). With the "
+    "tap, Redis then waits at its exec event stop and at each start-up thread's clone stop until the loop "
+    "answers (compare the tap-on and tap-off rows). What would fix the rest: a spawn that does not fork the "
+    "supervisor (posix_spawn of a small exec-gate helper the tap seizes), and dropping PTRACE_O_TRACEEXEC (a "
+    "PTRACE_SEIZEd tracee gets no exec SIGTRAP, so that stop buys nothing; the issue names the option, so it "
+    "is kept).")

@@ -139,13 +139,13 @@ def summarize(ctx, field, samples, failed, missing, rounds, mechanism) -> Sectio
 
 
 SPAWN_PATH = (
-    "Where relayq-supervisor's extra time goes (from an strace of one restart on commit 183a668, not measured "
-    "by this script): the raw loop calls posix_spawn (vfork) from a tiny process the moment its pidfd turns "
+    "Where relayq-supervisor's extra time goes (from an strace of one restart, not measured by this script): "
+    "the raw loop calls posix_spawn (vfork) from a tiny process the moment its pidfd turns "
     "readable. The supervisor wakes on the child's output pipe closing, then on the signalfd, waitpid()s, logs "
     "the transition, makes 3 pipes, forks itself (the clone alone takes ~1 ms at this size) and runs Python "
     "code in the child (setsid, signal resets, dup2, waiting at the exec gate) before exec. With the tap the "
     "new child then stops at PTRACE_EVENT_EXEC until the loop has finished that pass (log line, a scan of its "
-    "children for leftovers of the dead process group, the audit write and fsync). What would fix it: a "
+    "the audit write and its one fsync). What would fix it: a "
     "spawn that does not fork the supervisor (posix_spawn of a small exec-gate helper that waits for the tap "
     "to seize it), dropping PTRACE_O_TRACEEXEC (a PTRACE_SEIZEd tracee gets no exec SIGTRAP, so that stop buys "
     "nothing), and nothing but the spawn between reaping and the fork.")

@@ -124,11 +124,9 @@ def run(ctx: BenchContext) -> Section:
                               f"{g:.1f}x ({ms(b)} vs {ms(a)})", g <= 1.5, "" if g <= 1.5 else
                               "every exit does O(N) work (see below)"))
         if g > 1.5:
-            notes.append("Per exit, `reconcile()` loops over every program instance and `kill_group_leftovers()` "
-                         "reads /proc/self/task/*/children (N pids) and calls getpgid() on each: O(N) work per "
-                         "event, done after the replacement is spawned (so latency hardly shows it; with the tap "
-                         "the new child's exec stop does wait for it). An index of live process groups by leader "
-                         "pid and reconciling only the program that changed would make an event O(1).")
+            notes.append("Something done per exit walks every program instance (the supervisor reconciles only "
+                         "the instances an event can make startable and kills leftovers with one killpg, so "
+                         "look for a new per-event scan).")
     if "idle_cpu_pct" in big:
         targets.append(Target(f"idle CPU independent of N (no per-tick scan), N={big['n']}",
                               f"{big['idle_cpu_pct']:.3f} %", big["idle_cpu_pct"] < 0.1,
