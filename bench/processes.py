@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 
 from relayq_supervisor.linux import prctl
+from relayq_supervisor.supervisor import own_children
 
 
 class BenchError(Exception):
@@ -38,21 +39,6 @@ def poll_until(check, timeout: float, what: str, interval: float = 0.005):
         if time.monotonic() > deadline:
             raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
-
-
-def own_children() -> list[int]:
-    pids: list[int] = []
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return pids
-    for tid in tasks:
-        try:
-            with open(f"/proc/self/task/{tid}/children") as f:
-                pids.extend(int(x) for x in f.read().split())
-        except (OSError, ValueError):
-            continue
-    return pids
 
 
 def kill_by_pidfd(pid: int, signo: int = signal.SIGKILL) -> bool:

@@ -206,19 +206,28 @@ def _str_list(loc, keys, value, what="a list of strings") -> tuple[str, ...]:
     return tuple(value)
 
 
-def _signal_number(loc, keys, value) -> int:
-    if isinstance(value, int):
+def parse_signal(value: str | int) -> int:
+    """`SIGTERM`, `TERM`, `term`, `15` or 15 -> 15; ValueError naming the value otherwise."""
+    text = str(value).strip()
+    if text.isdigit():
         try:
-            return int(signal.Signals(value))
+            return int(signal.Signals(int(text)))
         except ValueError:
-            raise loc.error(keys, f"'{keys[-1]}': {value} is not a signal number") from None
-    name = value.upper()
+            raise ValueError(f"{value} is not a signal number") from None
+    name = text.upper()
     if not name.startswith("SIG"):
         name = "SIG" + name
     try:
         return int(signal.Signals[name])
     except KeyError:
-        raise loc.error(keys, f"'{keys[-1]}': unknown signal {value!r} (use a name like SIGTERM)") from None
+        raise ValueError(f"unknown signal {value!r}: use a name like SIGTERM or TERM, or a number like 15") from None
+
+
+def _signal_number(loc, keys, value) -> int:
+    try:
+        return parse_signal(value)
+    except ValueError as e:
+        raise loc.error(keys, f"'{keys[-1]}': {e}") from None
 
 
 def _restart(loc, where: tuple, table: dict, default: RestartPolicy) -> RestartPolicy:

@@ -4,24 +4,11 @@ from __future__ import annotations
 import dataclasses
 import random
 import signal
-from dataclasses import dataclass
 
 import pytest
 
+from relayq_supervisor import config
 from relayq_supervisor.policy import Decision, RestartTracker, format_seconds
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Stand-in with config.RestartPolicy's attributes: policy.py is duck-typed."""
-    policy: str = "always"
-    backoff_initial: float = 0.5
-    backoff_factor: float = 2.0
-    backoff_max: float = 60.0
-    jitter: float = 0.0
-    stable_after: float = 10.0
-    start_limit_burst: int = 5
-    start_limit_interval: float = 60.0
 
 
 class FakeClock:
@@ -40,7 +27,8 @@ def fixed(value: float):
 
 
 def tracker(clock=None, rng=fixed(0.5), **kw) -> RestartTracker:
-    return RestartTracker(Policy(**kw), clock=clock or FakeClock(), rng=rng)
+    # the real config value object, with jitter off unless a test asks for it
+    return RestartTracker(config.RestartPolicy(**{"jitter": 0.0, **kw}), clock=clock or FakeClock(), rng=rng)
 
 
 def crash_loop(t: RestartTracker, clock: FakeClock, runs: int, runtime: float = 0.1):
@@ -340,7 +328,6 @@ def test_decision_is_frozen():
 
 
 def test_accepts_the_config_restart_policy():
-    config = pytest.importorskip("relayq_supervisor.config")
     t = RestartTracker(config.RestartPolicy(jitter=0.1), clock=FakeClock(), rng=fixed(1.0))
     t.record_start()
     d = t.on_exit(0.1, exit_code=None, signal=signal.SIGTERM)

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO, Callable, Iterator
+
+from ..config import parse_signal
 
 from .identity import ProcessIdentity
 
@@ -144,16 +145,7 @@ def parse_timestamp(text: str) -> datetime | None:
 
 def signal_number(text: str | int) -> int:
     """`SIGTERM`, `TERM`, `term` or `15` -> 15; ValueError naming the text otherwise."""
-    value = str(text).strip()
-    if value.isdigit():
-        return int(value)
-    name = value.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    try:
-        return int(signal.Signals[name])
-    except KeyError:
-        raise ValueError(f"unknown signal {text!r}: use a name like SIGTERM or TERM, or a number like 15") from None
+    return parse_signal(text)
 
 
 @dataclass(frozen=True)
