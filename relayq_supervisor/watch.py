@@ -49,6 +49,17 @@ class WatchError(Exception):
     """inotify refused a watch for a reason other than a missing directory (limits, permissions)."""
 
 
+def _what(mask: int, appeared: str) -> str | None:
+    """An inotify mask in the callbacks' words; a path appearing is `appeared`."""
+    if mask & _APPEARED:
+        return appeared
+    if mask & _WRITTEN:
+        return "modified"
+    if mask & _GONE:
+        return "deleted"
+    return None
+
+
 @dataclass(frozen=True)
 class FileSubscription:
     """One watch_file(): a name in a directory."""
@@ -57,15 +68,7 @@ class FileSubscription:
     callback: WatchCallback
 
     def translate(self, mask: int, name: str) -> str | None:
-        if name != self.name:
-            return None
-        if mask & _APPEARED:
-            return "replaced"
-        if mask & _WRITTEN:
-            return "modified"
-        if mask & _GONE:
-            return "deleted"
-        return None
+        return _what(mask, appeared="replaced") if name == self.name else None
 
     def report_lost_directory(self) -> list[tuple[str, str]]:
         return [(self.path, "deleted")]
@@ -84,13 +87,7 @@ class DirectorySubscription:
     def translate(self, mask: int, name: str) -> str | None:
         if self.names is not None and name not in self.names:
             return None
-        if mask & _APPEARED:
-            return "created"
-        if mask & _WRITTEN:
-            return "modified"
-        if mask & _GONE:
-            return "deleted"
-        return None
+        return _what(mask, appeared="created")
 
     def report_lost_directory(self) -> list[tuple[str, str]]:
         return [(self.directory, "deleted")]
