@@ -73,7 +73,8 @@ def test_notify_sequence_ready_watchdog_status_stopping(make_supervisor, port, t
         while len(pings) < 4:
             pings.append(notify.until(lambda m: m.get("WATCHDOG") == "1", timeout=5)["_t"])
         gaps = [b - a for a, b in zip(pings, pings[1:])]
-        assert all(0.05 < g < 0.5 for g in gaps), gaps
+        # 0.1 s apart; the upper bound only catches a missing timer, not a slow machine
+        assert all(0.05 < g < 1.5 for g in gaps), gaps
         # a dataset Redis must save at shutdown
         r = redis.Redis(port=port)
         pipe = r.pipeline(transaction=False)
