@@ -273,3 +273,38 @@ def test_redis_cli_shutdown_is_denied_and_recorded(make_supervisor, port, procs,
     assert "User requested shutdown" not in (sup.dir / "log" / "redis.log").read_text()
     # the workers' ordinary commands still work
     assert redis.Redis(port=port).set("k", "v")
+
+
+EXEC_FROM_THREAD = """
+import os, sys, threading, time
+if len(sys.argv) > 1:                       # after the exec: a plain single-threaded sleeper
+    print("exec'd", flush=True)
+    time.sleep(300)
+def go():
+    os.execv(sys.executable, [sys.executable, sys.argv[0], "again"])
+threading.Thread(target=go).start()
+time.sleep(300)
+"""
+
+
+def test_exec_from_a_non_leader_thread_keeps_the_program_traced(make_supervisor, port, procs, tmp_path):
+    # the kernel gives the execing thread the leader's tid: the program keeps its pid,
+    # the old thread's tid vanishes, and the tap must go on attributing signals
+    (tmp_path / "execer.py").write_text(EXEC_FROM_THREAD)
+    programs = f"""
+    [[program]]
+    name = "execer"
+    command = ["{PYTHON}", "execer.py"]
+    ready_after = 0.2
+    """
+    sup = make_supervisor(redis_config(None, port, programs=programs)).start()
+    pid = sup.wait_state("execer", "RUNNING")["pid"]
+    log_file = sup.dir / "log" / "execer.log"
+    wait_for(lambda: log_file.exists() and "exec'd" in log_file.read_text(), what="exec from the thread")
+    assert sup.program("execer")["pid"] == pid and sup.program("execer")["state"] == "RUNNING"
+    with open(f"/proc/{pid}/status") as f:
+        assert int(next(l for l in f if l.startswith("TracerPid:")).split()[1]) == sup.pid
+    sender = subprocess.Popen([PYTHON, "-c", f"import os, time; os.kill({pid}, {int(signal.SIGUSR1)}); time.sleep(30)"])
+    procs.append(sender)
+    event = wait_for(lambda: signal_events(sup, pid, "SIGUSR1"), what="signal after the exec")[0]
+    assert event["sender"]["pid"] == sender.pid
