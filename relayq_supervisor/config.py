@@ -45,6 +45,7 @@ class RedisSpec:
     bind: tuple[str, ...] = ("127.0.0.1",)
     dir: str = ""
     args: tuple[str, ...] = ()
+    password_file: str = ""             # the `default` user's password (0600 file); "" = none
     # Commands the `default` user may not run (the Redis command guard).
     denied_commands: tuple[str, ...] = (
         "shutdown", "debug", "config|set", "config|rewrite", "replicaof", "slaveof",
@@ -127,7 +128,7 @@ _PROGRAM_KEYS = {
 _REDIS_KEYS = {
     "binary": str, "port": int, "bind": list, "dir": str, "args": list, "protect": bool,
     "restart": dict, "stop_timeout": (int, float), "log": str, "autostart": bool,
-    "environment": dict, "denied_commands": list,
+    "environment": dict, "denied_commands": list, "password_file": str,
 }
 _TOP_KEYS = {"supervisor": dict, "redis": dict, "program": list}
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
@@ -248,6 +249,20 @@ def _restart(loc, where: tuple, table: dict, default: RestartPolicy) -> RestartP
                                           if k not in ("policy", "start_limit_burst")})
 
 
+def read_secret(path: str) -> str:
+    """The first line of a password file; ValueError says what is wrong with it."""
+    try:
+        with open(path) as f:
+            secret = f.readline().strip()
+    except OSError as e:
+        raise ValueError(f"cannot read password file {path}: {e.strerror}") from None
+    if not secret:
+        raise ValueError(f"password file {path} is empty")
+    if any(c.isspace() for c in secret):
+        raise ValueError(f"password file {path}: the password must not contain spaces")
+    return secret
+
+
 def children_path(base_path: str | None = None) -> str:
     """PATH for children: the supervisor's own interpreter directory first, so that
     `python3` in a command is the interpreter (and venv) the supervisor runs in."""
@@ -359,8 +374,14 @@ def _parse_redis(loc, table: dict, base: Path, run_dir: str) -> ProgramSpec:
         if not re.match(r"^[a-z][a-z0-9_.-]*(\|[a-z0-9_.-]+)?$", command.lower()):
             raise loc.error(where + ("denied_commands",),
                             f"denied_commands: {command!r} is not a command name like \"shutdown\" or \"config|set\"")
+    password_file = _resolve(base, table["password_file"]) if table.get("password_file") else ""
+    if password_file:
+        try:
+            read_secret(password_file)
+        except ValueError as e:
+            raise loc.error(where + ("password_file",), str(e)) from None
     spec = RedisSpec(
-        binary=binary, port=port, bind=bind,
+        binary=binary, port=port, bind=bind, password_file=password_file,
         dir=_resolve(base, table.get("dir", "var/lib/redis")),
         args=_str_list(loc, where + ("args",), table.get("args", [])),
         denied_commands=tuple(c.lower() for c in denied),

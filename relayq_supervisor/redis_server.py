@@ -4,13 +4,14 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import urllib.parse
 
 import psutil
 import redis.asyncio as aioredis
 import redis.exceptions
 
 from .audit.identity import unit_from_cgroup
-from .config import ProgramSpec
+from .config import ProgramSpec, read_secret
 
 log = logging.getLogger("relayq")
 
@@ -52,6 +53,20 @@ def ping_host(spec: ProgramSpec) -> str:
     if addr in ("::", "::*"):
         return "::1"
     return addr
+
+
+def client_url(spec: ProgramSpec) -> str:
+    """The URL the workers (the `default` user) use: RELAYQ_REDIS_URL."""
+    auth = ""
+    if spec.redis.password_file:
+        auth = ":" + urllib.parse.quote(read_secret(spec.redis.password_file), safe="") + "@"
+    host = ping_host(spec)
+    host = f"[{host}]" if ":" in host else host
+    return f"redis://{auth}{host}:{spec.redis.port}/0"
+
+
+def default_password(spec: ProgramSpec) -> str | None:
+    return read_secret(spec.redis.password_file) if spec.redis.password_file else None
 
 
 def client(spec: ProgramSpec, username: str | None = None, password: str | None = None,

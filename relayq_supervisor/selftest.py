@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     wait = args.wait if args.wait is not None else args.timeout + 5
     if args.config and not args.url:
         from .config import ConfigError, load_config
-        from .redis_server import ping_host
+        from .redis_server import client_url
         try:
             spec = load_config(args.config).redis
         except ConfigError as e:
@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         if spec is None:
             print(f"relayq: {args.config} has no [redis] table", file=sys.stderr)
             return 2
-        args.url = f"redis://{ping_host(spec)}:{spec.redis.port}/0"
+        args.url = client_url(spec)
     try:
         output = JobClient(args.queue).run(args.shell_command, timeout=args.timeout, url=args.url).get(wait)
     except (JobFailed, TimeoutError, RedisUnreachable) as e:

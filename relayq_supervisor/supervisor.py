@@ -88,6 +88,7 @@ class Supervisor:
         self.tap = SignalTap(self.on_traced_signal) if config.supervisor.signal_tap else None
         self.redis_admin: redis_acl.AdminCredentials | None = None
         self.redis_conn = None      # ((host, port), client), see redis_client()
+        self.worker_redis_url = None    # RELAYQ_REDIS_URL for every child
 
     # --- ordering ----------------------------------------------------------------
 
@@ -172,6 +173,7 @@ class Supervisor:
                 raise StartupError(self.port_message(redis, holder))
             self.redis_version = redis_version(redis.redis.binary)
             try:
+                self.worker_redis_url = redis_server.client_url(redis)
                 self.redis_admin = redis_acl.AdminCredentials.load_or_create(self.config.supervisor.run_dir)
                 self.write_redis_acl(redis)
             except (redis_acl.AclSetupError, ValueError) as e:
@@ -332,7 +334,7 @@ class Supervisor:
         env["PATH"] = children_path()
         redis = self.config.redis
         if redis is not None:
-            env["RELAYQ_REDIS_URL"] = f"redis://{redis_server.ping_host(redis)}:{redis.redis.port}/0"
+            env["RELAYQ_REDIS_URL"] = self.worker_redis_url
         env["RELAYQ_PROGRAM"] = p.name
         env["NOTIFY_SOCKET"] = self.notify_socket.address
         env.update(dict(p.spec.environment))
@@ -341,7 +343,8 @@ class Supervisor:
     def write_redis_acl(self, spec: ProgramSpec) -> str:
         """Rewritten before every Redis start, so the file and the password always agree."""
         return redis_acl.write_acl_file(self.config.supervisor.run_dir, spec.redis.denied_commands,
-                                        redis_acl.version_tuple(self.redis_version), self.redis_admin)
+                                        redis_acl.version_tuple(self.redis_version), self.redis_admin,
+                                        default_password=redis_server.default_password(spec))
 
     def argv(self, p: Program) -> list[str]:
         if p.spec.redis is not None:
@@ -851,6 +854,11 @@ class Supervisor:
                        if getattr(new.supervisor, f.name) != getattr(self.config.supervisor, f.name)]
         self.config = new
         self.index_programs()
+        if new.redis is not None:
+            try:
+                self.worker_redis_url = redis_server.client_url(new.redis)
+            except ValueError as e:
+                log.error("supervisor: %s; children keep the old RELAYQ_REDIS_URL", e)
         self.reconcile()
         return {"added": added, "removed": removed, "changed": changed, "resized": resized,
                 "not_applied": [f"[supervisor] {k}: restart the supervisor to apply" for k in not_applied]}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import re
 import json
 import os
 import signal
@@ -308,3 +309,30 @@ def test_exec_from_a_non_leader_thread_keeps_the_program_traced(make_supervisor,
     procs.append(sender)
     event = wait_for(lambda: signal_events(sup, pid, "SIGUSR1"), what="signal after the exec")[0]
     assert event["sender"]["pid"] == sender.pid
+
+
+def test_default_user_password_from_a_file(make_supervisor, port, tmp_path):
+    secret = tmp_path / "redis.pass"
+    secret.write_text("s3cret-for-workers\n")
+    os.chmod(secret, 0o600)
+    sup = make_supervisor(redis_config(None, port, programs=WORKER, redis_extra=f'password_file = "{secret}"')).start()
+    sup.wait_all_running()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port).ping()
+    authed = redis.Redis(port=port, password="s3cret-for-workers")
+    assert authed.ping()
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        authed.execute_command("SHUTDOWN")
+    # the workers got the password through RELAYQ_REDIS_URL and still serve jobs
+    r = subprocess.run([PYTHON, "-m", "relayq_supervisor.selftest", "run", "-c", str(sup.config), "echo SUCCESS"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "SUCCESS", r.stderr
+
+
+def test_a_missing_password_file_is_a_config_error(tmp_path, port):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(redis_config(None, port, redis_extra='password_file = "nope.pass"'))
+    r = subprocess.run([PYTHON, "-m", "relayq_supervisor", "-c", str(cfg), "--check"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2
+    assert re.search(r":\d+: cannot read password file .*nope.pass: No such file", r.stderr), r.stderr
