@@ -6,6 +6,7 @@ Exit status follows systemctl: 0 all named programs RUNNING (or the action worke
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import select
@@ -303,8 +304,13 @@ def audit_timeline(args) -> int:
         print(f"relayqctl audit: {e}", file=sys.stderr)
         return EXIT_USAGE
     show = (lambda e: print(json.dumps(e, default=str))) if args.json else (lambda e: print(review.format_event(e)))
+    # follow from before the history is read, so nothing written meanwhile is lost;
+    # what both see is shown once
+    live = review.follow(path) if args.follow else None
+    recent: collections.deque[str] = collections.deque(maxlen=200)
     stream = review.iter_events(path)
     for event in stream:
+        recent.append(json.dumps(event, sort_keys=True, default=str))
         if wanted.matches(event):
             show(event)
     if not stream.files and not args.follow:
@@ -312,9 +318,13 @@ def audit_timeline(args) -> int:
         return EXIT_FAILURE
     if stream.corrupt_lines:
         print(f"relayqctl audit: skipped {stream.corrupt_lines} unreadable line(s)", file=sys.stderr)
-    if args.follow:
+    if live is not None:
         sys.stdout.flush()
-        for event in review.follow(path):
+        seen = set(recent)
+        for event in live:
+            if seen and json.dumps(event, sort_keys=True, default=str) in seen:
+                continue
+            seen = set()        # past the overlap
             if wanted.matches(event):
                 show(event)
                 sys.stdout.flush()

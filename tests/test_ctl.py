@@ -248,3 +248,45 @@ def test_backoff_reason_is_live(make_supervisor, port):
     assert 0 < p["next_start_in_s"] <= 30
     r = sup.ctl("status", "flaky")
     assert r.returncode == 3 and "failure 1 of 5" in r.stdout
+
+
+def read_events_until(proc, predicate, timeout=30.0) -> list[dict]:
+    """JSON lines from proc's stdout until one matches; a deadline instead of a blocking read."""
+    import select
+    deadline = time.monotonic() + timeout
+    buf, events = b"", []
+    fd = proc.stdout.fileno()
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], deadline - time.monotonic())
+        if not ready:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            events.append(json.loads(line))
+            if predicate(events[-1]):
+                return events
+    raise AssertionError(f"no matching event within {timeout}s; got {events[-5:]}")
+
+
+def test_audit_timeline_filters_follow_and_bad_input(running, procs):
+    r = running.ctl("audit", "--program", "worker", "--since", "10m")
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert lines and all("worker" in line for line in lines)
+    bad = running.ctl("audit", "--since", "yesterday-ish")
+    assert bad.returncode == 2 and "yesterday-ish" in bad.stderr
+    old_pid = running.program("worker:1")["pid"]
+    follower = subprocess.Popen([PYTHON, "-m", "relayq_supervisor.ctl", "audit", "-c", str(running.config),
+                                 "--follow", "--json", "--program", "worker:1"], stdout=subprocess.PIPE)
+    procs.append(follower)
+    # the log so far comes first, ending with worker:1's first spawn
+    read_events_until(follower, lambda e: e["event"] == "spawn" and e["pid"] == old_pid)
+    running.ctl("restart", "worker:1", check=True)
+    new_pid = running.program("worker:1")["pid"]
+    seen = read_events_until(follower, lambda e: e["event"] == "spawn" and e["pid"] == new_pid)
+    assert any(e["event"] == "exit" and e["pid"] == old_pid for e in seen)
+    assert all(e.get("program", e.get("target", {}).get("program")) == "worker:1" for e in seen)
