@@ -336,3 +336,20 @@ def test_a_missing_password_file_is_a_config_error(tmp_path, port):
                        text=True, timeout=30)
     assert r.returncode == 2
     assert re.search(r":\d+: cannot read password file .*nope.pass: No such file", r.stderr), r.stderr
+
+
+def test_a_supervisor_crash_does_not_take_redis_with_it(make_supervisor, port):
+    # PTRACE_O_EXITKILL is never set: when the tracer dies, its tracees are detached, not killed
+    sup = make_supervisor(redis_config(None, port)).start()
+    redis_pid = sup.wait_state("redis", "RUNNING")["pid"]
+    try:
+        sup.proc.kill()
+        sup.proc.wait(30)
+        wait_for(lambda: "TracerPid:\t0" in open(f"/proc/{redis_pid}/status").read(), what="tracee detached")
+        assert ping(port)
+        # a new supervisor does not adopt or fight it: it names it and refuses to start
+        r = subprocess.run([PYTHON, "-m", "relayq_supervisor", "-c", str(sup.config)], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 2 and f"port {port} is held by pid {redis_pid}" in r.stderr
+    finally:
+        os.kill(redis_pid, signal.SIGKILL)
