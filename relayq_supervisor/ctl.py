@@ -187,14 +187,18 @@ def checked(reply: dict) -> dict:
     return reply["result"]
 
 
+def show(result: dict, as_json: bool, printer) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        printer(result)
+
+
 def run(args, path: str) -> int:
     cmd = args.cmd
     if cmd == "status":
         result = checked(call(path, "status", args.timeout, names=args.names))
-        if args.json:
-            print(json.dumps(result, indent=2, default=str))
-        else:
-            print_status(result)
+        show(result, args.json, print_status)
         return EXIT_OK if all(p["state"] == "RUNNING" for p in result["programs"]) else EXIT_NOT_RUNNING
     if cmd in ("start", "stop", "restart"):
         extra = {"with_dependents": args.with_dependents} if cmd == "stop" else {}
@@ -238,11 +242,7 @@ def run(args, path: str) -> int:
         print("\n".join(lines) if lines else "reloaded: nothing changed")
         return EXIT_OK
     if cmd == "why":
-        result = checked(call(path, "why", args.timeout, name=args.name))
-        if args.json:
-            print(json.dumps(result, indent=2, default=str))
-        else:
-            print_why(result)
+        show(checked(call(path, "why", args.timeout, name=args.name)), args.json, print_why)
         return EXIT_OK
     return EXIT_USAGE
 
