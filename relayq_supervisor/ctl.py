@@ -303,7 +303,7 @@ def audit_timeline(args) -> int:
     except ValueError as e:
         print(f"relayqctl audit: {e}", file=sys.stderr)
         return EXIT_USAGE
-    show = (lambda e: print(json.dumps(e, default=str))) if args.json else (lambda e: print(review.format_event(e)))
+    emit = (lambda e: print(json.dumps(e, default=str))) if args.json else (lambda e: print(review.format_event(e)))
     # follow from before the history is read, so nothing written meanwhile is lost;
     # what both see is shown once
     live = review.follow(path) if args.follow else None
@@ -312,7 +312,7 @@ def audit_timeline(args) -> int:
     for event in stream:
         recent.append(json.dumps(event, sort_keys=True, default=str))
         if wanted.matches(event):
-            show(event)
+            emit(event)
     if not stream.files and not args.follow:
         print(f"relayqctl audit: {path}: no audit log yet", file=sys.stderr)
         return EXIT_FAILURE
@@ -326,7 +326,7 @@ def audit_timeline(args) -> int:
                 continue
             seen = set()        # past the overlap
             if wanted.matches(event):
-                show(event)
+                emit(event)
                 sys.stdout.flush()
     return EXIT_OK
 
