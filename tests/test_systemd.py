@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -99,10 +100,16 @@ def test_no_watchdog_without_watchdog_usec(make_supervisor, port, tmp_path):
         sup.start(env=dict(os.environ, NOTIFY_SOCKET=notify.path))
         notify.until(lambda m: m.get("READY") == "1")
         sup.ctl("status", check=True)
-        sup.terminate()
+        assert sup.terminate() == 0
         while notify.receive(0.2) is not None:
             pass
         assert not any("WATCHDOG" in m for m in notify.messages)
+        # the whole conversation: STATUS while starting, READY=1 once, STATUS, STOPPING=1,
+        # then EXTEND_TIMEOUT_USEC while programs stop
+        kinds = "".join("R" if m.get("READY") == "1" else "P" if m.get("STOPPING") == "1"
+                        else "E" if "EXTEND_TIMEOUT_USEC" in m else "S" if "STATUS" in m else "?"
+                        for m in notify.messages)
+        assert re.fullmatch(r"S*RS*PE+", kinds), kinds
     finally:
         notify.close()
 
