@@ -110,14 +110,12 @@ class ControlServer:
     async def serve_one(self, reader, writer) -> bytes:
         peer = peer_of(writer.get_extra_info("socket"))
         if not self.allowed(peer):
-            log.warning("control: refused %s: not root, not uid %d%s", peer, os.getuid(),
-                        f", not in group {self.sup.config.supervisor.control_group}" if self.group_gid is not None else "")
+            group = self.sup.config.supervisor.control_group if self.group_gid is not None else None
+            allowed = f"root, uid {os.getuid()}" + (f", group {group}" if group else "")
+            log.warning("control: refused %s (allowed: %s)", peer, allowed)
             self.sup.audit("control_refused", peer={"pid": peer.pid, "uid": peer.uid})
-            return protocol.reply_error(
-                f"permission denied: uid {peer.uid} may not use this supervisor "
-                f"(allowed: root, uid {os.getuid()}"
-                + (f", group {self.sup.config.supervisor.control_group}" if self.group_gid is not None else "")
-                + ")", code=1)
+            return protocol.reply_error(f"permission denied: uid {peer.uid} may not use this supervisor "
+                                        f"(allowed: {allowed})", code=1)
         try:
             line = await asyncio.wait_for(reader.readuntil(b"\n"), READ_TIMEOUT_S)
         except asyncio.TimeoutError:
@@ -133,6 +131,9 @@ class ControlServer:
             result = await self.dispatch(cmd, args, peer)
         except ProtocolError as e:
             return protocol.reply_error(str(e), code=e.code)
+        except Exception as e:      # a bug of ours: the client still gets an answer, supervision goes on
+            log.exception("control: %s failed", line[:80])
+            return protocol.reply_error(f"internal error: {e.__class__.__name__}: {e} (see the supervisor's log)")
         return protocol.reply_ok(result)
 
     async def dispatch(self, cmd: str, args: dict, peer: Peer) -> dict:

@@ -75,6 +75,7 @@ class Supervisor:
         self.locks: dict[str, OwnerLock] = {}
         self.shutting_down = False
         self.shutdown_requested = asyncio.Event()
+        self.reaped = asyncio.Event()       # set whenever reap() collects a process
         self.sigfd: SignalFd | None = None
         self.notify_socket: ChildNotifySocket | None = None
         self.service = ServiceLink(self)
@@ -137,44 +138,42 @@ class Supervisor:
         return {"pid": pid, "start_ticks": proc_start_ticks(pid), "config": self.config.path,
                 "manager": "relayq-supervisor"}
 
-    def take_lock(self, key: str, path: str, refusal: str) -> None:
+    def take_lock(self, key: str, path: str, what: str, why: str = "") -> None:
+        """StartupError `relayq-supervisor: WHAT is owned by pid N (started ..., config ...)WHY`."""
         lock = OwnerLock(path)
         try:
             lock.acquire(self.owner_record())
         except LockHeld as e:
             self.audit("lock_conflict", path=path, owner=e.owner)
-            raise StartupError(refusal.format(owner=describe_owner(e.owner), pid=e.owner.get("pid", "?"),
-                                              started=e.owner.get("taken_at", "?"),
-                                              config=e.owner.get("config", "?"))) from None
+            raise StartupError(f"relayq-supervisor: {what} is owned by {describe_owner(e.owner)}{why}") from None
         self.locks[key] = lock
+
+    def take_program_lock(self, name: str, run_dir: str) -> None:
+        self.take_lock(name, os.path.join(run_dir, f"{name}.lock"), f"program {name}")
 
     def prepare(self) -> None:
         """Everything that can refuse to start, before any child is started."""
         sup = self.config.supervisor
         for d in (sup.run_dir, sup.log_dir, os.path.dirname(sup.audit_log), os.path.dirname(sup.control_socket)):
             os.makedirs(d, exist_ok=True)
-        self.take_lock("supervisor", os.path.join(sup.run_dir, "supervisor.lock"),
-                       f"relayq-supervisor: {sup.run_dir} is owned by pid {{pid}} (started {{started}}, config {{config}})")
+        self.take_lock("supervisor", os.path.join(sup.run_dir, "supervisor.lock"), sup.run_dir)
         self.audit_log = AuditLog(sup.audit_log, max_bytes=sup.audit_max_bytes, keep=sup.audit_backups,
                                   on_error=lambda msg: log.error("audit: %s", msg))
         for spec in self.config.programs:
-            self.take_lock(spec.name, os.path.join(sup.run_dir, f"{spec.name}.lock"),
-                           f"relayq-supervisor: program {spec.name} is owned by pid {{pid}} "
-                           f"(started {{started}}, config {{config}})")
+            self.take_program_lock(spec.name, sup.run_dir)
         redis = self.config.redis
         if redis is not None:
             os.makedirs(redis.redis.dir, exist_ok=True)
             self.take_lock("redis-dir", os.path.join(redis.redis.dir, "relayq.lock"),
-                           f"relayq-supervisor: Redis data directory {redis.redis.dir} is owned by "
-                           f"pid {{pid}} (started {{started}}, config {{config}}): two servers on one "
-                           "data directory would overwrite each other's dump")
+                           f"Redis data directory {redis.redis.dir}",
+                           ": two servers on one data directory would overwrite each other's dump")
             holder = redis_server.port_holder(redis_server.ping_host(redis), redis.redis.port)
             if holder:
                 raise StartupError(self.port_message(redis, holder))
             self.redis_version = redis_version(redis.redis.binary)
             try:
                 self.worker_redis_url = redis_server.client_url(redis)
-                self.redis_admin = redis_acl.AdminCredentials.load_or_create(self.config.supervisor.run_dir)
+                self.redis_admin = redis_acl.AdminCredentials.load_or_create(sup.run_dir)
                 self.write_redis_acl(redis)
             except (redis_acl.AclSetupError, ValueError) as e:
                 raise StartupError(f"relayq-supervisor: cannot set up the Redis command guard: {e}") from None
@@ -291,6 +290,7 @@ class Supervisor:
                 return
             if self.tap is not None and self.tap.handle(pid, status) is None:
                 continue
+            self.reaped.set()
             program = self.by_pid.pop(pid, None)
             if program is not None:
                 self.on_exit(program, status)
@@ -332,16 +332,26 @@ class Supervisor:
     def child_environment(self, p: Program) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _NOT_FOR_CHILDREN}
         env["PATH"] = children_path()
-        redis = self.config.redis
-        if redis is not None:
+        if self.worker_redis_url:
             env["RELAYQ_REDIS_URL"] = self.worker_redis_url
         env["RELAYQ_PROGRAM"] = p.name
         env["NOTIFY_SOCKET"] = self.notify_socket.address
         env.update(dict(p.spec.environment))
         return env
 
+    def redis_preflight(self, spec: ProgramSpec) -> str | None:
+        """Before each Redis start: why it must not start (FATAL), or None."""
+        holder = redis_server.port_holder(redis_server.ping_host(spec), spec.redis.port)
+        if holder:
+            return self.port_message(spec, holder)
+        try:
+            self.write_redis_acl(spec)
+        except (redis_acl.AclSetupError, OSError, ValueError) as e:
+            return f"cannot write the Redis ACL file: {e}"
+        return None
+
     def write_redis_acl(self, spec: ProgramSpec) -> str:
-        """Rewritten before every Redis start, so the file and the password always agree."""
+        """Checked before every Redis start, so the file and the passwords always agree."""
         return redis_acl.write_acl_file(self.config.supervisor.run_dir, spec.redis.denied_commands,
                                         redis_acl.version_tuple(self.redis_version), self.redis_admin,
                                         default_password=redis_server.default_password(spec))
@@ -364,18 +374,11 @@ class Supervisor:
         p.cancel_timer()
         p.start_due = False
         p.next_start_at = None
-        if p.spec.redis is not None:
-            holder = redis_server.port_holder(redis_server.ping_host(p.spec), p.spec.redis.port)
-            if holder:
-                self.give_up(p, self.port_message(p.spec, holder))
-                return
+        refusal = self.redis_preflight(p.spec) if p.spec.redis is not None else None
+        if refusal:
+            self.give_up(p, refusal)
+            return
         sup = self.config.supervisor
-        if p.spec.redis is not None:
-            try:
-                self.write_redis_acl(p.spec)
-            except (redis_acl.AclSetupError, OSError, ValueError) as e:
-                self.give_up(p, f"cannot write the Redis ACL file: {e}")
-                return
         if p.output is None:
             p.output = open_child_output(p.name, p.spec.log, sup.log_dir, sup.log_max_bytes, sup.log_backups)
         # only our end non-blocking: O_NONBLOCK on the child's stdout would hand it EAGAIN
@@ -383,7 +386,7 @@ class Supervisor:
         os.set_blocking(out_r, False)
         argv = self.argv(p)
         try:
-            child = spawn(argv, self.child_environment(p), p.spec.directory or os.getcwd(), out_w,
+            child = spawn(argv, self.child_environment(p), p.spec.directory, out_w,
                           before_exec=self.before_exec)
         except OSError as e:
             os.close(out_r)
@@ -456,7 +459,7 @@ class Supervisor:
         self.loop.remove_reader(fd)
         err = read_exec_result(fd)
         if err is not None:
-            p.exec_error = f"exec of {self.argv(p)[0]} failed: {os.strerror(err) if err else 'unknown error'}"
+            p.exec_error = f"exec of {p.spec.command[0]} failed: {os.strerror(err) if err else 'unknown error'}"
             log.error("%s: %s", p.name, p.exec_error)
 
     def begin_ready_check(self, p: Program) -> None:
@@ -532,6 +535,13 @@ class Supervisor:
             os.close(p.output_fd)
             p.output_fd = None
 
+    def release_output(self, p: Program) -> None:
+        """The pipe and the log file: the program is gone for good."""
+        self.close_output(p)
+        if p.output is not None:
+            p.output.close()
+            p.output = None
+
     # --- exits and restarts -------------------------------------------------------------
 
     def on_exit(self, p: Program, status: int) -> None:
@@ -553,11 +563,10 @@ class Supervisor:
                            runtime_s=round(runtime, 3), sender=sender, note=info.detail)
         p.last_stop = {"exit": event, "description": info.describe(), "sender": sender,
                        "events": list(p.recent_events), "output_tail": list(p.output_tail)}
+        p.exited.set()
         if p.state == STOPPING or not p.wanted or self.shutting_down:
             p.set_state(STOPPED, info.describe())
-            p.exited.set()
             return
-        p.exited.set()
         decision = p.tracker.on_exit(runtime, info.code, info.signal)
         what = f"pid {pid} {info.describe()} after {runtime:.1f}s"
         if decision.action == DECIDE_FATAL:
@@ -689,9 +698,7 @@ class Supervisor:
             await self.redis_conn[1].aclose()
             self.redis_conn = None
         for p in self.programs.values():
-            self.close_output(p)
-            if p.output is not None:
-                p.output.close()
+            self.release_output(p)
         log.info("supervisor: all programs stopped, exiting")
 
     async def end_leftovers(self, deadline_s: float = 5.0) -> None:
@@ -704,7 +711,7 @@ class Supervisor:
                 return
             for pid in children:
                 try:
-                    fd = os.pidfd_open(pid)
+                    fd = os.pidfd_open(pid)     # not reaped yet, so the pid is still that child
                 except OSError:
                     continue
                 try:
@@ -713,7 +720,11 @@ class Supervisor:
                     pass
                 finally:
                     os.close(fd)
-            await asyncio.sleep(0.01)   # reaping is driven by SIGCHLD; this only bounds the loop
+            self.reaped.clear()
+            try:        # their SIGCHLD wakes the signalfd, whose handler reaps and sets this
+                await asyncio.wait_for(self.reaped.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
 
     # --- operators (relayqctl) ---------------------------------------------------------
 
@@ -812,11 +823,32 @@ class Supervisor:
         log.info("supervisor: reloaded: %s", ", ".join(f"{k} {v}" for k, v in changes.items() if v) or "nothing changed")
         return {"changes": changes}
 
+    def refuse_reload(self, new: Config) -> str | None:
+        """What a reload cannot change under a running Redis (the supervisor must restart)."""
+        old, fresh = self.config.redis, new.redis
+        if (old is None) != (fresh is None):
+            return "adding or removing [redis] needs a restart of the supervisor"
+        if old is not None and (old.redis.dir, old.redis.binary) != (fresh.redis.dir, fresh.redis.binary):
+            return "a new [redis] dir or binary needs a restart of the supervisor (its locks and ACL follow them)"
+        return None
+
     async def apply_config(self, new: Config) -> dict:
+        refusal = self.refuse_reload(new)
+        if refusal:
+            raise ProtocolError(f"{new.path}: {refusal}; nothing changed", code=1)
         old = {spec.name: spec for spec in self.config.programs}
         fresh = {spec.name: spec for spec in new.programs}
         removed = [n for n in old if n not in fresh]
         added = [n for n in fresh if n not in old]
+        taken = []
+        try:        # locks first: a program owned elsewhere changes nothing
+            for name in added:
+                self.take_program_lock(name, self.config.supervisor.run_dir)
+                taken.append(name)
+        except StartupError as e:
+            for name in taken:
+                self.locks.pop(name).release()
+            raise ProtocolError(f"{e}; nothing changed", code=1) from None
         resized, changed = [], []
         for name in fresh.keys() & old.keys():
             if fresh[name] == old[name]:
@@ -832,14 +864,9 @@ class Supervisor:
                  if p.base in removed or p.base in changed or (p.base in resized and p.name not in keep_names)]
         await self.stop_in_order(going, "reload")
         for p in going:
-            self.close_output(p)
-            if p.output is not None:
-                p.output.close()
+            self.release_output(p)
         for name in removed:
             self.locks.pop(name).release()
-        for name in added:
-            self.take_lock(name, os.path.join(new.supervisor.run_dir, f"{name}.lock"),
-                           f"program {name} is owned by pid {{pid}}")
         programs: dict[str, Program] = {}
         for spec in new.programs:
             for name in spec.instance_names():
@@ -852,7 +879,8 @@ class Supervisor:
         self.programs = programs
         not_applied = [f.name for f in dataclasses.fields(new.supervisor)
                        if getattr(new.supervisor, f.name) != getattr(self.config.supervisor, f.name)]
-        self.config = new
+        # [supervisor] (run_dir, log_dir, socket, ...) stays as it runs until a restart
+        self.config = dataclasses.replace(new, supervisor=self.config.supervisor)
         self.index_programs()
         if new.redis is not None:
             try:

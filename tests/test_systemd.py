@@ -274,3 +274,46 @@ def test_reload_is_framed_by_reloading_and_ready(make_supervisor, port, tmp_path
         notify.until(lambda m: m.get("STOPPING") == "1")
     finally:
         notify.close()
+
+
+def test_reload_refuses_what_needs_a_restart_and_keeps_supervisor_settings(make_supervisor, port):
+    text = redis_config(None, port, programs=WORKER)
+    sup = make_supervisor(text).start()
+    before = {p["name"]: p["pid"] for p in sup.wait_all_running()["programs"]}
+    sup.config.write_text(text.replace('dir = "data"', 'dir = "elsewhere"'))
+    r = sup.ctl("reload")
+    assert r.returncode == 1 and "needs a restart of the supervisor" in r.stderr and "nothing changed" in r.stderr
+    assert {p["name"]: p["pid"] for p in sup.status()["programs"]} == before
+    # a [supervisor] change is reported, not applied: new programs still log where the running ones do
+    sup.config.write_text(text.replace('log_dir = "log"', 'log_dir = "log2"') + textwrap.dedent("""
+        [[program]]
+        name = "late"
+        command = ["sh", "-c", "echo late arrival; exec sleep 300"]
+        ready_after = 0.1
+        """))
+    r = sup.ctl("reload")
+    assert r.returncode == 0, r.stderr
+    assert "added: late" in r.stdout and "[supervisor] log_dir: restart the supervisor to apply" in r.stdout
+    sup.wait_state("late", "RUNNING")
+    wait_for(lambda: (sup.dir / "log" / "late.log").exists() and "late arrival" in (sup.dir / "log" / "late.log").read_text(),
+             what="late's log in the running log_dir")
+    assert not (sup.dir / "log2").exists()
+
+
+def test_reload_adding_a_program_owned_elsewhere_changes_nothing(make_supervisor, port, procs):
+    text = redis_config(None, port, programs=WORKER)
+    sup = make_supervisor(text).start()
+    before = {p["name"]: p["pid"] for p in sup.wait_all_running()["programs"]}
+    lock = sup.dir / "run" / "late.lock"
+    holder = subprocess.Popen(["flock", str(lock), "sh", "-c", "echo held; exec sleep 60"], stdout=subprocess.PIPE,
+                              text=True)
+    procs.append(holder)
+    assert holder.stdout.readline().strip() == "held"
+    sup.config.write_text(text.replace("numprocs = 2", "numprocs = 3") + textwrap.dedent("""
+        [[program]]
+        name = "late"
+        command = ["sleep", "300"]
+        """))
+    r = sup.ctl("reload")
+    assert r.returncode == 1 and "program late is owned by" in r.stderr and "nothing changed" in r.stderr
+    assert {p["name"]: p["pid"] for p in sup.status()["programs"]} == before
