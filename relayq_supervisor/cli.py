@@ -11,8 +11,8 @@ import os
 import sys
 
 from .config import ConfigError, default_config_path, load_config, redis_version
+from .protocol import EXIT_OK, EXIT_USAGE
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNKNOWN = 0, 1, 2, 3, 4
 
 
 class JournalFormatter(logging.Formatter):

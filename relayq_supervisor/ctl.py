@@ -20,9 +20,8 @@ import psutil
 
 from .audit import review
 from .config import ConfigError, default_config_path, load_config, load_supervisor_section
-from .protocol import ProtocolError
+from .protocol import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, ProtocolError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNKNOWN = 0, 1, 2, 3, 4
 
 
 class Unreachable(Exception):

@@ -16,7 +16,6 @@ log = logging.getLogger("relayq")
 
 STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL = (
     "STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
-STATES = (STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL)
 
 
 def signal_name(signo: int) -> str:
@@ -41,10 +40,6 @@ class ExitInfo:
         if os.WIFSIGNALED(status):
             return cls(None, os.WTERMSIG(status), time.time(), runtime, os.WCOREDUMP(status))
         return cls(os.waitstatus_to_exitcode(status), None, time.time(), runtime)
-
-    @property
-    def success(self) -> bool:
-        return self.code == 0
 
     def describe(self) -> str:
         if self.signal is not None:
@@ -159,5 +154,5 @@ class Program:
             "started_at": self.started_wall, "restarts": self.restarts,
             "last_exit": self.last_exit.to_dict() if self.last_exit else None,
             "next_start_in_s": next_in, "reason": reason, "wanted": self.wanted,
-            "streak": self.tracker.streak,
+            "streak": self.tracker.streak, "notify_status": self.notify_status,
         }

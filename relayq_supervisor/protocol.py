@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 
 VERSION = 1
+# Exit statuses of both commands (and reply `code`s): systemctl's convention.
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNKNOWN = 0, 1, 2, 3, 4
 MAX_REQUEST_BYTES = 64 * 1024
 COMMANDS = ("status", "start", "stop", "restart", "pid", "shutdown", "reload", "why")
 
