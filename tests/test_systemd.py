@@ -57,9 +57,9 @@ class NotifySocket:
 def test_notify_sequence_ready_watchdog_status_stopping(make_supervisor, port, tmp_path):
     notify = NotifySocket(tmp_path / "notify.sock")
     try:
-        sup = make_supervisor(redis_config(None, port, programs=WORKER,
-                                           redis_extra='args = ["--save", "3600 1"]'.replace("", "")
-                                           ).replace('args = ["--save", ""]\n', ""))
+        # Redis saves at shutdown: the dump it writes is what EXTEND_TIMEOUT_USEC protects
+        text = redis_config(None, port, programs=WORKER)
+        sup = make_supervisor(text.replace('args = ["--save", ""]', 'args = ["--save", "3600 1"]'))
         env = dict(os.environ, NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="200000")
         sup.start(env=env)
         ready = notify.until(lambda m: m.get("READY") == "1")
