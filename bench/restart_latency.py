@@ -94,7 +94,7 @@ def mechanism_table(mechanism: dict) -> Table:
     return Table(f"the spawn mechanism alone, from one process with the supervisor's imports "
                  f"({mib(mechanism['rss'])}), alternating",
                  ("how the child is started", "median", "min", "max", "n", "difference of medians"),
-                 (("`relayq_supervisor.spawn.spawn()`: fork, Python in the child, exec gate", ms(fork.median),
+                 (("`relayq_supervisor.core.spawn.spawn()`: fork, Python in the child, exec gate", ms(fork.median),
                    ms(fork.min), ms(fork.max), str(fork.n), ms(fork.median - posix.median)),
                   ("`os.posix_spawn()` (vfork + exec)", ms(posix.median), ms(posix.min), ms(posix.max),
                    str(posix.n), "")))

@@ -1,4 +1,4 @@
-"""The spawn mechanism alone: relayq_supervisor.spawn.spawn() (fork of the whole process,
+"""The spawn mechanism alone: relayq_supervisor.core.spawn.spawn() (fork of the whole process,
 Python code in the child, the exec gate) against os.posix_spawn, both called from one
 process that has imported what the supervisor imports, so both fork the same size.
 
@@ -16,10 +16,10 @@ import time
 
 import psutil
 
-from relayq_supervisor.spawn import read_exec_result, spawn
+from relayq_supervisor.core.spawn import read_exec_result, spawn
 
 # Imported only for its size: what forks here must be as big as the real supervisor.
-importlib.import_module("relayq_supervisor.supervisor")
+importlib.import_module("relayq_supervisor.core.arbiter")
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
 

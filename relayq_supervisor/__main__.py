@@ -1,5 +1,5 @@
 import sys
 
-from .cli import supervisor_main
+from relayq_supervisor.cli import supervisor_main
 
 sys.exit(supervisor_main())

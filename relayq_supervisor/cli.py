@@ -10,8 +10,8 @@ import logging
 import os
 import sys
 
-from .config import ConfigError, default_config_path, load_config, redis_version
-from .protocol import EXIT_OK, EXIT_USAGE
+from relayq_supervisor.config import ConfigError, default_config_path, load_config, redis_version
+from relayq_supervisor.control.protocol import EXIT_OK, EXIT_USAGE
 
 
 
@@ -75,8 +75,8 @@ def supervisor_main(argv: list[str] | None = None) -> int:
         print(describe_config(config))
         return EXIT_OK
     setup_logging(args.verbose)
-    from .control import ControlServer
-    from .supervisor import StartupError, Supervisor
+    from relayq_supervisor.control.server import ControlServer
+    from relayq_supervisor.core.arbiter import StartupError, Supervisor
     supervisor = Supervisor(config, control_factory=ControlServer)
     try:
         asyncio.run(supervisor.run())
@@ -87,5 +87,5 @@ def supervisor_main(argv: list[str] | None = None) -> int:
 
 
 def ctl_main(argv: list[str] | None = None) -> int:
-    from .ctl import main
+    from relayq_supervisor.ctl import main
     return main(argv)

@@ -13,14 +13,14 @@ import select
 import socket
 import sys
 
-from . import protocol
+from relayq_supervisor.control import protocol
 from datetime import datetime, timezone
 
 import psutil
 
-from .audit import review
-from .config import ConfigError, default_config_path, load_config, load_supervisor_section
-from .protocol import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, ProtocolError
+from relayq_supervisor.audit import review
+from relayq_supervisor.config import ConfigError, default_config_path, load_config, load_supervisor_section
+from relayq_supervisor.control.protocol import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, ProtocolError
 
 
 
@@ -273,8 +273,8 @@ def print_why(result: dict) -> None:
 
 
 def run_doctor(args) -> int:
-    from . import doctor
-    from .supervisor import doctor_target
+    from relayq_supervisor import doctor
+    from relayq_supervisor.core.arbiter import doctor_target
     config = load_config(args.config or default_config_path())
     own = set()
     try:        # what the running supervisor owns is not a rival

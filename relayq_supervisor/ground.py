@@ -9,9 +9,9 @@ import hashlib
 import logging
 import os
 
-from . import doctor
-from .locks import LockHeld
-from .watch import Watcher
+from relayq_supervisor import doctor
+from relayq_supervisor.core.locks import LockHeld
+from relayq_supervisor.watch import Watcher
 
 log = logging.getLogger("relayq")
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO, Callable, Iterator
 
-from ..config import parse_signal
+from relayq_supervisor.config import parse_signal
 
-from .identity import ProcessIdentity
+from relayq_supervisor.witness.identity import ProcessIdentity
 
 LINE_WIDTH = 80
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")

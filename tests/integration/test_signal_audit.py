@@ -12,8 +12,8 @@ import textwrap
 import pytest
 import redis
 
-from conftest import PYTHON, WORKER, find_redis_tool, redis_config, wait_for
-from relayq_supervisor.audit.tap import SignalTap
+from support import PYTHON, WORKER, find_redis_tool, redis_config, wait_for
+from relayq_supervisor.witness.tap import SignalTap
 from relayq_supervisor.linux import ptrace
 
 

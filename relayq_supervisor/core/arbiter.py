@@ -16,26 +16,28 @@ import socket
 import time
 from dataclasses import dataclass
 
-from . import doctor, redis_acl, redis_server
-from .audit.guard import judge
-from .audit.identity import ProcessIdentity, boottime_now, proc_start_ticks
-from .audit.log import AuditLog, make_event
-from .audit.tap import SignalTap
-from .config import Config, ConfigError, ProgramSpec, children_path, load_config, redis_version
-from .ground import GroundWatch
-from .linux import prctl, ptrace
-from .linux.siginfo import Siginfo, is_user_sent, sender_is_verified
-from .linux.signalfd import SignalFd
-from .locks import LockHeld, OwnerLock, describe_owner
-from .notify import ChildNotifySocket
-from .output import open_child_output
-from .policy import BACKOFF as DECIDE_BACKOFF, EXIT as DECIDE_EXIT, FATAL as DECIDE_FATAL
-from .program import (BACKOFF, EXITED, FATAL, RUNNING, STARTING, STOPPED, STOPPING, ExitInfo,
+from relayq_supervisor import doctor
+from relayq_supervisor.kinds.redis import acl as redis_acl
+from relayq_supervisor.kinds.redis import server as redis_server
+from relayq_supervisor.witness.guard import judge
+from relayq_supervisor.witness.identity import ProcessIdentity, boottime_now, proc_start_ticks
+from relayq_supervisor.audit.log import AuditLog, make_event
+from relayq_supervisor.witness.tap import SignalTap
+from relayq_supervisor.config import Config, ConfigError, ProgramSpec, children_path, load_config, redis_version
+from relayq_supervisor.ground import GroundWatch
+from relayq_supervisor.linux import prctl, ptrace
+from relayq_supervisor.linux.siginfo import Siginfo, is_user_sent, sender_is_verified
+from relayq_supervisor.linux.signalfd import SignalFd
+from relayq_supervisor.core.locks import LockHeld, OwnerLock, describe_owner
+from relayq_supervisor.linux.notify_socket import ChildNotifySocket
+from relayq_supervisor.core.output import open_child_output
+from relayq_supervisor.core.policy import BACKOFF as DECIDE_BACKOFF, EXIT as DECIDE_EXIT, FATAL as DECIDE_FATAL
+from relayq_supervisor.core.program import (BACKOFF, EXITED, FATAL, RUNNING, STARTING, STOPPED, STOPPING, ExitInfo,
                       Program, signal_name)
-from .protocol import ProtocolError
-from .redis_health import RedisHealth
-from .service import ServiceLink
-from .spawn import read_exec_result, spawn
+from relayq_supervisor.control.protocol import ProtocolError
+from relayq_supervisor.kinds.redis.health import RedisHealth
+from relayq_supervisor.systemd import ServiceLink
+from relayq_supervisor.core.spawn import read_exec_result, spawn
 
 log = logging.getLogger("relayq")
 

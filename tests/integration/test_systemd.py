@@ -12,7 +12,7 @@ import time
 
 import redis
 
-from conftest import PYTHON, WORKER, redis_config, wait_for
+from support import PYTHON, WORKER, redis_config, wait_for
 
 
 def audit_events(sup, kind):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from . import redis_acl
-from .audit.identity import ProcessIdentity
-from .program import RUNNING, Program
+from relayq_supervisor.kinds.redis import acl as redis_acl
+from relayq_supervisor.witness.identity import ProcessIdentity
+from relayq_supervisor.core.program import RUNNING, Program
 
 log = logging.getLogger("relayq")
 

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 import redis
 
-from conftest import PYTHON, embedded_redis_tool, find_redis_tool
+from support import PYTHON, embedded_redis_tool, find_redis_tool
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_default_config_checks():

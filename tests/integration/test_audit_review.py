@@ -5,8 +5,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import wait_for
-from relayq_supervisor.audit.identity import ProcessIdentity
+from support import wait_for
+from relayq_supervisor.witness.identity import ProcessIdentity
 from relayq_supervisor.audit.log import AuditLog, make_event
 from relayq_supervisor.audit.review import (
     EventFilter,

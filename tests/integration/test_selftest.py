@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import REDIS_SERVER, free_port, kill_and_reap, wait_for, wait_for_redis
+from support import REDIS_SERVER, free_port, kill_and_reap, wait_for, wait_for_redis
 from relayq_supervisor import selftest
 from relayq_supervisor.selftest import JobClient, JobFailed, job
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 POLL = "0.3"            # worker BLPOP timeout: keeps SIGTERM-when-idle fast
 
 

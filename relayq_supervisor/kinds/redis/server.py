@@ -10,8 +10,8 @@ import psutil
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from .audit.identity import unit_from_cgroup
-from .config import ProgramSpec, read_secret
+from relayq_supervisor.witness.identity import unit_from_cgroup
+from relayq_supervisor.config import ProgramSpec, read_secret
 
 log = logging.getLogger("relayq")
 

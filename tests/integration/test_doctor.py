@@ -6,7 +6,7 @@ import sys
 
 import psutil
 import pytest
-from conftest import REDIS_SERVER, free_port, wait_for, wait_for_redis
+from support import REDIS_SERVER, free_port, wait_for, wait_for_redis
 
 from relayq_supervisor.doctor import (CgroupUnit, DoctorTarget, command_reason, disable_for_process, find_rivals,
                                       format_report, parse_cgroup_unit, program_markers, rival_for_file,
@@ -67,7 +67,7 @@ def clean_root(root):
     write(root / "etc/cron.daily/dpkg", "#!/bin/sh\n/usr/libexec/dpkg/dpkg-db-backup\n", 0o755)
     (root / "var/spool/cron/crontabs").mkdir(parents=True)
     # Our own unit, installed: never a rival of itself.
-    shutil.copy(os.path.join(os.path.dirname(__file__), "..", "units", "relayq-supervisor.service"),
+    shutil.copy(os.path.join(os.path.dirname(__file__), "..", "..", "units", "relayq-supervisor.service"),
                 root / "etc/systemd/system/relayq-supervisor.service")
     link(root / "etc/systemd/system/multi-user.target.wants/relayq-supervisor.service",
          "/etc/systemd/system/relayq-supervisor.service")

@@ -9,8 +9,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from .config import ProgramSpec
-from .policy import RestartTracker
+from relayq_supervisor.config import ProgramSpec
+from relayq_supervisor.core.policy import RestartTracker
 
 log = logging.getLogger("relayq")
 

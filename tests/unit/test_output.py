@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import os
 
-from relayq_supervisor.output import PrefixedStream, RotatingFile
+from relayq_supervisor.core.output import PrefixedStream, RotatingFile
 
 
 def test_rotation_keeps_the_configured_number_of_files(tmp_path):

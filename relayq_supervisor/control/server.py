@@ -12,8 +12,8 @@ import os
 import socket
 import struct
 
-from . import protocol
-from .protocol import ProtocolError
+from relayq_supervisor.control import protocol
+from relayq_supervisor.control.protocol import ProtocolError
 
 log = logging.getLogger("relayq")
 

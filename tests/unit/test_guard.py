@@ -3,7 +3,7 @@ import signal
 
 import pytest
 
-from relayq_supervisor.audit.guard import GUARDED_SIGNALS, SERVICE_MANAGER_STOP, judge
+from relayq_supervisor.witness.guard import GUARDED_SIGNALS, SERVICE_MANAGER_STOP, judge
 
 BASE = dict(protected=True, user_sent=True, from_program_itself=False, from_service_manager=False,
             shutting_down=False)

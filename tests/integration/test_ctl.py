@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import PYTHON, WORKER, redis_config, wait_for
+from support import PYTHON, WORKER, redis_config, wait_for
 
 
 @pytest.fixture

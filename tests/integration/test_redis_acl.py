@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from conftest import PYTHON, embedded_redis_tool, find_redis_tool, free_port, wait_for, wait_for_redis
+from support import PYTHON, embedded_redis_tool, find_redis_tool, free_port, wait_for, wait_for_redis
 from relayq_supervisor.config import RedisSpec, redis_version
-from relayq_supervisor.redis_acl import (
+from relayq_supervisor.kinds.redis.acl import (
     AclLogReader, AclSetupError, AdminCredentials, acl_rules, find_client_process,
     parse_client_info, process_holds_client_socket, version_tuple, write_acl_file,
 )

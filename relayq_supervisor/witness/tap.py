@@ -17,8 +17,8 @@ from __future__ import annotations
 import errno
 from typing import Callable
 
-from ..linux import ptrace
-from ..linux.siginfo import Siginfo
+from relayq_supervisor.linux import ptrace
+from relayq_supervisor.linux.siginfo import Siginfo
 
 OPTIONS = ptrace.PTRACE_O_TRACECLONE | ptrace.PTRACE_O_TRACEEXEC
 

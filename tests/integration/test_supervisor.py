@@ -11,7 +11,7 @@ import psutil
 import pytest
 import redis
 
-from conftest import PYTHON, REDIS_SERVER, WORKER, descendants, free_port, redis_config, wait_for
+from support import PYTHON, REDIS_SERVER, WORKER, descendants, free_port, redis_config, wait_for
 
 
 def ping(port: int) -> bool:

@@ -9,13 +9,43 @@ import logging
 import os
 import time
 
-from .notify import ServiceNotifier
-from .program import FATAL, RUNNING, STOPPING
+import sdnotify
+
+from relayq_supervisor.core.program import FATAL, RUNNING, STOPPING
 
 log = logging.getLogger("relayq")
 
 EXTEND_BY_USEC = 10_000_000
 EXTEND_EVERY_S = 4.0
+
+
+class ServiceNotifier:
+    """Messages to the service manager (through the sdnotify package); silent when
+    NOTIFY_SOCKET is unset. The socket is made non-blocking: a full queue at the
+    service manager must never stall the event loop."""
+
+    def __init__(self) -> None:
+        self.address = os.environ.get("NOTIFY_SOCKET") or None
+        self._notifier = None
+        if self.address:
+            notifier = sdnotify.SystemdNotifier()
+            if notifier.socket is not None:
+                notifier.socket.setblocking(False)
+                self._notifier = notifier
+
+    @property
+    def enabled(self) -> bool:
+        return self._notifier is not None
+
+    def send(self, **fields) -> bool:
+        """send(READY=1, STATUS='...') -> one datagram; False when not sent."""
+        if self._notifier is None:
+            return False
+        try:
+            self._notifier.socket.send("\n".join(f"{k}={v}" for k, v in fields.items()).encode())
+            return True
+        except OSError:
+            return False
 
 
 class ServiceLink:

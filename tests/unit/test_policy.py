@@ -1,4 +1,4 @@
-"""Unit tests for the pure restart rules (relayq_supervisor.policy) on a fake clock."""
+"""Unit tests for the pure restart rules (relayq_supervisor.core.policy) on a fake clock."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from relayq_supervisor import config
-from relayq_supervisor.policy import Decision, RestartTracker, format_seconds
+from relayq_supervisor.core.policy import Decision, RestartTracker, format_seconds
 
 
 class FakeClock:

@@ -9,9 +9,9 @@ import time
 import psutil
 import pytest
 
-from conftest import wait_for
-from relayq_supervisor.audit import identity
-from relayq_supervisor.audit.identity import (
+from support import wait_for
+from relayq_supervisor.witness import identity
+from relayq_supervisor.witness.identity import (
     EXITED_NOTE,
     Ancestor,
     ProcessIdentity,

