@@ -10,14 +10,17 @@ import logging
 import os
 import sys
 
-from relayq_supervisor.config import ConfigError, default_config_path, load_config, redis_version
-from relayq_supervisor.control.protocol import EXIT_OK, EXIT_USAGE
+from relayq_supervisor.config import Config, default_config_path, load_config, redis_version
+from relayq_supervisor.control.protocol import EXIT_OK, exit_status_of
+from relayq_supervisor.errors import RelayqError
 
+
+ROOT_LOGGER = "relayq_supervisor"
 
 
 class JournalFormatter(logging.Formatter):
-    """`<N>` priority prefixes when stderr is connected to journald (JOURNAL_STREAM set),
-    else a timestamp; never colour."""
+    """One line per event, `module: message`: `<N>` priority prefixes when stderr is
+    connected to journald (JOURNAL_STREAM set), else a timestamp; never colour."""
     PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
     def __init__(self, journal: bool):
@@ -25,7 +28,9 @@ class JournalFormatter(logging.Formatter):
         self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
-        msg = record.getMessage()
+        msg = f"{record.name.removeprefix(ROOT_LOGGER + '.')}: {record.getMessage()}"
+        if record.exc_info:
+            msg += "\n" + self.formatException(record.exc_info)
         if self.journal:
             return f"<{self.PRIORITY.get(record.levelno, 6)}>{msg}"
         stamp = self.formatTime(record, "%Y-%m-%d %H:%M:%S") + f".{int(record.msecs):03d}"
@@ -36,7 +41,7 @@ class JournalFormatter(logging.Formatter):
 def setup_logging(verbose: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JournalFormatter(bool(os.environ.get("JOURNAL_STREAM"))))
-    root = logging.getLogger("relayq")
+    root = logging.getLogger(ROOT_LOGGER)
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
@@ -68,22 +73,20 @@ def supervisor_main(argv: list[str] | None = None) -> int:
     path = args.config or default_config_path()
     try:
         config = load_config(path)
-    except ConfigError as e:
+        if args.check:
+            print(describe_config(config))
+            return EXIT_OK
+        setup_logging(args.verbose)
+        asyncio.run(supervise(config))
+    except RelayqError as e:
         print(e, file=sys.stderr)
-        return EXIT_USAGE
-    if args.check:
-        print(describe_config(config))
-        return EXIT_OK
-    setup_logging(args.verbose)
-    from relayq_supervisor.control.server import ControlServer
-    from relayq_supervisor.core.arbiter import StartupError, Supervisor
-    supervisor = Supervisor(config, control_factory=ControlServer)
-    try:
-        asyncio.run(supervisor.run())
-    except StartupError as e:
-        print(e, file=sys.stderr)
-        return EXIT_USAGE
+        return exit_status_of(e)
     return EXIT_OK
+
+
+async def supervise(config: Config) -> None:
+    from relayq_supervisor.node import Node
+    await Node(config).run()
 
 
 def ctl_main(argv: list[str] | None = None) -> int:

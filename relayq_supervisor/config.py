@@ -17,13 +17,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from relayq_supervisor.errors import ConfigError
+
 DEFAULT_CONFIG = "config.toml"
 REDIS_NAME = "redis"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-class ConfigError(Exception):
-    """A configuration problem, already worded for the person who wrote the file."""
 
 
 @dataclass(frozen=True)

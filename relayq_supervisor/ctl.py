@@ -13,19 +13,19 @@ import select
 import socket
 import sys
 
-from relayq_supervisor.control import protocol
 from datetime import datetime, timezone
 
 import psutil
 
 from relayq_supervisor.audit import review
-from relayq_supervisor.config import ConfigError, default_config_path, load_config, load_supervisor_section
-from relayq_supervisor.control.protocol import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, ProtocolError
+from relayq_supervisor.config import default_config_path, load_config, load_supervisor_section
+from relayq_supervisor.control import protocol
+from relayq_supervisor.control.protocol import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, Refused
+from relayq_supervisor.errors import RelayqError
 
 
-
-class Unreachable(Exception):
-    pass
+class Unreachable(RelayqError):
+    """No supervisor answers on the socket (exit status 1)."""
 
 
 def call(socket_path: str, cmd: str, timeout: float = 30.0, **args) -> dict:
@@ -165,24 +165,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "doctor":
             return run_doctor(args)
         path = socket_path(args)
-    except ConfigError as e:
-        print(f"relayqctl: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
         return run(args, path)
-    except Unreachable as e:
+    except RelayqError as e:
         print(f"relayqctl: {e}", file=sys.stderr)
-        return EXIT_FAILURE
-    except ProtocolError as e:
-        print(f"relayqctl: {e}", file=sys.stderr)
-        return e.code
+        return protocol.exit_status_of(e)
     except KeyboardInterrupt:
         return EXIT_FAILURE
 
 
 def checked(reply: dict) -> dict:
     if not reply.get("ok"):
-        raise ProtocolError(reply.get("error", "the supervisor refused the request"), code=reply.get("code", 1))
+        raise Refused(reply.get("error", "the supervisor refused the request"), code=reply.get("code", 1))
     return reply["result"]
 
 
@@ -274,13 +267,13 @@ def print_why(result: dict) -> None:
 
 def run_doctor(args) -> int:
     from relayq_supervisor import doctor
-    from relayq_supervisor.core.arbiter import doctor_target
+    from relayq_supervisor.node import doctor_target
     config = load_config(args.config or default_config_path())
     own = set()
     try:        # what the running supervisor owns is not a rival
         pid = checked(call(args.socket or config.supervisor.control_socket, "pid", 5.0))["pid"]
         own = {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
-    except (Unreachable, ProtocolError, psutil.Error):
+    except (RelayqError, psutil.Error):
         pass
     root = args.root or config.supervisor.doctor_root
     rivals = doctor.find_rivals(doctor_target(config, own), root=root, scan_processes=root == "/")

@@ -8,12 +8,13 @@ import asyncio
 import hashlib
 import logging
 import os
+from typing import Any, Protocol
 
 from relayq_supervisor import doctor
-from relayq_supervisor.core.locks import LockHeld
+from relayq_supervisor.background import start_task
 from relayq_supervisor.watch import Watcher
 
-log = logging.getLogger("relayq")
+log = logging.getLogger(__name__)
 
 
 def file_digest(path: str) -> str | None:
@@ -24,38 +25,66 @@ def file_digest(path: str) -> str | None:
         return None
 
 
+class Locks(Protocol):
+    def paths(self) -> list[str]: ...
+
+    def retake_needed(self, path: str) -> bool: ...
+
+    def retake(self, path: str) -> bool: ...
+
+
+class ControlSocket(Protocol):
+    path: str
+
+    def is_intact(self) -> bool: ...
+
+    async def restart(self) -> None: ...
+
+
+class Ground(Protocol):
+    """What the ground watch needs of the supervisor."""
+
+    config_path: str
+    doctor_root: str
+    control_socket_path: str
+    locks: Locks
+    control: ControlSocket | None
+
+    def audit(self, kind: str, **fields: Any) -> dict[str, Any]: ...
+
+    def doctor_target(self) -> doctor.DoctorTarget: ...
+
+
 class GroundWatch:
-    def __init__(self, supervisor):
-        self.sup = supervisor
+    def __init__(self, sup: Ground):
+        self.sup = sup
         self.watcher: Watcher | None = None
-        self.config_digest = file_digest(supervisor.config.path)
+        self.config_digest = file_digest(sup.config_path)
         self.config_changed = False
 
     def config_loaded(self) -> None:
-        self.config_digest = file_digest(self.sup.config.path)
+        self.config_digest = file_digest(self.sup.config_path)
         self.config_changed = False
 
     def warn_about_rivals(self) -> None:
         """At start-up: the doctor's file checks, as warnings in the log."""
         try:
-            rivals = doctor.find_rivals(self.sup.doctor_target(), root=self.sup.config.supervisor.doctor_root,
-                                        scan_processes=False)
+            rivals = doctor.find_rivals(self.sup.doctor_target(), root=self.sup.doctor_root, scan_processes=False)
         except Exception as e:      # advice only: never a reason not to supervise
-            log.warning("supervisor: rival-manager check failed (%s)", e)
+            log.warning("rival-manager check failed (%s)", e)
             return
         for r in rivals:
-            log.warning("supervisor: rival manager %s %s (%s): %s", r.kind, r.name, r.reason or r.evidence, r.disable)
+            log.warning("rival manager %s %s (%s): %s", r.kind, r.name, r.reason or r.evidence, r.disable)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        sup = self.sup.config.supervisor
         self.watcher = Watcher(loop)
-        self.watcher.watch_file(self.sup.config.path, self.on_config_file)
+        self.watcher.watch_file(self.sup.config_path, self.on_config_file)
         guarded: dict[str, set[str]] = {}
-        for path in [lock.path for lock in self.sup.locks.values()] + [sup.control_socket]:
+        for path in self.sup.locks.paths() + [self.sup.control_socket_path]:
             guarded.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
         for directory, names in guarded.items():
             self.watcher.watch_dir(directory, self.on_guarded_file, names=names)
-        for directory in doctor.watched_dirs(sup.doctor_root):
+        for directory in doctor.watched_dirs(self.sup.doctor_root):
             self.watcher.watch_dir(directory, self.on_rival_dir)
 
     def close(self) -> None:
@@ -66,25 +95,22 @@ class GroundWatch:
     def on_config_file(self, path: str, what: str) -> None:
         changed = file_digest(path) != self.config_digest
         if changed and not self.config_changed:
-            log.info("supervisor: config changed on disk since load (%s); `relayqctl reload` applies it", path)
+            log.info("config changed on disk since load (%s); `relayqctl reload` applies it", path)
         self.config_changed = changed
 
     def on_guarded_file(self, path: str, what: str) -> None:
-        for lock in self.sup.locks.values():
-            if lock.path == path and not lock.is_intact():
+        if path in self.sup.locks.paths():
+            if self.sup.locks.retake_needed(path):
                 self.sup.audit("tamper", path=path, what=what)
-                log.warning("supervisor: lock file %s was %s: taking it again", path, what)
-                lock.release()
-                try:
-                    lock.acquire(self.sup.owner_record())
-                except (LockHeld, OSError) as e:
-                    log.error("supervisor: cannot take %s again (%s)", path, e)
-                return
+                log.warning("lock file %s was %s: taking it again", path, what)
+                if not self.sup.locks.retake(path):
+                    log.error("cannot take %s again", path)
+            return
         control = self.sup.control
         if control is not None and path == control.path and not control.is_intact():
             self.sup.audit("tamper", path=path, what=what)
-            log.warning("supervisor: control socket %s was %s: listening again", path, what)
-            asyncio.get_running_loop().create_task(control.restart())
+            log.warning("control socket %s was %s: listening again", path, what)
+            start_task(control.restart(), "control socket restart")
 
     def on_rival_dir(self, path: str, what: str) -> None:
         if what == "deleted":
@@ -93,11 +119,11 @@ class GroundWatch:
             self.watcher.watch_dir(path, self.on_rival_dir)     # `systemctl enable` made a new one
             return
         try:
-            rival = doctor.rival_for_file(path, self.sup.doctor_target(), root=self.sup.config.supervisor.doctor_root)
+            rival = doctor.rival_for_file(path, self.sup.doctor_target(), root=self.sup.doctor_root)
         except Exception as e:
-            log.warning("supervisor: cannot check %s for a rival manager (%s)", path, e)
+            log.warning("cannot check %s for a rival manager (%s)", path, e)
             return
         if rival is not None:
             self.sup.audit("rival_manager", path=path, reason=rival.reason or rival.evidence, disable=rival.disable)
-            log.warning("supervisor: rival manager appeared: %s %s (%s); disable it: %s", rival.kind, rival.name,
+            log.warning("rival manager appeared: %s %s (%s); disable it: %s", rival.kind, rival.name,
                         rival.reason or rival.evidence, rival.disable)

@@ -8,12 +8,15 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import sdnotify
 
-from relayq_supervisor.core.program import FATAL, RUNNING, STOPPING
+from relayq_supervisor.background import start_task
+from relayq_supervisor.core.states import State
 
-log = logging.getLogger("relayq")
+log = logging.getLogger(__name__)
 
 EXTEND_BY_USEC = 10_000_000
 EXTEND_EVERY_S = 4.0
@@ -48,13 +51,37 @@ class ServiceNotifier:
             return False
 
 
+class Shown(Protocol):
+    """A program instance as systemd's STATUS= shows it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def base(self) -> str: ...
+
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def wanted(self) -> bool: ...
+
+
+class Supervised(Protocol):
+    @property
+    def programs(self) -> Sequence[Shown]: ...
+
+    @property
+    def shutting_down(self) -> bool: ...
+
+
 class ServiceLink:
-    def __init__(self, supervisor):
-        self.sup = supervisor
-        self.notifier = ServiceNotifier()
+    def __init__(self, sup: Supervised, notifier: ServiceNotifier | None = None):
+        self.sup = sup
+        self.notifier = notifier or ServiceNotifier()
         self.ready_sent = False
         self.watchdog: asyncio.TimerHandle | None = None
-        self.extender: asyncio.Task | None = None
+        self.extender: asyncio.Task[None] | None = None
         self.blocked_day = ""
         self.blocked_count = 0
 
@@ -74,24 +101,27 @@ class ServiceLink:
 
     def status_line(self) -> str:
         """`redis running; worker 2/2 running; 0 blocked signals today`"""
+        groups: dict[str, list[Shown]] = {}
+        for p in self.sup.programs:
+            groups.setdefault(p.base, []).append(p)
         parts = []
-        for spec in self.sup.config.programs:
-            group = self.sup.instances(spec.name)
+        for base, group in groups.items():
             if len(group) == 1:
-                parts.append(f"{spec.name} {group[0].state.lower()}")
+                parts.append(f"{base} {group[0].state.lower()}")
             else:
-                parts.append(f"{spec.name} {sum(p.state == RUNNING for p in group)}/{len(group)} running")
+                parts.append(f"{base} {sum(p.state == State.RUNNING for p in group)}/{len(group)} running")
         blocked = self.blocked_today()
         return "; ".join(parts) + f"; {blocked} blocked signal{'s' if blocked != 1 else ''} today"
 
-    def publish(self) -> None:
+    def publish(self, _changed: Any = None) -> None:
         """After every transition: STATUS=, and READY=1 the first time all is up."""
         if not self.enabled or self.sup.shutting_down:
             return
-        programs = self.sup.programs.values()
-        if not self.ready_sent and not any(p.spec.autostart and p.state not in (RUNNING, FATAL) for p in programs):
+        programs = self.sup.programs
+        if not self.ready_sent and not any(p.wanted and p.state not in (State.RUNNING, State.FATAL)
+                                           for p in programs):
             self.ready_sent = True
-            gave_up = [p.name for p in programs if p.state == FATAL]
+            gave_up = [p.name for p in programs if p.state == State.FATAL]
             self.notifier.send(READY=1, STATUS=self.status_line() + (f"; gave up: {', '.join(gave_up)}" if gave_up else ""))
             return
         self.notifier.send(STATUS=self.status_line())
@@ -106,11 +136,11 @@ class ServiceLink:
         try:
             interval = int(usec) / 2e6
         except ValueError:
-            log.warning("supervisor: ignoring WATCHDOG_USEC=%r (not a number)", usec)
+            log.warning("ignoring WATCHDOG_USEC=%r (not a number)", usec)
             return
         loop = asyncio.get_running_loop()
 
-        def ping():
+        def ping() -> None:
             self.notifier.send(WATCHDOG=1)
             self.watchdog = loop.call_later(interval, ping)
 
@@ -125,17 +155,18 @@ class ServiceLink:
     def stopping(self) -> None:
         self.notifier.send(STOPPING=1, STATUS="stopping programs in dependency order")
         if self.enabled:
-            self.extender = asyncio.get_running_loop().create_task(self.extend_stop_timeout())
+            self.extender = start_task(self.extend_stop_timeout(), "extend systemd stop timeout")
 
     async def extend_stop_timeout(self) -> None:
         """Keep systemd from running out of TimeoutStopSec and SIGKILLing Redis mid-save."""
         while True:
-            still = ", ".join(p.name for p in self.sup.programs.values() if p.state == STOPPING)
+            still = ", ".join(p.name for p in self.sup.programs if p.state == State.STOPPING)
             self.notifier.send(EXTEND_TIMEOUT_USEC=EXTEND_BY_USEC, STATUS=f"stopping: {still}")
             await asyncio.sleep(EXTEND_EVERY_S)
 
     def close(self) -> None:
-        for handle in (self.watchdog, self.extender):
-            if handle is not None:
-                handle.cancel()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        if self.extender is not None:
+            self.extender.cancel()
         self.watchdog = self.extender = None

@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 
 import pyinotify
 
-log = logging.getLogger("relayq_supervisor.watch")
+log = logging.getLogger(__name__)
 
 WatchCallback = Callable[[str, str], None]
 

@@ -16,12 +16,15 @@ Reply:    {"v": 1, "ok": true, "result": {...}}
   pid      {name: str | null}                     -> {pid: int | null}
   shutdown {}                                     -> {pid: int}
   reload   {}                                     -> {changes: {...}}
-  why      {name: str}                            -> {program: {...}, event: {...} | null}
+  why      {name: str}                            -> {program: {...}, last_stop: {...} | null}
 New fields may be added to any object; clients ignore what they do not know.
 """
 from __future__ import annotations
 
 import json
+from typing import Any
+
+from relayq_supervisor.errors import (BadRequest, ConfigError, RelayqError, StartupError, UnknownProgram)
 
 VERSION = 1
 # Exit statuses of both commands (and reply `code`s): systemctl's convention.
@@ -30,21 +33,34 @@ MAX_REQUEST_BYTES = 64 * 1024
 COMMANDS = ("status", "start", "stop", "restart", "pid", "shutdown", "reload", "why")
 
 
-class ProtocolError(Exception):
-    def __init__(self, message: str, code: int = 2):
+class Refused(RelayqError):
+    """relayqctl's side: the supervisor answered with an error, or not in the protocol."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE):
         super().__init__(message)
         self.code = code
 
 
-def encode(obj: dict) -> bytes:
+def exit_status_of(error: RelayqError) -> int:
+    """The one table from errors to reply codes and exit statuses."""
+    if isinstance(error, Refused):
+        return error.code
+    if isinstance(error, UnknownProgram):
+        return EXIT_UNKNOWN
+    if isinstance(error, (BadRequest, ConfigError, StartupError)):
+        return EXIT_USAGE
+    return EXIT_FAILURE
+
+
+def encode(obj: dict[str, Any]) -> bytes:
     return (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
 
 
-def request(cmd: str, **args) -> bytes:
+def request(cmd: str, **args: Any) -> bytes:
     return encode({"v": VERSION, "cmd": cmd, "args": args})
 
 
-def reply_ok(result: dict) -> bytes:
+def reply_ok(result: dict[str, Any]) -> bytes:
     return encode({"v": VERSION, "ok": True, "result": result})
 
 
@@ -52,38 +68,42 @@ def reply_error(message: str, code: int = 1) -> bytes:
     return encode({"v": VERSION, "ok": False, "error": message, "code": code})
 
 
-def parse_request(line: bytes) -> tuple[str, dict]:
-    """Validate one request line; ProtocolError (code 2) says what is wrong with it."""
+def reply_for(error: RelayqError) -> bytes:
+    return reply_error(str(error), code=exit_status_of(error))
+
+
+def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
+    """Validate one request line; BadRequest says what is wrong with it."""
     try:
         obj = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
-        raise ProtocolError(f"malformed request: not JSON ({e})") from None
+        raise BadRequest(f"malformed request: not JSON ({e})") from None
     if not isinstance(obj, dict):
-        raise ProtocolError("malformed request: expected a JSON object")
+        raise BadRequest("malformed request: expected a JSON object")
     if obj.get("v") != VERSION:
-        raise ProtocolError(f"unsupported protocol version {obj.get('v')!r} (this supervisor speaks {VERSION})")
+        raise BadRequest(f"unsupported protocol version {obj.get('v')!r} (this supervisor speaks {VERSION})")
     cmd = obj.get("cmd")
     if cmd not in COMMANDS:
-        raise ProtocolError(f"unknown command {cmd!r} (known: {', '.join(COMMANDS)})")
+        raise BadRequest(f"unknown command {cmd!r} (known: {', '.join(COMMANDS)})")
     args = obj.get("args", {})
     if not isinstance(args, dict):
-        raise ProtocolError("malformed request: 'args' must be an object")
+        raise BadRequest("malformed request: 'args' must be an object")
     names = args.get("names", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ProtocolError("malformed request: 'names' must be a list of strings")
+        raise BadRequest("malformed request: 'names' must be a list of strings")
     for key in ("wait", "with_dependents"):
         if key in args and not isinstance(args[key], bool):
-            raise ProtocolError(f"malformed request: '{key}' must be true or false")
+            raise BadRequest(f"malformed request: '{key}' must be true or false")
     if "name" in args and args["name"] is not None and not isinstance(args["name"], str):
-        raise ProtocolError("malformed request: 'name' must be a string")
+        raise BadRequest("malformed request: 'name' must be a string")
     return cmd, args
 
 
-def parse_reply(line: bytes) -> dict:
+def parse_reply(line: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
-        raise ProtocolError(f"malformed reply from the supervisor ({e})", code=1) from None
+        raise Refused(f"malformed reply from the supervisor ({e})") from None
     if not isinstance(obj, dict) or "ok" not in obj:
-        raise ProtocolError("malformed reply from the supervisor", code=1)
+        raise Refused("malformed reply from the supervisor")
     return obj

@@ -12,10 +12,12 @@ import os
 import socket
 import struct
 
+from relayq_supervisor.config import SupervisorSpec
 from relayq_supervisor.control import protocol
-from relayq_supervisor.control.protocol import ProtocolError
+from relayq_supervisor.control.commands import HANDLERS, Supervision
+from relayq_supervisor.errors import BadRequest, RelayqError
 
-log = logging.getLogger("relayq")
+log = logging.getLogger(__name__)
 
 READ_TIMEOUT_S = 5.0
 _PEERCRED = struct.Struct("3i")
@@ -45,11 +47,11 @@ def peer_of(sock: socket.socket) -> Peer:
 
 
 class ControlServer:
-    def __init__(self, supervisor):
-        self.sup = supervisor
-        self.path = supervisor.config.supervisor.control_socket
-        group = supervisor.config.supervisor.control_group
-        self.group_gid = grp.getgrnam(group).gr_gid if group else None
+    def __init__(self, sup: Supervision, spec: SupervisorSpec):
+        self.sup = sup
+        self.path = spec.control_socket
+        self.group = spec.control_group
+        self.group_gid = grp.getgrnam(self.group).gr_gid if self.group else None
         self.server: asyncio.AbstractServer | None = None
         self.inode = None
 
@@ -110,9 +112,8 @@ class ControlServer:
     async def serve_one(self, reader, writer) -> bytes:
         peer = peer_of(writer.get_extra_info("socket"))
         if not self.allowed(peer):
-            group = self.sup.config.supervisor.control_group if self.group_gid is not None else None
-            allowed = f"root, uid {os.getuid()}" + (f", group {group}" if group else "")
-            log.warning("control: refused %s (allowed: %s)", peer, allowed)
+            allowed = f"root, uid {os.getuid()}" + (f", group {self.group}" if self.group else "")
+            log.warning("refused %s (allowed: %s)", peer, allowed)
             self.sup.audit("control_refused", peer={"pid": peer.pid, "uid": peer.uid})
             return protocol.reply_error(f"permission denied: uid {peer.uid} may not use this supervisor "
                                         f"(allowed: {allowed})", code=1)
@@ -128,48 +129,13 @@ class ControlServer:
             return protocol.reply_error("truncated request (no newline at the end)", code=2)
         try:
             cmd, args = protocol.parse_request(line)
-            result = await self.dispatch(cmd, args, peer)
-        except ProtocolError as e:
-            return protocol.reply_error(str(e), code=e.code)
+            handler = HANDLERS.get(cmd)
+            if handler is None:
+                raise BadRequest(f"unknown command {cmd!r} (known: {', '.join(HANDLERS)})")
+            result = await handler(self.sup, args, peer)
+        except RelayqError as e:
+            return protocol.reply_for(e)
         except Exception as e:      # a bug of ours: the client still gets an answer, supervision goes on
             log.exception("control: %s failed", line[:80])
             return protocol.reply_error(f"internal error: {e.__class__.__name__}: {e} (see the supervisor's log)")
         return protocol.reply_ok(result)
-
-    async def dispatch(self, cmd: str, args: dict, peer: Peer) -> dict:
-        """One validated request -> the supervisor's primitives -> the reply's result."""
-        sup = self.sup
-        who = f"operator relayqctl {cmd} by uid {peer.uid} pid {peer.pid}"
-        if cmd == "status":
-            status = sup.status()
-            if args.get("names"):
-                status["programs"] = [p.status() for p in sup.resolve(args["names"])]
-            return status
-        if cmd == "pid":
-            if not args.get("name"):
-                return {"pid": os.getpid()}
-            targets = sup.resolve([args["name"]])
-            return {"pid": targets[0].pid, "pids": {p.name: p.pid for p in targets}}
-        if cmd == "why":
-            return sup.why(sup.resolve([args.get("name") or ""])[0])
-        if cmd == "reload":
-            return await sup.reload(who)
-        if cmd == "shutdown":
-            sup.audit("operator", action="shutdown", peer={"pid": peer.pid, "uid": peer.uid})
-            sup.request_shutdown(who)
-            return {"pid": os.getpid()}
-        if sup.shutting_down:
-            raise ProtocolError("the supervisor is shutting down", code=1)
-        if not args.get("names"):
-            raise ProtocolError(f"{cmd}: name at least one program", code=2)
-        targets = sup.resolve(args["names"])
-        if cmd == "stop" and args.get("with_dependents"):
-            targets = sup.with_dependents(targets)
-        sup.audit("operator", action=cmd, programs=[p.name for p in targets], peer={"pid": peer.pid, "uid": peer.uid})
-        action = {"start": sup.operator_start, "stop": sup.operator_stop, "restart": sup.operator_restart}[cmd]
-        job = asyncio.get_running_loop().create_task(action(targets, who))
-        if not args.get("wait", True):
-            return {"outcomes": [{"name": p.name, "state": p.state, "ok": True, "detail": "requested"}
-                                 for p in targets]}
-        await job
-        return {"outcomes": [sup.final_outcome(cmd, p).__dict__ for p in targets]}

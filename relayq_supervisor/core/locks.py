@@ -12,13 +12,10 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
-
-class LockHeld(Exception):
-    def __init__(self, path: str, owner: dict | None):
-        self.path = path
-        self.owner = owner or {}
-        super().__init__(f"{path} is locked by {describe_owner(self.owner)}")
+from relayq_supervisor.errors import LockHeld, StartupError
+from relayq_supervisor.witness.identity import proc_start_ticks
 
 
 def describe_owner(owner: dict) -> str:
@@ -42,7 +39,8 @@ class OwnerLock:
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise LockHeld(self.path, read_owner(self.path)) from None
+                owner = read_owner(self.path)
+                raise LockHeld(self.path, owner, f"{self.path} is locked by {describe_owner(owner or {})}") from None
             raise
         record = dict(record, taken_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         os.ftruncate(fd, 0)
@@ -72,3 +70,59 @@ def read_owner(path: str) -> dict | None:
             return json.loads(f.read() or "null")
     except (OSError, ValueError):
         return None
+
+
+class OwnerLocks:
+    """Every lock this supervisor holds, by key (`supervisor`, a program name, `redis-dir`),
+    each recording this process as owner."""
+
+    def __init__(self, config_path: str, on_conflict: Callable[[str, dict[str, Any]], None]):
+        self.config_path = config_path
+        self.on_conflict = on_conflict      # (path, owner record): audited as lock_conflict
+        self.held: dict[str, OwnerLock] = {}
+
+    def owner_record(self) -> dict[str, Any]:
+        pid = os.getpid()
+        return {"pid": pid, "start_ticks": proc_start_ticks(pid), "config": self.config_path,
+                "manager": "relayq-supervisor"}
+
+    def take(self, key: str, path: str, what: str, why: str = "") -> None:
+        """StartupError `relayq-supervisor: WHAT is owned by pid N (started ..., config ...)WHY`."""
+        lock = OwnerLock(path)
+        try:
+            lock.acquire(self.owner_record())
+        except LockHeld as e:
+            self.on_conflict(path, e.owner)
+            raise StartupError(f"relayq-supervisor: {what} is owned by {describe_owner(e.owner)}{why}") from None
+        self.held[key] = lock
+
+    def take_program(self, name: str, run_dir: str) -> None:
+        self.take(name, os.path.join(run_dir, f"{name}.lock"), f"program {name}")
+
+    def release(self, key: str) -> None:
+        lock = self.held.pop(key, None)
+        if lock is not None:
+            lock.release()
+
+    def release_all(self) -> None:
+        for key in list(self.held):
+            self.release(key)
+
+    def paths(self) -> list[str]:
+        return [lock.path for lock in self.held.values()]
+
+    def retake_needed(self, path: str) -> bool:
+        """True when our lock file at `path` was deleted or replaced behind our back."""
+        return any(lock.path == path and not lock.is_intact() for lock in self.held.values())
+
+    def retake(self, path: str) -> bool:
+        """Lock the file at `path` again (a new inode); False if that failed."""
+        for lock in self.held.values():
+            if lock.path == path:
+                lock.release()
+                try:
+                    lock.acquire(self.owner_record())
+                    return True
+                except (LockHeld, OSError):
+                    return False
+        return False

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Protocol
+
+
+class ChildOutput(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class RotatingFile:
@@ -70,7 +77,7 @@ class PrefixedStream:
             self.write(b"\n")
 
 
-def open_child_output(name: str, how: str, log_dir: str, max_bytes: int, backups: int):
+def open_child_output(name: str, how: str, log_dir: str, max_bytes: int, backups: int) -> ChildOutput:
     if how == "inherit":
         return PrefixedStream(name)
     return RotatingFile(os.path.join(log_dir, f"{name}.log"), max_bytes, backups)

@@ -1,28 +1,48 @@
-"""One supervised program instance: its state, its process, how its last run ended."""
+"""One supervised program instance (`redis`, `worker:0`): its state, its process, the
+evidence of how its last run ended.
+
+The arbiter decides; a Program records. It owns its fields: every change goes through
+one of its methods, and every change of state through `_enter`, which checks the
+transition table and logs the change with its reason.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import signal
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 from relayq_supervisor.config import ProgramSpec
 from relayq_supervisor.core.policy import RestartTracker
+from relayq_supervisor.core.states import ALIVE, ENDED, State, check_transition
+from relayq_supervisor.kinds import Cancellable
+from relayq_supervisor.linux.siginfo import signal_name
 
-log = logging.getLogger("relayq")
-
-STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL = (
-    "STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
+log = logging.getLogger(__name__)
 
 
-def signal_name(signo: int) -> str:
-    try:
-        return signal.Signals(signo).name
-    except ValueError:
-        return f"signal {signo}"
+class ChildHandle(Protocol):
+    """A started child process as the arbiter sees it (core/children.py has the real one,
+    tests a fake): signals go through it, never through a bare pid."""
+
+    pid: int
+
+    def send_signal(self, signo: int) -> bool:
+        """True if delivered; False if the process is gone."""
+        ...
+
+    def kill_group(self) -> bool:
+        """SIGKILL to its process group (its pgid is its pid); False if the group is empty."""
+        ...
+
+    def exec_error(self) -> str | None:
+        """After its exit: why exec failed, or None if it did not."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -36,10 +56,14 @@ class ExitInfo:
     detail: str | None = None   # who did it, exec failure, ...
 
     @classmethod
-    def from_wait_status(cls, status: int, runtime: float) -> "ExitInfo":
+    def from_wait_status(cls, status: int, runtime: float, at: float | None = None) -> ExitInfo:
+        at = time.time() if at is None else at
         if os.WIFSIGNALED(status):
-            return cls(None, os.WTERMSIG(status), time.time(), runtime, os.WCOREDUMP(status))
-        return cls(os.waitstatus_to_exitcode(status), None, time.time(), runtime)
+            return cls(None, os.WTERMSIG(status), at, runtime, os.WCOREDUMP(status))
+        return cls(os.waitstatus_to_exitcode(status), None, at, runtime)
+
+    def with_detail(self, detail: str | None) -> ExitInfo:
+        return ExitInfo(self.code, self.signal, self.at, self.runtime, self.core_dumped, detail)
 
     def describe(self) -> str:
         if self.signal is not None:
@@ -48,62 +72,73 @@ class ExitInfo:
             text = f"exited {self.code}"
         return f"{text}, {self.detail}" if self.detail else text
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "signal": signal_name(self.signal) if self.signal else None,
                 "at": self.at, "runtime_s": round(self.runtime, 3), "description": self.describe()}
 
 
 class Program:
-    """State and process of one instance (`redis`, `worker:0`). The supervisor decides;
-    this object records, and logs every transition with its reason."""
+    """State and process of one instance."""
 
-    def __init__(self, spec: ProgramSpec, name: str, clock=time.monotonic):
+    def __init__(self, spec: ProgramSpec, name: str, clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[Program], None] | None = None):
         self.spec = spec
         self.name = name
-        self.state = STOPPED
-        self.reason = "not started yet"
-        self.wanted = spec.autostart        # desired state: up or down
-        self.tracker = RestartTracker(spec.restart, clock=clock)
         self.clock = clock
-        self.pid: int | None = None
-        self.pidfd: int | None = None
-        self.started_at: float | None = None       # monotonic
+        self.on_change = on_change                  # after every transition
+        self.state = State.STOPPED
+        self.reason = "not started yet"
+        self.wanted = spec.autostart                # desired: up or down (runit's `want`)
+        self.tracker = RestartTracker(spec.restart, clock=clock)
+        self.proc: ChildHandle | None = None
+        self.started_at: float | None = None        # monotonic
         self.started_wall: float | None = None
-        self.restarts = 0
+        self.starts = 0                             # every start, automatic or not
+        self.restarts = 0                           # automatic restarts
         self.last_exit: ExitInfo | None = None
-        self.next_start_at: float | None = None    # monotonic, in BACKOFF
-        self.start_due = False                     # backoff over, waiting for dependencies
-        self.exec_error: str | None = None
-        self.notify_status: str | None = None      # last STATUS= the child sent
-        self.last_signal: dict | None = None       # last signal delivered to it, with its sender
-        self.recent_events: deque[dict] = deque(maxlen=10)    # signals, denials: for `relayqctl why`
-        self.output_tail: deque[str] = deque(maxlen=20)       # its last output lines
-        self.last_stop: dict | None = None         # evidence of how the last run ended
-        self.stop_reason: str | None = None        # why the supervisor is stopping it
-        self.timer: asyncio.TimerHandle | None = None
-        self.ready_task: asyncio.Task | None = None
-        self.output = None
-        self.output_fd: int | None = None
-        self.starts = 0                            # every start, automatic or not
-        self.exited = asyncio.Event()
+        self.next_start_at: float | None = None     # monotonic, in BACKOFF
+        self.start_due = False                      # backoff over, waiting for dependencies
+        self.notify_status: str | None = None       # last STATUS= the child sent
+        self.last_signal: dict[str, Any] | None = None  # last signal delivered to it, with its sender
+        self.recent_events: deque[dict[str, Any]] = deque(maxlen=10)   # for `relayqctl why`
+        self.output_tail: deque[str] = deque(maxlen=20)                # its last output lines
+        self.last_stop: dict[str, Any] | None = None  # evidence of how the last run ended
+        self.stop_reason: str | None = None         # why the supervisor is stopping it
+        self.timer: Cancellable | None = None       # backoff delay, ready_after, stop timeout
+        self.ready_check: Cancellable | None = None
+        self.exited = asyncio.Event()               # set while no process runs
         self.exited.set()
-        self.listener = None                       # called after every transition
 
     @property
     def base(self) -> str:
         return self.spec.name
 
-    def set_state(self, state: str, reason: str) -> None:
-        old, self.state, self.reason = self.state, state, reason
-        level = logging.WARNING if state in (FATAL, BACKOFF) else logging.INFO
-        log.log(level, "%s: %s -> %s (%s)", self.name, old, state, reason)
-        if self.listener is not None:
-            self.listener(self)
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
-    def uptime(self) -> float | None:
-        if self.state in (RUNNING, STARTING, STOPPING) and self.started_at is not None:
-            return self.clock() - self.started_at
-        return None
+    @property
+    def protected(self) -> bool:
+        """Foreign stop signals to it are suppressed (the guard)."""
+        return self.spec.protect
+
+    def respec(self, spec: ProgramSpec) -> None:
+        """A reload kept this instance: the same settings, or only its program's numprocs changed."""
+        self.spec = spec
+
+    def _enter(self, state: State, reason: str) -> None:
+        check_transition(self.state, state, self.name)
+        old, self.state, self.reason = self.state, state, reason
+        level = logging.WARNING if state in (State.FATAL, State.BACKOFF) else logging.INFO
+        log.log(level, "%s: %s -> %s (%s)", self.name, old, state, reason)
+        if self.on_change is not None:
+            self.on_change(self)
+
+    # --- timers ---------------------------------------------------------------------
+
+    def set_timer(self, handle: Cancellable) -> None:
+        self.cancel_timer()
+        self.timer = handle
 
     def cancel_timer(self) -> None:
         if self.timer is not None:
@@ -111,35 +146,142 @@ class Program:
             self.timer = None
 
     def cancel_ready_check(self) -> None:
-        if self.ready_task is not None:
-            self.ready_task.cancel()
-            self.ready_task = None
+        if self.ready_check is not None:
+            self.ready_check.cancel()
+            self.ready_check = None
 
-    def send_signal(self, signo: int) -> bool:
-        """Through the pidfd, so a recycled pid can never be hit."""
-        if self.pidfd is None:
-            return False
-        try:
-            signal.pidfd_send_signal(self.pidfd, signo)
-            return True
-        except ProcessLookupError:
-            return False
+    # --- what the arbiter decides ------------------------------------------------
 
-    def forget_process(self) -> None:
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-        self.pid = self.pidfd = None
+    def want(self, up: bool) -> None:
+        self.wanted = up
+        if not up:
+            self.start_due = False
+
+    def revive(self, who: str) -> None:
+        """An operator start: forget the failure streak and start window; FATAL/EXITED -> STOPPED."""
+        self.wanted = True
+        self.tracker.reset()
+        if self.state in ENDED:
+            self._enter(State.STOPPED, who)
+        elif self.state == State.BACKOFF:
+            self.cancel_timer()
+            self.start_due = True
+
+    def note_waiting(self, why: str) -> bool:
+        """STOPPED/BACKOFF waiting for dependencies: the reason shown; True if it changed."""
+        if self.reason == why:
+            return False
+        self.reason = why
+        return True
+
+    def started(self, proc: ChildHandle, ready_check: Cancellable, why: str | None = None) -> None:
+        """STOPPED/BACKOFF -> STARTING: its process exists; `ready_check` will say when it is ready."""
+        self.cancel_timer()
+        self.ready_check = ready_check
+        self.start_due = False
+        self.next_start_at = None
+        self.proc = proc
+        self.started_at, self.started_wall = self.clock(), time.time()
+        self.starts += 1
+        self.exited.clear()
+        self.tracker.record_start()
+        self._enter(State.STARTING, why or f"pid {proc.pid}")
+
+    def ready(self, why: str) -> None:
+        """STARTING -> RUNNING."""
+        self.cancel_timer()
+        self.cancel_ready_check()
+        self._enter(State.RUNNING, why)
+
+    def stopping(self, reason: str, stop_signal: int, timer: Cancellable) -> None:
+        """STARTING/RUNNING -> STOPPING: the stop signal was sent."""
+        self.stop_reason = reason
+        self.cancel_ready_check()
+        self.set_timer(timer)
+        self._enter(State.STOPPING, f"{reason}: {signal_name(stop_signal)} to pid {self.pid}")
+
+    def stop_escalated(self, note: str) -> None:
+        self.timer = None
+        self.stop_reason = f"{self.stop_reason}; {note}"
+
+    def stopped(self, reason: str) -> None:
+        """Not running and not to be restarted (STOPPING done, or a stop while not running)."""
+        self.cancel_timer()
+        self.start_due = False
+        self._enter(State.STOPPED, reason)
+
+    def run_ended(self, info: ExitInfo, sender: dict[str, Any] | None, event: dict[str, Any]) -> None:
+        """Its process was reaped: keep the evidence, forget the process (no state change yet)."""
+        self.last_exit = info
+        self.last_signal = None
+        self.last_stop = {"exit": event, "description": info.describe(), "sender": sender,
+                          "events": list(self.recent_events), "output_tail": list(self.output_tail)}
+        if self.proc is not None:
+            self.proc.close()
+        self.proc = None
         self.cancel_ready_check()
         self.cancel_timer()
+        self.exited.set()
+
+    def backing_off(self, reason: str, delay: float | None, timer: Cancellable | None) -> None:
+        """-> BACKOFF: restart after `delay`, or at once when delay is None (a stable run)."""
+        if delay is None:
+            self.restarts += 1
+            self.start_due = True
+            self.next_start_at = None
+        else:
+            self.next_start_at = self.clock() + delay
+            if timer is not None:
+                self.set_timer(timer)
+        self._enter(State.BACKOFF, reason)
+
+    def backoff_over(self) -> bool:
+        """The delay passed: True if it is now due to start."""
+        self.timer = None
+        if self.state == State.BACKOFF and self.wanted:
+            self.start_due = True
+            self.restarts += 1
+            return True
+        return False
+
+    def ended(self, reason: str) -> None:
+        """-> EXITED: its restart policy says not to restart."""
+        self._enter(State.EXITED, reason)
+
+    def gave_up(self, reason: str) -> None:
+        """-> FATAL, until an operator starts it again."""
+        self.cancel_timer()
+        self.start_due = False
+        self._enter(State.FATAL, reason)
+
+    # --- what the child tells --------------------------------------------------------
+
+    def signalled(self, record: dict[str, Any]) -> None:
+        """A signal reached it (the tap saw it): kept to attribute its exit."""
+        self.last_signal = record
+
+    def remember(self, event: dict[str, Any]) -> None:
+        """An audit event about it (a signal, a denied command): evidence for `why`."""
+        self.recent_events.append(event)
 
     def remember_output(self, data: bytes) -> None:
         for line in data.decode("utf-8", "replace").splitlines():
             if line.strip():
                 self.output_tail.append(line[:300])
 
-    def status(self) -> dict:
+    def set_notify_status(self, text: str) -> None:
+        self.notify_status = text
+
+    # --- reading ---------------------------------------------------------------------
+
+    def uptime(self) -> float | None:
+        if self.state in ALIVE and self.started_at is not None:
+            return self.clock() - self.started_at
+        return None
+
+    def status(self) -> dict[str, Any]:
         next_in = None
-        if self.state == BACKOFF and self.next_start_at is not None:
+        if self.state == State.BACKOFF and self.next_start_at is not None:
             next_in = max(0.0, round(self.next_start_at - self.clock(), 3))
         up = self.uptime()
         reason = self.reason
@@ -149,7 +291,7 @@ class Program:
             if self.last_exit is not None:
                 reason += f"; last: {self.last_exit.describe()}"
         return {
-            "name": self.name, "program": self.base, "state": self.state, "pid": self.pid,
+            "name": self.name, "program": self.base, "state": str(self.state), "pid": self.pid,
             "uptime_s": round(up, 3) if up is not None else None,
             "started_at": self.started_wall, "restarts": self.restarts,
             "last_exit": self.last_exit.to_dict() if self.last_exit else None,

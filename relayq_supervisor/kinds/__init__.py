@@ -1,0 +1,104 @@
+"""Kinds of program: what differs between supervising Redis and supervising a worker.
+
+The arbiter treats every program alike and asks its kind the questions whose answers
+differ: may it start now, with which argv, what it gives every other child, when it
+is ready, what it does in the background, what a reload may not change. ExecKind
+(kinds/exec.py) is a plain program; RedisKind (kinds/redis/) is Redis, whose specifics
+live nowhere else. A new kind implements ProgramKind and is chosen in `make_kind`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from relayq_supervisor.config import Config, ProgramSpec, SupervisorSpec
+
+
+class Cancellable(Protocol):
+    """A pending timer or task."""
+
+    def cancel(self) -> Any: ...
+
+
+class Program(Protocol):
+    """What a kind sees of a program instance (core.program.Program is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def remember(self, event: dict[str, Any]) -> None:
+        """Keep an audit event about it as evidence for `relayqctl why`."""
+        ...
+
+
+class CallLater(Protocol):
+    def __call__(self, delay: float, callback: Callable[..., Any], *args: Any) -> Cancellable: ...
+
+
+class Locks(Protocol):
+    def take(self, key: str, path: str, what: str, why: str = "") -> None:
+        """Take an ownership lock or raise StartupError naming its owner."""
+        ...
+
+
+@dataclass(frozen=True)
+class KindContext:
+    """What kinds may use of the supervisor: its settings, its timers, its locks, its
+    audit log, and a way to name a process (witness identity with program names)."""
+    supervisor: SupervisorSpec
+    call_later: CallLater
+    locks: Locks
+    audit: Callable[..., dict[str, Any]]
+    name_process: Callable[[int], dict[str, Any] | None]   # pid -> pinned identity, None if gone
+
+
+class ProgramKind(Protocol):
+    spec: ProgramSpec
+
+    def prepare(self) -> None:
+        """At start-up, before any child starts: StartupError to refuse to start at all."""
+        ...
+
+    def preflight(self) -> str | None:
+        """Before each start: why it must not start now (it goes FATAL), or None."""
+        ...
+
+    def argv(self, p: Program) -> list[str]: ...
+
+    def environment(self) -> dict[str, str]:
+        """What every child of the node gets from this program (RELAYQ_REDIS_URL)."""
+        ...
+
+    def begin_ready_check(self, p: Program, on_ready: Callable[[str], None]) -> Cancellable:
+        """Call on_ready(why) once the new process is ready; cancelled if it dies first.
+        READY=1 from the child counts for every kind, whatever this check does."""
+        ...
+
+    def start_duties(self, running: Callable[[], Program | None]) -> None:
+        """Background duties while the supervisor runs (Redis: health checks);
+        running() is its instance while RUNNING, else None."""
+        ...
+
+    async def close(self) -> None: ...
+
+    def with_spec(self, spec: ProgramSpec) -> ProgramKind:
+        """The same kind for a reloaded spec, keeping what must survive (credentials)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Fields for the status header."""
+        ...
+
+
+def make_kind(spec: ProgramSpec, ctx: KindContext) -> ProgramKind:
+    if spec.redis is not None:
+        from relayq_supervisor.kinds.redis import RedisKind
+        return RedisKind(spec, ctx)
+    from relayq_supervisor.kinds.exec import ExecKind
+    return ExecKind(spec, ctx)
+
+
+def refuse_reload(old: Config, new: Config) -> str | None:
+    """What a reload cannot change while running, for any kind; None if it can apply."""
+    from relayq_supervisor.kinds.redis import refuse_reload as redis_refusal
+    return redis_refusal(old.redis, new.redis)

@@ -63,6 +63,14 @@ CLD_CODES: dict[int, str] = {
 }
 
 
+def signal_name(signo: int) -> str:
+    """15 -> 'SIGTERM'; a number with no name -> 'signal 99'."""
+    try:
+        return signal.Signals(signo).name
+    except ValueError:
+        return f"signal {signo}"
+
+
 def code_name(signo: int, code: int) -> str:
     """Name of an si_code: ``SI_USER``, ``CLD_EXITED``, or ``kernel(N)`` for signal-specific codes."""
     if signo == signal.SIGCHLD and code in CLD_CODES:
@@ -125,10 +133,7 @@ class Siginfo:
 
     @property
     def signal_name(self) -> str:
-        try:
-            return signal.Signals(self.signo).name
-        except ValueError:
-            return f"signal {self.signo}"
+        return signal_name(self.signo)
 
 
 # si_signo, si_errno, si_code, then the union, which holds pointers and so

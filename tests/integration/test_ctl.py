@@ -227,7 +227,7 @@ def test_unprivileged_peer_is_refused(make_supervisor, port, shared_dir):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    wait_for(lambda: "control: refused uid 65534" in sup.log(), what="refusal logged")
+    wait_for(lambda: "control.server: refused uid 65534" in sup.log(), what="refusal logged")
     assert sup.proc.poll() is None
     assert sup.program("redis")["state"] == "RUNNING"
 

@@ -1,0 +1,142 @@
+"""Redis as a kind of program: its data-dir lock and port check, its ACL (the command
+guard) and admin user, its argv, readiness by PONG, and its health checks.
+
+Modules: `server` (argv, port holder, clients), `acl` (the ACL file, admin
+credentials, ACL LOG), `health` (the periodic check that records denied commands).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING, Any, Callable
+
+from relayq_supervisor.config import ProgramSpec, RedisSpec, redis_version
+from relayq_supervisor.errors import AclSetupError, StartupError
+from relayq_supervisor.kinds.redis import acl, server
+from relayq_supervisor.kinds.redis.health import RedisHealth
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from relayq_supervisor.kinds import Cancellable, KindContext, Program
+
+log = logging.getLogger(__name__)
+
+READY_POLL_MAX_S = 0.2
+
+
+class RedisKind:
+    def __init__(self, spec: ProgramSpec, ctx: KindContext, *, admin: acl.AdminCredentials | None = None,
+                 version: str | None = None):
+        assert spec.redis is not None
+        self.spec = spec
+        self.redis: RedisSpec = spec.redis
+        self.ctx = ctx
+        self.admin = admin
+        self.version = version
+        self.url: str | None = None         # RELAYQ_REDIS_URL
+        self._client: aioredis.Redis | None = None
+        self.health: RedisHealth | None = None
+        if admin is not None:
+            self._set_url()
+
+    # --- start-up and each start ---------------------------------------------------
+
+    def prepare(self) -> None:
+        r = self.redis
+        os.makedirs(r.dir, exist_ok=True)
+        self.ctx.locks.take("redis-dir", os.path.join(r.dir, "relayq.lock"), f"Redis data directory {r.dir}",
+                            ": two servers on one data directory would overwrite each other's dump")
+        holder = server.port_holder(server.ping_host(self.spec), r.port)
+        if holder:
+            raise StartupError(self.port_message(holder))
+        self.version = redis_version(r.binary)
+        try:
+            self._set_url()
+            self.admin = acl.AdminCredentials.load_or_create(self.ctx.supervisor.run_dir)
+            self.write_acl()
+        except (AclSetupError, ValueError) as e:
+            raise StartupError(f"relayq-supervisor: cannot set up the Redis command guard: {e}") from None
+
+    def _set_url(self) -> None:
+        self.url = server.client_url(self.spec)
+
+    def port_message(self, holder: str) -> str:
+        return (f"port {self.redis.port} is held by {holder}: stop and disable that manager first "
+                "(`relayqctl doctor` lists rival managers)")
+
+    def write_acl(self) -> str:
+        """Checked before every start, so the file and the passwords always agree."""
+        assert self.admin is not None
+        return acl.write_acl_file(self.ctx.supervisor.run_dir, self.redis.denied_commands, acl.version_tuple(self.version or ""),
+                                  self.admin, default_password=server.default_password(self.spec))
+
+    def preflight(self) -> str | None:
+        holder = server.port_holder(server.ping_host(self.spec), self.redis.port)
+        if holder:
+            return self.port_message(holder)
+        try:
+            self.write_acl()
+        except (AclSetupError, OSError, ValueError) as e:
+            return f"cannot write the Redis ACL file: {e}"
+        return None
+
+    def argv(self, p: Program) -> list[str]:
+        return server.redis_argv(self.spec, ["--aclfile", os.path.join(self.ctx.supervisor.run_dir, acl.ACL_FILE)])
+
+    def environment(self) -> dict[str, str]:
+        return {"RELAYQ_REDIS_URL": self.url} if self.url else {}
+
+    # --- readiness and health ---------------------------------------------------------
+
+    def client(self) -> aioredis.Redis:
+        """One admin client for readiness and health checks, made once: a client per start
+        would cost a read of redis-py's package metadata on every restart."""
+        if self._client is None:
+            assert self.admin is not None
+            self._client = server.client(self.spec, self.admin.username, self.admin.password)
+        return self._client
+
+    def begin_ready_check(self, p: Program, on_ready: Callable[[str], None]) -> Cancellable:
+        return asyncio.get_running_loop().create_task(self._wait_ready(on_ready), name=f"{p.name} ready check")
+
+    async def _wait_ready(self, on_ready: Callable[[str], None]) -> None:
+        conn = self.client()
+        delay = 0.01
+        while not await server.is_ready(conn):      # LOADING (reading its dump) is not ready
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, READY_POLL_MAX_S)
+        on_ready("answered PING")
+
+    def start_duties(self, running: Callable[[], Program | None]) -> None:
+        self.health = RedisHealth(self, self.ctx, running)
+        self.health.start()
+
+    async def close(self) -> None:
+        if self.health is not None:
+            self.health.close()
+            self.health = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def with_spec(self, spec: ProgramSpec) -> RedisKind:
+        fresh = RedisKind(spec, self.ctx, admin=self.admin, version=self.version)
+        if self.health is not None:
+            fresh.health = self.health.moved_to(fresh)
+            self.health = None
+        return fresh
+
+    def describe(self) -> dict[str, Any]:
+        return {"redis_binary": self.redis.binary, "redis_version": self.version}
+
+
+def refuse_reload(old: ProgramSpec | None, new: ProgramSpec | None) -> str | None:
+    """What a reload cannot change under a running Redis (the supervisor must restart)."""
+    if (old is None) != (new is None):
+        return "adding or removing [redis] needs a restart of the supervisor"
+    if old is not None and new is not None and old.redis is not None and new.redis is not None and \
+            (old.redis.dir, old.redis.binary) != (new.redis.dir, new.redis.binary):
+        return "a new [redis] dir or binary needs a restart of the supervisor (its locks and ACL follow them)"
+    return None

@@ -22,7 +22,9 @@ from typing import Any
 
 import psutil
 
-log = logging.getLogger("relayq")
+from relayq_supervisor.errors import AclSetupError
+
+log = logging.getLogger(__name__)
 
 ADMIN_USER = "relayq-admin"
 PASSWORD_FILE = "redis-admin.pass"
@@ -66,10 +68,6 @@ UPDATE_TIME_SLACK = 0.25
 ACL_LOG_REQUEST = 1000
 
 
-class AclSetupError(Exception):
-    """The ACL or password file could not be prepared; worded for the operator."""
-
-
 def version_tuple(text: str) -> tuple[int, ...]:
     """"7.0.15" -> (7, 0, 15); also takes `redis-server --version`'s "v=7.0.15" and
     suffixes like "7.2.0-rc1" (the digits of each part up to the first non-digit)."""
@@ -98,7 +96,7 @@ class AdminCredentials:
         if password is not None:
             return cls(ADMIN_USER, password, path)
         if problem:
-            log.warning("redis: %s %s; creating a new admin password", path, problem)
+            log.warning("%s %s; creating a new admin password", path, problem)
         password = secrets.token_hex(PASSWORD_BYTES)
         try:
             if problem:
@@ -207,7 +205,7 @@ def acl_rules(denied: tuple[str, ...], version: tuple[int, ...]) -> list[str]:
         command, _, sub = token.partition("|")
         since = COMMAND_SINCE.get(command)
         if since and tuple(version[:2]) < since:
-            log.info("redis: %s does not exist before Redis %s; nothing to deny",
+            log.info("%s does not exist before Redis %s; nothing to deny",
                      command, ".".join(map(str, since)))
             continue
         if sub:
@@ -229,7 +227,7 @@ def acl_rules(denied: tuple[str, ...], version: tuple[int, ...]) -> list[str]:
         known = SUBCOMMANDS_6.get(command)
         rules.append(f"-{command}")
         if known is None:
-            log.warning("redis: Redis %s cannot deny %s without denying all of %s "
+            log.warning("Redis %s cannot deny %s without denying all of %s "
                         "(subcommand rules need 7.0); denying all of %s",
                         ".".join(map(str, version)),
                         ", ".join(f"{command}|{s}" for s in denied_subs), command, command)

@@ -13,7 +13,7 @@ import redis.exceptions
 from relayq_supervisor.witness.identity import unit_from_cgroup
 from relayq_supervisor.config import ProgramSpec, read_secret
 
-log = logging.getLogger("relayq")
+log = logging.getLogger(__name__)
 
 # Redis applies command-line options after its config file, the last one winning, so
 # these come last: the supervisor must own the process in the foreground.
@@ -25,7 +25,7 @@ def redis_argv(spec: ProgramSpec, extra: list[str] = ()) -> list[str]:
     args = list(r.args)
     for i, arg in enumerate(args):
         if arg.lower() == "--daemonize" and i + 1 < len(args) and args[i + 1].lower() == "yes":
-            log.warning("redis: '--daemonize yes' in [redis] args is overridden with 'no' "
+            log.warning("'--daemonize yes' in [redis] args is overridden with 'no' "
                         "(a daemonized Redis would escape supervision)")
     if args and not args[0].startswith("--"):
         _warn_config_file(args[0])
@@ -40,10 +40,10 @@ def _warn_config_file(path: str) -> None:
             for lineno, line in enumerate(f, 1):
                 words = line.split()
                 if len(words) >= 2 and words[0].lower() in FORCED and not line.lstrip().startswith("#"):
-                    log.warning("redis: %s:%d: '%s' is overridden by the supervisor's [redis] settings",
+                    log.warning("%s:%d: '%s' is overridden by the supervisor's [redis] settings",
                                 path, lineno, line.strip())
     except OSError as e:
-        log.warning("redis: cannot read config file %s (%s)", path, e.strerror)
+        log.warning("cannot read config file %s (%s)", path, e.strerror)
 
 
 def ping_host(spec: ProgramSpec) -> str:

@@ -1,0 +1,130 @@
+"""Real child processes for the arbiter: started by core/spawn.py, signalled through a
+pidfd, their output read from a pipe on the loop into their log.
+
+The child writes into a pipe rather than its log file so the supervisor can rotate
+the log by size (a child holding the file would keep writing into the rotated one),
+prefix lines (log = "inherit"), and keep the last lines as evidence for `why`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Callable
+
+from relayq_supervisor.config import SupervisorSpec
+from relayq_supervisor.core.output import ChildOutput, open_child_output
+from relayq_supervisor.core.program import Program
+from relayq_supervisor.core.spawn import read_exec_result, spawn
+
+log = logging.getLogger(__name__)
+
+
+class ChildProcess:
+    """One started child: pid, pidfd, and the pipe that reports a failed exec."""
+
+    def __init__(self, pid: int, pidfd: int, exec_result_fd: int, command: str):
+        self.pid = pid
+        self.pidfd: int | None = pidfd
+        self.exec_result_fd: int | None = exec_result_fd
+        self.command = command
+        self._exec_error: str | None = None
+
+    def send_signal(self, signo: int) -> bool:
+        """Through the pidfd, so a recycled pid can never be hit."""
+        if self.pidfd is None:
+            return False
+        try:
+            signal.pidfd_send_signal(self.pidfd, signo)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def kill_group(self) -> bool:
+        # The group id stays allocated while the group has members, so the number
+        # still names our group, even after the leader is reaped; empty: ESRCH.
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def exec_error(self) -> str | None:
+        """Read once the child has exited: its end of the pipe is closed by then (by exec
+        or by exit), so this never blocks."""
+        if self.exec_result_fd is not None:
+            err = read_exec_result(self.exec_result_fd)
+            self.exec_result_fd = None
+            if err is not None:
+                self._exec_error = f"exec of {self.command} failed: {os.strerror(err) if err else 'unknown error'}"
+        return self._exec_error
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        if self.exec_result_fd is not None:
+            os.close(self.exec_result_fd)
+            self.exec_result_fd = None
+
+
+class ProcessSpawner:
+    """The arbiter's Spawner: fork+exec with the exec gate, where `before_exec(pid)`
+    runs (the signal tap seizes the child there)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, supervisor: SupervisorSpec,
+                 before_exec: Callable[[int], None] | None = None):
+        self.loop = loop
+        self.supervisor = supervisor
+        self.before_exec = before_exec
+        self.outputs: dict[str, ChildOutput] = {}
+        self.pipes: dict[str, int] = {}      # instance name -> read end of its current pipe
+
+    def spawn(self, p: Program, argv: list[str], env: dict[str, str]) -> ChildProcess:
+        sup = self.supervisor
+        if p.name not in self.outputs:
+            self.outputs[p.name] = open_child_output(p.name, p.spec.log, sup.log_dir, sup.log_max_bytes,
+                                                     sup.log_backups)
+        # only our end non-blocking: O_NONBLOCK on the child's stdout would hand it EAGAIN
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(out_r, False)
+        try:
+            child = spawn(argv, env, p.spec.directory, out_w, before_exec=self.before_exec)
+        except OSError:
+            os.close(out_r)
+            raise
+        finally:
+            os.close(out_w)
+        self.close_pipe(p.name)
+        self.pipes[p.name] = out_r
+        self.loop.add_reader(out_r, self.on_output, p, out_r)
+        return ChildProcess(child.pid, child.pidfd, child.exec_result_fd, argv[0])
+
+    def on_output(self, p: Program, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close_pipe(p.name)
+            return
+        p.remember_output(data)
+        try:
+            self.outputs[p.name].write(data)
+        except OSError as e:
+            log.error("%s: cannot write its log (%s)", p.name, e.strerror)
+
+    def close_pipe(self, name: str) -> None:
+        fd = self.pipes.pop(name, None)
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            os.close(fd)
+
+    def release(self, p: Program) -> None:
+        self.close_pipe(p.name)
+        output = self.outputs.pop(p.name, None)
+        if output is not None:
+            output.close()

@@ -1,0 +1,43 @@
+"""A plain program: its command as given, ready when it says READY=1 or has stayed
+alive for `ready_after` seconds."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from relayq_supervisor.config import ProgramSpec
+
+if TYPE_CHECKING:
+    from relayq_supervisor.kinds import Cancellable, KindContext, Program
+
+
+class ExecKind:
+    def __init__(self, spec: ProgramSpec, ctx: KindContext):
+        self.spec = spec
+        self.ctx = ctx
+
+    def prepare(self) -> None:
+        pass
+
+    def preflight(self) -> str | None:
+        return None
+
+    def argv(self, p: Program) -> list[str]:
+        return list(self.spec.command)
+
+    def environment(self) -> dict[str, str]:
+        return {}
+
+    def begin_ready_check(self, p: Program, on_ready: Callable[[str], None]) -> Cancellable:
+        return self.ctx.call_later(self.spec.ready_after, on_ready, f"alive for {self.spec.ready_after:g}s")
+
+    def start_duties(self, running: Callable[[], Program | None]) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def with_spec(self, spec: ProgramSpec) -> ExecKind:
+        return ExecKind(spec, self.ctx)
+
+    def describe(self) -> dict[str, Any]:
+        return {}

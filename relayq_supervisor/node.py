@@ -1,0 +1,383 @@
+"""One node's supervisor: the arbiter wired to the loop's event sources.
+
+One thread, one asyncio loop. Every fd is registered on it: the signalfd (signals as
+data: SIGCHLD triggers one reap pass, SIGTERM/SIGINT an ordered shutdown, SIGHUP a
+reload), the children's notify socket, their output pipes (core/children.py), the
+control socket (control/), inotify (ground.py), and the kinds' own tasks (Redis
+health). State changes happen only in the arbiter; this module turns events into
+calls on it and owns what lives as long as the process: locks, the audit log.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from relayq_supervisor import doctor, kinds
+from relayq_supervisor.audit.log import AuditLog, make_event
+from relayq_supervisor.background import start_task
+from relayq_supervisor.config import Config, children_path, load_config
+from relayq_supervisor.control.server import ControlServer
+from relayq_supervisor.core import reload as reload_diff
+from relayq_supervisor.core.arbiter import Arbiter
+from relayq_supervisor.core.children import ProcessSpawner
+from relayq_supervisor.core.locks import OwnerLocks
+from relayq_supervisor.core.program import Program
+from relayq_supervisor.core.states import State
+from relayq_supervisor.errors import RelayqError, ReloadRefused, StartupError
+from relayq_supervisor.ground import GroundWatch
+from relayq_supervisor.kinds import Cancellable, KindContext, ProgramKind
+from relayq_supervisor.linux import prctl, ptrace
+from relayq_supervisor.linux.notify_socket import ChildNotifySocket
+from relayq_supervisor.linux.signalfd import SignalFd
+from relayq_supervisor.linux.siginfo import signal_name
+from relayq_supervisor.systemd import ServiceLink
+from relayq_supervisor.witness.attribution import Attribution
+from relayq_supervisor.witness.tap import SignalTap
+
+log = logging.getLogger(__name__)
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+# Variables that describe the supervisor's own place under systemd, not the children's.
+_NOT_FOR_CHILDREN = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
+                     "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM", "RELAYQ_CONFIG")
+
+
+class LoopClock:
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Cancellable:
+        return self.loop.call_later(delay, callback, *args)
+
+
+class Node:
+    def __init__(self, config: Config, with_control: bool = True):
+        self.config = config
+        self.with_control = with_control
+        self.started_wall = time.time()
+        self.started_mono = time.monotonic()
+        self.shutdown_requested = asyncio.Event()
+        self.reaped = asyncio.Event()           # set whenever reap() collects a process
+        self.audit_log: AuditLog | None = None
+        self._flush_scheduled = False
+        self.loop = asyncio.get_running_loop()
+        self.locks = OwnerLocks(config.path, lambda path, owner: self.audit("lock_conflict", path=path, owner=owner))
+        self.attribution = Attribution(self, config.supervisor.audit_ignore)
+        self.tap = SignalTap(self.attribution.on_traced_signal) if config.supervisor.signal_tap else None
+        self.service = ServiceLink(self)
+        self.ground = GroundWatch(self)
+        self.control: ControlServer | None = None
+        self.sigfd: SignalFd | None = None
+        self.notify_socket = ChildNotifySocket()
+        self.kind_context = KindContext(supervisor=config.supervisor, call_later=self.loop.call_later,
+                                        locks=self.locks, audit=self.audit, name_process=self.attribution.name_process)
+        base_env = {k: v for k, v in os.environ.items() if k not in _NOT_FOR_CHILDREN}
+        base_env["PATH"] = children_path()
+        base_env["NOTIFY_SOCKET"] = self.notify_socket.address
+        self.arbiter = Arbiter(config, {spec.name: kinds.make_kind(spec, self.kind_context) for spec in config.programs},
+                               spawner=ProcessSpawner(self.loop, config.supervisor, self.before_exec),
+                               clock=LoopClock(self.loop), audit=self.audit, witness=self, base_env=base_env,
+                               on_change=self.service.publish)
+
+    # --- what collaborators see (witness, ground, control, systemd) -------------------
+
+    @property
+    def programs(self) -> list[Program]:
+        return self.arbiter.programs
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.arbiter.shutting_down
+
+    @property
+    def tap_active(self) -> bool:
+        return self.tap is not None and not self.tap.unavailable
+
+    def program_of_pid(self, pid: int | None) -> Program | None:
+        return self.arbiter.program_of_pid(pid)
+
+    def record(self, p: Program | None, pid: int, signo: int, **fields: Any) -> dict[str, Any]:
+        return self.attribution.record(p, pid, signo, **fields)
+
+    def count_blocked(self) -> None:
+        self.service.count_blocked()
+
+    @property
+    def config_path(self) -> str:
+        return self.config.path
+
+    @property
+    def doctor_root(self) -> str:
+        return self.config.supervisor.doctor_root
+
+    @property
+    def control_socket_path(self) -> str:
+        return self.config.supervisor.control_socket
+
+    def doctor_target(self) -> doctor.DoctorTarget:
+        return doctor_target(self.config, {os.getpid(), *self.arbiter.by_pid})
+
+    def audit(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Queue one audit event; the events of one loop pass are written and fsynced
+        together at its end, after the work (a respawn) that produced them."""
+        event = make_event(kind, **fields)
+        if self.audit_log is not None:
+            self.audit_log.queue(event)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.loop.call_soon(self._flush_audit)
+        return event
+
+    def _flush_audit(self) -> None:
+        self._flush_scheduled = False
+        if self.audit_log is not None:
+            self.audit_log.flush()
+
+    # --- start-up --------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Everything that can refuse to start, before any child is started."""
+        sup = self.config.supervisor
+        for d in (sup.run_dir, sup.log_dir, os.path.dirname(sup.audit_log), os.path.dirname(sup.control_socket)):
+            os.makedirs(d, exist_ok=True)
+        self.locks.take("supervisor", os.path.join(sup.run_dir, "supervisor.lock"), sup.run_dir)
+        self.audit_log = AuditLog(sup.audit_log, max_bytes=sup.audit_max_bytes, keep=sup.audit_backups,
+                                  on_error=lambda msg: log.error("audit: %s", msg))
+        for spec in self.config.programs:
+            self.locks.take_program(spec.name, sup.run_dir)
+        for kind in self.arbiter.kinds.values():
+            kind.prepare()
+
+    async def run(self) -> None:
+        try:
+            self.prepare()
+        except StartupError:
+            self.close()        # the lock_conflict event is evidence too
+            raise
+        prctl.set_child_subreaper(True)
+        self.sigfd = SignalFd(HANDLED_SIGNALS)
+        self.loop.add_reader(self.sigfd.fileno(), self.on_signalfd)
+        self.loop.add_reader(self.notify_socket.fileno(), self.on_notify)
+        if self.with_control:
+            self.control = ControlServer(self, self.config.supervisor)
+            await self.control.start()
+        log.info("started pid %d with %s (%d programs)", os.getpid(), self.config.path, len(self.programs))
+        self.ground.warn_about_rivals()
+        self.ground.start(self.loop)
+        self.service.start_watchdog()
+        self.start_duties()
+        self.arbiter.reconcile()
+        self.service.publish()
+        try:
+            await self.shutdown_requested.wait()
+            await self.shutdown()
+        finally:
+            self.close()
+
+    def start_duties(self) -> None:
+        for name, kind in self.arbiter.kinds.items():
+            kind.start_duties(lambda name=name: next((p for p in self.arbiter.graph.instances(name)
+                                                      if p.state == State.RUNNING), None))
+
+    def before_exec(self, pid: int) -> None:
+        """Between fork and exec: the signal tap seizes the child here."""
+        if self.tap is None or self.tap.unavailable:
+            return
+        if not self.tap.attach(pid):
+            log.warning("signal tap: %s (signals to children are not attributed)", self.tap.state)
+            self.audit("tap_unavailable", reason=self.tap.unavailable)
+
+    def request_shutdown(self, why: str) -> None:
+        if not self.shutdown_requested.is_set():
+            log.info("shutting down (%s)", why)
+            self.shutdown_requested.set()
+
+    # --- events ----------------------------------------------------------------------
+
+    def on_signalfd(self) -> None:
+        assert self.sigfd is not None
+        for info in self.sigfd.read_all():
+            if info.signo == signal.SIGCHLD:
+                continue    # coalesced: one reap pass below covers all of them
+            self.attribution.received(info)
+            if info.signo in (signal.SIGTERM, signal.SIGINT):
+                self.request_shutdown(f"{signal_name(info.signo)} from pid {info.pid}")
+            elif info.signo == signal.SIGHUP:
+                start_task(self.reload_logged(f"SIGHUP from pid {info.pid}"), "reload on SIGHUP")
+        self.reap()
+
+    def reap(self) -> None:
+        """Every waitpid() result: traced children's stops go to the tap, exits to the
+        arbiter. __WALL: threads of traced children report too."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG | ptrace.WALL)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self.tap is not None and self.tap.handle(pid, status) is None:
+                continue
+            self.reaped.set()
+            self.arbiter.child_exited(pid, status)
+
+    def on_notify(self) -> None:
+        for pid, fields in self.notify_socket.receive():
+            self.arbiter.notified(pid, fields)
+
+    # --- reload --------------------------------------------------------------------------
+
+    async def reload_logged(self, who: str) -> None:
+        try:
+            await self.reload(who)
+        except RelayqError as e:
+            log.error("reload rejected, nothing changed: %s", e)
+
+    async def reload(self, who: str) -> dict[str, Any]:
+        """Re-read the config: a broken one changes nothing; otherwise only what changed
+        is stopped, started or restarted. ConfigError or ReloadRefused otherwise."""
+        new = load_config(self.config.path)
+        refusal = kinds.refuse_reload(self.config, new)
+        if refusal:
+            raise ReloadRefused(f"{new.path}: {refusal}; nothing changed")
+        changes = reload_diff.diff(self.config, new)
+        taken = []
+        try:        # locks first: a program owned elsewhere changes nothing
+            for name in changes.added:
+                self.locks.take_program(name, self.config.supervisor.run_dir)
+                taken.append(name)
+        except StartupError as e:
+            for name in taken:
+                self.locks.release(name)
+            raise ReloadRefused(f"{e}; nothing changed") from None
+        log.info("reloading %s (%s)", new.path, who)
+        self.service.reloading()
+        try:
+            await self.arbiter.apply(new, changes, self.reloaded_kinds(new, changes))
+        finally:
+            self.service.reloaded()
+        for name in changes.removed:
+            self.locks.release(name)
+        self.config = self.arbiter.config
+        self.ground.config_loaded()
+        summary = changes.to_dict()
+        log.info("reloaded: %s", ", ".join(f"{k} {v}" for k, v in summary.items() if v) or "nothing changed")
+        return {"changes": summary}
+
+    def reloaded_kinds(self, new: Config, changes: reload_diff.Changes) -> dict[str, ProgramKind]:
+        old = self.arbiter.kinds
+        out = {}
+        for spec in new.programs:
+            kind = old.get(spec.name)
+            if kind is None:
+                kind = kinds.make_kind(spec, self.kind_context)
+            elif kind.spec != spec:
+                kind = kind.with_spec(spec)
+            out[spec.name] = kind
+        return out
+
+    # --- shutdown -----------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        self.service.stopping()
+        await self.arbiter.shutdown()
+        await self.end_leftovers()
+        for kind in self.arbiter.kinds.values():
+            await kind.close()
+        log.info("all programs stopped, exiting")
+
+    async def end_leftovers(self, deadline_s: float = 5.0) -> None:
+        """No child, grandchild or zombie survives the supervisor."""
+        deadline = time.monotonic() + deadline_s
+        while True:
+            self.reap()
+            children = own_children()
+            if not children or time.monotonic() > deadline:
+                return
+            for pid in children:
+                try:
+                    fd = os.pidfd_open(pid)     # not reaped yet, so the pid is still that child
+                except OSError:
+                    continue
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+            self.reaped.clear()
+            try:        # their SIGCHLD wakes the signalfd, whose handler reaps and sets this
+                await asyncio.wait_for(self.reaped.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
+
+    def close(self) -> None:
+        self.service.close()
+        self.ground.close()
+        if self.control is not None:
+            self.control.close()
+        if self.sigfd is not None:
+            self.loop.remove_reader(self.sigfd.fileno())
+            self.sigfd.close()
+        self.loop.remove_reader(self.notify_socket.fileno())
+        self.notify_socket.close()
+        self.locks.release_all()
+        if self.audit_log is not None:
+            self.audit_log.close()
+
+    # --- status -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        header: dict[str, Any] = {
+            "pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started_mono, 3),
+            "started_at": self.started_wall, "config": self.config.path,
+            "redis_binary": None, "redis_version": None,
+            "hostname": socket.gethostname(),
+            "signal_tap": self.tap.state if self.tap is not None else "off (signal_tap = false)",
+            "config_changed": self.ground.config_changed,
+            "notes": self.status_notes(),
+        }
+        for kind in self.arbiter.kinds.values():
+            header.update(kind.describe())
+        return {"supervisor": header, "programs": self.arbiter.status()}
+
+    def status_notes(self) -> list[str]:
+        notes = []
+        if self.ground.config_changed:
+            notes.append("config changed on disk since load")
+        if self.tap is not None and self.tap.unavailable:
+            notes.append(f"signal tap: {self.tap.state}")
+        return notes
+
+
+def doctor_target(config: Config, own_pids: set[int] | frozenset[int]) -> doctor.DoctorTarget:
+    redis = config.redis
+    return doctor.DoctorTarget(redis_port=redis.redis.port if redis and redis.redis else None,
+                               redis_dir=redis.redis.dir if redis and redis.redis else None,
+                               program_commands=tuple(s.command for s in config.programs if s.redis is None),
+                               own_pids=frozenset(own_pids), own_config=config.path)
+
+
+def own_children() -> list[int]:
+    """Direct children of this process, from /proc (cheap: no scan of all processes)."""
+    pids = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return pids
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.extend(int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return pids

@@ -1,0 +1,142 @@
+"""Who did it: each signal the tap sees is judged (the guard), recorded with its sender,
+and kept so that the program's exit can be attributed to whoever caused it."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any, Protocol
+
+from relayq_supervisor.linux.siginfo import Siginfo, is_user_sent, sender_is_verified, signal_name
+from relayq_supervisor.witness.guard import judge
+from relayq_supervisor.witness.identity import ProcessIdentity, boottime_now
+
+log = logging.getLogger(__name__)
+
+# Signals that ask a program to stop: an exit after one of them is its sender's doing.
+STOP_REQUESTS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP})
+
+
+class Watched(Protocol):
+    """A supervised program as the witness sees it (core.program.Program is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def protected(self) -> bool: ...
+
+    def signalled(self, record: dict[str, Any]) -> None:
+        """A signal reached it: keep it to attribute its exit."""
+        ...
+
+    def remember(self, event: dict[str, Any]) -> None: ...
+
+
+class Supervision(Protocol):
+    """What attribution needs of the supervisor."""
+
+    @property
+    def shutting_down(self) -> bool: ...
+
+    def program_of_pid(self, pid: int | None) -> Watched | None: ...
+
+    def request_shutdown(self, why: str) -> None: ...
+
+    def audit(self, kind: str, **fields: Any) -> dict[str, Any]: ...
+
+    def count_blocked(self) -> None: ...
+
+
+class Attribution:
+    def __init__(self, sup: Supervision, audit_ignore: frozenset[str] | tuple[str, ...]):
+        self.sup = sup
+        self.audit_ignore = frozenset(audit_ignore)
+
+    def name_sender(self, identity: ProcessIdentity | None) -> dict[str, Any] | None:
+        """The identity as an audit field, naming the program when it is one of ours."""
+        if identity is None:
+            return None
+        owner = self.sup.program_of_pid(identity.pid)
+        if owner is not None:
+            identity = identity.with_program(owner.name)
+        return identity.to_dict()
+
+    def name_process(self, pid: int) -> dict[str, Any] | None:
+        return self.name_sender(ProcessIdentity.capture(pid))
+
+    def record(self, p: Watched | None, pid: int, signo: int, *, code: str = "SI_USER",
+               sender: dict[str, Any] | None = None, via: str = "supervisor", **fields: Any) -> dict[str, Any]:
+        """One `signal` audit event (defaults: sent by the supervisor itself), kept as the
+        program's evidence too."""
+        if sender is None and via == "supervisor":
+            sender = {"pid": os.getpid(), "program": "supervisor"}
+        event = self.sup.audit("signal", signal=signal_name(signo), signo=signo, code=code,
+                               target={"program": p.name if p else None, "pid": pid}, sender=sender, via=via,
+                               **fields)
+        if p is not None:
+            p.remember(event)
+        return event
+
+    def received(self, info: Siginfo) -> None:
+        """A signal to the supervisor itself (read from its signalfd)."""
+        name = signal_name(info.signo)
+        if name in self.audit_ignore:
+            return
+        sender = ProcessIdentity.capture(info.pid, uid_hint=info.uid, code_hint=info.code_name,
+                                         seen_boottime=boottime_now()) if info.pid else None
+        self.sup.audit("signal", signal=name, signo=info.signo, code=info.code_name,
+                       target={"program": "supervisor", "pid": os.getpid()},
+                       sender=self.name_sender(sender), action="delivered", via="signalfd")
+        log.info("received %s from %s", name, sender.describe() if sender else "the kernel")
+
+    def on_traced_signal(self, tid: int, info: Siginfo) -> bool:
+        """A signal is about to reach a traced child: record it, and say whether to deliver."""
+        p = self.sup.program_of_pid(tid)
+        user_sent = is_user_sent(info.code) and info.pid > 0
+        if user_sent and info.pid == os.getpid():
+            return True                     # our own: recorded when sent
+        name = signal_name(info.signo)
+        sender = None
+        if user_sent:
+            # started after this moment = a recycled pid, not the sender
+            sender = ProcessIdentity.capture(info.pid, uid_hint=info.uid, code_hint=info.code_name,
+                                             seen_boottime=boottime_now())
+        verdict = judge(info.signo, protected=p is not None and p.protected, user_sent=user_sent,
+                        from_program_itself=p is not None and user_sent and self.sup.program_of_pid(info.pid) is p,
+                        from_service_manager=info.pid in (1, os.getppid()), shutting_down=self.sup.shutting_down)
+        if verdict.shutdown and p is not None:
+            self.sup.request_shutdown(f"SIGTERM to {p.name} from the service manager (pid {info.pid})")
+        sender_dict = self.name_sender(sender)
+        if name not in self.audit_ignore or not verdict.deliver:
+            # SI_QUEUE and the like carry a pid the sender wrote itself; SI_USER/SI_TKILL the kernel's
+            self.record(p, tid, info.signo, code=info.code_name, sender=sender_dict, action=verdict.action,
+                        via="ptrace", sender_verified=sender_is_verified(info.code) if user_sent else None,
+                        **({"note": verdict.note} if verdict.note else {}))
+        if p is None:
+            return True
+        who = sender.describe() if sender else f"the kernel ({info.code_name})"
+        if not verdict.deliver:
+            self.sup.count_blocked()
+            if verdict.note is None:
+                log.warning("%s: blocked %s from %s; to stop %s use `relayqctl stop %s`", p.name, name, who,
+                            p.name, p.name)
+            return False
+        if user_sent or info.signo not in (signal.SIGCHLD, signal.SIGWINCH):
+            p.signalled({"signal": name, "signo": info.signo, "sender": sender_dict, "describe": who})
+        return True
+
+
+def attribute_exit(last_signal: dict[str, Any] | None, exit_signal: int | None,
+                   tap_active: bool) -> tuple[str | None, dict[str, Any] | None]:
+    """Who ended a run: (detail for its exit description, sender) from the last signal
+    the tap saw reach it; (None, None) when nothing is known."""
+    if last_signal is not None and last_signal["signo"] == exit_signal:
+        return f"from {last_signal['describe']}", last_signal["sender"]
+    if last_signal is not None and exit_signal is None and last_signal["signo"] in STOP_REQUESTS \
+            and last_signal["sender"]:
+        # it handled the signal and exited on its own: still that sender's doing
+        return f"after {last_signal['signal']} from {last_signal['describe']}", last_signal["sender"]
+    if exit_signal == signal.SIGKILL and tap_active:
+        return "sender not visible to the tap", None
+    return None, None
