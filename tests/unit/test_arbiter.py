@@ -1,0 +1,260 @@
+"""The arbiter's rules, in-process: a fake spawner and a fake clock, no process, no sleep."""
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+
+from relayq_supervisor.control import operator
+from relayq_supervisor.core import reload
+from relayq_supervisor.core.states import TRANSITIONS, IllegalTransition, State
+from relayq_supervisor.errors import UnknownProgram
+from support.fakes import Rig, exit_status, kill_status
+
+BASE = """
+[[program]]
+name = "db"
+command = ["sleep", "1000"]
+ready_after = 0.5
+[program.restart]
+backoff_initial = 1.0
+backoff_factor = 2.0
+backoff_max = 4.0
+jitter = 0.0
+stable_after = 10.0
+start_limit_burst = 3
+start_limit_interval = 60.0
+
+[[program]]
+name = "worker"
+command = ["sleep", "1000"]
+numprocs = 2
+depends_on = ["db"]
+ready_after = 0.2
+stop_timeout = 5
+[program.restart]
+jitter = 0.0
+"""
+
+
+def started(rig: Rig) -> Rig:
+    rig.arbiter.reconcile()
+    return rig
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def settle(rounds: int = 5) -> None:
+    """Let the tasks the arbiter started (gather, operator jobs) take their next steps."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def test_dependencies_start_first_and_dependents_wait_until_running():
+    rig = started(Rig(BASE))
+    assert rig.states() == {"db": "STARTING", "worker:0": "STOPPED", "worker:1": "STOPPED"}
+    assert rig.program("worker:0").reason == "waiting for db"
+    rig.clock.advance(0.5)                      # db alive for ready_after
+    assert rig.state("db") == "RUNNING"
+    assert rig.states()["worker:0"] == "STARTING" and rig.states()["worker:1"] == "STARTING"
+    rig.clock.advance(0.2)
+    assert set(rig.states().values()) == {"RUNNING"}
+    assert [e["program"] for e in rig.events_of("spawn")] == ["db", "worker:0", "worker:1"]
+
+
+def test_children_get_their_environment():
+    text = BASE.replace('numprocs = 2', 'numprocs = 2\nenvironment = { MODE = "fast" }')
+    rig = started(Rig(text))
+    rig.clock.advance(0.5)
+    env = rig.child("worker:1").env
+    assert env["RELAYQ_PROGRAM"] == "worker:1" and env["MODE"] == "fast" and env["PATH"] == "/usr/bin"
+
+
+def test_ready_notification_beats_ready_after():
+    rig = started(Rig(BASE))
+    rig.arbiter.notified(rig.child("db").pid, {"READY": "1", "STATUS": "loaded"})
+    assert rig.state("db") == "RUNNING"
+    assert rig.program("db").reason == "sent READY=1"
+    assert rig.program("db").notify_status == "loaded"
+    rig.clock.advance(1.0)                      # the cancelled ready_after timer changes nothing
+    assert rig.program("db").reason == "sent READY=1"
+
+
+def test_quick_exits_back_off_exponentially_then_give_up():
+    rig = started(Rig(BASE))
+    delays = []
+    for _ in range(3):
+        rig.exit("db", exit_status(1))
+        p = rig.program("db")
+        if p.state != State.BACKOFF:
+            break
+        delays.append(p.next_start_at - rig.clock.now)
+        rig.clock.advance(delays[-1])
+        assert p.state == State.STARTING
+    assert delays == [1.0, 2.0]
+    assert rig.state("db") == "FATAL"
+    assert rig.program("db").reason.startswith("gave up: 4 starts in 60s")
+    assert rig.events_of("gave_up")[0]["program"] == "db"
+    assert [e["delay_s"] for e in rig.events_of("backoff")] == [1.0, 2.0]
+
+
+def test_stable_run_restarts_at_once_and_resets_the_streak():
+    rig = started(Rig(BASE))
+    rig.clock.advance(0.5)
+    first = rig.child("db").pid
+    rig.clock.advance(20)                       # longer than stable_after
+    rig.exit("db", kill_status(signal.SIGKILL))
+    assert rig.state("db") == "STARTING"
+    assert rig.child("db").pid != first
+    assert rig.program("db").restarts == 1 and rig.program("db").tracker.streak == 0
+    assert "killed by SIGKILL, sender not visible to the tap" in rig.program("db").last_exit.describe()
+
+
+def test_policy_never_leaves_it_exited_and_operator_start_revives():
+    text = BASE.replace("jitter = 0.0\nstable_after", 'policy = "never"\njitter = 0.0\nstable_after', 1)
+    rig = started(Rig(text))
+    rig.exit("db", exit_status(0))
+    assert rig.state("db") == "EXITED"
+
+    async def scenario():
+        job = asyncio.ensure_future(operator.start(rig.arbiter, [rig.program("db")], "test"))
+        await settle()
+        assert rig.state("db") == "STARTING"
+        rig.clock.advance(0.5)
+        await job
+    run(scenario())
+    assert rig.state("db") == "RUNNING"
+
+
+def test_operator_start_of_fatal_program_resets_its_window():
+    rig = started(Rig(BASE))
+    for _ in range(3):
+        rig.exit("db", exit_status(1))
+        rig.clock.advance(5)
+    assert rig.state("db") == "FATAL"
+
+    async def scenario():
+        job = asyncio.ensure_future(operator.start(rig.arbiter, [rig.program("worker:0")], "test"))
+        await settle()
+        rig.clock.advance(0.5)                  # db RUNNING, then worker:0 starts
+        rig.clock.advance(0.2)
+        await job
+    run(scenario())
+    assert rig.state("db") == "RUNNING" and rig.state("worker:0") == "RUNNING"
+    assert rig.program("db").tracker.streak == 0
+
+
+def test_stop_sends_stop_signal_then_sigkill_after_timeout():
+    rig = started(Rig(BASE))
+    rig.clock.advance(0.7)
+    worker = rig.program("worker:0")
+    child = rig.child("worker:0")
+
+    async def scenario():
+        job = asyncio.ensure_future(rig.arbiter.want_stopped([worker], "test stop"))
+        await settle()
+        assert worker.state == State.STOPPING and child.signals == [signal.SIGTERM]
+        rig.clock.advance(5)                    # stop_timeout
+        assert child.group_killed
+        rig.exit("worker:0", kill_status(signal.SIGKILL))
+        await job
+    run(scenario())
+    assert worker.state == State.STOPPED and not worker.wanted
+    assert "SIGKILL after stop_timeout 5s" in worker.last_exit.describe()
+    reasons = [fields.get("reason") for name, pid, signo, fields in rig.witness.records]
+    assert reasons == ["test stop", "stop-timeout-kill"]
+    rig.clock.advance(100)
+    assert worker.state == State.STOPPED        # a stopped program stays stopped
+
+
+def test_shutdown_stops_dependents_before_dependencies():
+    rig = started(Rig(BASE))
+    rig.clock.advance(0.7)
+    order = []
+
+    async def scenario():
+        job = asyncio.ensure_future(rig.arbiter.shutdown())
+        for _ in range(10):
+            await settle()
+            for name in ("worker:0", "worker:1", "db"):
+                p = rig.program(name)
+                if p.state == State.STOPPING:
+                    order.append(name)
+                    rig.exit(name, kill_status(signal.SIGTERM))
+        await job
+    run(scenario())
+    assert sorted(order[:2]) == ["worker:0", "worker:1"] and order[2] == "db"
+    assert set(rig.states().values()) == {"STOPPED"}
+    assert sorted(rig.spawner.released) == ["db", "worker:0", "worker:1"]
+
+
+def test_exit_during_shutdown_is_not_restarted():
+    rig = started(Rig(BASE))
+    rig.arbiter.shutting_down = True
+    rig.exit("db", exit_status(1))
+    assert rig.state("db") == "STOPPED"
+    assert len(rig.spawner.of("db")) == 1
+
+
+def test_spawn_failure_is_fatal_with_the_reason():
+    rig = Rig(BASE)
+    rig.spawner.fail_with = OSError(2, "No such file or directory")
+    rig.arbiter.reconcile()
+    assert rig.state("db") == "FATAL"
+    assert rig.program("db").reason == "cannot start: No such file or directory"
+
+
+def test_exec_failure_is_named_in_the_exit():
+    rig = started(Rig(BASE))
+    rig.child("db").exec_failure = "exec of sleep failed: Permission denied"
+    rig.exit("db", exit_status(127))
+    assert rig.program("db").last_exit.describe() == "exited 127, exec of sleep failed: Permission denied"
+
+
+def test_unknown_names_are_refused_and_groups_expand():
+    rig = Rig(BASE)
+    assert [p.name for p in rig.arbiter.graph.resolve(["worker"])] == ["worker:0", "worker:1"]
+    assert [p.name for p in rig.arbiter.graph.resolve(["worker:1", "db"])] == ["worker:1", "db"]
+    with pytest.raises(UnknownProgram, match="unknown program name 'nope' \\(known: db, worker"):
+        rig.arbiter.graph.resolve(["nope"])
+    assert [p.name for p in rig.arbiter.graph.with_dependents(rig.arbiter.graph.resolve(["db"]))] == \
+        ["db", "worker:0", "worker:1"]
+
+
+def test_every_transition_is_in_the_table():
+    rig = Rig(BASE)
+    p = rig.program("db")
+    with pytest.raises(IllegalTransition, match="db: STOPPED -> RUNNING"):
+        p.ready("impossible")
+    assert State.STOPPED in TRANSITIONS[State.STOPPING] and len(TRANSITIONS[State.STOPPING]) == 1
+    assert set(TRANSITIONS) == set(State)
+
+
+def test_reload_diff_names_what_changed():
+    old = Rig(BASE).config
+    text = BASE.replace('numprocs = 2', 'numprocs = 3').replace('ready_after = 0.5', 'ready_after = 0.6') + """
+[[program]]
+name = "extra"
+command = ["sleep", "1"]
+"""
+    new = Rig(text).config
+    changes = reload.diff(old, new)
+    assert (changes.added, changes.removed, changes.changed, changes.resized) == (["extra"], [], ["db"], ["worker"])
+    assert changes.going(old, new) == {"db"}
+    shrink = Rig(BASE.replace('numprocs = 2', 'numprocs = 3')).config
+    assert reload.diff(shrink, old).going(shrink, old) == {"worker:2"}
+
+
+def test_reload_applies_only_the_difference():
+    rig = started(Rig(BASE))
+    rig.clock.advance(0.7)
+    kept = rig.child("worker:0").pid
+    new = Rig(BASE.replace('numprocs = 2', 'numprocs = 3')).config
+    changes = reload.diff(rig.config, new)
+    run(rig.arbiter.apply(new, changes, rig.arbiter.kinds))
+    assert rig.child("worker:0").pid == kept
+    assert rig.state("worker:2") == "STARTING"
+    assert [p.name for p in rig.arbiter.programs] == ["db", "worker:0", "worker:1", "worker:2"]
