@@ -34,7 +34,8 @@ class Locks(Protocol):
 
 
 class ControlSocket(Protocol):
-    path: str
+    @property
+    def path(self) -> str: ...
 
     def is_intact(self) -> bool: ...
 
@@ -44,11 +45,20 @@ class ControlSocket(Protocol):
 class Ground(Protocol):
     """What the ground watch needs of the supervisor."""
 
-    config_path: str
-    doctor_root: str
-    control_socket_path: str
-    locks: Locks
-    control: ControlSocket | None
+    @property
+    def config_path(self) -> str: ...
+
+    @property
+    def doctor_root(self) -> str: ...
+
+    @property
+    def control_socket_path(self) -> str: ...
+
+    @property
+    def locks(self) -> Locks: ...
+
+    @property
+    def control(self) -> ControlSocket | None: ...
 
     def audit(self, kind: str, **fields: Any) -> dict[str, Any]: ...
 
@@ -115,7 +125,8 @@ class GroundWatch:
     def on_rival_dir(self, path: str, what: str) -> None:
         if what == "deleted":
             return
-        if what == "created" and path.endswith((".wants", ".requires")) and os.path.isdir(path):
+        if what == "created" and path.endswith((".wants", ".requires")) and os.path.isdir(path) \
+                and self.watcher is not None:
             self.watcher.watch_dir(path, self.on_rival_dir)     # `systemctl enable` made a new one
             return
         try:

@@ -185,8 +185,13 @@ class Node:
 
     def start_duties(self) -> None:
         for name, kind in self.arbiter.kinds.items():
-            kind.start_duties(lambda name=name: next((p for p in self.arbiter.graph.instances(name)
-                                                      if p.state == State.RUNNING), None))
+            kind.start_duties(self.running_instance(name))
+
+    def running_instance(self, program: str) -> Callable[[], Program | None]:
+        """For a kind's duties: its (first) instance while RUNNING, looked up after reloads too."""
+        def running() -> Program | None:
+            return next((p for p in self.arbiter.graph.instances(program) if p.state == State.RUNNING), None)
+        return running
 
     def before_exec(self, pid: int) -> None:
         """Between fork and exec: the signal tap seizes the child here."""
@@ -369,7 +374,7 @@ def doctor_target(config: Config, own_pids: set[int] | frozenset[int]) -> doctor
 
 def own_children() -> list[int]:
     """Direct children of this process, from /proc (cheap: no scan of all processes)."""
-    pids = []
+    pids: list[int] = []
     try:
         tasks = os.listdir("/proc/self/task")
     except OSError:

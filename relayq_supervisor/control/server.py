@@ -53,7 +53,7 @@ class ControlServer:
         self.group = spec.control_group
         self.group_gid = grp.getgrnam(self.group).gr_gid if self.group else None
         self.server: asyncio.AbstractServer | None = None
-        self.inode = None
+        self.inode: tuple[int, int] | None = None
 
     async def start(self) -> None:
         # The supervisor lock is held: any socket file here belongs to a dead supervisor.

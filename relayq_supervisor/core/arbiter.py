@@ -306,9 +306,8 @@ class Arbiter:
         programs = []
         for spec in new.programs:
             for name in spec.instance_names():
-                p = self.graph.by_name.get(name)
-                if p is None or name in going_names:
-                    p = self.new_program(spec, name)
+                kept = self.graph.by_name.get(name)
+                p = self.new_program(spec, name) if kept is None or name in going_names else kept
                 p.respec(spec)
                 programs.append(p)
         self.config = dataclasses.replace(new, supervisor=self.config.supervisor)

@@ -5,7 +5,7 @@ first and refused cycles), so every lookup per event is a dict access.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from relayq_supervisor.config import ProgramSpec
@@ -71,7 +71,7 @@ class Graph(Generic[P]):
             remaining = [p for p in remaining if p not in layer]
         return layers
 
-    def _closure(self, targets: Iterable[P], step) -> list[P]:
+    def _closure(self, targets: Iterable[P], step: Callable[[P], list[P]]) -> list[P]:
         seen: set[str] = set()
         todo = list(targets)
         while todo:

@@ -18,7 +18,7 @@ from relayq_supervisor.errors import LockHeld, StartupError
 from relayq_supervisor.witness.identity import proc_start_ticks
 
 
-def describe_owner(owner: dict) -> str:
+def describe_owner(owner: dict[str, Any]) -> str:
     if not owner.get("pid"):
         return "another process (no owner record)"
     started = owner.get("taken_at", "?")
@@ -31,7 +31,7 @@ class OwnerLock:
     fd: int | None = None
     inode: tuple[int, int] | None = None
 
-    def acquire(self, record: dict) -> None:
+    def acquire(self, record: dict[str, Any]) -> None:
         """Take the lock or raise LockHeld naming the owner. Writes `record` into the file."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -64,10 +64,11 @@ class OwnerLock:
             self.fd = self.inode = None
 
 
-def read_owner(path: str) -> dict | None:
+def read_owner(path: str) -> dict[str, Any] | None:
     try:
         with open(path) as f:
-            return json.loads(f.read() or "null")
+            owner = json.loads(f.read() or "null")
+        return owner if isinstance(owner, dict) else None
     except (OSError, ValueError):
         return None
 
@@ -76,7 +77,7 @@ class OwnerLocks:
     """Every lock this supervisor holds, by key (`supervisor`, a program name, `redis-dir`),
     each recording this process as owner."""
 
-    def __init__(self, config_path: str, on_conflict: Callable[[str, dict[str, Any]], None]):
+    def __init__(self, config_path: str, on_conflict: Callable[[str, dict[str, Any]], object]):
         self.config_path = config_path
         self.on_conflict = on_conflict      # (path, owner record): audited as lock_conflict
         self.held: dict[str, OwnerLock] = {}

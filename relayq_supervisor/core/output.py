@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 
 class ChildOutput(Protocol):
@@ -47,6 +47,7 @@ class RotatingFile:
         if self.size and self.size + len(data) > self.max_bytes:
             self.rotate()
             self._open()
+        assert self.fd is not None
         os.write(self.fd, data)
         self.size += len(data)
 
@@ -59,7 +60,7 @@ class RotatingFile:
 class PrefixedStream:
     """log = "inherit": each line to the supervisor's stdout as `[name] line`."""
 
-    def __init__(self, name: str, stream=None):
+    def __init__(self, name: str, stream: BinaryIO | None = None):
         self.prefix = f"[{name}] ".encode()
         self.stream = stream or sys.stdout.buffer
         self.partial = b""

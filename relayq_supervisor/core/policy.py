@@ -1,8 +1,8 @@
 """Pure restart rules: what to do when a supervised program exits on its own.
 
 No I/O and no OS calls: the clock and the random source are injected, so every
-decision is reproducible in tests. The policy object is duck-typed (anything with
-the attributes of config.RestartPolicy); config.py has already validated it.
+decision is reproducible in tests. The policy is a config.RestartPolicy, already
+validated by config.py.
 
 The rules (systemd's Restart=/StartLimitBurst= and OTP's restart intensity):
 - "always" restarts; "on-failure" restarts unless the run exited 0 (death by any
@@ -20,7 +20,9 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
+
+from relayq_supervisor.config import RestartPolicy
 
 RESTART = "restart"
 BACKOFF = "backoff"
@@ -46,7 +48,7 @@ def format_seconds(seconds: float) -> str:
 class RestartTracker:
     """Restart state of one program instance: failure streak and recent start times."""
 
-    def __init__(self, policy: Any, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, policy: RestartPolicy, clock: Callable[[], float] = time.monotonic,
                  rng: Callable[[], float] = random.random):
         self.policy = policy
         self._clock = clock
