@@ -21,6 +21,7 @@ from relayq_supervisor.errors import ConfigError
 
 DEFAULT_CONFIG = "config.toml"
 REDIS_NAME = "redis"
+REDIS_WATCHDOG_SEC = 15.0           # no PONG for this long: Redis is stuck
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -67,6 +68,13 @@ class ProgramSpec:
     protect: bool = False
     restart: RestartPolicy = RestartPolicy()
     redis: RedisSpec | None = None      # set only for the Redis program
+    watchdog_sec: float = 0.0           # silence allowed after READY (0 = off)
+    watchdog_signal: int = int(signal.SIGABRT)
+    max_rss: int = 0                    # bytes, whole process group (0 = off)
+
+    @property
+    def watched(self) -> bool:
+        return self.watchdog_sec > 0 or self.max_rss > 0
 
     def instance_names(self) -> list[str]:
         if self.numprocs == 1:
@@ -122,11 +130,13 @@ _PROGRAM_KEYS = {
     "name": str, "command": list, "numprocs": int, "depends_on": list, "environment": dict,
     "directory": str, "stop_signal": (str, int), "stop_timeout": (int, float),
     "ready_after": (int, float), "autostart": bool, "log": str, "protect": bool, "restart": dict,
+    "watchdog_sec": (int, float), "watchdog_signal": (str, int), "max_rss": (str, int),
 }
 _REDIS_KEYS = {
     "binary": str, "port": int, "bind": list, "dir": str, "args": list, "protect": bool,
     "restart": dict, "stop_timeout": (int, float), "log": str, "autostart": bool,
     "environment": dict, "denied_commands": list, "password_file": str,
+    "watchdog_sec": (int, float), "watchdog_signal": (str, int), "max_rss": (str, int),
 }
 _TOP_KEYS = {"supervisor": dict, "redis": dict, "program": list}
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
@@ -297,6 +307,36 @@ def redis_version(binary: str) -> str:
     return m.group(1) if m else out.strip() or "unknown"
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+               "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_size(value: str | int) -> int:
+    """`"512MiB"`, `"2GiB"`, `"1.5 GB"` or an integer of bytes -> bytes; ValueError naming the value."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value} is negative")
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"{value!r} is not a size: write bytes like 536870912, or \"512MiB\", \"2GiB\"")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def _watchdog_settings(loc: _Locator, where: tuple, table: dict) -> dict:
+    watchdog_sec = table.get("watchdog_sec", 0)
+    if watchdog_sec < 0 or watchdog_sec != watchdog_sec or watchdog_sec == float("inf"):
+        raise loc.error(where + ("watchdog_sec",), "'watchdog_sec' must be a finite number of seconds, 0 = off")
+    try:
+        max_rss = parse_size(table.get("max_rss", 0))
+    except ValueError as e:
+        raise loc.error(where + ("max_rss",), f"'max_rss': {e}") from None
+    out = {"watchdog_sec": float(watchdog_sec), "max_rss": max_rss}
+    if "watchdog_signal" in table:
+        out["watchdog_signal"] = _signal_number(loc, where + ("watchdog_signal",), table["watchdog_signal"])
+    return out
+
+
 def _resolve(base: Path, value: str) -> str:
     return str((base / value).resolve()) if not os.path.isabs(value) else os.path.normpath(value)
 
@@ -346,6 +386,7 @@ def _parse_program(loc, where, table: dict, base: Path, env_path: str) -> Progra
         ready_after=float(table.get("ready_after", 1.0)),
         autostart=table.get("autostart", True), log=log, protect=table.get("protect", False),
         restart=_restart(loc, where + ("restart",), table.get("restart", {}), RestartPolicy()),
+        **_watchdog_settings(loc, where, table),
     )
 
 
@@ -394,6 +435,7 @@ def _parse_redis(loc, table: dict, base: Path, run_dir: str) -> ProgramSpec:
         restart=_restart(loc, where + ("restart",), table.get("restart", {}),
                          RestartPolicy(backoff_initial=0.2, backoff_max=30.0)),
         redis=spec,
+        **_watchdog_settings(loc, where, {"watchdog_sec": REDIS_WATCHDOG_SEC, **table}),
     )
 
 

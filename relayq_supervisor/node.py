@@ -38,6 +38,7 @@ from relayq_supervisor.linux.signalfd import SignalFd
 from relayq_supervisor.linux.siginfo import signal_name
 from relayq_supervisor.systemd import ServiceLink
 from relayq_supervisor.witness.attribution import Attribution
+from relayq_supervisor.witness.evidence import Probe
 from relayq_supervisor.witness.tap import SignalTap
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Node:
         self.arbiter = Arbiter(config, {spec.name: kinds.make_kind(spec, self.kind_context) for spec in config.programs},
                                spawner=ProcessSpawner(self.loop, config.supervisor, self.before_exec),
                                clock=LoopClock(self.loop), audit=self.audit, witness=self, base_env=base_env,
-                               on_change=self.service.publish)
+                               probe=Probe(), on_change=self.service.publish)
 
     # --- what collaborators see (witness, ground, control, systemd) -------------------
 

@@ -16,6 +16,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import select
@@ -215,7 +216,7 @@ job = JobClient()
 
 # --- worker ------------------------------------------------------------------
 
-def notify_ready(address: str | None = None) -> bool:
+def notify_ready(address: str | None = None, message: bytes = b"READY=1") -> bool:
     """Send READY=1 to $NOTIFY_SOCKET (or `address`); '@' names an abstract socket.
 
     Returns False when there is no socket to notify.
@@ -227,7 +228,7 @@ def notify_ready(address: str | None = None) -> bool:
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         sock.connect(address)
-        sock.sendall(b"READY=1")
+        sock.sendall(message)
     return True
 
 
@@ -271,6 +272,12 @@ class Worker:
         self._down_since: float | None = None
         self._retry_delay = RETRY_MIN
         self._wake_r = self._wake_w = -1
+        # the supervisor's watchdog (WATCHDOG_USEC, as systemd sets it): ping at a third of it
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        self._watchdog_every = int(usec) / 3e6 if usec.isdigit() and int(usec) > 0 else None
+        self._last_ping = 0.0
+        if self._watchdog_every is not None:
+            self.poll = min(self.poll, self._watchdog_every)
 
     # signals -------------------------------------------------------------
 
@@ -311,11 +318,13 @@ class Worker:
 
     def serve(self) -> int:
         """Serve jobs until SIGTERM/SIGINT; returns the exit status (0)."""
+        faulthandler.enable()       # the watchdog's SIGABRT leaves a traceback in our log
         self._install_signals()
         client = connect(self.url, block=self.poll)
         self.log(f"serving queue {self.queue} at {display_url(self.url)}")
         try:
             while self._stop_signal is None:
+                self._heartbeat()
                 try:
                     if not self._connected:
                         client.ping()
@@ -332,6 +341,13 @@ class Worker:
             client.close()
         self.log(f"stopping ({self._stop_signal})")
         return 0
+
+    def _heartbeat(self) -> None:
+        """WATCHDOG=1 while the loop turns: a worker stuck in a job or a deadlock stops pinging."""
+        now = time.monotonic()
+        if self._watchdog_every is not None and now - self._last_ping >= self._watchdog_every:
+            self._last_ping = now
+            notify_ready(message=b"WATCHDOG=1")
 
     def _on_reachable(self) -> None:
         if self._down_since is not None:

@@ -22,9 +22,13 @@ from relayq_supervisor.core.graph import Graph
 from relayq_supervisor.core.program import ChildHandle, ExitInfo, Program
 from relayq_supervisor.core.reload import Changes
 from relayq_supervisor.core.states import ENDED, State
+from relayq_supervisor.core.watchdog import Watchdog
 from relayq_supervisor.kinds import Cancellable, ProgramKind
 from relayq_supervisor.linux.siginfo import signal_name
 from relayq_supervisor.witness.attribution import attribute_exit
+
+# How often a program with max_rss has its process group's RSS read.
+RSS_CHECK_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +60,22 @@ class Audit(Protocol):
     def __call__(self, kind: str, **fields: Any) -> dict[str, Any]: ...
 
 
+class Probe(Protocol):
+    """What the watchdog reads of a live process (witness/evidence.py)."""
+
+    def rss(self, pgid: int) -> int | None: ...
+
+    def evidence(self, pid: int) -> dict[str, Any]: ...
+
+
+def evidence_summary(evidence: dict[str, Any]) -> str:
+    parts = [f"{k} {evidence[k]}" for k in ("state", "wchan") if evidence.get(k) not in (None, "", "0")]
+    return ", ".join(parts)
+
+
 class Arbiter:
     def __init__(self, config: Config, kinds: dict[str, ProgramKind], *, spawner: Spawner, clock: Clock,
-                 audit: Audit, witness: Witness, base_env: dict[str, str],
+                 audit: Audit, witness: Witness, base_env: dict[str, str], probe: Probe | None = None,
                  on_change: Callable[[Program], None] | None = None):
         self.config = config
         self.kinds = kinds
@@ -67,6 +84,7 @@ class Arbiter:
         self.audit = audit
         self.witness = witness
         self.base_env = base_env        # the supervisor's environment as children get it
+        self.probe = probe
         self.on_change = on_change
         self.by_pid: dict[int, Program] = {}
         self.shutting_down = False
@@ -116,6 +134,8 @@ class Arbiter:
         for kind in self.kinds.values():
             env.update(kind.environment())
         env["RELAYQ_PROGRAM"] = p.name
+        if p.spec.watchdog_sec > 0:     # as systemd does, so sd_notify libraries ping on their own
+            env["WATCHDOG_USEC"] = str(int(p.spec.watchdog_sec * 1e6))
         env.update(dict(p.spec.environment))
         return env
 
@@ -139,6 +159,7 @@ class Arbiter:
         if p.proc is not proc or p.state != State.STARTING:
             return
         p.ready(why)
+        self.arm_watchdog(p, proc)
         self.reconcile(self.graph.dependents(p))
 
     def notified(self, pid: int | None, fields: dict[str, str]) -> None:
@@ -146,10 +167,94 @@ class Arbiter:
         p = self.program_of_pid(pid)
         if p is None or p.proc is None:
             return
+        proc = p.proc
+        if fields.get("WATCHDOG") == "1" and p.spec.watchdog_sec > 0:
+            if p.watchdog is None:          # a ping before READY arms it from that ping
+                self.arm_watchdog(p, proc)
+            self.sign_of_life(p, proc)
+        if "WATCHDOG_USEC" in fields and p.watchdog is not None:
+            self.retime_watchdog(p, proc, fields["WATCHDOG_USEC"])
         if fields.get("READY") == "1":
-            self.mark_running(p, p.proc, "sent READY=1")
+            self.mark_running(p, proc, "sent READY=1")
         if "STATUS" in fields:
             p.set_notify_status(fields["STATUS"])
+        if fields.get("WATCHDOG") == "trigger" and p.state in (State.STARTING, State.RUNNING) and not p.fired:
+            self.fire(p, proc, "watchdog: WATCHDOG=trigger from the program")
+
+    # --- the watchdog ------------------------------------------------------------------
+
+    def arm_watchdog(self, p: Program, proc: ChildHandle) -> None:
+        """From READY (or a first ping): silence over watchdog_sec, or RSS over max_rss, fires."""
+        spec = p.spec
+        if not spec.watched or p.watchdog is not None:
+            return
+        kind = self.kinds[p.base]
+        p.arm_watchdog(Watchdog(spec.watchdog_sec, kind.sign_of_life, self.clock.monotonic()))
+        if spec.watchdog_sec > 0:
+            p.watch(self.clock.call_later(spec.watchdog_sec, self.check_watchdog, p, proc))
+            p.watch(kind.watch(p, lambda: self.sign_of_life(p, proc)))
+        if spec.max_rss > 0:
+            p.watch(self.clock.call_later(RSS_CHECK_S, self.check_rss, p, proc))
+
+    def sign_of_life(self, p: Program, proc: ChildHandle) -> None:
+        if p.proc is proc and p.watchdog is not None:
+            p.watchdog.fed(self.clock.monotonic())
+
+    def retime_watchdog(self, p: Program, proc: ChildHandle, usec: str) -> None:
+        """WATCHDOG_USEC= from the program: its own new timeout, as under systemd."""
+        try:
+            timeout = int(usec) / 1e6
+        except ValueError:
+            log.warning("%s: ignoring WATCHDOG_USEC=%r (not a number)", p.name, usec[:40])
+            return
+        if p.watchdog is not None and timeout > 0:
+            p.watchdog.timeout = timeout
+            p.watch(self.clock.call_later(max(0.0, p.watchdog.due_at() - self.clock.monotonic()),
+                                          self.check_watchdog, p, proc))
+
+    def check_watchdog(self, p: Program, proc: ChildHandle) -> None:
+        """At the due time: fire if still silent, else come back at the new due time (pings
+        only move a number, so the timer is re-armed here, once per due time)."""
+        if p.proc is not proc or p.watchdog is None or p.fired:
+            return
+        now = self.clock.monotonic()
+        cause = p.watchdog.overdue(now)
+        if cause:
+            self.fire(p, proc, cause)
+        else:
+            p.watch(self.clock.call_later(p.watchdog.due_at() - now, self.check_watchdog, p, proc))
+
+    def check_rss(self, p: Program, proc: ChildHandle) -> None:
+        if p.proc is not proc or p.watchdog is None or p.fired or self.probe is None:
+            return
+        rss = self.probe.rss(proc.pid)
+        cause = p.watchdog.rss_reading(rss, p.spec.max_rss) if rss is not None else None
+        if cause:
+            self.fire(p, proc, cause)
+        else:
+            p.watch(self.clock.call_later(RSS_CHECK_S, self.check_rss, p, proc))
+
+    def fire(self, p: Program, proc: ChildHandle, cause: str) -> None:
+        """Keep the evidence, then watchdog_signal; SIGKILL after stop_timeout; the exit
+        restarts it under its policy, counted as a failure."""
+        evidence = self.probe.evidence(proc.pid) if self.probe is not None else {}
+        summary = evidence_summary(evidence)
+        if summary:
+            cause = f"{cause} ({summary})"
+        event = self.audit("watchdog", program=p.name, pid=proc.pid, cause=cause, evidence=evidence,
+                           signal=signal_name(p.spec.watchdog_signal))
+        p.remember(event)
+        log.warning("%s: %s: %s to pid %d", p.name, cause, signal_name(p.spec.watchdog_signal), proc.pid)
+        p.watchdog_fired(cause, self.clock.call_later(p.spec.stop_timeout, self.watchdog_kill, p, proc))
+        self.send(p, p.spec.watchdog_signal, cause)
+
+    def watchdog_kill(self, p: Program, proc: ChildHandle) -> None:
+        if p.proc is not proc or p.state == State.STOPPING:
+            return
+        log.warning("%s: still alive %gs after its watchdog signal: SIGKILL to process group %d", p.name,
+                    p.spec.stop_timeout, proc.pid)
+        self.witness.record(p, proc.pid, signal.SIGKILL, action="delivered", reason="watchdog-kill")
+        proc.kill_group()
 
     # --- exits and restarts ------------------------------------------------------------
 
@@ -176,6 +281,8 @@ class Arbiter:
             info = info.with_detail(exec_error)
         elif p.state == State.STOPPING and p.stop_reason:
             info = info.with_detail(p.stop_reason)
+        elif p.fired:
+            info = info.with_detail(p.fired)
         elif p.state != State.STOPPING:
             detail, sender = attribute_exit(p.last_signal, info.signal, self.witness.tap_active)
             if detail:
@@ -183,11 +290,12 @@ class Arbiter:
         event = self.audit("exit", program=p.name, pid=pid, code=info.code,
                            signal=signal_name(info.signal) if info.signal else None,
                            runtime_s=round(runtime, 3), sender=sender, note=info.detail)
+        failed = p.fired is not None
         p.run_ended(info, sender, event)
         if p.state == State.STOPPING or not p.wanted or self.shutting_down:
             p.stopped(info.describe())
             return
-        decision = p.tracker.on_exit(runtime, info.code, info.signal)
+        decision = p.tracker.on_exit(runtime, info.code, info.signal, failed=failed)
         what = f"pid {pid} {info.describe()} after {runtime:.1f}s"
         if decision.action == policy.FATAL:
             self.give_up(p, f"{decision.reason} (last: {what})")

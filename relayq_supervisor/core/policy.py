@@ -92,21 +92,24 @@ class RestartTracker:
         while self._starts and self._starts[0] <= low:
             self._starts.popleft()
 
-    def on_exit(self, runtime: float, exit_code: int | None, signal: int | None) -> Decision:
+    def on_exit(self, runtime: float, exit_code: int | None, signal: int | None,
+                failed: bool = False) -> Decision:
         """Decide about a child that exited while it should have been running.
 
         runtime: seconds the run lasted; exit_code: its status if it exited, signal:
-        the signal number if it was killed (one of the two is None).
+        the signal number if it was killed (one of the two is None). failed: the
+        supervisor itself judged the run a failure (the watchdog fired): it counts as
+        an unstable run for backoff and the start limit however long it lasted.
         """
         p = self.policy
         if p.policy == "never":
             return Decision(EXIT, 0.0, self._streak, "policy never")
-        succeeded = signal is None and exit_code == 0
+        succeeded = signal is None and exit_code == 0 and not failed
         if p.policy == "on-failure" and succeeded:
             return Decision(EXIT, 0.0, self._streak, "exited 0 with policy on-failure")
 
         now = self._clock()
-        if runtime >= p.stable_after:
+        if runtime >= p.stable_after and not failed:
             streak, delay = 0, 0.0
             action, reason = RESTART, f"stable run of {runtime:.1f}s: restarting now"
         else:

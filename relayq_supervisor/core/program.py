@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol
 from relayq_supervisor.config import ProgramSpec
 from relayq_supervisor.core.policy import RestartTracker
 from relayq_supervisor.core.states import ALIVE, ENDED, State, check_transition
+from relayq_supervisor.core.watchdog import Watchdog
 from relayq_supervisor.kinds import Cancellable
 from relayq_supervisor.linux.siginfo import signal_name
 
@@ -106,6 +107,9 @@ class Program:
         self.stop_reason: str | None = None         # why the supervisor is stopping it
         self.timer: Cancellable | None = None       # backoff delay, ready_after, stop timeout
         self.ready_check: Cancellable | None = None
+        self.watchdog: Watchdog | None = None       # armed from READY (or the first ping)
+        self.watch_handles: list[Cancellable] = []  # its timers and the kind's pinger
+        self.fired: str | None = None               # the watchdog's cause, until the exit
         self.exited = asyncio.Event()               # set while no process runs
         self.exited.set()
 
@@ -149,6 +153,27 @@ class Program:
         if self.ready_check is not None:
             self.ready_check.cancel()
             self.ready_check = None
+
+    def arm_watchdog(self, watchdog: Watchdog) -> None:
+        self.watchdog = watchdog
+
+    def watch(self, handle: Cancellable | None) -> None:
+        """Keep a watchdog timer or pinger, cancelled when the run ends or is stopped."""
+        if handle is not None:
+            self.watch_handles.append(handle)
+
+    def disarm_watchdog(self) -> None:
+        for handle in self.watch_handles:
+            handle.cancel()
+        self.watch_handles = []
+        self.watchdog = None
+
+    def watchdog_fired(self, cause: str, timer: Cancellable) -> None:
+        """Stuck or bloated: its watchdog signal is on its way; the exit will carry `cause`
+        and count as a failure."""
+        self.fired = cause
+        self.disarm_watchdog()
+        self.set_timer(timer)
 
     # --- what the arbiter decides ------------------------------------------------
 
@@ -197,6 +222,7 @@ class Program:
         """STARTING/RUNNING -> STOPPING: the stop signal was sent."""
         self.stop_reason = reason
         self.cancel_ready_check()
+        self.disarm_watchdog()
         self.set_timer(timer)
         self._enter(State.STOPPING, f"{reason}: {signal_name(stop_signal)} to pid {self.pid}")
 
@@ -219,7 +245,9 @@ class Program:
         if self.proc is not None:
             self.proc.close()
         self.proc = None
+        self.fired = None
         self.cancel_ready_check()
+        self.disarm_watchdog()
         self.cancel_timer()
         self.exited.set()
 

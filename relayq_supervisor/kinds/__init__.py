@@ -54,6 +54,7 @@ class KindContext:
 
 class ProgramKind(Protocol):
     spec: ProgramSpec
+    sign_of_life: str       # what the watchdog waits for: "WATCHDOG=1", "PONG"
 
     def prepare(self) -> None:
         """At start-up, before any child starts: StartupError to refuse to start at all."""
@@ -72,6 +73,11 @@ class ProgramKind(Protocol):
     def begin_ready_check(self, p: Program, on_ready: Callable[[str], None]) -> Cancellable:
         """Call on_ready(why) once the new process is ready; cancelled if it dies first.
         READY=1 from the child counts for every kind, whatever this check does."""
+        ...
+
+    def watch(self, p: Program, alive: Callable[[], None]) -> Cancellable | None:
+        """While p runs with a watchdog: call alive() at each sign of life this kind
+        produces itself (Redis: each PONG); None when the program pings on its own."""
         ...
 
     def start_duties(self, running: Callable[[], Program | None]) -> None:

@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 
 
 class ExecKind:
+    sign_of_life = "WATCHDOG=1"
+
     def __init__(self, spec: ProgramSpec, ctx: KindContext):
         self.spec = spec
         self.ctx = ctx
@@ -29,6 +31,9 @@ class ExecKind:
 
     def begin_ready_check(self, p: Program, on_ready: Callable[[str], None]) -> Cancellable:
         return self.ctx.call_later(self.spec.ready_after, on_ready, f"alive for {self.spec.ready_after:g}s")
+
+    def watch(self, p: Program, alive: Callable[[], None]) -> Cancellable | None:
+        return None             # it sends WATCHDOG=1 itself
 
     def start_duties(self, running: Callable[[], Program | None]) -> None:
         pass

@@ -152,6 +152,14 @@ class Supervisor:
                 self.seen.add(p["pid"])
         return st
 
+    def audit_events(self, kind: str | None = None) -> list[dict]:
+        """Events of the audit log (at its config's default place under log/), oldest first."""
+        path = self.dir / "log" / "audit.jsonl"
+        if not path.exists():
+            return []
+        events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [e for e in events if kind is None or e["event"] == kind]
+
     def program(self, name: str) -> dict:
         return next(p for p in self.status()["programs"] if p["name"] == name)
 

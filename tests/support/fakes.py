@@ -120,6 +120,17 @@ class FakeWitness:
         return event
 
 
+class FakeProbe:
+    def __init__(self) -> None:
+        self.rss_by_pid: dict[int, int] = {}
+
+    def rss(self, pgid: int) -> int | None:
+        return self.rss_by_pid.get(pgid, 1024)
+
+    def evidence(self, pid: int) -> dict[str, Any]:
+        return {"pid": pid, "state": "sleeping", "wchan": "ep_poll"}
+
+
 class FakeLocks:
     def take(self, key: str, path: str, what: str, why: str = "") -> None:
         pass
@@ -133,12 +144,13 @@ class Rig:
         self.clock = FakeClock()
         self.spawner = FakeSpawner()
         self.witness = FakeWitness()
+        self.probe = FakeProbe()
         self.events: list[dict[str, Any]] = []
         self.ctx = KindContext(supervisor=self.config.supervisor, call_later=self.clock.call_later,
                                locks=FakeLocks(), audit=self.audit, name_process=lambda pid: None)
         self.arbiter = Arbiter(self.config, {s.name: make_kind(s, self.ctx) for s in self.config.programs},
                                spawner=self.spawner, clock=self.clock, audit=self.audit, witness=self.witness,
-                               base_env={"PATH": "/usr/bin"})
+                               base_env={"PATH": "/usr/bin"}, probe=self.probe)
 
     def audit(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"event": kind, **fields}

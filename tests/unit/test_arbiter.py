@@ -258,3 +258,83 @@ def test_reload_applies_only_the_difference():
     assert rig.child("worker:0").pid == kept
     assert rig.state("worker:2") == "STARTING"
     assert [p.name for p in rig.arbiter.programs] == ["db", "worker:0", "worker:1", "worker:2"]
+
+
+WATCHED = """
+[[program]]
+name = "w"
+command = ["sleep", "1000"]
+ready_after = 0.5
+watchdog_sec = 3
+stop_timeout = 4
+max_rss = "1MiB"
+[program.restart]
+jitter = 0.0
+stable_after = 1.0
+"""
+
+
+def test_watchdog_fires_after_silence_with_evidence_and_counts_as_failure():
+    rig = started(Rig(WATCHED))
+    rig.clock.advance(0.5)
+    w = rig.program("w")
+    child = rig.child("w")
+    assert child.env["WATCHDOG_USEC"] == "3000000"
+    for _ in range(3):                          # pings keep it alive past watchdog_sec
+        rig.clock.advance(2.0)
+        rig.arbiter.notified(child.pid, {"WATCHDOG": "1"})
+    assert w.state == State.RUNNING and child.signals == []
+    rig.clock.advance(3.0)                      # silent for watchdog_sec
+    assert child.signals == [signal.SIGABRT]
+    event = rig.events_of("watchdog")[0]
+    assert event["cause"].startswith("watchdog: no WATCHDOG=1 for 3.0s")
+    assert event["evidence"]["wchan"] == "ep_poll" and "(state sleeping, wchan ep_poll)" in event["cause"]
+    rig.clock.advance(4.0)                      # stop_timeout after the watchdog signal
+    assert child.group_killed
+    rig.exit("w", kill_status(signal.SIGKILL))
+    assert w.state == State.BACKOFF and w.tracker.streak == 1   # a long run, still a failure
+    assert w.last_exit.describe().startswith("killed by SIGKILL, watchdog: no WATCHDOG=1")
+
+
+def test_watchdog_trigger_fires_at_once_and_usec_retimes():
+    rig = started(Rig(WATCHED))
+    rig.clock.advance(0.5)
+    child = rig.child("w")
+    rig.arbiter.notified(child.pid, {"WATCHDOG_USEC": "1000000"})
+    rig.clock.advance(1.1)
+    assert child.signals == [signal.SIGABRT]
+    assert "watchdog_sec 1" in rig.events_of("watchdog")[0]["cause"]
+    rig.exit("w", kill_status(signal.SIGABRT))
+    rig.clock.advance(1.0)                      # backoff over: a new run
+    rig.clock.advance(0.5)
+    second = rig.child("w")
+    rig.arbiter.notified(second.pid, {"WATCHDOG": "trigger"})
+    assert second.signals == [signal.SIGABRT]
+    assert rig.events_of("watchdog")[1]["cause"].startswith("watchdog: WATCHDOG=trigger")
+
+
+def test_max_rss_fires_on_the_second_reading_over():
+    rig = started(Rig(WATCHED.replace("watchdog_sec = 3", "watchdog_sec = 0")))
+    rig.clock.advance(0.5)
+    child = rig.child("w")
+    rig.probe.rss_by_pid[child.pid] = 2 * 2**20
+    rig.clock.advance(5.0)
+    assert child.signals == []                  # one reading over the line is not enough
+    rig.clock.advance(5.0)
+    assert child.signals == [signal.SIGABRT]
+    assert rig.events_of("watchdog")[0]["cause"].startswith("rss 2.0 MiB over max_rss 1.0 MiB")
+
+
+def test_stopping_disarms_the_watchdog():
+    rig = started(Rig(WATCHED))
+    rig.clock.advance(0.5)
+    w, child = rig.program("w"), rig.child("w")
+
+    async def scenario():
+        job = asyncio.ensure_future(rig.arbiter.want_stopped([w], "test"))
+        await settle()
+        rig.clock.advance(10)                   # past watchdog_sec while stopping
+        rig.exit("w", kill_status(signal.SIGTERM))
+        await job
+    run(scenario())
+    assert child.signals == [signal.SIGTERM] and rig.events_of("watchdog") == []

@@ -15,6 +15,7 @@ from relayq_supervisor.config import ProgramSpec, RedisSpec, redis_version
 from relayq_supervisor.errors import AclSetupError, StartupError
 from relayq_supervisor.kinds.redis import acl, server
 from relayq_supervisor.kinds.redis.health import RedisHealth
+from relayq_supervisor.kinds.redis.liveness import pinger
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -27,6 +28,8 @@ READY_POLL_MAX_S = 0.2
 
 
 class RedisKind:
+    sign_of_life = "PONG"
+
     def __init__(self, spec: ProgramSpec, ctx: KindContext, *, admin: acl.AdminCredentials | None = None,
                  version: str | None = None):
         assert spec.redis is not None
@@ -36,7 +39,7 @@ class RedisKind:
         self.admin = admin
         self.version = version
         self.url: str | None = None         # RELAYQ_REDIS_URL
-        self._client: aioredis.Redis | None = None
+        self._clients: dict[float | None, aioredis.Redis] = {}
         self.health: RedisHealth | None = None
         if admin is not None:
             self._set_url()
@@ -90,13 +93,24 @@ class RedisKind:
 
     # --- readiness and health ---------------------------------------------------------
 
-    def client(self) -> aioredis.Redis:
-        """One admin client for readiness and health checks, made once: a client per start
-        would cost a read of redis-py's package metadata on every restart."""
-        if self._client is None:
+    def client(self, timeout: float | None = None) -> aioredis.Redis:
+        """An admin client (one per timeout: readiness and health use the default, the
+        watchdog its own), made once: a client per start would cost a read of redis-py's
+        package metadata on every restart."""
+        if timeout not in self._clients:
             assert self.admin is not None
-            self._client = server.client(self.spec, self.admin.username, self.admin.password)
-        return self._client
+            extra = {} if timeout is None else {"timeout": timeout}
+            self._clients[timeout] = server.client(self.spec, self.admin.username, self.admin.password, **extra)
+        return self._clients[timeout]
+
+    def major_version(self) -> int:
+        try:
+            return acl.version_tuple(self.version or "")[0]
+        except ValueError:
+            return 0
+
+    def watch(self, p: Program, alive: Callable[[], None]) -> Cancellable | None:
+        return pinger(self, self.ctx, p, self.spec.watchdog_sec, alive)
 
     def begin_ready_check(self, p: Program, on_ready: Callable[[str], None]) -> Cancellable:
         return asyncio.get_running_loop().create_task(self._wait_ready(on_ready), name=f"{p.name} ready check")
@@ -117,9 +131,9 @@ class RedisKind:
         if self.health is not None:
             self.health.close()
             self.health = None
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        for conn in self._clients.values():
+            await conn.aclose()
+        self._clients = {}
 
     def with_spec(self, spec: ProgramSpec) -> RedisKind:
         fresh = RedisKind(spec, self.ctx, admin=self.admin, version=self.version)

@@ -1,0 +1,81 @@
+"""What a stuck or bloated process looked like, read before the watchdog signals it:
+scheduler state, where it sleeps in the kernel, its kernel stack where readable, CPU
+time, RSS. And the RSS of a program's whole process group, for max_rss."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import psutil
+
+STACK_LINES = 16
+
+
+def _read(path: str, limit: int = 4096) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+
+
+class Probe:
+    """Reads /proc for the arbiter (core.arbiter.Probe); remembers CPU time per pid so
+    evidence can say how much CPU the process used since the previous look."""
+
+    def __init__(self) -> None:
+        self.cpu_seen: dict[int, tuple[float, float]] = {}    # pid -> (monotonic, cpu seconds)
+
+    def rss(self, pgid: int) -> int | None:
+        """Resident bytes of every process in the group `pgid` (a program's main pid);
+        None when the group is gone."""
+        total, found = 0, False
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if os.getpgid(proc.pid) != pgid:
+                    continue
+                total += proc.memory_info().rss
+                found = True
+            except (OSError, psutil.Error):
+                continue
+        return total if found else None
+
+    def evidence(self, pid: int) -> dict[str, Any]:
+        """Facts about `pid` now; a field that could not be read is None (never a guess)."""
+        out: dict[str, Any] = {"pid": pid, "state": None, "wchan": _read(f"/proc/{pid}/wchan") or None,
+                               "stack": None, "cpu_s": None, "cpu_s_since_last_look": None, "rss": None,
+                               "threads": None}
+        stack = _read(f"/proc/{pid}/stack", 16384)       # root only, and only on some kernels
+        if stack:
+            out["stack"] = stack.splitlines()[:STACK_LINES]
+        try:
+            p = psutil.Process(pid)
+            with p.oneshot():
+                out["state"] = p.status()
+                cpu = p.cpu_times()
+                out["cpu_s"] = round(cpu.user + cpu.system, 3)
+                out["rss"] = p.memory_info().rss
+                out["threads"] = p.num_threads()
+        except psutil.Error:
+            return out
+        now = time.monotonic()
+        seen = self.cpu_seen.get(pid)
+        if seen is not None:
+            out["cpu_s_since_last_look"] = round(out["cpu_s"] - seen[1], 3)
+            out["seconds_since_last_look"] = round(now - seen[0], 3)
+        self.cpu_seen[pid] = (now, out["cpu_s"])
+        return out
+
+    def forget(self, pid: int) -> None:
+        self.cpu_seen.pop(pid, None)
+
+
+def summary(evidence: dict[str, Any]) -> str:
+    """`state sleeping, wchan ep_poll` for the one-line cause."""
+    parts = []
+    if evidence.get("state"):
+        parts.append(f"state {evidence['state']}")
+    if evidence.get("wchan") and evidence["wchan"] != "0":
+        parts.append(f"wchan {evidence['wchan']}")
+    return ", ".join(parts)
