@@ -6,6 +6,8 @@ import subprocess
 import textwrap
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from relayq_supervisor.kinds.redis.acl import ADMIN_USER
 from support import PYTHON, REDIS_SERVER, redis_config, wait_for
@@ -69,6 +71,8 @@ def test_stuck_redis_is_replaced_and_keeps_its_data(make_supervisor, port, tmp_p
     admin.set("kept", "yes")
     sleeper = subprocess.Popen([PYTHON, "-c", f"""
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 r = redis.Redis(port={port}, username={ADMIN_USER!r}, password={password!r}, socket_timeout=120)
 try:
     r.execute_command("DEBUG", "SLEEP", "60")
@@ -76,6 +80,22 @@ except redis.RedisError:
     pass
 """])
     try:
+        probe = redis.Redis(port=port, username=ADMIN_USER, password=password, socket_timeout=0.3,
+                            retry=Retry(NoBackoff(), 0))
+
+        def asleep():
+            try:
+                probe.ping()
+                return False
+            except redis.TimeoutError:
+                return True
+            except redis.ConnectionError:
+                return False
+        wait_for(asleep, timeout=10, what="Redis to be stuck in DEBUG SLEEP")
+        probe.close()
+        # the supervisor keeps answering while Redis is stuck
+        st = sup.ctl("status", "--json", timeout=10)
+        assert st.returncode in (0, 3), st.stderr
         fired = wait_for(lambda: sup.audit_events("watchdog"), timeout=30, what="watchdog event")
         assert fired[0]["program"] == "redis" and fired[0]["cause"].startswith("watchdog: no PONG for")
         p = wait_for(lambda: (lambda p: p if p["state"] == "RUNNING" and p["pid"] != first else None)(
@@ -88,3 +108,30 @@ except redis.RedisError:
         sleeper.kill()
         sleeper.wait()
         admin.close()
+
+
+def test_max_rss_restarts_a_growing_program(make_supervisor, tmp_path):
+    (tmp_path / "grows.py").write_text(textwrap.dedent("""
+        import time
+        hog = bytearray(120 * 2**20)       # touched, so resident
+        for i in range(0, len(hog), 4096):
+            hog[i] = 1
+        print("allocated", flush=True)
+        time.sleep(1000)
+    """))
+    sup = make_supervisor(f"""
+[supervisor]
+run_dir = "run"
+log_dir = "log"
+
+[[program]]
+name = "grows"
+command = ["{PYTHON}", "grows.py"]
+max_rss = "64MiB"
+ready_after = 0.2
+stop_timeout = 2
+""").start()
+    first = sup.wait_state("grows", "RUNNING")["pid"]
+    fired = wait_for(lambda: sup.audit_events("watchdog"), timeout=30, what="max_rss to fire")
+    assert fired[0]["pid"] == first and fired[0]["cause"].startswith("rss ")
+    assert "over max_rss 64 MiB" in fired[0]["cause"] and fired[0]["evidence"]["rss"] > 64 * 2**20
