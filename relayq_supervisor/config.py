@@ -7,6 +7,7 @@ validates configuration.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import shutil
@@ -207,6 +208,9 @@ def _check_table(loc: _Locator, where: tuple, table: dict, schema: dict) -> None
             raise loc.error(where + (key,), f"'{key}' must be {_type_name(want)}, not {value!r}")
         if not isinstance(value, want):
             raise loc.error(where + (key,), f"'{key}' must be {_type_name(want)}, not {value!r}")
+        # TOML allows nan, and every range check below (`< 0`, `>= 1`) is False for it
+        if isinstance(value, float) and math.isnan(value):
+            raise loc.error(where + (key,), f"'{key}' must be a number, not nan")
 
 
 def _str_list(loc, keys, value, what="a list of strings") -> tuple[str, ...]:
@@ -408,6 +412,8 @@ def _parse_redis(loc, table: dict, base: Path, run_dir: str) -> ProgramSpec:
     log = table.get("log", "file")
     if log not in ("file", "inherit"):
         raise loc.error(where + ("log",), f"'log' must be \"file\" or \"inherit\", not {log!r}")
+    if table.get("stop_timeout", 0) < 0:
+        raise loc.error(where + ("stop_timeout",), "'stop_timeout' must not be negative")
     denied = _str_list(loc, where + ("denied_commands",), table.get("denied_commands", list(RedisSpec.denied_commands)))
     for command in denied:
         if not re.match(r"^[a-z][a-z0-9_.-]*(\|[a-z0-9_.-]+)?$", command.lower()):
@@ -426,6 +432,9 @@ def _parse_redis(loc, table: dict, base: Path, run_dir: str) -> ProgramSpec:
         denied_commands=tuple(c.lower() for c in denied),
     )
     environment = table.get("environment", {})
+    for k, v in environment.items():
+        if not isinstance(v, str):
+            raise loc.error(where + ("environment",), f"environment value for {k!r} must be a string")
     return ProgramSpec(
         name=REDIS_NAME, command=(binary,), numprocs=1, directory=spec.dir,
         environment=tuple(sorted(environment.items())),
@@ -439,12 +448,14 @@ def _parse_redis(loc, table: dict, base: Path, run_dir: str) -> ProgramSpec:
     )
 
 
-def _dependency_order(loc, programs: list[ProgramSpec], where_of: dict) -> tuple[ProgramSpec, ...]:
+def _dependency_order(loc, programs: list[ProgramSpec], wheres: list[tuple]) -> tuple[ProgramSpec, ...]:
     by_name = {}
-    for p in programs:
-        if p.name in by_name:
-            raise loc.error(where_of[p.name] + ("name",), f"duplicate program name {p.name!r}")
+    where_of: dict[str, tuple] = {}
+    for p, where in zip(programs, wheres, strict=True):
+        if p.name in by_name:       # at the second one: the first is not what is wrong
+            raise loc.error(where + ("name",), f"duplicate program name {p.name!r}")
         by_name[p.name] = p
+        where_of[p.name] = where
     for p in programs:
         for dep in p.depends_on:
             if dep not in by_name:
@@ -475,8 +486,9 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
     run_dir = _resolve(base, sup.get("run_dir", "var/run"))
     log_dir = _resolve(base, sup.get("log_dir", "var/log"))
     ignore = _str_list(loc, ("supervisor", "audit_ignore"), sup.get("audit_ignore", ["SIGCHLD", "SIGWINCH"]))
-    for name in ignore:
-        _signal_number(loc, ("supervisor", "audit_ignore"), name)
+    # the names signals are recorded under ("15" and "SIGCLD" must match SIGTERM and SIGCHLD)
+    ignore = tuple(signal.Signals(_signal_number(loc, ("supervisor", "audit_ignore"), name)).name
+                   for name in ignore)
     for key in ("log_max_bytes", "audit_max_bytes"):
         if key in sup and sup[key] < 1024:
             raise loc.error(("supervisor", key), f"'{key}' must be at least 1024")
@@ -490,7 +502,7 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
         audit_log=_resolve(base, sup.get("audit_log", os.path.join(log_dir, "audit.jsonl"))),
         control_socket=_resolve(base, sup.get("control_socket", os.path.join(run_dir, "relayq.sock"))),
         control_group=sup.get("control_group"),
-        audit_ignore=tuple("SIG" + n.upper().removeprefix("SIG") for n in ignore),
+        audit_ignore=ignore,
         **{k: sup[k] for k in ("log_max_bytes", "log_backups", "audit_max_bytes", "audit_backups") if k in sup},
         **({"health_interval": float(sup["health_interval"])} if "health_interval" in sup else {}),
         signal_tap=sup.get("signal_tap", True),
@@ -540,21 +552,20 @@ def parse_config(raw: bytes, path: str) -> Config:
     run_dir = supervisor.run_dir
 
     programs: list[ProgramSpec] = []
-    where_of: dict[str, tuple] = {}
+    wheres: list[tuple] = []            # each program's key path, for errors
     if "redis" in data:
         programs.append(_parse_redis(loc, data["redis"], base, run_dir))
-        where_of[REDIS_NAME] = ("redis",)
+        wheres.append(("redis",))
     env_path = children_path()
     for i, table in enumerate(data.get("program", [])):
         if not isinstance(table, dict):
             raise loc.error(("program",), "'program' must be an array of tables ([[program]])")
         where = ("program", i)
-        prog = _parse_program(loc, where, table, base, env_path)
-        where_of.setdefault(prog.name, where)
-        programs.append(prog)
+        programs.append(_parse_program(loc, where, table, base, env_path))
+        wheres.append(where)
     if not programs:
         raise ConfigError(f"{path}: nothing to supervise: add a [redis] table or a [[program]]")
-    return Config(path=path, supervisor=supervisor, programs=_dependency_order(loc, programs, where_of))
+    return Config(path=path, supervisor=supervisor, programs=_dependency_order(loc, programs, wheres))
 
 
 def load_supervisor_section(path: str | os.PathLike) -> SupervisorSpec:
