@@ -12,8 +12,6 @@ import pytest
 import redis
 
 from support import PYTHON, WORKER, find_redis_tool, redis_config, wait_for
-from relayq_supervisor.witness.tap import SignalTap
-from relayq_supervisor.linux import ptrace
 
 
 def ping(port: int) -> bool:
@@ -228,16 +226,6 @@ def test_the_supervisor_own_stop_is_recorded_with_its_reason(running):
     sent = [e for e in audit_events(running, "signal") if e["via"] == "supervisor" and e["target"]["program"] == "worker"]
     assert sent and sent[-1]["signal"] == "SIGTERM"
     assert sent[-1]["reason"].startswith("operator relayqctl stop by uid")
-
-
-def test_tap_reports_unavailable_when_ptrace_is_refused(monkeypatch):
-    def refuse(pid, options):
-        raise PermissionError(1, "Operation not permitted")
-    monkeypatch.setattr(ptrace, "seize", refuse)
-    tap = SignalTap(lambda tid, info: True)
-    assert tap.attach(12345) is False
-    assert tap.state == "unavailable (ptrace refused: Operation not permitted)"
-    assert tap.attach(12345) is False       # once refused, not tried again
 
 
 def test_redis_cli_shutdown_is_denied_and_recorded(make_supervisor, port, procs, tmp_path):
