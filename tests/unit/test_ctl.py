@@ -1,0 +1,194 @@
+"""The control protocol and relayqctl's printing, in-process. The same garbage sent to a real
+supervisor's socket (framing, size limit, and that supervision goes on) is tested in
+tests/integration/test_ctl.py."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from relayq_supervisor import ctl
+from relayq_supervisor.control import protocol
+from relayq_supervisor.control.protocol import Refused, exit_status_of, parse_reply, parse_request
+from relayq_supervisor.errors import (
+    BadRequest,
+    ConfigError,
+    LockHeld,
+    RelayqError,
+    ReloadRefused,
+    StartupError,
+    UnknownProgram,
+)
+
+
+def refused(line: bytes) -> BadRequest:
+    with pytest.raises(BadRequest) as failed:
+        parse_request(line)
+    return failed.value
+
+
+@pytest.mark.parametrize("line, message", [
+    (b"this is not json\n", "malformed request: not JSON (Expecting value: line 1 column 1 (char 0))"),
+    (b"\xff\xfe\x00garbage\n", "malformed request: not JSON ('utf-8' codec can't decode byte 0xff in position 0: "
+                               "invalid start byte)"),
+    (b"[1, 2, 3]\n", "malformed request: expected a JSON object"),
+    (b'"status"\n', "malformed request: expected a JSON object"),
+    (b'{"v": 99, "cmd": "status"}\n', "unsupported protocol version 99 (this supervisor speaks 1)"),
+    (b'{"cmd": "status"}\n', "unsupported protocol version None (this supervisor speaks 1)"),
+    (b'{"v": "1", "cmd": "status"}\n', "unsupported protocol version '1' (this supervisor speaks 1)"),
+    (b'{"v": 1, "cmd": "rm -rf /"}\n',
+     "unknown command 'rm -rf /' (known: status, start, stop, restart, pid, shutdown, reload, why)"),
+    (b'{"v": 1}\n', "unknown command None (known: status, start, stop, restart, pid, shutdown, reload, why)"),
+    (b'{"v": 1, "cmd": "status", "args": []}\n', "malformed request: 'args' must be an object"),
+    (b'{"v": 1, "cmd": "start", "args": {"names": "redis"}}\n', "malformed request: 'names' must be a list of strings"),
+    (b'{"v": 1, "cmd": "start", "args": {"names": ["redis", 1]}}\n',
+     "malformed request: 'names' must be a list of strings"),
+    (b'{"v": 1, "cmd": "start", "args": {"names": [], "wait": "yes"}}\n',
+     "malformed request: 'wait' must be true or false"),
+    (b'{"v": 1, "cmd": "stop", "args": {"with_dependents": 1}}\n',
+     "malformed request: 'with_dependents' must be true or false"),
+    (b'{"v": 1, "cmd": "why", "args": {"name": 5}}\n', "malformed request: 'name' must be a string"),
+    (b'{"v": 1, "cmd": "status"', "malformed request: not JSON (Expecting ',' delimiter: line 1 column 25 (char 24))"),
+])
+def test_bad_requests_are_refused_with_a_reason_and_code_2(line, message):
+    error = refused(line)
+    assert str(error) == message
+    assert exit_status_of(error) == protocol.EXIT_USAGE == 2
+
+
+@pytest.mark.parametrize("cmd", protocol.COMMANDS)
+def test_every_command_round_trips(cmd):
+    line = protocol.request(cmd, names=["redis", "worker"], wait=False)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert parse_request(line) == (cmd, {"names": ["redis", "worker"], "wait": False})
+
+
+def test_request_defaults_and_optional_name():
+    assert parse_request(b'{"v": 1, "cmd": "shutdown"}') == ("shutdown", {})
+    assert parse_request(protocol.request("pid", name=None)) == ("pid", {"name": None})
+    assert parse_request(protocol.request("why", name="worker:1")) == ("why", {"name": "worker:1"})
+    # new fields are ignored, not refused
+    assert parse_request(b'{"v": 1, "cmd": "status", "args": {"names": [], "colour": "auto"}, "trace": 1}') == (
+        "status", {"names": [], "colour": "auto"})
+
+
+def test_replies_round_trip():
+    ok = protocol.reply_ok({"pid": 812, "path": Path("/run/relayq")})      # default=str for the odd value
+    assert ok == b'{"v":1,"ok":true,"result":{"pid":812,"path":"/run/relayq"}}\n'
+    assert parse_reply(ok) == {"v": 1, "ok": True, "result": {"pid": 812, "path": "/run/relayq"}}
+    err = protocol.reply_error("unknown program name 'x' (known: redis)", protocol.EXIT_UNKNOWN)
+    assert parse_reply(err) == {"v": 1, "ok": False, "error": "unknown program name 'x' (known: redis)", "code": 4}
+    assert json.loads(protocol.reply_error("boom"))["code"] == protocol.EXIT_FAILURE
+
+
+@pytest.mark.parametrize("line", [b"", b"not json", b"[1]", b'{"v": 1}', b"\xff"])
+def test_a_malformed_reply_is_a_failure_not_a_usage_error(line):
+    with pytest.raises(Refused) as failed:
+        parse_reply(line)
+    assert str(failed.value).startswith("malformed reply from the supervisor")
+    assert failed.value.code == exit_status_of(failed.value) == protocol.EXIT_FAILURE
+
+
+def test_exit_statuses_follow_systemctl():
+    assert (protocol.EXIT_OK, protocol.EXIT_FAILURE, protocol.EXIT_USAGE, protocol.EXIT_NOT_RUNNING,
+            protocol.EXIT_UNKNOWN) == (0, 1, 2, 3, 4)
+
+
+@pytest.mark.parametrize("error, status", [
+    (BadRequest("x"), 2), (ConfigError("x"), 2), (StartupError("x"), 2), (UnknownProgram("x"), 4),
+    (ReloadRefused("x"), 1), (LockHeld("/run/relayq/redis.lock", None), 1), (RelayqError("x"), 1),
+    (Refused("x"), 1), (Refused("x", code=3), 3),
+])
+def test_exit_status_of_each_error(error, status):
+    assert exit_status_of(error) == status
+    reply = parse_reply(protocol.reply_for(error))
+    assert reply == {"v": 1, "ok": False, "error": str(error), "code": status}
+
+
+# --- relayqctl's side --------------------------------------------------------------------
+
+def test_call_names_the_socket_and_why_it_is_unreachable(tmp_path):
+    missing = str(tmp_path / "none.sock")
+    with pytest.raises(ctl.Unreachable) as none:
+        ctl.call(missing, "status")
+    assert str(none.value) == f"{missing}: no supervisor is listening (no socket file)"
+    stale = str(tmp_path / "stale.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(stale)
+    s.close()                                   # the file stays, nobody listens
+    with pytest.raises(ctl.Unreachable) as gone:
+        ctl.call(stale, "status")
+    assert str(gone.value) == f"{stale}: no supervisor is listening (stale socket)"
+
+
+def test_call_sends_one_request_and_reads_one_reply(tmp_path):
+    path = str(tmp_path / "ctl.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(1)
+    server.settimeout(10)
+    received = []
+
+    def answer_once():          # a thread stands in for the supervisor: no process
+        conn, _ = server.accept()
+        with conn:
+            received.append(conn.makefile("rb").readline())
+            conn.sendall(protocol.reply_ok({"pid": 812}))
+
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
+    try:
+        assert ctl.call(path, "pid", 5.0, name=None) == {"v": 1, "ok": True, "result": {"pid": 812}}
+    finally:
+        thread.join(10)
+        server.close()
+    assert received == [protocol.request("pid", name=None)]
+
+
+def test_call_without_a_reply_is_unreachable(tmp_path):
+    path = str(tmp_path / "ctl.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(1)
+    server.settimeout(10)
+
+    def hang_up():
+        conn, _ = server.accept()
+        conn.makefile("rb").readline()
+        conn.close()
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ctl.Unreachable) as closed:
+            ctl.call(path, "status", 5.0)
+    finally:
+        thread.join(10)
+        server.close()
+    assert str(closed.value) == f"{path}: the supervisor closed the connection without a reply"
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (None, "-"), (0, "0s"), (59.9, "59s"), (60, "1m00s"), (3599, "59m59s"), (3600, "1h00m"),
+    (86399, "23h59m"), (86400, "1d 0h00m"), (90061, "1d 1h01m"),
+])
+def test_format_duration(seconds, text):
+    assert ctl.format_duration(seconds) == text
+
+
+@pytest.mark.parametrize("program, text", [
+    ({"state": "RUNNING", "reason": "ignored while running", "last_exit": None}, ""),
+    ({"state": "RUNNING", "last_exit": {"description": "killed by SIGKILL"}}, "last: killed by SIGKILL"),
+    ({"state": "BACKOFF", "reason": "next start in 0.4s, failure 2 of 5",
+      "last_exit": {"description": "exited 1"}}, "next start in 0.4s, failure 2 of 5"),
+    ({"state": "STARTING", "reason": "waiting for redis", "last_exit": {"description": "exited 3"}},
+     "waiting for redis; last: exited 3"),
+    ({"state": "FATAL", "reason": "gave up: 6 starts in 60s", "last_exit": {"description": "exited 3"}},
+     "gave up: 6 starts in 60s"),
+    ({"state": "STOPPED", "reason": ""}, ""),
+])
+def test_describe_program(program, text):
+    assert ctl.describe_program(program) == text
