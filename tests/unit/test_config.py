@@ -433,6 +433,69 @@ def test_restart_as_an_inline_table_is_located_on_its_line():
         f"{PATH}:4: 'policy' must be \"always\", \"on-failure\" or \"never\", not 'sometimes'")
 
 
+# --- watchdog keys (programs and Redis) -----------------------------------------------------
+
+def test_watchdog_defaults(redis_bin):
+    cfg = parse(redis(redis_bin) + PROGRAM)
+    program, redis_ = cfg.program("a"), cfg.redis
+    assert (program.watchdog_sec, program.watchdog_signal, program.max_rss, program.watched) == \
+        (0.0, signal.SIGABRT, 0, False)
+    # Redis is watched by default: no PONG for REDIS_WATCHDOG_SEC is a stuck Redis
+    assert (redis_.watchdog_sec, redis_.watchdog_signal, redis_.max_rss, redis_.watched) == \
+        (config.REDIS_WATCHDOG_SEC, signal.SIGABRT, 0, True)
+    assert parse(redis(redis_bin, "watchdog_sec = 0\n")).redis.watched is False
+
+
+def test_watchdog_fields():
+    spec = parse(PROGRAM + "watchdog_sec = 3\nwatchdog_signal = 'quit'\nmax_rss = '512MiB'\n").program("a")
+    assert (spec.watchdog_sec, spec.watchdog_signal, spec.max_rss, spec.watched) == \
+        (3.0, signal.SIGQUIT, 512 * 1024**2, True)
+    assert type(spec.watchdog_sec) is float
+    assert parse(PROGRAM + "max_rss = 1048576\n").program("a").watched       # max_rss alone also watches
+
+
+@pytest.mark.parametrize("line, message", [
+    ("watchdog_sec = -1", "'watchdog_sec' must be a finite number of seconds, 0 = off"),
+    ("watchdog_sec = inf", "'watchdog_sec' must be a finite number of seconds, 0 = off"),
+    ("watchdog_sec = nan", "'watchdog_sec' must be a number, not nan"),
+    ("watchdog_sec = '5s'", "'watchdog_sec' must be an integer or a number, not '5s'"),
+    ("watchdog_signal = 'NOPE'",
+     "'watchdog_signal': unknown signal 'NOPE': use a name like SIGTERM or TERM, or a number like 15"),
+    ("watchdog_signal = 0", "'watchdog_signal': 0 is not a signal number"),
+    ("max_rss = 'lots'", "'max_rss': 'lots' is not a size: write bytes like 536870912, or \"512MiB\", \"2GiB\""),
+    ("max_rss = '5 parsecs'",
+     "'max_rss': '5 parsecs' is not a size: write bytes like 536870912, or \"512MiB\", \"2GiB\""),
+    ("max_rss = -5", "'max_rss': -5 is negative"),
+    ("max_rss = 1.5", "'max_rss' must be a string or an integer, not 1.5"),
+    ("max_rss = true", "'max_rss' must be a string or an integer, not True"),
+])
+def test_watchdog_rules(line, message):
+    assert error(PROGRAM + line + "\n") == f"{PATH}:4: {message}"
+
+
+def test_watchdog_rules_in_the_redis_table(redis_bin):
+    assert error(redis(redis_bin, "watchdog_sec = -1\n")) == (
+        f"{PATH}:3: 'watchdog_sec' must be a finite number of seconds, 0 = off")
+    assert error(redis(redis_bin, "max_rss = 'x'\n")) == (
+        f"{PATH}:3: 'max_rss': 'x' is not a size: write bytes like 536870912, or \"512MiB\", \"2GiB\"")
+
+
+@pytest.mark.parametrize("value, size", [
+    (0, 0), (536870912, 536870912), ("1024", 1024), ("10b", 10), ("2k", 2000), ("2KB", 2000), ("2KiB", 2048),
+    ("512MiB", 512 * 1024**2), ("1.5 GB", 1_500_000_000), (" 2 gib ", 2 * 1024**3), ("1TiB", 1024**4),
+    ("1t", 10**12),
+])
+def test_parse_size(value, size):
+    assert config.parse_size(value) == size
+
+
+@pytest.mark.parametrize("value", ["", "MiB", "1e3", "-1MiB", "1 2", "1,5GB", "1.GB", "5 parsecs"])
+def test_parse_size_refuses(value):
+    with pytest.raises(ValueError) as refused:
+        config.parse_size(value)
+    assert str(refused.value) == f"{value!r} is not a size: write bytes like 536870912, or \"512MiB\", \"2GiB\""
+
+
 # --- [redis] -------------------------------------------------------------------------------
 
 def test_redis_defaults(redis_bin):
