@@ -25,8 +25,8 @@ from relayq_supervisor.config import Config, children_path, load_config
 from relayq_supervisor.control.server import ControlServer
 from relayq_supervisor.core import reload as reload_diff
 from relayq_supervisor.core.arbiter import Arbiter
-from relayq_supervisor.core.children import ProcessSpawner
-from relayq_supervisor.core.locks import OwnerLocks
+from relayq_supervisor.core.children import AdoptedProcess, ProcessSpawner
+from relayq_supervisor.core.locks import OwnerLocks, program_lock_path
 from relayq_supervisor.core.program import Program
 from relayq_supervisor.core.states import State
 from relayq_supervisor.errors import RelayqError, ReloadRefused, StartupError
@@ -39,6 +39,7 @@ from relayq_supervisor.linux.siginfo import signal_name
 from relayq_supervisor.systemd import ServiceLink
 from relayq_supervisor.witness.attribution import Attribution
 from relayq_supervisor.witness.evidence import Probe
+from relayq_supervisor.witness.identity import proc_start_ticks
 from relayq_supervisor.witness.tap import SignalTap
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ class Node:
         self.arbiter = Arbiter(config, {spec.name: kinds.make_kind(spec, self.kind_context) for spec in config.programs},
                                spawner=ProcessSpawner(self.loop, config.supervisor, self.before_exec),
                                clock=LoopClock(self.loop), audit=self.audit, witness=self, base_env=base_env,
-                               probe=Probe(), on_change=self.service.publish)
+                               probe=Probe(), on_change=self.changed)
+        self.orphans: list[tuple[Program, int]] = []   # a crashed predecessor's workers, still running
 
     # --- what collaborators see (witness, ground, control, systemd) -------------------
 
@@ -124,6 +126,15 @@ class Node:
     def control_socket_path(self) -> str:
         return self.config.supervisor.control_socket
 
+    def changed(self, p: Program) -> None:
+        """After every transition: tell systemd; note a new process where a successor
+        would look for it after a crash of this supervisor."""
+        self.service.publish()
+        if p.state == State.STARTING and p.pid is not None:
+            self.locks.note(p.base, children={q.name: {"pid": q.pid, "start_ticks": proc_start_ticks(q.pid)}
+                                              for q in self.arbiter.graph.instances(p.base) if q.pid})
+            self.arbiter.kinds[p.base].record_running(p.pid)
+
     def doctor_target(self) -> doctor.DoctorTarget:
         return doctor_target(self.config, {os.getpid(), *self.arbiter.by_pid})
 
@@ -154,9 +165,76 @@ class Node:
         self.audit_log = AuditLog(sup.audit_log, max_bytes=sup.audit_max_bytes, keep=sup.audit_backups,
                                   on_error=lambda msg: log.error("audit: %s", msg))
         for spec in self.config.programs:
-            self.locks.take_program(spec.name, sup.run_dir)
+            previous = self.locks.read(program_lock_path(sup.run_dir, spec.name)) or {}
+            recorded = previous.get("children") if isinstance(previous.get("children"), dict) else {}
+            alive = {name: rec for name, rec in recorded.items()
+                     if isinstance(rec, dict) and isinstance(rec.get("pid"), int) and rec["pid"] > 0
+                     and proc_start_ticks(rec["pid"]) == rec.get("start_ticks")}
+            # kept in our record until stopped: a refused start must not erase the trail to them
+            self.locks.take_program(spec.name, sup.run_dir, keep={"children": alive} if alive else None)
+            self.orphans += [(p, alive[p.name]["pid"]) for p in self.arbiter.graph.instances(spec.name)
+                             if p.name in alive]
         for kind in self.arbiter.kinds.values():
             kind.prepare()
+
+    async def take_over(self) -> None:
+        """After a crash of the previous supervisor: adopt what its kinds verify (Redis,
+        without downtime); stop its other programs' processes, whose output pipes died
+        with it, so that exactly one set runs once ours start."""
+        for name, kind in self.arbiter.kinds.items():
+            found = await kind.adoptable()
+            if found is not None:
+                self.adopt(self.arbiter.graph.instances(name)[0], found.pid, found.verified)
+        for p, pid in self.orphans:
+            if p.proc is None or p.pid != pid:
+                await self.stop_orphan(p, pid)
+        self.orphans = []
+
+    def adopt(self, p: Program, pid: int, verified: tuple[str, ...]) -> None:
+        pidfd = os.pidfd_open(pid)
+        proc = AdoptedProcess(pid, pidfd)
+        traced = self.tap.attach_running(pid) if self.tap_active and self.tap is not None else False
+        self.loop.add_reader(pidfd, self.on_adopted_exit, proc)
+        self.audit("adopted", program=p.name, pid=pid, verified=list(verified), traced=traced)
+        self.arbiter.adopt(p, proc, f"adopted pid {pid} from the previous supervisor")
+        if not traced:
+            log.warning("%s: adopted pid %d is not traced: signals to it are not attributed, and its exit "
+                        "status will not be visible", p.name, pid)
+
+    def on_adopted_exit(self, proc: AdoptedProcess) -> None:
+        if proc.pidfd is not None:
+            self.loop.remove_reader(proc.pidfd)
+        self.reap()                 # traced: the tap's waitpid has its real status
+        owner = self.arbiter.by_pid.get(proc.pid)
+        if owner is not None and owner.proc is proc:
+            self.arbiter.child_exited(proc.pid, None)
+
+    async def stop_orphan(self, p: Program, pid: int) -> None:
+        """Stop a predecessor's process of p: its stop signal, stop_timeout, then SIGKILL to
+        its process group. Not our child: its exit shows only as its pidfd turning readable."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return
+        gone = asyncio.Event()
+        self.loop.add_reader(pidfd, gone.set)
+        how = signal_name(p.spec.stop_signal)
+        try:
+            signal.pidfd_send_signal(pidfd, p.spec.stop_signal)
+            try:
+                await asyncio.wait_for(gone.wait(), p.spec.stop_timeout)
+            except asyncio.TimeoutError:
+                os.killpg(pid, signal.SIGKILL)
+                how += f", SIGKILL after stop_timeout {p.spec.stop_timeout:g}s"
+                await asyncio.wait_for(gone.wait(), 5.0)
+        except (OSError, asyncio.TimeoutError):
+            how = "already gone"
+        finally:
+            self.loop.remove_reader(pidfd)
+            os.close(pidfd)
+        self.audit("orphan_stopped", program=p.name, pid=pid, how=how)
+        log.warning("%s: stopped pid %d, left running by the previous supervisor (%s); starting a fresh one",
+                    p.name, pid, how)
 
     async def run(self) -> None:
         try:
@@ -175,6 +253,11 @@ class Node:
         self.ground.warn_about_rivals()
         self.ground.start(self.loop)
         self.service.start_watchdog()
+        try:
+            await self.take_over()
+        except StartupError:
+            self.close()
+            raise
         self.start_duties()
         self.arbiter.reconcile()
         self.service.publish()

@@ -68,6 +68,14 @@ class Probe(Protocol):
     def evidence(self, pid: int) -> dict[str, Any]: ...
 
 
+class _NoCheck:
+    def cancel(self) -> None:
+        pass
+
+
+_NO_CHECK = _NoCheck()
+
+
 def evidence_summary(evidence: dict[str, Any]) -> str:
     parts = [f"{k} {evidence[k]}" for k in ("state", "wchan") if evidence.get(k) not in (None, "", "0")]
     return ", ".join(parts)
@@ -258,8 +266,17 @@ class Arbiter:
 
     # --- exits and restarts ------------------------------------------------------------
 
-    def child_exited(self, pid: int, status: int) -> bool:
-        """A reaped process: False if it was not one of ours."""
+    def adopt(self, p: Program, proc: ChildHandle, why: str) -> None:
+        """A process of p that a crashed predecessor started, verified by its kind: p is
+        RUNNING on it at once, no restart."""
+        self.by_pid[proc.pid] = p
+        p.started(proc, _NO_CHECK, why)
+        p.ready(why)
+        self.arm_watchdog(p, proc)
+
+    def child_exited(self, pid: int, status: int | None) -> bool:
+        """A reaped process (status None: an adopted one whose status we cannot see):
+        False if it was not one of ours."""
         p = self.by_pid.pop(pid, None)
         if p is None or p.proc is None:
             return False
@@ -269,7 +286,7 @@ class Arbiter:
         self.on_exit(p, status)
         return True
 
-    def on_exit(self, p: Program, status: int) -> None:
+    def on_exit(self, p: Program, status: int | None) -> None:
         assert p.proc is not None
         pid = p.proc.pid
         runtime = self.clock.monotonic() - (p.started_at or self.clock.monotonic())

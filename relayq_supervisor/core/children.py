@@ -69,6 +69,18 @@ class ChildProcess:
             self.exec_result_fd = None
 
 
+class AdoptedProcess(ChildProcess):
+    """A process a crashed predecessor started: not our child, so its exit comes through
+    the tap (waitpid as its tracer) or, untraced, only as its pidfd turning readable."""
+
+    def __init__(self, pid: int, pidfd: int):
+        super().__init__(pid, pidfd, -1, "")
+        self.exec_result_fd = None
+
+    def exec_error(self) -> str | None:
+        return None
+
+
 class ProcessSpawner:
     """The arbiter's Spawner: fork+exec with the exec gate, where `before_exec(pid)`
     runs (the signal tap seizes the child there)."""

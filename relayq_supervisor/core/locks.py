@@ -30,6 +30,7 @@ class OwnerLock:
     path: str
     fd: int | None = None
     inode: tuple[int, int] | None = None
+    record: dict[str, Any] | None = None
 
     def acquire(self, record: dict[str, Any]) -> None:
         """Take the lock or raise LockHeld naming the owner. Writes `record` into the file."""
@@ -42,11 +43,18 @@ class OwnerLock:
                 owner = read_owner(self.path)
                 raise LockHeld(self.path, owner, f"{self.path} is locked by {describe_owner(owner or {})}") from None
             raise
-        record = dict(record, taken_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         st = os.fstat(fd)
         self.fd, self.inode = fd, (st.st_dev, st.st_ino)
+        self.rewrite(dict(record, taken_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+
+    def rewrite(self, record: dict[str, Any]) -> None:
+        """Replace the record of a lock we hold (what we run changed). Not fsynced: after a
+        crash of the machine nothing it names is running any more."""
+        assert self.fd is not None
+        data = (json.dumps(record) + "\n").encode()
+        os.pwrite(self.fd, data, 0)
+        os.ftruncate(self.fd, len(data))
+        self.record = record
 
     def is_intact(self) -> bool:
         """False when the file was deleted or replaced behind our back."""
@@ -62,6 +70,10 @@ class OwnerLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = self.inode = None
+
+
+def program_lock_path(run_dir: str, name: str) -> str:
+    return os.path.join(run_dir, f"{name}.lock")
 
 
 def read_owner(path: str) -> dict[str, Any] | None:
@@ -87,18 +99,36 @@ class OwnerLocks:
         return {"pid": pid, "start_ticks": proc_start_ticks(pid), "config": self.config_path,
                 "manager": "relayq-supervisor"}
 
-    def take(self, key: str, path: str, what: str, why: str = "") -> None:
-        """StartupError `relayq-supervisor: WHAT is owned by pid N (started ..., config ...)WHY`."""
+    def take(self, key: str, path: str, what: str, why: str = "", keep: dict[str, Any] | None = None) -> None:
+        """StartupError `relayq-supervisor: WHAT is owned by pid N (started ..., config ...)WHY`.
+        `keep`: fields of the previous record carried into ours (what still runs of it)."""
         lock = OwnerLock(path)
         try:
-            lock.acquire(self.owner_record())
+            lock.acquire(dict(self.owner_record(), **(keep or {})))
         except LockHeld as e:
             self.on_conflict(path, e.owner)
             raise StartupError(f"relayq-supervisor: {what} is owned by {describe_owner(e.owner)}{why}") from None
         self.held[key] = lock
 
-    def take_program(self, name: str, run_dir: str) -> None:
-        self.take(name, os.path.join(run_dir, f"{name}.lock"), f"program {name}")
+    def take_program(self, name: str, run_dir: str, keep: dict[str, Any] | None = None) -> None:
+        self.take(name, program_lock_path(run_dir, name), f"program {name}", keep=keep)
+
+    def note(self, key: str, **fields: Any) -> None:
+        """Record in lock `key` what now runs under it (None removes a field), so that a
+        supervisor after a crash of this one can find it."""
+        lock = self.held.get(key)
+        if lock is None or lock.record is None or lock.fd is None:
+            return
+        record = {k: v for k, v in {**lock.record, **fields}.items() if v is not None}
+        try:
+            lock.rewrite(record)
+        except OSError:
+            pass        # the lock itself still holds; only the note is lost
+
+    def read(self, path: str) -> dict[str, Any] | None:
+        """The record in a lock file, whoever wrote it (before we take it: what a crashed
+        predecessor left running)."""
+        return read_owner(path)
 
     def release(self, key: str) -> None:
         lock = self.held.pop(key, None)

@@ -57,8 +57,11 @@ class ExitInfo:
     detail: str | None = None   # who did it, exec failure, ...
 
     @classmethod
-    def from_wait_status(cls, status: int, runtime: float, at: float | None = None) -> ExitInfo:
+    def from_wait_status(cls, status: int | None, runtime: float, at: float | None = None) -> ExitInfo:
+        """status None: the exit was seen but not its status (an adopted, untraced process)."""
         at = time.time() if at is None else at
+        if status is None:
+            return cls(None, None, at, runtime)
         if os.WIFSIGNALED(status):
             return cls(None, os.WTERMSIG(status), at, runtime, os.WCOREDUMP(status))
         return cls(os.waitstatus_to_exitcode(status), None, at, runtime)
@@ -69,6 +72,8 @@ class ExitInfo:
     def describe(self) -> str:
         if self.signal is not None:
             text = f"killed by {signal_name(self.signal)}" + (" (core dumped)" if self.core_dumped else "")
+        elif self.code is None:
+            text = "ended (exit status not visible: adopted and not traced)"
         else:
             text = f"exited {self.code}"
         return f"{text}, {self.detail}" if self.detail else text

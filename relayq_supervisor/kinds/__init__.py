@@ -36,9 +36,25 @@ class CallLater(Protocol):
 
 
 class Locks(Protocol):
-    def take(self, key: str, path: str, what: str, why: str = "") -> None:
-        """Take an ownership lock or raise StartupError naming its owner."""
+    def take(self, key: str, path: str, what: str, why: str = "", keep: dict[str, Any] | None = None) -> None:
+        """Take an ownership lock or raise StartupError naming its owner; `keep` carries
+        fields of the previous record into ours."""
         ...
+
+    def read(self, path: str) -> dict[str, Any] | None:
+        """The record in a lock file, whoever wrote it."""
+        ...
+
+    def note(self, key: str, **fields: Any) -> None:
+        """Record in a held lock what runs under it now."""
+        ...
+
+
+@dataclass(frozen=True)
+class Adoptable:
+    """A process a crashed predecessor started, found running and verified as ours."""
+    pid: int
+    verified: tuple[str, ...]       # what was checked: "start time", "admin password", ...
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,16 @@ class ProgramKind(Protocol):
 
     def prepare(self) -> None:
         """At start-up, before any child starts: StartupError to refuse to start at all."""
+        ...
+
+    async def adoptable(self) -> Adoptable | None:
+        """At start-up, after prepare: the process of this program a crashed predecessor
+        left running, verified, to be adopted instead of started; StartupError when
+        something else holds what it needs."""
+        ...
+
+    def record_running(self, pid: int) -> None:
+        """A new process of it runs: note it where a successor would look for it."""
         ...
 
     def preflight(self) -> str | None:

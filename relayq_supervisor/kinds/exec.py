@@ -23,6 +23,12 @@ class ExecKind:
     def preflight(self) -> str | None:
         return None
 
+    async def adoptable(self) -> None:
+        return None             # a plain program's output pipe died with its supervisor: start anew
+
+    def record_running(self, pid: int) -> None:
+        pass
+
     def argv(self, p: Program) -> list[str]:
         return list(self.spec.command)
 

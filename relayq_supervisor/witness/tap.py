@@ -15,6 +15,7 @@ deliver or suppress is the caller's (`on_signal`). Everything here is ptrace(2):
 from __future__ import annotations
 
 import errno
+import os
 from typing import Callable
 
 from relayq_supervisor.linux import ptrace
@@ -44,6 +45,25 @@ class SignalTap:
                 self.unavailable = f"ptrace refused: {e.strerror}"
                 return False
             raise
+
+    def attach_running(self, pid: int) -> bool:
+        """Seize a running process that is not our child (adopted after a crash): every
+        thread, since PTRACE_SEIZE attaches one thread and only later clones follow."""
+        if self.unavailable:
+            return False
+        try:
+            tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            return False
+        for tid in tids:
+            try:
+                ptrace.seize(tid, OPTIONS)
+            except ProcessLookupError:
+                continue            # a thread that ended meanwhile
+            except OSError:
+                if tid == pid:
+                    return False    # refused for this one (not root?): children may still be seized
+        return True
 
     def handle(self, tid: int, status: int) -> ptrace.WaitEvent | None:
         """Take one waitpid() result. Stops are answered here and give None; exits

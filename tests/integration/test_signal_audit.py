@@ -323,9 +323,15 @@ def test_a_supervisor_crash_does_not_take_redis_with_it(make_supervisor, port):
         sup.proc.wait(30)
         wait_for(lambda: "TracerPid:\t0" in open(f"/proc/{redis_pid}/status").read(), what="tracee detached")
         assert ping(port)
-        # a new supervisor does not adopt or fight it: it names it and refuses to start
-        r = subprocess.run([PYTHON, "-m", "relayq_supervisor", "-c", str(sup.config)], capture_output=True,
-                           text=True, timeout=30)
-        assert r.returncode == 2 and f"port {port} is held by pid {redis_pid}" in r.stderr
+        # the next supervisor on the same config adopts it (issue 12), traced again
+        again = make_supervisor(sup.config.read_text(), subdir=None).start()
+        adopted = again.wait_state("redis", "RUNNING")
+        assert adopted["pid"] == redis_pid
+        wait_for(lambda: "TracerPid:\t0" not in open(f"/proc/{redis_pid}/status").read(), what="traced again")
+        assert again.terminate() == 0
+        assert not os.path.exists(f"/proc/{redis_pid}/status") or "zombie" in open(f"/proc/{redis_pid}/status").read()
     finally:
-        os.kill(redis_pid, signal.SIGKILL)
+        try:
+            os.kill(redis_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -11,8 +11,12 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
+import redis.exceptions
+
 from relayq_supervisor.config import ProgramSpec, RedisSpec, redis_version
 from relayq_supervisor.errors import AclSetupError, StartupError
+from relayq_supervisor.kinds import Adoptable
+from relayq_supervisor.witness.identity import proc_start_ticks
 from relayq_supervisor.kinds.redis import acl, server
 from relayq_supervisor.kinds.redis.health import RedisHealth
 from relayq_supervisor.kinds.redis.liveness import pinger
@@ -41,19 +45,26 @@ class RedisKind:
         self.url: str | None = None         # RELAYQ_REDIS_URL
         self._clients: dict[float | None, aioredis.Redis] = {}
         self.health: RedisHealth | None = None
+        self.previous: dict[str, Any] | None = None   # the Redis a crashed predecessor recorded
         if admin is not None:
             self._set_url()
 
     # --- start-up and each start ---------------------------------------------------
 
+    @property
+    def lock_path(self) -> str:
+        return os.path.join(self.redis.dir, "relayq.lock")
+
     def prepare(self) -> None:
         r = self.redis
         os.makedirs(r.dir, exist_ok=True)
-        self.ctx.locks.take("redis-dir", os.path.join(r.dir, "relayq.lock"), f"Redis data directory {r.dir}",
-                            ": two servers on one data directory would overwrite each other's dump")
-        holder = server.port_holder(server.ping_host(self.spec), r.port)
-        if holder:
-            raise StartupError(self.port_message(holder))
+        # what a predecessor recorded, read before our record replaces it; kept in ours
+        # while that Redis lives, so a refused start cannot erase the trail to it
+        recorded = (self.ctx.locks.read(self.lock_path) or {}).get("redis")
+        self.previous = recorded if isinstance(recorded, dict) and _still_running(recorded) else None
+        self.ctx.locks.take("redis-dir", self.lock_path, f"Redis data directory {r.dir}",
+                            ": two servers on one data directory would overwrite each other's dump",
+                            keep={"redis": self.previous} if self.previous else None)
         self.version = redis_version(r.binary)
         try:
             self._set_url()
@@ -61,6 +72,35 @@ class RedisKind:
             self.write_acl()
         except (AclSetupError, ValueError) as e:
             raise StartupError(f"relayq-supervisor: cannot set up the Redis command guard: {e}") from None
+
+    async def adoptable(self) -> Adoptable | None:
+        """The Redis on our port is the one our crashed predecessor started (same pid and
+        start time as its record in the data-dir lock, and it takes our admin password):
+        adopt it, no downtime. Anything else on the port is a rival: refused."""
+        holder = server.port_holder(server.ping_host(self.spec), self.redis.port)
+        if not holder:
+            return None
+        pid = server.listener_pid(self.redis.port)
+        rec = self.previous
+        if rec is None or pid != rec.get("pid"):
+            raise StartupError(self.port_message(holder))
+        conn = self.client(timeout=1.0)
+        try:
+            await conn.ping()
+        except (redis.exceptions.RedisError, OSError) as e:
+            raise StartupError(
+                f"port {self.redis.port} is held by pid {pid}, the Redis that the previous supervisor "
+                f"(pid {rec.get('supervisor_pid', '?')}) started, but it does not answer this supervisor's admin "
+                f"user ({e}): was the run_dir (and its redis-admin.pass) changed? Stop that Redis "
+                f"(`kill -TERM {pid}`: it saves first) and start again") from None
+        log.info("port %d: pid %d is the Redis the previous supervisor started; adopting it", self.redis.port, pid)
+        return Adoptable(pid, ("pid and start time match the data-dir lock record",
+                               f"executable {rec.get('exe')}", "answers PING as the admin user"))
+
+    def record_running(self, pid: int) -> None:
+        self.ctx.locks.note("redis-dir", redis={
+            "pid": pid, "start_ticks": proc_start_ticks(pid), "exe": _exe(pid), "port": self.redis.port,
+            "run_dir": self.ctx.supervisor.run_dir, "supervisor_pid": os.getpid()})
 
     def _set_url(self) -> None:
         self.url = server.client_url(self.spec)
@@ -144,6 +184,19 @@ class RedisKind:
 
     def describe(self) -> dict[str, Any]:
         return {"redis_binary": self.redis.binary, "redis_version": self.version}
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def _still_running(rec: dict[str, Any]) -> bool:
+    """The recorded process is alive and is the same process (its start time matches)."""
+    pid = rec.get("pid")
+    return isinstance(pid, int) and pid > 0 and proc_start_ticks(pid) == rec.get("start_ticks")
 
 
 def refuse_reload(old: ProgramSpec | None, new: ProgramSpec | None) -> str | None:

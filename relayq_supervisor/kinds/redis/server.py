@@ -99,15 +99,21 @@ def port_holder(host: str, port: int) -> str | None:
     return describe_listener(port) or "an unknown process (not visible from here)"
 
 
-def describe_listener(port: int) -> str | None:
+def listener_pid(port: int) -> int | None:
+    """The pid listening on `port` (any address), None when none is visible."""
     try:
         conns = psutil.net_connections(kind="inet")
     except (psutil.AccessDenied, OSError):
         return None
     for c in conns:
         if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
-            return describe_pid(c.pid)
+            return int(c.pid)
     return None
+
+
+def describe_listener(port: int) -> str | None:
+    pid = listener_pid(port)
+    return describe_pid(pid) if pid is not None else None
 
 
 def describe_pid(pid: int) -> str:
