@@ -34,7 +34,7 @@ class RestartPolicy:
     backoff_max: float = 60.0
     jitter: float = 0.1
     stable_after: float = 10.0
-    start_limit_burst: int = 5
+    start_limit_burst: int = 5          # 0 = no start limit: never FATAL for restarting too often
     start_limit_interval: float = 60.0
 
 
@@ -44,7 +44,12 @@ class RedisSpec:
     port: int = 6379
     bind: tuple[str, ...] = ("127.0.0.1",)
     dir: str = ""
-    args: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()          # as written, for the warnings about what argv overrides
+    # redis.conf directives in file order, each (name, words): `[redis] args` translated, then
+    # `[redis.config]`. The supervisor writes them to a file; only what must win goes on argv.
+    directives: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    include: tuple[str, ...] = ()       # the operator's own redis.conf files, read after ours
+    supervised: str = "systemd"
     password_file: str = ""             # the `default` user's password (0600 file); "" = none
     # Commands the `default` user may not run (the Redis command guard).
     denied_commands: tuple[str, ...] = (
@@ -134,7 +139,8 @@ _PROGRAM_KEYS = {
     "watchdog_sec": (int, float), "watchdog_signal": (str, int), "max_rss": (str, int),
 }
 _REDIS_KEYS = {
-    "binary": str, "port": int, "bind": list, "dir": str, "args": list, "protect": bool,
+    "binary": str, "port": int, "bind": list, "dir": str, "args": list, "config": dict, "include": (str, list),
+    "protect": bool,
     "restart": dict, "stop_timeout": (int, float), "log": str, "autostart": bool,
     "environment": dict, "denied_commands": list, "password_file": str,
     "watchdog_sec": (int, float), "watchdog_signal": (str, int), "max_rss": (str, int),
@@ -255,8 +261,9 @@ def _restart(loc, where: tuple, table: dict, default: RestartPolicy) -> RestartP
         raise loc.error(where + ("backoff_factor",), "'backoff_factor' must be at least 1.0")
     if policy.jitter >= 1:
         raise loc.error(where + ("jitter",), "'jitter' is a fraction and must be below 1.0 (0.1 = +/-10%)")
-    if policy.start_limit_burst < 1:
-        raise loc.error(where + ("start_limit_burst",), "'start_limit_burst' must be at least 1")
+    if policy.start_limit_burst < 0:
+        raise loc.error(where + ("start_limit_burst",),
+                        "'start_limit_burst' must be 0 (no start limit) or a number of starts")
     return dataclasses.replace(policy, **{k: float(getattr(policy, k)) for k in _RESTART_KEYS
                                           if k not in ("policy", "start_limit_burst")})
 
@@ -397,6 +404,102 @@ def _parse_program(loc, where, table: dict, base: Path, env_path: str) -> Progra
     )
 
 
+# Directives the supervisor sets itself. Those it passes on argv (Redis applies argv after
+# its config file, so they win) are dropped from [redis] args with a warning at start;
+# in [redis.config] any of them is an error that says where it belongs.
+REDIS_ON_ARGV = ("daemonize", "port", "bind", "dir", "aclfile", "supervised")
+_REDIS_OWNED = {
+    "daemonize": "Redis always runs in the foreground under the supervisor",
+    "port": "set [redis] port", "bind": "set [redis] bind", "dir": "set [redis] dir",
+    "aclfile": "the supervisor writes the ACL file (the command guard)",
+    "include": "name the file in [redis] include",
+    "requirepass": "secrets stay out of the config: set [redis] password_file",
+    "user": "users are the command guard's: set [redis] password_file",
+}
+_DIRECTIVE_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+_BAD_WORD_RE = re.compile(r"[\"'\\\x00-\x1f\x7f]")
+
+
+def _words(loc, keys, name: str, value) -> tuple[str, ...]:
+    """One directive line's words, as redis.conf is written: "normal 0 0 0" is four words."""
+    if isinstance(value, bool):
+        return ("yes" if value else "no",)
+    if isinstance(value, (int, float)):
+        return (str(value),)
+    if not isinstance(value, str):
+        raise loc.error(keys, f"redis directive '{name}': each value must be a string, number or "
+                              f"true/false, not {value!r}")
+    bad = _BAD_WORD_RE.search(value)
+    if bad:
+        raise loc.error(keys, f"redis directive '{name}': {value!r} holds {bad.group()!r}: write the words "
+                              "plainly, without quotes, backslashes or control characters")
+    return tuple(value.split()) or ("",)
+
+
+def _save_lines(loc, keys, entries: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """`save` as one line per "SECONDS CHANGES" pair: Redis 6.2 reads `save 3600 1 300 100` on one
+    config line as no save points at all, 7.0 as two; one pair per line means the same to both."""
+    words = [w for entry in entries for w in entry if w != ""]
+    if not words:
+        return [("",)]      # `save ""`: no snapshots
+    if len(words) % 2 or not all(w.isdigit() for w in words):
+        raise loc.error(keys, f"redis directive 'save': {' '.join(words)!r} must be pairs of "
+                              "\"SECONDS CHANGES\" (e.g. \"3600 1\"), or \"\" for no snapshots")
+    return [(words[i], words[i + 1]) for i in range(0, len(words), 2)]
+
+
+def _config_directives(loc, where: tuple, table: dict) -> list[tuple[str, tuple[str, ...]]]:
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for name, value in table.items():
+        keys = where + (name,)
+        if not _DIRECTIVE_RE.match(name):
+            raise loc.error(keys, f"{name!r} is not a redis.conf directive name (lower case, like \"appendonly\")")
+        if name in _REDIS_OWNED:
+            raise loc.error(keys, f"[redis.config] may not set '{name}': {_REDIS_OWNED[name]}")
+        values = value if isinstance(value, list) else [value]
+        if not values and name != "save":
+            raise loc.error(keys, f"redis directive '{name}': an empty list sets nothing")
+        lines = [_words(loc, keys, name, v) for v in values]
+        if name == "save":
+            lines = _save_lines(loc, keys, lines)
+        out += [(name, words) for words in lines]
+    return out
+
+
+def _args_directives(loc, keys: tuple, args: tuple[str, ...]) -> tuple[list[tuple[str, tuple[str, ...]]], list[str]]:
+    """`[redis] args` in Redis' own command-line form (`--name value...`, an optional config file
+    first) -> (directives, config files to include)."""
+    includes: list[str] = []
+    directives: list[tuple[str, list[str]]] = []
+    for i, arg in enumerate(args):
+        if arg.startswith("--"):
+            name = arg[2:].lower()
+            if not _DIRECTIVE_RE.match(name):
+                raise loc.error(keys, f"[redis] args: {arg!r} is not an option like \"--appendonly\"")
+            if name in ("requirepass", "user"):
+                raise loc.error(keys, f"[redis] args may not set '{name}': {_REDIS_OWNED[name]}")
+            directives.append((name, []))
+        elif directives:
+            directives[-1][1].append(arg)
+        elif i == 0:
+            includes.append(arg)        # Redis' convention: a config file before any option
+        else:
+            raise loc.error(keys, f"[redis] args: {arg!r} comes before any --option")
+    out: list[tuple[str, tuple[str, ...]]] = []
+    saves: list[tuple[str, ...]] = []
+    for name, values in directives:
+        words = _words(loc, keys, name, " ".join(values)) if values else ("",)
+        if name == "include":
+            includes += [w for w in words if w]
+        elif name == "save":
+            saves.append(words)
+        else:
+            out.append((name, words))
+    if saves:
+        out += [("save", words) for words in _save_lines(loc, keys, saves)]
+    return out, includes
+
+
 def _parse_redis(loc, table: dict, base: Path, run_dir: str) -> ProgramSpec:
     where = ("redis",)
     _check_table(loc, where, table, _REDIS_KEYS)
@@ -428,10 +531,26 @@ def _parse_redis(loc, table: dict, base: Path, run_dir: str) -> ProgramSpec:
             read_secret(password_file)
         except ValueError as e:
             raise loc.error(where + ("password_file",), str(e)) from None
+    args = _str_list(loc, where + ("args",), table.get("args", []))
+    from_args, includes = _args_directives(loc, where + ("args",), args)
+    config_table = table.get("config", {})
+    from_config = _config_directives(loc, where + ("config",), config_table)
+    for name in sorted({n for n, _ in from_args} & set(config_table)):
+        raise loc.error(where + ("config", name),
+                        f"redis directive '{name}' is set both in [redis] args and [redis.config]: set it in one place")
+    supervised = next((w[0] for n, w in reversed(from_args + from_config) if n == "supervised"), "systemd")
+    include = table.get("include", [])
+    includes += _str_list(loc, where + ("include",), include if isinstance(include, list) else [include])
+    includes = [_resolve(base, path) for path in includes]
+    for path in includes:
+        if not os.path.isfile(path):
+            raise loc.error(where + ("include",) if "include" in table else where + ("args",),
+                            f"redis config file {path} to include does not exist")
     spec = RedisSpec(
         binary=binary, port=port, bind=bind, password_file=password_file,
-        dir=_resolve(base, table.get("dir", "var/lib/redis")),
-        args=_str_list(loc, where + ("args",), table.get("args", [])),
+        dir=_resolve(base, table.get("dir", "var/lib/redis")), args=args,
+        directives=tuple((n, w) for n, w in from_args + from_config if n not in REDIS_ON_ARGV),
+        include=tuple(includes), supervised=supervised,
         denied_commands=tuple(c.lower() for c in denied),
     )
     environment = table.get("environment", {})
@@ -444,8 +563,10 @@ def _parse_redis(loc, table: dict, base: Path, run_dir: str) -> ProgramSpec:
         # Redis may need long to write its dump at shutdown: never SIGKILL it early.
         stop_timeout=float(table.get("stop_timeout", 120.0)), ready_after=0.0,
         autostart=table.get("autostart", True), log=log, protect=table.get("protect", True),
+        # Every worker waits on Redis: by default it is never given up on (no start limit),
+        # restarted with a backoff capped at 30 s; an operator may still set a limit.
         restart=_restart(loc, where + ("restart",), table.get("restart", {}),
-                         RestartPolicy(backoff_initial=0.2, backoff_max=30.0)),
+                         RestartPolicy(backoff_initial=0.2, backoff_max=30.0, start_limit_burst=0)),
         redis=spec,
         **_watchdog_settings(loc, where, {"watchdog_sec": REDIS_WATCHDOG_SEC, **table}),
     )

@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-wait", action="store_true", help="return at once")
         if name == "stop":
             p.add_argument("--with-dependents", action="store_true", help="stop what depends on them first")
+            p.add_argument("--force", action="store_true",
+                           help="SIGKILL now, without a save: for a Redis whose final save fails (data since "
+                                "the last successful write to disk is lost)")
     sub.add_parser("shutdown", parents=[common], help="stop everything in order and exit")
     p = sub.add_parser("pid", parents=[common], help="the supervisor's pid, or a program's")
     p.add_argument("name", nargs="?")
@@ -193,7 +196,7 @@ def run(args, path: str) -> int:
         show(result, args.json, print_status)
         return EXIT_OK if all(p["state"] == "RUNNING" for p in result["programs"]) else EXIT_NOT_RUNNING
     if cmd in ("start", "stop", "restart"):
-        extra = {"with_dependents": args.with_dependents} if cmd == "stop" else {}
+        extra = {"with_dependents": args.with_dependents, "force": args.force} if cmd == "stop" else {}
         result = checked(call(path, cmd, args.timeout, names=args.names, wait=not args.no_wait, **extra))
         ok = True
         for o in result["outcomes"]:

@@ -80,16 +80,22 @@ async def shutdown(sup: Supervision, args: dict[str, Any], peer: Peer) -> dict[s
 def _operate(cmd: str) -> Handler:
     async def handler(sup: Supervision, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         arbiter = sup.arbiter
-        if arbiter.shutting_down:
+        # a stop stays possible: a shutdown may wait on a Redis whose final save failed
+        if arbiter.shutting_down and cmd != "stop":
             raise ShuttingDown("the supervisor is shutting down")
         if not args.get("names"):
             raise BadRequest(f"{cmd}: name at least one program")
         targets = arbiter.graph.resolve(args["names"])
         if cmd == "stop" and args.get("with_dependents"):
             targets = arbiter.graph.with_dependents(targets)
-        sup.audit("operator", action=cmd, programs=[p.name for p in targets], peer={"pid": peer.pid, "uid": peer.uid})
+        force = bool(args.get("force"))
+        if force and cmd != "stop":
+            raise BadRequest(f"{cmd}: --force is only for stop")
+        sup.audit("operator", action=cmd, programs=[p.name for p in targets], peer={"pid": peer.pid, "uid": peer.uid},
+                  **({"force": True} if force else {}))
+        action = who(cmd + (" --force" if force else ""), peer)
         # a task of its own: the operation completes even if relayqctl goes away (--no-wait)
-        job = start_task(operator.ACTIONS[cmd](arbiter, targets, who(cmd, peer)), f"relayqctl {cmd}")
+        job = start_task(operator.ACTIONS[cmd](arbiter, targets, action, force), f"relayqctl {cmd}")
         if not args.get("wait", True):
             return {"outcomes": [{"name": p.name, "state": p.state, "ok": True, "detail": "requested"}
                                  for p in targets]}
@@ -97,7 +103,8 @@ def _operate(cmd: str) -> Handler:
         return {"outcomes": [operator.final_outcome(cmd, p).to_dict() for p in targets]}
     handler.__doc__ = {
         "start": "Start programs and what they depend on (reviving FATAL ones); wait for the outcome.",
-        "stop": "Stop programs (with_dependents: what needs them first); they stay stopped until started.",
+        "stop": "Stop programs (with_dependents: what needs them first); they stay stopped until started. "
+                "force: SIGKILL now, without Redis' final save (the way out when that save fails).",
         "restart": "Stop, then start programs; wait for the outcome.",
     }[cmd]
     return handler

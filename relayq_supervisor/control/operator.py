@@ -32,9 +32,10 @@ class Operated(Protocol):
 
     def want_started(self, targets: Iterable[Program], who: str) -> None: ...
 
-    async def want_stopped(self, targets: list[Program], who: str) -> None: ...
+    async def want_stopped(self, targets: list[Program], who: str, *, force: bool = False) -> None: ...
 
-    async def stop_in_order(self, targets: Iterable[Program], reason: str) -> None: ...
+    async def stop_in_order(self, targets: Iterable[Program], reason: str, *, force: bool = False,
+                            until_refused: bool = False) -> None: ...
 
     async def wait_until(self, check: Callable[[], Any]) -> Any: ...
 
@@ -52,7 +53,7 @@ def start_outcome(arbiter: Operated, p: Program, starts_before: int) -> Outcome 
     return None
 
 
-async def start(arbiter: Operated, targets: list[Program], who: str) -> None:
+async def start(arbiter: Operated, targets: list[Program], who: str, force: bool = False) -> None:
     """Start them (and what they depend on); return once each runs or has failed."""
     before = {p.name: p.starts for p in targets}
     arbiter.want_started(targets, who)
@@ -60,12 +61,16 @@ async def start(arbiter: Operated, targets: list[Program], who: str) -> None:
                                                  for p in targets) else True)
 
 
-async def stop(arbiter: Operated, targets: list[Program], who: str) -> None:
-    await arbiter.want_stopped(targets, who)
+async def stop(arbiter: Operated, targets: list[Program], who: str, force: bool = False) -> None:
+    """Returns when they have exited, or when one's stop was refused (Redis' final save
+    failed: it keeps running, and its reason says so)."""
+    await arbiter.want_stopped(targets, who, force=force)
 
 
-async def restart(arbiter: Operated, targets: list[Program], who: str) -> None:
-    await arbiter.stop_in_order(targets, who)
+async def restart(arbiter: Operated, targets: list[Program], who: str, force: bool = False) -> None:
+    await arbiter.stop_in_order(targets, who, until_refused=True)
+    if any(p.proc is not None for p in targets):
+        return      # a refused stop: it still runs, its reason says why
     await start(arbiter, targets, who)
 
 

@@ -11,7 +11,7 @@ Reply:    {"v": 1, "ok": true, "result": {...}}
 3 not running, 4 unknown name). Commands and their args:
   status   {names: [str]}                         -> {supervisor: {...}, programs: [...]}
   start    {names: [str], wait: bool}             -> {outcomes: [{name, state, ok, detail}]}
-  stop     {names, wait, with_dependents: bool}   -> {outcomes: [...]}
+  stop     {names, wait, with_dependents, force}  -> {outcomes: [...]}   force: SIGKILL, no save
   restart  {names, wait}                          -> {outcomes: [...]}
   pid      {name: str | null}                     -> {pid: int | null}
   shutdown {}                                     -> {pid: int}
@@ -91,7 +91,7 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
     names = args.get("names", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise BadRequest("malformed request: 'names' must be a list of strings")
-    for key in ("wait", "with_dependents"):
+    for key in ("wait", "with_dependents", "force"):
         if key in args and not isinstance(args[key], bool):
             raise BadRequest(f"malformed request: '{key}' must be true or false")
     if "name" in args and args["name"] is not None and not isinstance(args["name"], str):

@@ -23,7 +23,7 @@ from relayq_supervisor.core.program import ChildHandle, ExitInfo, Program
 from relayq_supervisor.core.reload import Changes
 from relayq_supervisor.core.states import ENDED, State
 from relayq_supervisor.core.watchdog import Watchdog
-from relayq_supervisor.kinds import Cancellable, ProgramKind
+from relayq_supervisor.kinds import Cancellable, ProgramKind, StopCalls
 from relayq_supervisor.linux.siginfo import signal_name
 from relayq_supervisor.witness.attribution import attribute_exit
 
@@ -161,7 +161,8 @@ class Arbiter:
             return
         self.by_pid[proc.pid] = p
         self.audit("spawn", program=p.name, pid=proc.pid, argv=argv)
-        p.started(proc, kind.begin_ready_check(p, lambda why: self.mark_running(p, proc, why)))
+        p.started(proc, kind.begin_ready_check(p, lambda why: self.mark_running(p, proc, why),
+                                               lambda why: self.refuse_started(p, proc, why)))
 
     def mark_running(self, p: Program, proc: ChildHandle, why: str) -> None:
         if p.proc is not proc or p.state != State.STARTING:
@@ -169,6 +170,16 @@ class Arbiter:
         p.ready(why)
         self.arm_watchdog(p, proc)
         self.reconcile(self.graph.dependents(p))
+
+    def refuse_started(self, p: Program, proc: ChildHandle, why: str) -> None:
+        """Its process runs but must not be used (Redis did not take a persistence setting):
+        stop it without writing its data, then FATAL with this reason."""
+        if p.proc is not proc or p.state != State.STARTING:
+            return
+        log.error("%s: refused: %s", p.name, why)
+        self.audit("refused", program=p.name, pid=proc.pid, reason=why)
+        p.refused(why)
+        self.begin_stop(p, f"refused: {why}", save=False)
 
     def notified(self, pid: int | None, fields: dict[str, str]) -> None:
         """sd_notify from a child: READY=1 makes it RUNNING, STATUS= is shown."""
@@ -182,7 +193,7 @@ class Arbiter:
             self.sign_of_life(p, proc)
         if "WATCHDOG_USEC" in fields and p.watchdog is not None:
             self.retime_watchdog(p, proc, fields["WATCHDOG_USEC"])
-        if fields.get("READY") == "1":
+        if fields.get("READY") == "1" and self.kinds[p.base].ready_by_notify:
             self.mark_running(p, proc, "sent READY=1")
         if "STATUS" in fields:
             p.set_notify_status(fields["STATUS"])
@@ -311,6 +322,8 @@ class Arbiter:
         p.run_ended(info, sender, event)
         if p.state == State.STOPPING or not p.wanted or self.shutting_down:
             p.stopped(info.describe())
+            if p.refused_start and not self.shutting_down:
+                self.give_up(p, p.refused_start)
             return
         decision = p.tracker.on_exit(runtime, info.code, info.signal, failed=failed)
         what = f"pid {pid} {info.describe()} after {runtime:.1f}s"
@@ -321,7 +334,11 @@ class Arbiter:
         elif decision.action == policy.BACKOFF:
             timer = self.clock.call_later(decision.delay, self.backoff_over, p)
             p.backing_off(f"{what}; {decision.reason}", decision.delay, timer)
-            self.audit("backoff", program=p.name, delay_s=round(decision.delay, 3), streak=decision.streak)
+            self.audit("backoff", program=p.name, delay_s=round(decision.delay, 3), streak=decision.streak,
+                       **({"flapping": True} if decision.flapping else {}))
+            if decision.flapping:       # no start limit will stop it: say so every time
+                log.error("%s: flapping, %d failed runs in a row, next start in %.1fs (no start limit; "
+                          "`relayqctl why %s` shows the last exit)", p.name, decision.streak, decision.delay, p.base)
         else:
             p.backing_off(f"{what}; {decision.reason}", None, None)
         self.reconcile([p])
@@ -336,17 +353,66 @@ class Arbiter:
 
     # --- stopping ------------------------------------------------------------------------
 
-    async def stop(self, p: Program, reason: str) -> None:
-        """Stop one instance and wait until it has exited."""
+    async def stop(self, p: Program, reason: str, *, force: bool = False, until_refused: bool = False) -> None:
+        """Stop one instance and wait until it has exited. force: SIGKILL now, no save.
+        until_refused: return also when its stop is refused (its final save failed) and it
+        keeps running (an operator's stop reports that; a shutdown waits for the exit)."""
         if p.proc is None:
             if p.state in (State.BACKOFF, *ENDED):
                 p.stopped(reason)
             return
+        if force:
+            self.kill(p, reason)
+        elif p.state != State.STOPPING:
+            self.begin_stop(p, reason)
+        elif p.stop_refused is not None:
+            self.retry_stop(p, reason)
+        proc = p.proc
+        await self.wait_until(lambda: True if p.proc is not proc or (until_refused and p.stop_refused) else None)
+
+    def begin_stop(self, p: Program, reason: str, *, save: bool = True) -> None:
+        """STARTING/RUNNING -> STOPPING: its kind asks it to exit (a signal, SHUTDOWN SAVE)."""
+        assert p.proc is not None
+        kind = self.kinds[p.base]
+        timer = self.clock.call_later(p.spec.stop_timeout, self.stop_timed_out, p, p.proc)
+        p.stopping(reason, kind.stop_method(save), timer)
+        p.stop_began(kind.begin_stop(p, self.stop_calls(p, p.proc, reason, save)))
+
+    def stop_calls(self, p: Program, proc: ChildHandle, reason: str, save: bool) -> StopCalls:
+        def signal_it(signo: int) -> None:
+            if p.proc is proc:
+                self.send(p, signo, reason)
+
+        def refused(cause: str) -> None:
+            if p.proc is proc and p.state == State.STOPPING:
+                self.stop_refused(p, cause)
+        return StopCalls(signal=signal_it, refused=refused, save=save)
+
+    def stop_refused(self, p: Program, cause: str) -> None:
+        """Its stop failed (the final save): never kill it for that; it keeps running until
+        the cause is fixed and the stop retried, or an operator forces it."""
+        self.audit("stop_refused", program=p.name, pid=p.pid, cause=cause)
+        p.cancel_timer()
+        p.stop_blocked(cause, f"stop refused, it keeps running: {cause}; fix that, then `relayqctl stop "
+                              f"{p.name}` tries again, or `relayqctl stop --force {p.name}` kills it without a save")
+
+    def retry_stop(self, p: Program, reason: str) -> None:
+        assert p.proc is not None
+        kind = self.kinds[p.base]
+        p.stop_retried(f"{reason}: {kind.stop_method(True)} to pid {p.pid} again")
+        p.set_timer(self.clock.call_later(p.spec.stop_timeout, self.stop_timed_out, p, p.proc))
+        p.stop_began(kind.begin_stop(p, self.stop_calls(p, p.proc, reason, True)))
+
+    def kill(self, p: Program, reason: str) -> None:
+        """SIGKILL to its process group now, without a save (`relayqctl stop --force`)."""
+        assert p.proc is not None
+        proc = p.proc
         if p.state != State.STOPPING:
-            timer = self.clock.call_later(p.spec.stop_timeout, self.stop_timed_out, p, p.proc)
-            p.stopping(reason, p.spec.stop_signal, timer)
-            self.send(p, p.spec.stop_signal, reason)
-        await p.exited.wait()
+            p.stopping(reason, "SIGKILL", None)
+        log.warning("%s: %s: SIGKILL to process group %d (no save)", p.name, reason, proc.pid)
+        self.witness.record(p, proc.pid, signal.SIGKILL, action="delivered", reason=reason)
+        p.stop_escalated(f"SIGKILL by {reason}")
+        proc.kill_group()
 
     def send(self, p: Program, signo: int, reason: str) -> None:
         assert p.proc is not None
@@ -357,16 +423,29 @@ class Arbiter:
     def stop_timed_out(self, p: Program, proc: ChildHandle) -> None:
         if p.proc is not proc or p.state != State.STOPPING:
             return
+        kind = self.kinds[p.base]
+        method = kind.stop_method(True)
+        if not kind.kill_on_stop_timeout:
+            # e.g. Redis writing a large dump: a SIGKILL would lose what it has not written yet
+            log.warning("%s: not exited %gs after %s; still waiting (`relayqctl stop --force %s` kills it "
+                        "without a save)", p.name, p.spec.stop_timeout, method, p.name)
+            self.audit("stop_slow", program=p.name, pid=proc.pid, waited_s=p.spec.stop_timeout, method=method)
+            p.timer = None
+            return
         log.warning("%s: did not exit %gs after %s: SIGKILL to process group %d", p.name,
-                    p.spec.stop_timeout, signal_name(p.spec.stop_signal), proc.pid)
+                    p.spec.stop_timeout, method, proc.pid)
         self.witness.record(p, proc.pid, signal.SIGKILL, action="delivered", reason="stop-timeout-kill")
         p.stop_escalated(f"SIGKILL after stop_timeout {p.spec.stop_timeout:g}s")
         proc.kill_group()      # not reaped yet: its pid (the group id) is still ours
 
-    async def stop_in_order(self, targets: Iterable[Program], reason: str) -> None:
-        """Stop `targets`, dependents before what they depend on."""
+    async def stop_in_order(self, targets: Iterable[Program], reason: str, *, force: bool = False,
+                            until_refused: bool = False) -> None:
+        """Stop `targets`, dependents before what they depend on. until_refused: a refused stop
+        ends it there (what the refusing program depends on keeps running)."""
         for layer in self.graph.stop_layers(targets):
-            await asyncio.gather(*(self.stop(p, reason) for p in layer))
+            await asyncio.gather(*(self.stop(p, reason, force=force, until_refused=until_refused) for p in layer))
+            if any(p.proc is not None for p in layer):
+                return
 
     async def shutdown(self) -> None:
         """Stop everything in order; nothing starts any more."""
@@ -389,10 +468,11 @@ class Arbiter:
             log.info("%s: start requested (%s)", p.name, who)
         self.reconcile()
 
-    async def want_stopped(self, targets: list[Program], who: str) -> None:
+    async def want_stopped(self, targets: list[Program], who: str, *, force: bool = False) -> None:
+        """Returns once they have exited, or one's stop was refused (it keeps running)."""
         for p in targets:
             p.want(False)
-        await self.stop_in_order(targets, who)
+        await self.stop_in_order(targets, who, force=force, until_refused=True)
 
     def changed(self, p: Program) -> None:
         """After every transition: wake whoever waits for an outcome, tell the listener."""

@@ -12,7 +12,9 @@ The rules (systemd's Restart=/StartLimitBurst= and OTP's restart intensity):
   min(backoff_initial * backoff_factor**(streak-1), backoff_max), +/- jitter.
 - More than `start_limit_burst` starts within `start_limit_interval` (a sliding
   window, counting the planned start) makes the program FATAL until an operator
-  starts it again.
+  starts it again. `start_limit_burst = 0` means no start limit: it is never given
+  up on (Redis' default: every worker waits on it), and from FLAPPING_STREAK failures
+  in a row each decision says it is flapping, so that it is loud, not silent.
 """
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ BACKOFF = "backoff"
 EXIT = "exit"
 FATAL = "fatal"
 
+# Consecutive failed runs from which a program without a start limit counts as flapping.
+FLAPPING_STREAK = 3
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -37,6 +42,7 @@ class Decision:
     delay: float    # seconds until the next start (0 unless action is "backoff")
     streak: int     # consecutive unstable runs, counting this one
     reason: str
+    flapping: bool = False  # no start limit and FLAPPING_STREAK or more failures in a row
 
 
 def format_seconds(seconds: float) -> str:
@@ -116,13 +122,22 @@ class RestartTracker:
             streak = self._streak + 1
             delay = self._jittered(self.next_delay(streak))
             action = BACKOFF
-            reason = f"next start in {delay:.1f}s, failure {streak} of {p.start_limit_burst}"
+            reason = f"next start in {delay:.1f}s, {self.failures_text(streak)}"
 
         self._streak = streak
         if self._exceeds_limit(now + delay):
             self._gave_up = self._limit_reason()
             return Decision(FATAL, 0.0, streak, self._gave_up)
-        return Decision(action, delay, streak, reason)
+        flapping = p.start_limit_burst == 0 and streak >= FLAPPING_STREAK
+        if flapping:
+            reason = f"flapping: {reason}"
+        return Decision(action, delay, streak, reason, flapping)
+
+    def failures_text(self, streak: int | None = None) -> str:
+        """`failure 2 of 5`, or `failure 7, no start limit`."""
+        streak = self._streak if streak is None else streak
+        limit = self.policy.start_limit_burst
+        return f"failure {streak} of {limit}" if limit else f"failure {streak}, no start limit"
 
     def reset(self) -> None:
         """Operator start (e.g. of a FATAL program): forget the streak and the window."""
@@ -148,6 +163,8 @@ class RestartTracker:
         return max(0.0, delay * (1.0 + u))
 
     def _exceeds_limit(self, planned: float) -> bool:
+        if self.policy.start_limit_burst == 0:     # no start limit
+            return False
         # The planned start itself counts, so burst+1 starts in the window is too many.
         return self.starts_in_window(planned) + 1 > self.policy.start_limit_burst
 

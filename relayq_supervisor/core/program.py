@@ -110,6 +110,9 @@ class Program:
         self.output_tail: deque[str] = deque(maxlen=20)                # its last output lines
         self.last_stop: dict[str, Any] | None = None  # evidence of how the last run ended
         self.stop_reason: str | None = None         # why the supervisor is stopping it
+        self.stop_refused: str | None = None        # its stop failed (final save): it keeps running
+        self.refused_start: str | None = None       # refused after start: FATAL once it has exited
+        self.stopper: Cancellable | None = None     # the kind's stop in progress (SHUTDOWN SAVE)
         self.timer: Cancellable | None = None       # backoff delay, ready_after, stop timeout
         self.ready_check: Cancellable | None = None
         self.watchdog: Watchdog | None = None       # armed from READY (or the first ping)
@@ -190,6 +193,7 @@ class Program:
     def revive(self, who: str) -> None:
         """An operator start: forget the failure streak and start window; FATAL/EXITED -> STOPPED."""
         self.wanted = True
+        self.refused_start = None
         self.tracker.reset()
         if self.state in ENDED:
             self._enter(State.STOPPED, who)
@@ -223,16 +227,40 @@ class Program:
         self.cancel_ready_check()
         self._enter(State.RUNNING, why)
 
-    def stopping(self, reason: str, stop_signal: int, timer: Cancellable) -> None:
-        """STARTING/RUNNING -> STOPPING: the stop signal was sent."""
+    def stopping(self, reason: str, method: str, timer: Cancellable | None) -> None:
+        """STARTING/RUNNING -> STOPPING: asked to exit by `method` (SIGTERM, SHUTDOWN SAVE)."""
         self.stop_reason = reason
+        self.stop_refused = None
         self.cancel_ready_check()
         self.disarm_watchdog()
-        self.set_timer(timer)
-        self._enter(State.STOPPING, f"{reason}: {signal_name(stop_signal)} to pid {self.pid}")
+        if timer is not None:
+            self.set_timer(timer)
+        self._enter(State.STOPPING, f"{reason}: {method} to pid {self.pid}")
+
+    def stop_began(self, stopper: Cancellable | None) -> None:
+        self.stopper = stopper
+
+    def stop_blocked(self, cause: str, reason: str) -> None:
+        """STOPPING, but its stop was refused (its final save failed): it keeps running."""
+        self.stop_refused = cause
+        self.reason = reason
+        log.error("%s: %s", self.name, reason)
+        if self.on_change is not None:
+            self.on_change(self)
+
+    def stop_retried(self, reason: str) -> None:
+        self.stop_refused = None
+        self.reason = reason
+        if self.on_change is not None:
+            self.on_change(self)
+
+    def refused(self, reason: str) -> None:
+        """It runs but must not be used: it is stopped, then FATAL with this reason."""
+        self.refused_start = reason
 
     def stop_escalated(self, note: str) -> None:
         self.timer = None
+        self.stop_refused = None
         self.stop_reason = f"{self.stop_reason}; {note}"
 
     def stopped(self, reason: str) -> None:
@@ -251,6 +279,10 @@ class Program:
             self.proc.close()
         self.proc = None
         self.fired = None
+        if self.stopper is not None:
+            self.stopper.cancel()
+            self.stopper = None
+        self.stop_refused = None
         self.cancel_ready_check()
         self.disarm_watchdog()
         self.cancel_timer()
@@ -319,8 +351,7 @@ class Program:
         up = self.uptime()
         reason = self.reason
         if next_in is not None:     # live, not the text frozen at the exit
-            reason = f"next start in {next_in:.1f}s, failure {self.tracker.streak} of " \
-                     f"{self.spec.restart.start_limit_burst}"
+            reason = f"next start in {next_in:.1f}s, {self.tracker.failures_text()}"
             if self.last_exit is not None:
                 reason += f"; last: {self.last_exit.describe()}"
         return {

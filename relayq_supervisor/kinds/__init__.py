@@ -8,6 +8,7 @@ live nowhere else. A new kind implements ProgramKind and is chosen in `make_kind
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -25,6 +26,14 @@ class Program(Protocol):
 
     @property
     def name(self) -> str: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def output_tail(self) -> Iterable[str]:
+        """Its last lines of output (empty when its output is not captured)."""
+        ...
 
     def remember(self, event: dict[str, Any]) -> None:
         """Keep an audit event about it as evidence for `relayqctl why`."""
@@ -68,9 +77,24 @@ class KindContext:
     name_process: Callable[[int], dict[str, Any] | None]   # pid -> pinned identity, None if gone
 
 
+@dataclass(frozen=True)
+class StopCalls:
+    """What a kind's stop may do: signal the process (the signal is witnessed), or say it
+    will not exit now and why (its final save failed) so that nothing kills it meanwhile."""
+    signal: Callable[[int], None]
+    refused: Callable[[str], None]
+    save: bool = True       # False: it must not write its data (refused right after start)
+
+
 class ProgramKind(Protocol):
     spec: ProgramSpec
     sign_of_life: str       # what the watchdog waits for: "WATCHDOG=1", "PONG"
+    # After stop_timeout: SIGKILL (True), or only report and keep waiting (False: a kill
+    # would lose what its stop is still writing; `relayqctl stop --force` kills it).
+    kill_on_stop_timeout: bool
+    # Whether the child's own READY=1 makes it RUNNING. Redis 7 sends READY=1 when supervised
+    # by systemd, before the supervisor has checked which persistence settings it took.
+    ready_by_notify: bool
 
     def prepare(self) -> None:
         """At start-up, before any child starts: StartupError to refuse to start at all."""
@@ -96,9 +120,20 @@ class ProgramKind(Protocol):
         """What every child of the node gets from this program (RELAYQ_REDIS_URL)."""
         ...
 
-    def begin_ready_check(self, p: Program, on_ready: Callable[[str], None]) -> Cancellable:
-        """Call on_ready(why) once the new process is ready; cancelled if it dies first.
-        READY=1 from the child counts for every kind, whatever this check does."""
+    def begin_ready_check(self, p: Program, on_ready: Callable[[str], None],
+                          on_refused: Callable[[str], None]) -> Cancellable:
+        """Call on_ready(why) once the new process is ready, or on_refused(why) when it runs
+        but must not be used (Redis did not take a persistence setting); cancelled if it
+        dies first. READY=1 from the child also counts where ready_by_notify says so."""
+        ...
+
+    def stop_method(self, save: bool) -> str:
+        """How begin_stop asks it to exit, for the STOPPING line: `SIGTERM`, `SHUTDOWN SAVE`."""
+        ...
+
+    def begin_stop(self, p: Program, calls: StopCalls) -> Cancellable | None:
+        """Ask its process to exit (once per call; the arbiter waits for the exit). None
+        when nothing runs on after the request; else a task, cancelled at the exit."""
         ...
 
     def watch(self, p: Program, alive: Callable[[], None]) -> Cancellable | None:

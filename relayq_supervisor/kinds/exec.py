@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from relayq_supervisor.config import ProgramSpec
+from relayq_supervisor.linux.siginfo import signal_name
 
 if TYPE_CHECKING:
-    from relayq_supervisor.kinds import Cancellable, KindContext, Program
+    from relayq_supervisor.kinds import Cancellable, KindContext, Program, StopCalls
 
 
 class ExecKind:
     sign_of_life = "WATCHDOG=1"
+    kill_on_stop_timeout = True
+    ready_by_notify = True
 
     def __init__(self, spec: ProgramSpec, ctx: KindContext):
         self.spec = spec
@@ -35,11 +38,18 @@ class ExecKind:
     def environment(self) -> dict[str, str]:
         return {}
 
-    def begin_ready_check(self, p: Program, on_ready: Callable[[str], None]) -> Cancellable:
+    def begin_ready_check(self, p: Program, on_ready: Callable[[str], None],
+                          on_refused: Callable[[str], None]) -> Cancellable:
         return self.ctx.call_later(self.spec.ready_after, on_ready, f"alive for {self.spec.ready_after:g}s")
 
     def watch(self, p: Program, alive: Callable[[], None]) -> Cancellable | None:
         return None             # it sends WATCHDOG=1 itself
+    def stop_method(self, save: bool) -> str:
+        return signal_name(self.spec.stop_signal)
+
+    def begin_stop(self, p: Program, calls: StopCalls) -> Cancellable | None:
+        calls.signal(self.spec.stop_signal)
+        return None
 
     def start_duties(self, running: Callable[[], Program | None]) -> None:
         pass

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 
 import pytest
 
@@ -10,6 +11,8 @@ from relayq_supervisor.control import operator
 from relayq_supervisor.core import reload
 from relayq_supervisor.core.states import TRANSITIONS, IllegalTransition, State
 from relayq_supervisor.errors import UnknownProgram
+from relayq_supervisor.kinds import StopCalls
+from relayq_supervisor.kinds.exec import ExecKind
 from support.fakes import Rig, exit_status, kill_status
 
 BASE = """
@@ -338,3 +341,95 @@ def test_stopping_disarms_the_watchdog():
         await job
     run(scenario())
     assert child.signals == [signal.SIGTERM] and rig.events_of("watchdog") == []
+# --- a kind whose stop can be refused (Redis' SHUTDOWN SAVE on a full disk) ------------------
+
+class SavingKind(ExecKind):
+    """ExecKind whose stop is a request the test answers: refused (with a cause) or not."""
+    kill_on_stop_timeout = False
+    ready_by_notify = False
+
+    def __init__(self, spec, ctx):
+        super().__init__(spec, ctx)
+        self.stops: list[StopCalls] = []
+        self.refuse: Callable[[str], None] | None = None
+
+    def stop_method(self, save: bool) -> str:
+        return "SHUTDOWN SAVE" if save else "SHUTDOWN NOSAVE"
+
+    def begin_stop(self, p, calls: StopCalls):
+        self.stops.append(calls)
+        return None
+
+    def begin_ready_check(self, p, on_ready, on_refused):
+        self.refuse = on_refused
+        return super().begin_ready_check(p, on_ready, on_refused)
+
+
+def saving_rig() -> tuple[Rig, SavingKind]:
+    rig = Rig(BASE)
+    kind = SavingKind(rig.config.program("db"), rig.ctx)
+    rig.arbiter.kinds["db"] = kind
+    return started(rig), kind
+
+
+def test_a_refused_stop_is_reported_never_killed_and_stop_force_kills():
+    rig, kind = saving_rig()
+    rig.clock.advance(0.5)
+    db, child = rig.program("db"), rig.child("db")
+
+    async def scenario():
+        job = asyncio.ensure_future(rig.arbiter.want_stopped([db], "test stop"))
+        await settle()
+        assert db.state == State.STOPPING and "SHUTDOWN SAVE to pid" in db.reason and child.signals == []
+        kind.stops[-1].refused("its final save failed: No space left on device")
+        await job                               # the operator's stop returns: it keeps running
+        assert db.state == State.STOPPING and db.proc is child
+        assert "stop refused, it keeps running: its final save failed: No space" in db.reason
+        assert rig.events_of("stop_refused")[0]["cause"].endswith("No space left on device")
+        rig.clock.advance(3600)                 # far beyond stop_timeout: still no kill
+        assert not child.group_killed and db.state == State.STOPPING
+        retry = asyncio.ensure_future(rig.arbiter.want_stopped([db], "again"))
+        await settle()
+        assert len(kind.stops) == 2 and db.stop_refused is None     # tried again
+        kind.stops[-1].refused("its final save failed: still full")
+        await retry
+        force = asyncio.ensure_future(rig.arbiter.want_stopped([db], "operator --force", force=True))
+        await settle()
+        assert child.group_killed
+        rig.exit("db", kill_status(signal.SIGKILL))
+        await force
+    run(scenario())
+    assert db.state == State.STOPPED and "SIGKILL by operator --force" in db.last_exit.describe()
+    assert [f["reason"] for _, _, signo, f in rig.witness.records if signo == signal.SIGKILL] == ["operator --force"]
+
+
+def test_a_slow_stop_is_reported_and_waited_for_without_a_kill():
+    rig, kind = saving_rig()
+    rig.clock.advance(0.5)
+    db, child = rig.program("db"), rig.child("db")
+
+    async def scenario():
+        rig.arbiter.begin_stop(db, "test")
+        rig.clock.advance(db.spec.stop_timeout)
+        assert rig.events_of("stop_slow") and not child.group_killed
+        rig.exit("db", exit_status(0))          # the save finished late
+    run(scenario())
+    assert db.state == State.STOPPED
+
+
+def test_refused_after_start_stops_without_a_save_then_fatal_until_an_operator_start():
+    rig, kind = saving_rig()
+    db = rig.program("db")
+    assert kind.refuse is not None
+    rig.arbiter.notified(rig.child("db").pid, {"READY": "1"})   # its own READY=1 does not count
+    assert db.state == State.STARTING
+
+    async def scenario():
+        kind.refuse("persistence setting 'appendonly' is 'no' in Redis but the config asks 'yes'")
+        assert db.state == State.STOPPING and "SHUTDOWN NOSAVE" in db.reason and not kind.stops[-1].save
+        rig.exit("db", exit_status(0))
+    run(scenario())
+    assert db.state == State.FATAL and "'appendonly' is 'no'" in db.reason
+    assert rig.events_of("refused")[0]["reason"] == db.reason
+    rig.arbiter.want_started([db], "operator")
+    assert db.state == State.STARTING and db.refused_start is None

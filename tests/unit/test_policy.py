@@ -333,3 +333,40 @@ def test_accepts_the_config_restart_policy():
     d = t.on_exit(0.1, exit_code=None, signal=signal.SIGTERM)
     assert (d.action, d.streak) == ("backoff", 1)
     assert d.delay == pytest.approx(0.55)
+
+
+# --- no start limit (Redis' default) ----------------------------------------------
+
+def test_start_limit_burst_0_never_gives_up_and_caps_the_delay():
+    clock = FakeClock()
+    t = tracker(clock, start_limit_burst=0, backoff_initial=0.2, backoff_max=30.0)
+    decisions = crash_loop(t, clock, 100)
+    assert len(decisions) == 100 and all(d.action == "backoff" for d in decisions)
+    assert max(d.delay for d in decisions) == 30.0 and t.gave_up is None
+    assert decisions[-1].reason == "flapping: next start in 30.0s, failure 100, no start limit"
+
+
+def test_flapping_is_said_from_the_third_failure_only_without_a_limit():
+    clock = FakeClock()
+    unlimited = crash_loop(tracker(clock, start_limit_burst=0), clock, 4)
+    assert [d.flapping for d in unlimited] == [False, False, True, True]
+    assert unlimited[1].reason == "next start in 1.0s, failure 2, no start limit"
+    clock = FakeClock()
+    limited = crash_loop(tracker(clock, start_limit_burst=5), clock, 4)
+    assert not any(d.flapping for d in limited) and limited[2].reason.endswith("failure 3 of 5")
+
+
+def test_a_stable_run_ends_the_flapping():
+    clock = FakeClock()
+    t = tracker(clock, start_limit_burst=0, stable_after=10.0)
+    assert crash_loop(t, clock, 5)[-1].flapping
+    t.record_start()
+    d = t.on_exit(11.0, exit_code=None, signal=signal.SIGKILL)
+    assert (d.action, d.streak, d.flapping) == ("restart", 0, False)
+
+
+def test_start_limit_burst_must_not_be_negative(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[[program]]\nname = "a"\ncommand = ["true"]\n[program.restart]\nstart_limit_burst = -1\n')
+    with pytest.raises(config.ConfigError, match=r"c\.toml:5: 'start_limit_burst' must be 0 \(no start limit\)"):
+        config.load_config(path)

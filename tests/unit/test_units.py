@@ -76,7 +76,7 @@ def test_production_config_parses_and_has_the_schema_keys():
     redis = config["redis"]
     assert redis["port"] == 6379
     assert redis["dir"] == "/var/lib/relayq/redis"
-    for key in ("binary", "bind", "args", "protect"):
+    for key in ("binary", "bind", "config", "protect"):
         assert key in redis
     restart = redis["restart"]
     for key in ("policy", "backoff_initial", "backoff_factor", "backoff_max", "jitter", "stable_after",

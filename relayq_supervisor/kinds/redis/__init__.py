@@ -1,14 +1,18 @@
 """Redis as a kind of program: its data-dir lock and port check, its ACL (the command
-guard) and admin user, its argv, readiness by PONG, and its health checks.
+guard) and admin user, its config file and argv, readiness by PONG and the persistence
+settings it took, its stop with a final save, and its health checks.
 
-Modules: `server` (argv, port holder, clients), `acl` (the ACL file, admin
-credentials, ACL LOG), `health` (the periodic check that records denied commands).
+Modules: `server` (argv, port holder, clients), `conf` (the generated redis.conf and the
+check of what Redis took), `acl` (the ACL file, admin credentials, ACL LOG), `health`
+(the periodic check that records denied commands).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import re
+import signal
 from typing import TYPE_CHECKING, Any, Callable
 
 import redis.exceptions
@@ -17,22 +21,30 @@ from relayq_supervisor.config import ProgramSpec, RedisSpec, redis_version
 from relayq_supervisor.errors import AclSetupError, StartupError
 from relayq_supervisor.kinds import Adoptable
 from relayq_supervisor.witness.identity import proc_start_ticks
-from relayq_supervisor.kinds.redis import acl, server
+from relayq_supervisor.kinds.redis import acl, conf, server
 from relayq_supervisor.kinds.redis.health import RedisHealth
 from relayq_supervisor.kinds.redis.liveness import pinger
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-    from relayq_supervisor.kinds import Cancellable, KindContext, Program
+    from relayq_supervisor.kinds import Cancellable, KindContext, Program, StopCalls
 
 log = logging.getLogger(__name__)
 
 READY_POLL_MAX_S = 0.2
+# How long a refused SHUTDOWN's cause may take to reach us through Redis' output pipe.
+CAUSE_WAIT_S = 1.0
+# Redis log lines: `pid:role date time LEVEL message`, `#` being a warning.
+_WARNING_LINE_RE = re.compile(r"^\d+:[A-Z] .*? # (.*)$")
 
 
 class RedisKind:
     sign_of_life = "PONG"
+    # A SIGKILL while Redis writes its final dump would lose every write since the last
+    # one on disk: after stop_timeout it is reported, not killed (`stop --force` kills).
+    kill_on_stop_timeout = False
+    ready_by_notify = False     # RUNNING only after the CONFIG GET check, whatever Redis 7 notifies
 
     def __init__(self, spec: ProgramSpec, ctx: KindContext, *, admin: acl.AdminCredentials | None = None,
                  version: str | None = None):
@@ -123,10 +135,16 @@ class RedisKind:
             self.write_acl()
         except (AclSetupError, OSError, ValueError) as e:
             return f"cannot write the Redis ACL file: {e}"
+        try:
+            conf.write_conf(self.ctx.supervisor.run_dir, self.redis)
+        except OSError as e:
+            return f"cannot write the Redis config file in {self.ctx.supervisor.run_dir}: {e.strerror}"
         return None
 
     def argv(self, p: Program) -> list[str]:
-        return server.redis_argv(self.spec, ["--aclfile", os.path.join(self.ctx.supervisor.run_dir, acl.ACL_FILE)])
+        run_dir = self.ctx.supervisor.run_dir
+        return server.redis_argv(self.spec, os.path.join(run_dir, conf.CONF_FILE),
+                                 os.path.join(run_dir, acl.ACL_FILE))
 
     def environment(self) -> dict[str, str]:
         return {"RELAYQ_REDIS_URL": self.url} if self.url else {}
@@ -152,16 +170,82 @@ class RedisKind:
     def watch(self, p: Program, alive: Callable[[], None]) -> Cancellable | None:
         return pinger(self, self.ctx, p, self.spec.watchdog_sec, alive)
 
-    def begin_ready_check(self, p: Program, on_ready: Callable[[str], None]) -> Cancellable:
-        return asyncio.get_running_loop().create_task(self._wait_ready(on_ready), name=f"{p.name} ready check")
+    def begin_ready_check(self, p: Program, on_ready: Callable[[str], None],
+                          on_refused: Callable[[str], None]) -> Cancellable:
+        return asyncio.get_running_loop().create_task(self._wait_ready(on_ready, on_refused),
+                                                      name=f"{p.name} ready check")
 
-    async def _wait_ready(self, on_ready: Callable[[str], None]) -> None:
+    async def _wait_ready(self, on_ready: Callable[[str], None], on_refused: Callable[[str], None]) -> None:
         conn = self.client()
         delay = 0.01
         while not await server.is_ready(conn):      # LOADING (reading its dump) is not ready
             await asyncio.sleep(delay)
             delay = min(delay * 2, READY_POLL_MAX_S)
-        on_ready("answered PING")
+        want = conf.expected_persistence(self.redis)
+        while True:
+            try:
+                got = {key: (await conn.config_get(key)).get(key) for key in want}
+                break
+            except (redis.exceptions.RedisError, OSError) as e:
+                log.warning("redis: CONFIG GET failed (%s); trying again", e)
+                await asyncio.sleep(READY_POLL_MAX_S)
+        mismatch = conf.persistence_mismatch(want, got)
+        if mismatch:
+            on_refused(mismatch)
+        else:
+            on_ready("answered PING; persistence settings as configured")
+
+    # --- stopping ----------------------------------------------------------------------
+
+    def stop_method(self, save: bool) -> str:
+        return "SHUTDOWN SAVE" if save else "SHUTDOWN NOSAVE"
+
+    def begin_stop(self, p: Program, calls: StopCalls) -> Cancellable | None:
+        return asyncio.get_running_loop().create_task(self._shutdown(p, calls), name=f"{p.name} shutdown")
+
+    async def _shutdown(self, p: Program, calls: StopCalls) -> None:
+        """SHUTDOWN SAVE as the admin user, not SIGTERM: SAVE writes the dump even with no save
+        points, and a failed save comes back as an error reply (Redis then keeps running,
+        https://redis.io/commands/shutdown) where a SIGTERM's failure is only in its log."""
+        assert self.admin is not None
+        command = self.stop_method(calls.save)
+        # no reply timeout: the reply is the save's outcome, and a large dump takes long to write
+        conn = server.client(self.spec, self.admin.username, self.admin.password, timeout=None)
+        try:
+            try:
+                await asyncio.wait_for(conn.ping(), 2.0)
+            except (redis.exceptions.RedisError, OSError, TimeoutError) as e:
+                # not answering (not listening yet, LOADING, hung): its signal, which in Redis runs
+                # the same shutdown sequence (a save only if save points are set)
+                log.warning("%s: %s not possible (%s): SIGTERM instead", p.name, command, e or "no answer")
+                calls.signal(signal.SIGTERM)
+                return
+            self.ctx.audit("stop_command", program=p.name, pid=p.pid, command=command, user=self.admin.username)
+            try:
+                await conn.execute_command(*command.split())
+            except redis.exceptions.ResponseError as e:
+                calls.refused(await self._refusal_cause(p, str(e)))
+            except (redis.exceptions.ConnectionError, OSError):
+                pass        # Redis closed the connection: it is exiting after a successful save
+        finally:
+            await conn.aclose()
+
+    async def _refusal_cause(self, p: Program, reply: str) -> str:
+        """Why SHUTDOWN failed, from Redis' own log lines (`Write error saving DB on disk: No
+        space left on device`); its reply only says `Errors trying to SHUTDOWN. Check logs.`"""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CAUSE_WAIT_S
+        while True:
+            lines = list(p.output_tail)
+            # the lines of this attempt: after Redis' last "User requested shutdown..."
+            start = max((i for i, line in enumerate(lines) if "User requested shutdown" in line), default=-1)
+            warnings = [m.group(1) for m in map(_WARNING_LINE_RE.match, lines[start + 1:]) if m]
+            causes = [w for w in warnings if not w.startswith("Errors trying to")]
+            if (start >= 0 and causes and "can't exit" in causes[-1]) or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        detail = "; ".join(causes[:3]) if causes else "see its log"
+        return f"its final save failed: {detail} (SHUTDOWN SAVE: {reply})"
 
     def start_duties(self, running: Callable[[], Program | None]) -> None:
         self.health = RedisHealth(self, self.ctx, running)

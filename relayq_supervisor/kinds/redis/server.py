@@ -15,35 +15,24 @@ from relayq_supervisor.config import ProgramSpec, read_secret
 
 log = logging.getLogger(__name__)
 
-# Redis applies command-line options after its config file, the last one winning, so
-# these come last: the supervisor must own the process in the foreground.
-FORCED = ("daemonize", "port", "bind", "dir")
-
-
-def redis_argv(spec: ProgramSpec, extra: list[str] = ()) -> list[str]:
+def redis_argv(spec: ProgramSpec, conf_path: str, acl_path: str) -> list[str]:
+    """The config file, then only what must win over it (Redis applies command-line options
+    after its config file): the supervisor owns the process in the foreground, its port,
+    address, data directory and users. No secret is ever on it."""
     r = spec.redis
-    args = list(r.args)
+    _warn_overridden(r.args)
+    return [r.binary, conf_path, "--daemonize", "no", "--port", str(r.port), "--bind", *r.bind,
+            "--dir", r.dir, "--aclfile", acl_path, "--supervised", r.supervised]
+
+
+def _warn_overridden(args: tuple[str, ...]) -> None:
     for i, arg in enumerate(args):
-        if arg.lower() == "--daemonize" and i + 1 < len(args) and args[i + 1].lower() == "yes":
+        name = arg[2:].lower() if arg.startswith("--") else ""
+        if name == "daemonize" and i + 1 < len(args) and args[i + 1].lower() == "yes":
             log.warning("'--daemonize yes' in [redis] args is overridden with 'no' "
                         "(a daemonized Redis would escape supervision)")
-    if args and not args[0].startswith("--"):
-        _warn_config_file(args[0])
-    supervised = [] if any(a.lower() == "--supervised" for a in args) else ["--supervised", "systemd"]
-    return [r.binary, *args, *supervised, *extra, "--daemonize", "no", "--port", str(r.port),
-            "--bind", *r.bind, "--dir", r.dir]
-
-
-def _warn_config_file(path: str) -> None:
-    try:
-        with open(path) as f:
-            for lineno, line in enumerate(f, 1):
-                words = line.split()
-                if len(words) >= 2 and words[0].lower() in FORCED and not line.lstrip().startswith("#"):
-                    log.warning("%s:%d: '%s' is overridden by the supervisor's [redis] settings",
-                                path, lineno, line.strip())
-    except OSError as e:
-        log.warning("cannot read config file %s (%s)", path, e.strerror)
+        elif name in ("port", "bind", "dir", "aclfile"):
+            log.warning("'%s' in [redis] args is overridden by the supervisor's [redis] settings", arg)
 
 
 def ping_host(spec: ProgramSpec) -> str:
@@ -70,7 +59,7 @@ def default_password(spec: ProgramSpec) -> str | None:
 
 
 def client(spec: ProgramSpec, username: str | None = None, password: str | None = None,
-           timeout: float = 0.5) -> aioredis.Redis:
+           timeout: float | None = 0.5) -> aioredis.Redis:
     return aioredis.Redis(host=ping_host(spec), port=spec.redis.port, username=username,
                           password=password, socket_timeout=timeout, socket_connect_timeout=timeout,
                           retry=None, health_check_interval=0)
