@@ -6,6 +6,7 @@ import signal
 from collections.abc import Callable
 
 import pytest
+from support.fakes import Rig, exit_status, kill_status
 
 from relayq_supervisor.control import operator
 from relayq_supervisor.core import reload
@@ -13,7 +14,6 @@ from relayq_supervisor.core.states import TRANSITIONS, IllegalTransition, State
 from relayq_supervisor.errors import UnknownProgram
 from relayq_supervisor.kinds import StopCalls
 from relayq_supervisor.kinds.exec import ExecKind
-from support.fakes import Rig, exit_status, kill_status
 
 BASE = """
 [[program]]
