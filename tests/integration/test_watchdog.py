@@ -73,7 +73,9 @@ def test_stuck_redis_is_replaced_and_keeps_its_data(make_supervisor, port, tmp_p
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-r = redis.Redis(port={port}, username={ADMIN_USER!r}, password={password!r}, socket_timeout=120)
+# no retry: redis-py's default one re-sent DEBUG SLEEP to each new Redis, which the watchdog then replaced too
+r = redis.Redis(port={port}, username={ADMIN_USER!r}, password={password!r}, socket_timeout=120,
+                retry=Retry(NoBackoff(), 0))
 try:
     r.execute_command("DEBUG", "SLEEP", "60")
 except redis.RedisError:
