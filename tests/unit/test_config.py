@@ -203,9 +203,9 @@ def test_unknown_keys_in_each_table(text, line, key, known):
 
 def test_unknown_keys_in_redis_tables(redis_bin):
     assert error(redis(redis_bin, "maxmemory = '1gb'\n")) == (
-        f"{PATH}:3: unknown key 'maxmemory' (known keys: args, autostart, binary, bind, denied_commands, dir, "
-        "environment, log, max_rss, password_file, port, protect, restart, stop_timeout, watchdog_sec, "
-        "watchdog_signal)")
+        f"{PATH}:3: unknown key 'maxmemory' (known keys: args, autostart, binary, bind, config, denied_commands, "
+        "dir, environment, include, log, max_rss, password_file, port, protect, restart, stop_timeout, "
+        "watchdog_sec, watchdog_signal)")
     assert error(redis(redis_bin, "[redis.restart]\nretries = 3\n")).startswith(
         f"{PATH}:4: unknown key 'retries' (known keys: backoff_factor, ")
 
@@ -409,7 +409,7 @@ def test_restart_durations_must_not_be_negative(key):
     ("policy = 'Always'", "'policy' must be \"always\", \"on-failure\" or \"never\", not 'Always'"),
     ("backoff_factor = 0.5", "'backoff_factor' must be at least 1.0"),
     ("jitter = 1", "'jitter' is a fraction and must be below 1.0 (0.1 = +/-10%)"),
-    ("start_limit_burst = 0", "'start_limit_burst' must be at least 1"),
+    ("start_limit_burst = -1", "'start_limit_burst' must be 0 (no start limit) or a number of starts"),
 ])
 def test_restart_rules(line, message):
     assert error(PROGRAM + f"[program.restart]\n{line}\n") == f"{PATH}:5: {message}"
@@ -507,7 +507,8 @@ def test_redis_defaults(redis_bin):
     assert "shutdown" in spec.redis.denied_commands and "config|set" in spec.redis.denied_commands
     assert spec.directory == spec.redis.dir
     assert (spec.stop_timeout, spec.ready_after, spec.protect, spec.numprocs) == (120.0, 0.0, True, 1)
-    assert spec.restart == RestartPolicy(backoff_initial=0.2, backoff_max=30.0)
+    # no start limit: every worker waits on Redis
+    assert spec.restart == RestartPolicy(backoff_initial=0.2, backoff_max=30.0, start_limit_burst=0)
 
 
 def test_redis_fields(redis_bin, tmp_path):
@@ -524,7 +525,7 @@ def test_redis_fields(redis_bin, tmp_path):
     assert r.password_file == str(secret)
     assert (cfg.redis.protect, cfg.redis.stop_timeout, cfg.redis.environment) == (False, 30.0, (("TZ", "UTC"),))
     # the [redis.restart] table starts from Redis' defaults, not a program's
-    assert cfg.redis.restart == RestartPolicy(backoff_initial=0.2, backoff_max=5.0)
+    assert cfg.redis.restart == RestartPolicy(backoff_initial=0.2, backoff_max=5.0, start_limit_burst=0)
 
 
 def test_redis_binary_relative_to_the_config_directory(tmp_path):
