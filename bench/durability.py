@@ -85,7 +85,7 @@ def one_build(ctx: BenchContext, label: str, binary: str, kills: int) -> tuple[t
         client.start()
         for _ in range(kills):
             floor = client.acked
-            st = poll_until(lambda: (s := redis_running(sup)) and (s["uptime_s"] or 0) >= 0.4
+            st = poll_until(lambda floor=floor: (s := redis_running(sup)) and (s["uptime_s"] or 0) >= 0.4
                             and client.acked >= floor + 20 and s, 60, f"{label}: Redis RUNNING and acknowledging")
             pidfd = os.pidfd_open(st["pid"])
             try:
