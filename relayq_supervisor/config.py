@@ -7,11 +7,13 @@ validates configuration.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tomllib
@@ -23,6 +25,11 @@ from relayq_supervisor.errors import ConfigError
 DEFAULT_CONFIG = "config.toml"
 REDIS_NAME = "redis"
 REDIS_WATCHDOG_SEC = 15.0           # no PONG for this long: Redis is stuck
+# Names a program may not take: `redis` is the [redis] table's, `supervisor` would
+# share <run_dir>/supervisor.lock with the supervisor itself.
+RESERVED_NAMES = {REDIS_NAME: "the [redis] table", "supervisor": "the supervisor's own lock file"}
+NAME_MAX = 255          # bytes in one file name (Linux, every common file system)
+PATH_MAX = 4096         # bytes in a whole path, with its terminating NUL
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -148,6 +155,24 @@ _REDIS_KEYS = {
 _TOP_KEYS = {"supervisor": dict, "redis": dict, "program": list}
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "a table"}
+# Upper bounds (README's config table says them). Beyond them a value is a typo or an
+# attack, never a wish: numprocs = 1000000000 grows a list until memory runs out,
+# audit_backups = 3000000 makes every rotation walk three million names.
+_MAXIMA: dict[str, int | float] = {
+    "log_max_bytes": 1 << 30, "audit_max_bytes": 1 << 30, "log_backups": 1000, "audit_backups": 1000,
+    "health_interval": 3600, "numprocs": 1000, "stop_timeout": 86400, "ready_after": 3600,
+    "backoff_initial": 3600, "backoff_factor": 100, "backoff_max": 86400, "stable_after": 86400,
+    "start_limit_burst": 10000, "start_limit_interval": 86400, "watchdog_sec": 86400,
+}
+# Signals whose default action is to ignore or suspend: a program that does not catch
+# them would never stop. SIGKILL is what the supervisor sends after stop_timeout.
+_NOT_STOP_SIGNALS = {
+    signal.SIGKILL: "it cannot be caught, so the program gets no chance to stop cleanly "
+                    "(the supervisor sends SIGKILL by itself after stop_timeout)",
+    **{s: "it only suspends a program" for s in (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)},
+    **{s: "a program that does not catch it ignores it" for s in (
+        signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH)},
+}
 
 
 def _type_name(t) -> str:
@@ -217,6 +242,104 @@ def _check_table(loc: _Locator, where: tuple, table: dict, schema: dict) -> None
         # TOML allows nan, and every range check below (`< 0`, `>= 1`) is False for it
         if isinstance(value, float) and math.isnan(value):
             raise loc.error(where + (key,), f"'{key}' must be a number, not nan")
+        # inf is refused too: it would print as `infs` in reasons and `Infinity` (not JSON)
+        # in status replies; a day (the bounds below) is forever enough for any wait
+        if isinstance(value, float) and math.isinf(value):
+            bound = f" (at most {_MAXIMA[key]})" if key in _MAXIMA else ""
+            raise loc.error(where + (key,), f"'{key}' must be a finite number, not {value}{bound}")
+        if key in _MAXIMA and not isinstance(value, bool) and isinstance(value, (int, float)) \
+                and value > _MAXIMA[key]:
+            raise loc.error(where + (key,), f"'{key}' must be at most {_MAXIMA[key]}, not {value}")
+
+
+def _find_nul(value, keys: tuple) -> tuple | None:
+    """The key path of the first string (or key) holding a NUL byte, else None."""
+    if isinstance(value, str):
+        return keys if "\0" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = keys + (k,) if "\0" in k else _find_nul(v, keys + (k,))
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _find_nul(v, keys + (i,))
+            if found:
+                return found
+    return None
+
+
+def _path_problem(path: str) -> str | None:
+    """Why `path` cannot name a file (ENAMETOOLONG), or None."""
+    encoded = os.fsencode(path)
+    if len(encoded) >= PATH_MAX:
+        return f"is {len(encoded)} bytes long, more than a path may have ({PATH_MAX - 1}, PATH_MAX)"
+    for part in encoded.split(b"/"):
+        if len(part) > NAME_MAX:
+            return (f"has a component of {len(part)} bytes ({os.fsdecode(part[:20])}...), more than "
+                    f"a file name may have ({NAME_MAX}, NAME_MAX)")
+    return None
+
+
+def _directory_problem(path: str, create: bool) -> str | None:
+    """Why the supervisor could not use directory `path` for its files, or None. With
+    `create`, a missing directory is fine when its nearest existing ancestor is a
+    writable directory (start-up makes it); without, it must exist and be searchable.
+    Decided for the user running this check: --check as another user may differ."""
+    problem = _path_problem(path)
+    if problem:
+        return f"{path} {problem}"
+    probe = path
+    while True:
+        try:
+            st = os.stat(probe)
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            if not create:
+                return f"{path} does not exist"
+            parent = os.path.dirname(probe)
+            if parent == probe:
+                return f"{path} cannot be created"
+            probe = parent
+        except OSError as e:
+            return f"{probe}: {e.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory" if probe == path else \
+            f"{path} cannot be created: {probe} is not a directory"
+    need = (os.W_OK | os.X_OK) if create else os.X_OK
+    if not os.access(probe, need):
+        what = "writable" if create else "searchable"
+        return f"{path} is not {what} by uid {os.geteuid()}" if probe == path else \
+            f"{path} cannot be created: {probe} is not writable by uid {os.geteuid()}"
+    return None
+
+
+def _check_directory(loc, keys, label: str, path: str, create: bool = True) -> None:
+    problem = _directory_problem(path, create)
+    if problem:
+        raise loc.error(keys, f"{label} {problem}")
+
+
+def _check_file_slot(loc, keys, label: str, path: str) -> None:
+    """A file the supervisor creates or appends to: its folder usable, the name not a folder."""
+    _check_directory(loc, keys, f"{label}'s directory", os.path.dirname(path))
+    if os.path.isdir(path):
+        raise loc.error(keys, f"{label} {path} is a directory, not a file")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise loc.error(keys, f"{label} {path} is not writable by uid {os.geteuid()}")
+
+
+def _environment(loc, keys: tuple, table: dict) -> tuple[tuple[str, str], ...]:
+    """Environment entries as exec needs them: a key is non-empty and has no '='
+    (execve would read `A=B=1` as A with value B=1); NUL bytes were refused earlier."""
+    for k, v in table.items():
+        if not k:
+            raise loc.error(keys, "environment key must not be empty")
+        if "=" in k:
+            raise loc.error(keys, f"environment key {k!r} must not contain '='")
+        if not isinstance(v, str):
+            raise loc.error(keys, f"environment value for {k!r} must be a string")
+    return tuple(sorted(table.items()))
 
 
 def _str_list(loc, keys, value, what="a list of strings") -> tuple[str, ...]:
@@ -247,6 +370,14 @@ def _signal_number(loc, keys, value) -> int:
         return parse_signal(value)
     except ValueError as e:
         raise loc.error(keys, f"'{keys[-1]}': {e}") from None
+
+
+def _stop_signal(loc, keys, value) -> int:
+    signo = _signal_number(loc, keys, value)
+    why = _NOT_STOP_SIGNALS.get(signal.Signals(signo))
+    if why:
+        raise loc.error(keys, f"'stop_signal' {signal.Signals(signo).name} cannot stop a program: {why}")
+    return signo
 
 
 def _restart(loc, where: tuple, table: dict, default: RestartPolicy) -> RestartPolicy:
@@ -309,13 +440,42 @@ def find_redis_server(binary: str, base_dir: Path) -> str | None:
     return shutil.which("redis-server", path=children_path()) or embedded_redis_server()
 
 
+_server_versions: dict[tuple, str] = {}
+
+
+def redis_server_version(binary: str) -> str:
+    """The `v=` of `binary --version`; ValueError unless it says `Redis server v=`.
+    Cached by file identity, so --check, start-up and each reload run it once."""
+    try:
+        st = os.stat(binary)
+    except OSError as e:
+        raise ValueError(f"cannot run {binary}: {e.strerror}") from None
+    key = (binary, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    if key in _server_versions:
+        return _server_versions[key]
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, stdin=subprocess.DEVNULL,
+                             timeout=5).stdout.decode("utf-8", "replace")
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"{binary} is not a Redis server: `{binary} --version` did not finish in 5s") from None
+    except OSError as e:
+        raise ValueError(f"cannot run {binary}: {e.strerror}") from None
+    m = re.search(r"Redis server v=(\S+)", out)
+    if not m:
+        said = out.strip().partition("\n")[0][:80]
+        raise ValueError(f"{binary} is not a Redis server: its --version printed "
+                         f"{said!r} (a Redis server prints 'Redis server v=...')" if said else
+                         f"{binary} is not a Redis server: its --version printed nothing "
+                         "(a Redis server prints 'Redis server v=...')")
+    _server_versions[key] = m.group(1)
+    return m.group(1)
+
+
 def redis_version(binary: str) -> str:
     try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=5).stdout
-    except (OSError, subprocess.TimeoutExpired) as e:
+        return redis_server_version(binary)
+    except ValueError as e:
         return f"unknown ({e})"
-    m = re.search(r"v=(\S+)", out)
-    return m.group(1) if m else out.strip() or "unknown"
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
@@ -355,7 +515,15 @@ def _resolve(base: Path, value: str) -> str:
     return str((base / value).resolve()) if not os.path.isabs(value) else os.path.normpath(value)
 
 
-def _parse_program(loc, where, table: dict, base: Path, env_path: str) -> ProgramSpec:
+def _longest_file_name(name: str, numprocs, log_backups: int) -> str:
+    """The longest file name made from a program's name: its lock file, or its last
+    instance's oldest rotated log (`worker:999.log.1000`)."""
+    last = name if not isinstance(numprocs, int) or numprocs <= 1 else f"{name}:{numprocs - 1}"
+    log = f"{last}.log" + (f".{log_backups}" if log_backups else "")
+    return max(f"{name}.lock", log, key=len)
+
+
+def _parse_program(loc, where, table: dict, base: Path, env_path: str, log_backups: int) -> ProgramSpec:
     _check_table(loc, where, table, _PROGRAM_KEYS)
     for key in ("name", "command"):
         if key not in table:
@@ -363,19 +531,23 @@ def _parse_program(loc, where, table: dict, base: Path, env_path: str) -> Progra
     name = table["name"]
     if not _NAME_RE.match(name):
         raise loc.error(where + ("name",), f"program name {name!r} may use only letters, digits, '_', '-' and '.'")
-    if name == REDIS_NAME:
-        raise loc.error(where + ("name",), "the name 'redis' is reserved for the [redis] table")
+    if name in RESERVED_NAMES:
+        raise loc.error(where + ("name",), f"the name {name!r} is reserved for {RESERVED_NAMES[name]}")
+    longest = _longest_file_name(name, table.get("numprocs", 1), log_backups)
+    if len(longest.encode()) > NAME_MAX:
+        raise loc.error(where + ("name",), f"program name is too long: its file {longest[:24]}... would be "
+                                           f"{len(longest.encode())} bytes, more than a file name may have "
+                                           f"({NAME_MAX}, NAME_MAX)")
     command = _str_list(loc, where + ("command",), table["command"], "a list of strings (argv, no shell)")
     if not command:
         raise loc.error(where + ("command",), "'command' must not be empty")
     directory = _resolve(base, table.get("directory", "."))
-    environment = table.get("environment", {})
-    for k, v in environment.items():
-        if not isinstance(v, str):
-            raise loc.error(where + ("environment",), f"environment value for {k!r} must be a string")
-    path = environment.get("PATH", env_path)
+    environment = _environment(loc, where + ("environment",), table.get("environment", {}))
+    path = dict(environment).get("PATH", env_path)
     exe = command[0]
     if "/" in exe:
+        if not os.path.isabs(exe):     # found in `directory`: say so when that is what is missing
+            _check_directory(loc, where + ("directory",), f"program '{name}': directory", directory, create=False)
         full = exe if os.path.isabs(exe) else os.path.join(directory, exe)
         found = full if os.path.isfile(full) and os.access(full, os.X_OK) else None
     else:
@@ -394,8 +566,8 @@ def _parse_program(loc, where, table: dict, base: Path, env_path: str) -> Progra
     return ProgramSpec(
         name=name, command=command, numprocs=numprocs,
         depends_on=_str_list(loc, where + ("depends_on",), table.get("depends_on", [])),
-        environment=tuple(sorted(environment.items())), directory=directory,
-        stop_signal=_signal_number(loc, where + ("stop_signal",), table.get("stop_signal", "SIGTERM")),
+        environment=environment, directory=directory,
+        stop_signal=_stop_signal(loc, where + ("stop_signal",), table.get("stop_signal", "SIGTERM")),
         stop_timeout=float(table.get("stop_timeout", 10.0)),
         ready_after=float(table.get("ready_after", 1.0)),
         autostart=table.get("autostart", True), log=log, protect=table.get("protect", False),
@@ -500,6 +672,18 @@ def _args_directives(loc, keys: tuple, args: tuple[str, ...]) -> tuple[list[tupl
     return out, includes
 
 
+def _is_bind_address(text: str) -> bool:
+    """What Redis' `bind` takes: an IP address, `*` or `::*` (any), '-' before it = optional."""
+    address = text.removeprefix("-")
+    if address in ("*", "::*"):
+        return True
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
 def _parse_redis(loc, table: dict, base: Path, run_dir: str) -> ProgramSpec:
     where = ("redis",)
     _check_table(loc, where, table, _REDIS_KEYS)
@@ -515,6 +699,10 @@ def _parse_redis(loc, table: dict, base: Path, run_dir: str) -> ProgramSpec:
     bind = _str_list(loc, where + ("bind",), table.get("bind", ["127.0.0.1"]))
     if not bind:
         raise loc.error(where + ("bind",), "'bind' must name at least one address")
+    for address in bind:
+        if not _is_bind_address(address):
+            raise loc.error(where + ("bind",), f"bind: {address!r} is not an IP address "
+                                               "(like 127.0.0.1 or ::1; '-' before it makes it optional, '*' is any)")
     log = table.get("log", "file")
     if log not in ("file", "inherit"):
         raise loc.error(where + ("log",), f"'log' must be \"file\" or \"inherit\", not {log!r}")
@@ -553,13 +741,9 @@ def _parse_redis(loc, table: dict, base: Path, run_dir: str) -> ProgramSpec:
         include=tuple(includes), supervised=supervised,
         denied_commands=tuple(c.lower() for c in denied),
     )
-    environment = table.get("environment", {})
-    for k, v in environment.items():
-        if not isinstance(v, str):
-            raise loc.error(where + ("environment",), f"environment value for {k!r} must be a string")
     return ProgramSpec(
         name=REDIS_NAME, command=(binary,), numprocs=1, directory=spec.dir,
-        environment=tuple(sorted(environment.items())),
+        environment=_environment(loc, where + ("environment",), table.get("environment", {})),
         # Redis may need long to write its dump at shutdown: never SIGKILL it early.
         stop_timeout=float(table.get("stop_timeout", 120.0)), ready_after=0.0,
         autostart=table.get("autostart", True), log=log, protect=table.get("protect", True),
@@ -621,6 +805,9 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
             raise loc.error(("supervisor", key), f"'{key}' must not be negative")
     if sup.get("health_interval", 1) <= 0:
         raise loc.error(("supervisor", "health_interval"), "'health_interval' must be positive")
+    if sup.get("health_interval", 1) < 0.1:
+        # a health check (ACL LOG round trip) more often than this only burns CPU
+        raise loc.error(("supervisor", "health_interval"), "'health_interval' must be at least 0.1 (seconds)")
     supervisor = SupervisorSpec(
         run_dir=run_dir, log_dir=log_dir,
         audit_log=_resolve(base, sup.get("audit_log", os.path.join(log_dir, "audit.jsonl"))),
@@ -645,6 +832,36 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
     return supervisor
 
 
+def _check_ground(loc: _Locator, config: Config, where_of: dict[str, tuple]) -> None:
+    """The machine the config will run on, as start-up will meet it: the directories
+    and files it creates or opens, each program's working directory, the Redis binary.
+    Refused here, so that --check never calls valid what start-up then cannot do."""
+    _check_supervisor_ground(loc, config.supervisor)
+    for spec in config.programs:
+        where = where_of[spec.name]
+        if spec.redis is not None:
+            _check_directory(loc, where + ("dir",), "Redis dir", spec.redis.dir)
+            try:
+                redis_server_version(spec.redis.binary)
+            except ValueError as e:
+                raise loc.error(where + ("binary",), str(e)) from None
+        else:
+            # a missing directory must not read as `exec of python3 failed: No such file or directory`
+            _check_directory(loc, where + ("directory",), f"program '{spec.name}': directory", spec.directory,
+                             create=False)
+
+
+def _check_supervisor_ground(loc: _Locator, supervisor: SupervisorSpec) -> None:
+    _check_directory(loc, ("supervisor", "run_dir"), "run_dir", supervisor.run_dir)
+    _check_directory(loc, ("supervisor", "log_dir"), "log_dir", supervisor.log_dir)
+    _check_file_slot(loc, ("supervisor", "audit_log"), "audit_log", supervisor.audit_log)
+    _check_directory(loc, ("supervisor", "control_socket"), "control_socket's directory",
+                     os.path.dirname(supervisor.control_socket))
+    if os.path.isdir(supervisor.control_socket):
+        raise loc.error(("supervisor", "control_socket"),
+                        f"control_socket {supervisor.control_socket} is a directory")
+
+
 def load_config(path: str | os.PathLike) -> Config:
     path = os.path.abspath(os.fspath(path))
     try:
@@ -652,14 +869,33 @@ def load_config(path: str | os.PathLike) -> Config:
             raw = f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
-    return parse_config(raw, path)
+    return parse_config(raw, path, ground=True)
 
 
-def parse_config(raw: bytes, path: str) -> Config:
+def _not_utf8(path: str, raw: bytes, e: UnicodeDecodeError) -> ConfigError:
+    line = raw.count(b"\n", 0, e.start) + 1
+    column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+    return ConfigError(f"{path}:{line}: not UTF-8 text: byte 0x{raw[e.start]:02x} at column {column}")
+
+
+def _refuse_nul(loc: _Locator, data: dict) -> None:
+    """No path, argument or environment entry can hold a NUL byte (the kernel takes
+    C strings): refused for every string at once, before anything uses one."""
+    keys = _find_nul(data, ())
+    if keys is not None:
+        name = next(k for k in reversed(keys) if isinstance(k, str)).replace("\0", "\\0")
+        what = f"'{name}' item {keys[-1] + 1}" if isinstance(keys[-1], int) else f"'{name}'"
+        raise loc.error(keys, f"{what} contains a NUL byte (\\0), which no path, argument or "
+                              "environment entry can hold")
+
+
+def parse_config(raw: bytes, path: str, ground: bool = False) -> Config:
+    """The config text at `path` -> Config, or ConfigError. With `ground` (load_config,
+    hence start-up, --check and reload) also the machine it names: see _check_ground."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text ({e})") from None
+        raise _not_utf8(path, raw, e) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -670,6 +906,7 @@ def parse_config(raw: bytes, path: str) -> Config:
         raise ConfigError(f"{path}: invalid TOML: {msg}") from None
     loc = _Locator(path, text)
     base = Path(path).parent
+    _refuse_nul(loc, data)
     _check_table(loc, (), data, _TOP_KEYS)
 
     supervisor = _parse_supervisor(loc, data.get("supervisor", {}), base)
@@ -685,11 +922,14 @@ def parse_config(raw: bytes, path: str) -> Config:
         if not isinstance(table, dict):
             raise loc.error(("program",), "'program' must be an array of tables ([[program]])")
         where = ("program", i)
-        programs.append(_parse_program(loc, where, table, base, env_path))
+        programs.append(_parse_program(loc, where, table, base, env_path, supervisor.log_backups))
         wheres.append(where)
     if not programs:
         raise ConfigError(f"{path}: nothing to supervise: add a [redis] table or a [[program]]")
-    return Config(path=path, supervisor=supervisor, programs=_dependency_order(loc, programs, wheres))
+    config = Config(path=path, supervisor=supervisor, programs=_dependency_order(loc, programs, wheres))
+    if ground:      # names are unique by now: _dependency_order refused duplicates
+        _check_ground(loc, config, {p.name: where for p, where in zip(programs, wheres, strict=True)})
+    return config
 
 
 def load_supervisor_section(path: str | os.PathLike) -> SupervisorSpec:

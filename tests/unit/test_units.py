@@ -98,9 +98,10 @@ def test_production_config_parses_and_has_the_schema_keys():
 
 
 def test_production_config_passes_the_config_loader(tmp_path):
-    from relayq_supervisor.config import load_config
+    from relayq_supervisor.config import parse_config
 
-    # The loader insists the Redis binary exists and is executable (it never runs it): point it at one.
+    # The parser insists the Redis binary exists and is executable: point it at one. (load_config
+    # would also run its --version, a process: tests/integration/test_hardening.py covers that.)
     text = CONFIG.read_text()
     assert 'binary = "/usr/bin/redis-server"' in text
     redis_server = tmp_path / "redis-server"
@@ -109,7 +110,7 @@ def test_production_config_passes_the_config_loader(tmp_path):
     copy = tmp_path / "config.toml"
     copy.write_text(text.replace('binary = "/usr/bin/redis-server"', f'binary = "{redis_server}"'))
 
-    config = load_config(copy)
+    config = parse_config(copy.read_bytes(), str(copy))
     assert config.redis.redis.port == 6379
     assert config.redis.redis.dir == "/var/lib/relayq/redis"
     assert config.supervisor.control_socket == "/run/relayq/relayq.sock"
