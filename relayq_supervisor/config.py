@@ -20,7 +20,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from relayq_supervisor.errors import ConfigError
+from relayq_supervisor.errors import ConfigError, ConfigSyntaxError
 
 DEFAULT_CONFIG = "config.toml"
 REDIS_NAME = "redis"
@@ -128,7 +128,7 @@ class Config:
 
 # --- schema -----------------------------------------------------------------
 
-_SUPERVISOR_KEYS = {
+_SUPERVISOR_KEYS: dict[str, type | tuple[type, ...]] = {
     "run_dir": str, "log_dir": str, "audit_log": str, "control_socket": str,
     "control_group": str, "audit_ignore": list, "log_max_bytes": int, "log_backups": int,
     "audit_max_bytes": int, "audit_backups": int, "health_interval": (int, float),
@@ -875,7 +875,7 @@ def load_config(path: str | os.PathLike) -> Config:
 def _not_utf8(path: str, raw: bytes, e: UnicodeDecodeError) -> ConfigError:
     line = raw.count(b"\n", 0, e.start) + 1
     column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-    return ConfigError(f"{path}:{line}: not UTF-8 text: byte 0x{raw[e.start]:02x} at column {column}")
+    return ConfigSyntaxError(f"{path}:{line}: not UTF-8 text: byte 0x{raw[e.start]:02x} at column {column}")
 
 
 def _refuse_nul(loc: _Locator, data: dict) -> None:
@@ -889,21 +889,25 @@ def _refuse_nul(loc: _Locator, data: dict) -> None:
                               "environment entry can hold")
 
 
-def parse_config(raw: bytes, path: str, ground: bool = False) -> Config:
-    """The config text at `path` -> Config, or ConfigError. With `ground` (load_config,
-    hence start-up, --check and reload) also the machine it names: see _check_ground."""
+def _toml(raw: bytes, path: str) -> tuple[dict, str]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise _not_utf8(path, raw, e) from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
         if m:
-            raise ConfigError(f"{path}:{m.group(1)}: invalid TOML: {msg} (column {m.group(2)})") from None
-        raise ConfigError(f"{path}: invalid TOML: {msg}") from None
+            raise ConfigSyntaxError(f"{path}:{m.group(1)}: invalid TOML: {msg} (column {m.group(2)})") from None
+        raise ConfigSyntaxError(f"{path}: invalid TOML: {msg}") from None
+
+
+def parse_config(raw: bytes, path: str, ground: bool = False) -> Config:
+    """The config text at `path` -> Config, or ConfigError. With `ground` (load_config,
+    hence start-up, --check and reload) also the machine it names: see _check_ground."""
+    data, text = _toml(raw, path)
     loc = _Locator(path, text)
     base = Path(path).parent
     _refuse_nul(loc, data)
@@ -934,20 +938,53 @@ def parse_config(raw: bytes, path: str, ground: bool = False) -> Config:
 
 def load_supervisor_section(path: str | os.PathLike) -> SupervisorSpec:
     """Only [supervisor] (socket, logs): what relayqctl needs to reach a supervisor even
-    when the rest of the file on disk is broken (a reload will say what is wrong)."""
+    when the rest of the file on disk is broken (a reload will say what is wrong).
+    ConfigError when the file is not TOML at all: see salvage_supervisor_section."""
     path = os.path.abspath(os.fspath(path))
     try:
         with open(path, "rb") as f:
-            text = f.read().decode("utf-8")
-        data = tomllib.loads(text)
+            raw = f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    data, text = _toml(raw, path)
     sup = data.get("supervisor", {})
     if not isinstance(sup, dict):
         raise ConfigError(f"{path}: supervisor: must be a table")
     return _parse_supervisor(_Locator(path, text), sup, Path(path).parent)
+
+
+def salvage_supervisor_section(path: str | os.PathLike) -> SupervisorSpec:
+    """Best effort for a file that is not valid TOML (someone is editing it while a
+    supervisor runs on the version it loaded): the [supervisor] table's lines alone,
+    each `key = value` line that parses on its own, defaults for the rest. Never raises
+    for a syntax error; a key it could not read keeps its default."""
+    path = os.path.abspath(os.fspath(path))
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    sup: dict = {}
+    inside = False
+    for line in text.splitlines():
+        header = re.match(r"^\s*\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]", line)
+        if header:
+            inside = header.group(1) == "supervisor"
+            continue
+        if inside:
+            try:
+                sup.update(tomllib.loads(line))
+            except tomllib.TOMLDecodeError:
+                continue
+    loc = _Locator(path, text)
+    kept = {k: v for k, v in sup.items() if k in _SUPERVISOR_KEYS and isinstance(v, _SUPERVISOR_KEYS[k])}
+    while True:     # drop what does not validate, one key at a time, down to the defaults
+        try:
+            return _parse_supervisor(loc, kept, Path(path).parent)
+        except ConfigError:
+            if not kept:
+                raise
+            kept.popitem()
 
 
 def default_config_path() -> str:

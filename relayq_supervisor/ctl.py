@@ -12,16 +12,22 @@ import os
 import select
 import socket
 import sys
-
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psutil
 
 from relayq_supervisor.audit import review
-from relayq_supervisor.config import default_config_path, load_config, load_supervisor_section
+from relayq_supervisor.config import (
+    SupervisorSpec,
+    default_config_path,
+    load_config,
+    load_supervisor_section,
+    salvage_supervisor_section,
+)
 from relayq_supervisor.control import protocol
 from relayq_supervisor.control.protocol import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, Refused
-from relayq_supervisor.errors import RelayqError
+from relayq_supervisor.core.locks import read_owner
+from relayq_supervisor.errors import ConfigSyntaxError, RelayqError
 
 
 class Unreachable(RelayqError):
@@ -48,7 +54,7 @@ def call(socket_path: str, cmd: str, timeout: float = 30.0, **args) -> dict:
         while not data.endswith(b"\n"):
             try:
                 chunk = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 raise Unreachable(f"{socket_path}: no reply within {timeout:g}s") from None
             if not chunk:
                 break
@@ -102,10 +108,27 @@ def print_status(status: dict) -> None:
         print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
 
 
+def supervisor_section(config_path: str) -> tuple[SupervisorSpec, bool]:
+    """[supervisor] of the config on disk, and whether it was only salvaged: a file
+    broken mid-edit must not cut the operator off from the supervisor that runs."""
+    try:
+        return load_supervisor_section(config_path), False
+    except ConfigSyntaxError as e:
+        print(f"relayqctl: warning: {e} (reading its [supervisor] table as far as it goes)", file=sys.stderr)
+        return salvage_supervisor_section(config_path), True
+
+
 def socket_path(args) -> str:
     if args.socket:
         return args.socket
-    return load_supervisor_section(args.config or default_config_path()).control_socket
+    config_path = os.path.abspath(args.config or default_config_path())
+    sup, salvaged = supervisor_section(config_path)
+    if salvaged:
+        # the running supervisor's own record of its socket beats a guess from a broken file
+        owner = read_owner(os.path.join(sup.run_dir, "supervisor.lock")) or {}
+        if owner.get("config") == config_path and isinstance(owner.get("control_socket"), str):
+            return owner["control_socket"]
+    return sup.control_socket
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,9 +311,9 @@ def run_doctor(args) -> int:
 
 
 def audit_timeline(args) -> int:
-    path = args.file or load_supervisor_section(args.config or default_config_path()).audit_log
+    path = args.file or supervisor_section(args.config or default_config_path())[0].audit_log
     try:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         wanted = review.EventFilter(program=args.program, signal=args.signal, sender=args.sender,
                                     since=review.parse_when(args.since, now) if args.since else None,
                                     until=review.parse_when(args.until, now) if args.until else None,

@@ -16,6 +16,10 @@ class ConfigError(RelayqError):
     """The configuration is invalid; nothing was changed or started."""
 
 
+class ConfigSyntaxError(ConfigError):
+    """The config file is not UTF-8 TOML at all (not merely a bad value in it)."""
+
+
 class StartupError(RelayqError):
     """The supervisor must not start (a lock is held, a port is taken, ...)."""
 

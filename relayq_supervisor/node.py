@@ -161,7 +161,9 @@ class Node:
         sup = self.config.supervisor
         for d in (sup.run_dir, sup.log_dir, os.path.dirname(sup.audit_log), os.path.dirname(sup.control_socket)):
             os.makedirs(d, exist_ok=True)
-        self.locks.take("supervisor", os.path.join(sup.run_dir, "supervisor.lock"), sup.run_dir)
+        # the record names the socket: relayqctl finds it there when the config on disk is broken
+        self.locks.take("supervisor", os.path.join(sup.run_dir, "supervisor.lock"), sup.run_dir,
+                        keep={"control_socket": sup.control_socket})
         self.audit_log = AuditLog(sup.audit_log, max_bytes=sup.audit_max_bytes, keep=sup.audit_backups,
                                   on_error=lambda msg: log.error("audit: %s", msg))
         for spec in self.config.programs:

@@ -150,9 +150,11 @@ class OwnerLocks:
         """Lock the file at `path` again (a new inode); False if that failed."""
         for lock in self.held.values():
             if lock.path == path:
+                # the same record as before (its notes, the supervisor's control_socket), freshly dated
+                previous = {k: v for k, v in (lock.record or {}).items() if k != "taken_at"}
                 lock.release()
                 try:
-                    lock.acquire(self.owner_record())
+                    lock.acquire({**previous, **self.owner_record()})
                     return True
                 except (LockHeld, OSError):
                     return False

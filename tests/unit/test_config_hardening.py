@@ -15,8 +15,15 @@ from hypothesis import strategies as st
 from support import REDIS_SERVER
 
 from relayq_supervisor import config as config_module
-from relayq_supervisor.config import _MAXIMA, Config, load_config, parse_config
-from relayq_supervisor.errors import ConfigError
+from relayq_supervisor.config import (
+    _MAXIMA,
+    Config,
+    load_config,
+    load_supervisor_section,
+    parse_config,
+    salvage_supervisor_section,
+)
+from relayq_supervisor.errors import ConfigError, ConfigSyntaxError
 
 PATH = "/etc/relayq/test.toml"
 PROGRAM = '[[program]]\nname = "a"\ncommand = ["sleep", "1"]\n'
@@ -388,3 +395,16 @@ def test_fuzzed_configs_are_refused_cleanly_or_sane(slots, flips):
         assert message.startswith(PATH) and "\n" not in message and "Traceback" not in message
         return
     assert_sane(config)
+
+
+# --- relayqctl's best-effort read of a broken file ------------------------------------------------
+
+def test_salvage_reads_the_supervisor_table_of_a_file_that_is_not_toml(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_bytes(b'[supervisor]\nrun_dir = "r"\ncontrol_socket = "s/ctl.sock"\nlog_dir = [broken\n'
+                    b'[[program]\nname = "\xff"\n')
+    with pytest.raises(ConfigSyntaxError):
+        load_supervisor_section(cfg)
+    sup = salvage_supervisor_section(cfg)
+    assert (sup.run_dir, sup.control_socket) == (str(tmp_path / "r"), str(tmp_path / "s/ctl.sock"))
+    assert sup.log_dir == str(tmp_path / "var/log")        # its line is broken: the default

@@ -1,0 +1,53 @@
+"""Issue 13 against a real supervisor: relayqctl with a broken config on disk, the
+control socket's connection cap, log lines that another process cannot forge."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+from support import PYTHON
+
+SLEEPER = textwrap.dedent(f"""\
+    [supervisor]
+    run_dir = "run"
+    log_dir = "log"
+    control_socket = "sock/ctl.sock"
+
+    [[program]]
+    name = "sleeper"
+    command = ["{PYTHON}", "-c", "import time; time.sleep(600)"]
+    ready_after = 0.2
+    """)
+
+
+def test_status_reaches_the_supervisor_when_the_config_on_disk_is_broken(make_supervisor):
+    sup = make_supervisor(SLEEPER)
+    (sup.dir / "sock").mkdir()
+    sup.start()
+    sup.wait_state("sleeper", "RUNNING")
+    record = json.loads((sup.dir / "run" / "supervisor.lock").read_text())
+    assert record["control_socket"] == str(sup.dir / "sock" / "ctl.sock")
+
+    # a syntax error below [supervisor]: its table is still read
+    sup.config.write_text(SLEEPER + "\n[[program]\nname = \n")
+    r = sup.ctl("status")
+    assert r.returncode == 0, r.stderr
+    assert "sleeper" in r.stdout and "RUNNING" in r.stdout
+    assert "warning:" in r.stderr and "invalid TOML" in r.stderr
+
+    # the socket's own line broken: the lock record names the socket
+    sup.config.write_text(SLEEPER.replace('control_socket = "sock/ctl.sock"', 'control_socket = "sock/ctl.s'))
+    r = sup.ctl("status", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["supervisor"]["pid"] == sup.pid
+
+    # not UTF-8 at all: the same
+    sup.config.write_bytes(SLEEPER.encode().replace(b"sleeper", b"sl\xffeeper", 1))
+    r = sup.ctl("pid")
+    assert r.returncode == 0 and r.stdout.strip() == str(sup.pid), r.stderr
+    assert "not UTF-8 text" in r.stderr
+
+    # a reload of the broken file is refused with its PATH:LINE, and nothing changes
+    r = sup.ctl("reload")
+    assert r.returncode == 2 and f"{sup.config}:7: not UTF-8 text" in r.stderr
+    assert sup.program("sleeper")["state"] == "RUNNING"
