@@ -30,6 +30,9 @@ VERSION = 1
 # Exit statuses of both commands (and reply `code`s): systemctl's convention.
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNKNOWN = 0, 1, 2, 3, 4
 MAX_REQUEST_BYTES = 64 * 1024
+# A request is at most three levels deep ({"args": {"names": [...]}}); deeper is garbage,
+# and deep enough would be json's RecursionError.
+MAX_REQUEST_DEPTH = 8
 COMMANDS = ("status", "start", "stop", "restart", "pid", "shutdown", "reload", "why")
 
 
@@ -74,14 +77,18 @@ def reply_for(error: RelayqError) -> bytes:
 
 def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
     """Validate one request line; BadRequest says what is wrong with it."""
+    if nesting_depth(line) > MAX_REQUEST_DEPTH:
+        raise BadRequest(f"malformed request: nested deeper than {MAX_REQUEST_DEPTH} levels")
     try:
         obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise BadRequest(f"malformed request: not JSON ({e})") from None
     if not isinstance(obj, dict):
         raise BadRequest("malformed request: expected a JSON object")
-    if obj.get("v") != VERSION:
-        raise BadRequest(f"unsupported protocol version {obj.get('v')!r} (this supervisor speaks {VERSION})")
+    version = obj.get("v")
+    # exactly the integer: true and 1.0 compare equal to 1 in Python, but are not versions
+    if type(version) is not int or version != VERSION:
+        raise BadRequest(f"unsupported protocol version {json.dumps(version)} (this supervisor speaks {VERSION})")
     cmd = obj.get("cmd")
     if cmd not in COMMANDS:
         raise BadRequest(f"unknown command {cmd!r} (known: {', '.join(COMMANDS)})")
@@ -97,6 +104,29 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
     if "name" in args and args["name"] is not None and not isinstance(args["name"], str):
         raise BadRequest("malformed request: 'name' must be a string")
     return cmd, args
+
+
+def nesting_depth(line: bytes) -> int:
+    """The deepest bracket nesting in a JSON text, brackets inside strings not counted;
+    a linear scan, so a hostile request is measured before the parser recurses into it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:              # backslash
+                escaped = True
+            elif byte == 0x22:              # closing quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):          # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):          # ] }
+            depth -= 1
+    return deepest
 
 
 def parse_reply(line: bytes) -> dict[str, Any]:

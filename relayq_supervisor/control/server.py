@@ -20,6 +20,10 @@ from relayq_supervisor.errors import BadRequest, RelayqError
 log = logging.getLogger(__name__)
 
 READ_TIMEOUT_S = 5.0
+# Connections served at once. Each costs an fd and a coroutine for up to READ_TIMEOUT_S;
+# beyond this a client is told to retry and closed at once, so a flood of idle
+# connections cannot exhaust the supervisor's fds (it needs them for pidfds and pipes).
+MAX_CONNECTIONS = 128
 _PEERCRED = struct.Struct("3i")
 
 
@@ -54,6 +58,8 @@ class ControlServer:
         self.group_gid = grp.getgrnam(self.group).gr_gid if self.group else None
         self.server: asyncio.AbstractServer | None = None
         self.inode: tuple[int, int] | None = None
+        self.connections = 0
+        self.refused_over_cap = 0
 
     async def start(self) -> None:
         # The supervisor lock is held: any socket file here belongs to a dead supervisor.
@@ -98,6 +104,10 @@ class ControlServer:
         return self.group_gid is not None and self.group_gid in peer.groups()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= MAX_CONNECTIONS:
+            self.over_cap(writer)
+            return
+        self.connections += 1
         try:
             reply = await self.serve_one(reader, writer)
             writer.write(reply)
@@ -107,7 +117,23 @@ class ControlServer:
         except Exception:   # one bad client must never end supervision
             log.exception("control: error while serving a client")
         finally:
+            self.connections -= 1
+            if self.connections == 0:
+                self.refused_over_cap = 0
             writer.close()
+
+    def over_cap(self, writer: asyncio.StreamWriter) -> None:
+        """Refused without reading: the reply fits the socket buffer, so no wait."""
+        if self.refused_over_cap == 0:      # once per flood, not once per connection
+            log.warning("control: %d connections open (limit %d): refusing more until some close",
+                        self.connections, MAX_CONNECTIONS)
+        self.refused_over_cap += 1
+        try:
+            writer.write(protocol.reply_error(f"too many control connections ({MAX_CONNECTIONS} open): "
+                                              "try again shortly", code=1))
+        except (ConnectionError, RuntimeError):
+            pass
+        writer.close()
 
     async def serve_one(self, reader, writer) -> bytes:
         peer = peer_of(writer.get_extra_info("socket"))

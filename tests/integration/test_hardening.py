@@ -3,9 +3,11 @@ control socket's connection cap, log lines that another process cannot forge."""
 from __future__ import annotations
 
 import json
+import socket
 import textwrap
 
-from support import PYTHON
+from relayq_supervisor.control.server import MAX_CONNECTIONS
+from support import PYTHON, wait_for
 
 SLEEPER = textwrap.dedent(f"""\
     [supervisor]
@@ -51,3 +53,45 @@ def test_status_reaches_the_supervisor_when_the_config_on_disk_is_broken(make_su
     r = sup.ctl("reload")
     assert r.returncode == 2 and f"{sup.config}:7: not UTF-8 text" in r.stderr
     assert sup.program("sleeper")["state"] == "RUNNING"
+
+
+def raw_reply(path, payload: bytes | None) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        if payload is not None:
+            s.sendall(payload)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)
+
+
+def test_control_connections_are_capped_and_answered(make_supervisor):
+    sup = make_supervisor(SLEEPER)
+    (sup.dir / "sock").mkdir()
+    sup.start()
+    sup.wait_state("sleeper", "RUNNING")
+    path = sup.dir / "sock" / "ctl.sock"
+    idle = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(path))
+            idle.append(s)
+        # once the server has accepted them all, one more is refused with a reply, not left hanging
+        reply = wait_for(lambda: (r := raw_reply(path, b'{"v": 1, "cmd": "pid"}\n')) and not r["ok"] and r,
+                         10, what="a connection over the cap to be refused")
+        assert reply["error"] == f"too many control connections ({MAX_CONNECTIONS} open): try again shortly"
+    finally:
+        for s in idle:
+            s.close()
+    # the slots come back as soon as the idle clients are gone
+    wait_for(lambda: raw_reply(path, b'{"v": 1, "cmd": "pid"}\n')["ok"], 10, what="the cap to free up")
+    assert sup.log().count("refusing more until some close") == 1
+    # and a deeply nested request gets a clear refusal, not an internal error
+    reply = raw_reply(path, b'{"v": 1, "cmd": "status", "args": ' + b"[" * 20_000 + b"]" * 20_000 + b"}\n")
+    assert reply == {"v": 1, "ok": False, "error": "malformed request: nested deeper than 8 levels", "code": 2}
