@@ -6,8 +6,9 @@ import json
 import socket
 import textwrap
 
-from relayq_supervisor.control.server import MAX_CONNECTIONS
 from support import PYTHON, wait_for
+
+from relayq_supervisor.control.server import MAX_CONNECTIONS
 
 SLEEPER = textwrap.dedent(f"""\
     [supervisor]
