@@ -13,7 +13,7 @@ import sys
 from relayq_supervisor.config import Config, default_config_path, load_config, redis_version
 from relayq_supervisor.control.protocol import EXIT_OK, exit_status_of
 from relayq_supervisor.errors import RelayqError
-
+from relayq_supervisor.printable import escape
 
 ROOT_LOGGER = "relayq_supervisor"
 
@@ -28,7 +28,9 @@ class JournalFormatter(logging.Formatter):
         self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
-        msg = f"{record.name.removeprefix(ROOT_LOGGER + '.')}: {record.getMessage()}"
+        # escaped whole: a sender's argv or a child's output quoted in a message must not
+        # start a journal entry of its own (`\n<2>FORGED`); tracebacks below are ours
+        msg = escape(f"{record.name.removeprefix(ROOT_LOGGER + '.')}: {record.getMessage()}")
         if record.exc_info:
             msg += "\n" + self.formatException(record.exc_info)
         if self.journal:
@@ -79,7 +81,7 @@ def supervisor_main(argv: list[str] | None = None) -> int:
         setup_logging(args.verbose)
         asyncio.run(supervise(config))
     except RelayqError as e:
-        print(e, file=sys.stderr)
+        print(escape(str(e)), file=sys.stderr)     # may name a port holder's command line
         return exit_status_of(e)
     return EXIT_OK
 

@@ -28,6 +28,7 @@ from relayq_supervisor.control import protocol
 from relayq_supervisor.control.protocol import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, Refused
 from relayq_supervisor.core.locks import read_owner
 from relayq_supervisor.errors import ConfigSyntaxError, RelayqError
+from relayq_supervisor.printable import escape
 
 
 class Unreachable(RelayqError):
@@ -66,6 +67,12 @@ def call(socket_path: str, cmd: str, timeout: float = 30.0, **args) -> dict:
     return protocol.parse_reply(data)
 
 
+def say(line: str) -> None:
+    """Print one human-readable line: text from other processes in it (argv, comm,
+    a child's output) is escaped so it cannot break or recolour the line."""
+    print(escape(line))
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -95,14 +102,15 @@ def describe_program(p: dict) -> str:
 def print_status(status: dict) -> None:
     sup = status["supervisor"]
     redis = f"{sup.get('redis_binary')} {sup.get('redis_version')}" if sup.get("redis_binary") else "no redis"
-    print(f"relayq-supervisor pid {sup['pid']}, up {format_duration(sup['uptime_s'])}, "
-          f"config {sup['config']}, redis {redis}")
+    say(f"relayq-supervisor pid {sup['pid']}, up {format_duration(sup['uptime_s'])}, "
+        f"config {sup['config']}, redis {redis}")
     for note in sup.get("notes", []):
-        print(f"  {note}")
+        say(f"  {note}")
     rows = [("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "DETAIL")]
-    for p in status["programs"]:
-        rows.append((p["name"], p["state"], str(p["pid"] or "-"), format_duration(p["uptime_s"]),
-                     str(p["restarts"]), describe_program(p)))
+    for p in status["programs"]:     # cells escaped before widths are measured
+        rows.append(tuple(escape(cell) for cell in (
+            p["name"], p["state"], str(p["pid"] or "-"), format_duration(p["uptime_s"]),
+            str(p["restarts"]), describe_program(p))))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
@@ -193,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         path = socket_path(args)
         return run(args, path)
     except RelayqError as e:
-        print(f"relayqctl: {e}", file=sys.stderr)
+        print(escape(f"relayqctl: {e}"), file=sys.stderr)    # a reply may quote a port holder's argv
         return protocol.exit_status_of(e)
     except KeyboardInterrupt:
         return EXIT_FAILURE
@@ -224,7 +232,7 @@ def run(args, path: str) -> int:
         ok = True
         for o in result["outcomes"]:
             ok &= o["ok"]
-            print(f"{o['name']}: {o['state']}" + (f" ({o['detail']})" if o.get("detail") else ""))
+            say(f"{o['name']}: {o['state']}" + (f" ({o['detail']})" if o.get("detail") else ""))
         return EXIT_OK if ok else EXIT_FAILURE
     if cmd == "shutdown":
         pid = None
@@ -257,7 +265,8 @@ def run(args, path: str) -> int:
         changes = checked(call(path, "reload", args.timeout)).get("changes", {})
         lines = [f"{what}: {', '.join(names)}" for what, names in changes.items() if names and what != "not_applied"]
         lines += changes.get("not_applied", [])
-        print("\n".join(lines) if lines else "reloaded: nothing changed")
+        for line in lines or ["reloaded: nothing changed"]:
+            say(line)
         return EXIT_OK
     if cmd == "why":
         show(checked(call(path, "why", args.timeout, name=args.name)), args.json, print_why)
@@ -267,28 +276,28 @@ def run(args, path: str) -> int:
 
 def print_why(result: dict) -> None:
     p, stop = result["program"], result.get("last_stop")
-    print(f"{p['name']}: {p['state']}" + (f", pid {p['pid']}" if p["pid"] else "") + f" ({p['reason']})")
+    say(f"{p['name']}: {p['state']}" + (f", pid {p['pid']}" if p["pid"] else "") + f" ({p['reason']})")
     if not stop:
-        print("  no run of it has ended yet")
+        say("  no run of it has ended yet")
         return
-    print(f"  last stop: {review.format_event(stop['exit'])}")
+    say(f"  last stop: {review.format_event(stop['exit'])}")
     sender = stop.get("sender")
     if sender:
-        print(f"  sent by: {review.describe_sender(sender)}")
+        say(f"  sent by: {review.describe_sender(sender)}")
         for key in ("uid", "user", "exe", "cmdline", "unit", "loginuid", "session", "tty", "alive", "note"):
             if sender.get(key) not in (None, [], ""):
                 value = " ".join(sender[key]) if key == "cmdline" else sender[key]
-                print(f"    {key}: {value}")
+                say(f"    {key}: {value}")
         for anc in sender.get("ancestry") or []:
-            print(f"    parent: pid {anc['pid']} {anc.get('comm') or ''} {' '.join(anc.get('cmdline') or [])}")
+            say(f"    parent: pid {anc['pid']} {anc.get('comm') or ''} {' '.join(anc.get('cmdline') or [])}")
     if stop.get("events"):
-        print("  what happened to it before (signals, denied commands):")
+        say("  what happened to it before (signals, denied commands):")
         for event in stop["events"]:
-            print(f"    {review.format_event(event)}")
+            say(f"    {review.format_event(event)}")
     if stop.get("output_tail"):
-        print("  its last output:")
+        say("  its last output:")
         for line in stop["output_tail"][-12:]:
-            print(f"    {line}")
+            say(f"    {line}")
 
 
 def run_doctor(args) -> int:

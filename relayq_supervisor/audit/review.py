@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO, Callable, Iterator
 
 from relayq_supervisor.config import parse_signal
+from relayq_supervisor.printable import escape
 
 from relayq_supervisor.witness.identity import ProcessIdentity
 
@@ -240,7 +241,8 @@ def format_event(event: dict[str, Any]) -> str:
     """One line for a person, times in UTC: ``23:21:26.721 redis pid 3613222 <- SIGTERM from ...``."""
     kind = event.get("event")
     formatter = _FORMATTERS.get(kind, _format_generic)
-    return f"{_clock(event.get('ts'))} {formatter(event)}"
+    # escaped: a sender's command line with a newline must not break the line in two
+    return escape(f"{_clock(event.get('ts'))} {formatter(event)}")
 
 
 def _clock(ts: Any) -> str:

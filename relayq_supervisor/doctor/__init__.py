@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from relayq_supervisor.printable import escape
+
 OWN_UNIT = "relayq-supervisor.service"
 
 # Precedence order (first wins), as systemd searches them; /lib and /usr/lib are often the same
@@ -1022,20 +1024,21 @@ def format_report(rivals) -> str:
         return "no rival managers found"
     blocks = []
     for rival in rivals:
-        title = f"[{rival.kind}] {rival.name}"
+        # fields quote other processes' command lines and files: escaped, one line each
+        title = f"[{rival.kind}] {escape(rival.name)}"
         if rival.pid is not None and str(rival.pid) not in rival.name:
             title += f" (pid {rival.pid})"
         if rival.state:
-            title += f": {rival.state}"
+            title += f": {escape(rival.state)}"
         lines = [title]
         if rival.reason:
-            lines.append(f"  why:      {rival.reason}")
+            lines.append(f"  why:      {escape(rival.reason)}")
         if rival.path:
-            lines.append(f"  path:     {rival.path}")
-        evidence = rival.evidence.splitlines() or [""]
+            lines.append(f"  path:     {escape(rival.path)}")
+        evidence = [escape(line) for line in rival.evidence.split("\n")] or [""]
         lines.append(f"  evidence: {evidence[0]}")
         lines.extend(f"            {more}" for more in evidence[1:])
-        lines.append(f"  disable:  {rival.disable}")
+        lines.append(f"  disable:  {escape(rival.disable)}")
         blocks.append("\n".join(lines))
     counts: dict[str, int] = {}
     for rival in rivals:

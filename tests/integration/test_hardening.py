@@ -3,7 +3,9 @@ control socket's connection cap, log lines that another process cannot forge."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import textwrap
 
 from support import PYTHON, wait_for
@@ -96,3 +98,37 @@ def test_control_connections_are_capped_and_answered(make_supervisor):
     # and a deeply nested request gets a clear refusal, not an internal error
     reply = raw_reply(path, b'{"v": 1, "cmd": "status", "args": ' + b"[" * 20_000 + b"]" * 20_000 + b"}\n")
     assert reply == {"v": 1, "ok": False, "error": "malformed request: nested deeper than 8 levels", "code": 2}
+
+
+FORGED = "x\n<2>FORGED: data lost, run FLUSHALL\x1b[2K"
+
+
+def test_a_senders_argv_cannot_forge_a_log_line(make_supervisor, procs):
+    sup = make_supervisor(SLEEPER + "protect = true\n")
+    (sup.dir / "sock").mkdir()
+    # JOURNAL_STREAM: the supervisor writes `<N>` priority prefixes, as under systemd
+    sup.start(env={**os.environ, "JOURNAL_STREAM": "8:1234"})
+    target = sup.wait_state("sleeper", "RUNNING")["pid"]
+    script = sup.dir / "s.py"       # short: the sender's description is cut at 80 characters
+    script.write_text("import os, sys, time\nos.kill(int(sys.argv[2]), 15)\ntime.sleep(30)\n")
+    sender = subprocess.Popen([PYTHON, "s.py", FORGED, str(target)], cwd=sup.dir)
+    procs.append(sender)
+    wait_for(lambda: "blocked SIGTERM" in sup.log(), 20, what="the guard's warning")
+    lines = sup.log().splitlines()
+    forged = [line for line in lines if "FORGED" in line]
+    assert len(forged) == 1, forged
+    assert forged[0].startswith("<4>") and f"pid {sender.pid}" in forged[0]
+    assert "x\\n<2>FORGED: data lost, run FLUSHALL\\x1b[2K" in forged[0]
+    assert all(line.startswith("<") for line in lines), lines
+
+    # the audit timeline: one escaped line; its JSON keeps the argv exact
+    text = sup.ctl("audit", "--signal", "SIGTERM").stdout
+    timeline = [line for line in text.splitlines() if "FORGED" in line]
+    assert len(timeline) == 1 and "BLOCKED" in timeline[0] and "x\\n<2>FORGED" in timeline[0], text
+    events = [json.loads(line) for line in sup.ctl("audit", "--json", "--signal", "SIGTERM").stdout.splitlines()]
+    assert any(FORGED in (e.get("sender") or {}).get("cmdline", []) for e in events)
+
+    # relayqctl why / status: the same, escaped
+    sender.kill()
+    why = sup.ctl("why", "sleeper").stdout
+    assert "\x1b" not in why and "\n<2>" not in why
