@@ -71,6 +71,9 @@ class GroundWatch:
         self.watcher: Watcher | None = None
         self.config_digest = file_digest(sup.config_path)
         self.config_changed = False
+        # rival files already warned about, with the content warned about: an editor's
+        # save or a touch fires inotify again, but only new content is news
+        self.rivals_warned: dict[str, str | None] = {}
 
     def config_loaded(self) -> None:
         self.config_digest = file_digest(self.sup.config_path)
@@ -85,6 +88,8 @@ class GroundWatch:
             return
         for r in rivals:
             log.warning("rival manager %s %s (%s): %s", r.kind, r.name, r.reason or r.evidence, r.disable)
+            if r.path:
+                self.rivals_warned[r.path] = file_digest(r.path)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.watcher = Watcher(loop)
@@ -124,6 +129,7 @@ class GroundWatch:
 
     def on_rival_dir(self, path: str, what: str) -> None:
         if what == "deleted":
+            self.rivals_warned.pop(path, None)
             return
         if what == "created" and path.endswith((".wants", ".requires")) and os.path.isdir(path) \
                 and self.watcher is not None:
@@ -134,7 +140,13 @@ class GroundWatch:
         except Exception as e:
             log.warning("cannot check %s for a rival manager (%s)", path, e)
             return
-        if rival is not None:
-            self.sup.audit("rival_manager", path=path, reason=rival.reason or rival.evidence, disable=rival.disable)
-            log.warning("rival manager appeared: %s %s (%s); disable it: %s", rival.kind, rival.name,
-                        rival.reason or rival.evidence, rival.disable)
+        if rival is None:
+            self.rivals_warned.pop(path, None)      # no longer a rival: its return is news again
+            return
+        digest = file_digest(path)
+        if path in self.rivals_warned and self.rivals_warned[path] == digest:
+            return
+        self.rivals_warned[path] = digest
+        self.sup.audit("rival_manager", path=path, reason=rival.reason or rival.evidence, disable=rival.disable)
+        log.warning("rival manager appeared: %s %s (%s); disable it: %s", rival.kind, rival.name,
+                    rival.reason or rival.evidence, rival.disable)

@@ -126,7 +126,7 @@ class RestartTracker:
 
         self._streak = streak
         if self._exceeds_limit(now + delay):
-            self._gave_up = self._limit_reason()
+            self._gave_up = self._limit_reason(self.starts_in_window(now))
             return Decision(FATAL, 0.0, streak, self._gave_up)
         flapping = p.start_limit_burst == 0 and streak >= FLAPPING_STREAK
         if flapping:
@@ -168,6 +168,7 @@ class RestartTracker:
         # The planned start itself counts, so burst+1 starts in the window is too many.
         return self.starts_in_window(planned) + 1 > self.policy.start_limit_burst
 
-    def _limit_reason(self) -> str:
-        p = self.policy
-        return f"gave up: {p.start_limit_burst + 1} starts in {format_seconds(p.start_limit_interval)}"
+    def _limit_reason(self, made: int) -> str:
+        # the starts actually made: the refused one never happened
+        plural = "" if made == 1 else "s"
+        return f"gave up: {made} start{plural} in {format_seconds(self.policy.start_limit_interval)}"

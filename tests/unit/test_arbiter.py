@@ -99,7 +99,7 @@ def test_quick_exits_back_off_exponentially_then_give_up():
         assert p.state == State.STARTING
     assert delays == [1.0, 2.0]
     assert rig.state("db") == "FATAL"
-    assert rig.program("db").reason.startswith("gave up: 4 starts in 60s")
+    assert rig.program("db").reason.startswith("gave up: 3 starts in 60s")
     assert rig.events_of("gave_up")[0]["program"] == "db"
     assert [e["delay_s"] for e in rig.events_of("backoff")] == [1.0, 2.0]
 

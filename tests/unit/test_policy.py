@@ -159,15 +159,15 @@ def test_stable_after_boundary(runtime, action):
 
 # --- start limit -------------------------------------------------------------
 
-def test_fatal_exactly_at_burst_plus_one_starts():
+def test_fatal_when_a_start_would_exceed_the_burst_and_says_the_starts_made():
     clock = FakeClock()
     t = tracker(clock)
     decisions = crash_loop(t, clock, 10)
     # Five starts happened (0, 0.6, 1.7, 3.8, 7.9 s); a sixth within 60 s is too many.
     assert [d.action for d in decisions] == ["backoff"] * 4 + ["fatal"]
-    assert decisions[-1] == Decision("fatal", 0.0, 5, "gave up: 6 starts in 60s")
+    assert decisions[-1] == Decision("fatal", 0.0, 5, "gave up: 5 starts in 60s")
     assert t.starts_in_window() == 5
-    assert t.may_start() == "gave up: 6 starts in 60s"
+    assert t.may_start() == "gave up: 5 starts in 60s"
 
 
 @pytest.mark.parametrize("burst", [1, 2, 3, 7])
@@ -176,7 +176,7 @@ def test_fatal_counts_burst_starts(burst):
     t = tracker(clock, start_limit_burst=burst, backoff_initial=0.1)
     decisions = crash_loop(t, clock, burst + 5)
     assert len(decisions) == burst
-    assert decisions[-1].reason == f"gave up: {burst + 1} starts in 60s"
+    assert decisions[-1].reason == f"gave up: {burst} start{'' if burst == 1 else 's'} in 60s"
 
 
 def test_not_fatal_when_window_slid_past_old_starts():
@@ -223,7 +223,7 @@ def test_stable_restarts_also_count_against_the_start_limit():
     t = tracker(clock, stable_after=1.0, start_limit_burst=3)
     decisions = crash_loop(t, clock, 5, runtime=5.0)
     assert [d.action for d in decisions] == ["restart", "restart", "fatal"]
-    assert decisions[-1].reason == "gave up: 4 starts in 60s"
+    assert decisions[-1].reason == "gave up: 3 starts in 60s"
 
 
 @pytest.mark.parametrize("interval, text", [(60.0, "60s"), (2.5, "2.5s"), (0.1, "0.1s"), (3600, "3600s")])
@@ -231,7 +231,7 @@ def test_fatal_reason_formats_the_interval(interval, text):
     clock = FakeClock()
     t = tracker(clock, backoff_initial=0.0, start_limit_burst=1, start_limit_interval=interval)
     (d,) = crash_loop(t, clock, 3, runtime=0.01)
-    assert d.reason == f"gave up: 2 starts in {text}"
+    assert d.reason == f"gave up: 1 start in {text}"
 
 
 def test_format_seconds_has_no_float_noise():
@@ -245,7 +245,7 @@ def test_fatal_stays_until_reset_even_after_the_window_passes():
     crash_loop(t, clock, 10)
     clock.advance(3600)
     assert t.starts_in_window() == 0
-    assert t.may_start() == "gave up: 6 starts in 60s"
+    assert t.may_start() == "gave up: 5 starts in 60s"
 
 
 def test_reset_clears_streak_window_and_fatal():

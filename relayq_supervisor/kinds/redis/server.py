@@ -105,9 +105,15 @@ def describe_listener(port: int) -> str | None:
     return describe_pid(pid) if pid is not None else None
 
 
+def command_text(cmdline: list[str]) -> str:
+    """argv as one line, without the padding a rewritten process title leaves: Redis
+    writes `redis-server 127.0.0.1:6379` over its argv area and pads it with spaces."""
+    return " ".join(cmdline).rstrip() or "?"
+
+
 def describe_pid(pid: int) -> str:
     try:
-        cmdline = " ".join(psutil.Process(pid).cmdline())
+        cmdline = command_text(psutil.Process(pid).cmdline())
     except psutil.Error:
         cmdline = "?"
     text = f"pid {pid} ({cmdline})"
