@@ -106,7 +106,7 @@ def print_status(status: dict) -> None:
         f"config {sup['config']}, redis {redis}")
     for note in sup.get("notes", []):
         say(f"  {note}")
-    rows = [("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "DETAIL")]
+    rows: list[tuple[str, ...]] = [("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "DETAIL")]
     for p in status["programs"]:     # cells escaped before widths are measured
         rows.append(tuple(escape(cell) for cell in (
             p["name"], p["state"], str(p["pid"] or "-"), format_duration(p["uptime_s"]),
