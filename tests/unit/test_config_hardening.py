@@ -87,6 +87,7 @@ def test_a_tiny_health_interval_would_spin_and_is_refused():
     ("supervisor", "audit_max_bytes", 1 << 31, 2),
     ("supervisor", "log_max_bytes", 10 ** 30, 2),
     ("supervisor", "health_interval", 3601, 2),
+    ("program", "watchdog_sec", 86401, 4),
 ])
 def test_upper_bounds(table, key, value, line):
     if table == "supervisor":
