@@ -88,7 +88,7 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
     version = obj.get("v")
     # exactly the integer: true and 1.0 compare equal to 1 in Python, but are not versions
     if type(version) is not int or version != VERSION:
-        raise BadRequest(f"unsupported protocol version {json.dumps(version)} (this supervisor speaks {VERSION})")
+        raise BadRequest(f"unsupported protocol version {version!r} (this supervisor speaks {VERSION})")
     cmd = obj.get("cmd")
     if cmd not in COMMANDS:
         raise BadRequest(f"unknown command {cmd!r} (known: {', '.join(COMMANDS)})")

@@ -1,5 +1,6 @@
 """Issue 13 against a real supervisor: relayqctl with a broken config on disk, the
-control socket's connection cap, log lines that another process cannot forge."""
+control socket's connection cap, log lines that another process cannot forge, and the
+config checks that run a process (the Redis binary's --version)."""
 from __future__ import annotations
 
 import json
@@ -8,9 +9,12 @@ import socket
 import subprocess
 import textwrap
 
-from support import PYTHON, wait_for
+import pytest
+from support import PYTHON, REDIS_SERVER, wait_for
 
+from relayq_supervisor.config import load_config
 from relayq_supervisor.control.server import MAX_CONNECTIONS
+from relayq_supervisor.errors import ConfigError
 
 SLEEPER = textwrap.dedent(f"""\
     [supervisor]
@@ -132,3 +136,35 @@ def test_a_senders_argv_cannot_forge_a_log_line(make_supervisor, procs):
     sender.kill()
     why = sup.ctl("why", "sleeper").stdout
     assert "\x1b" not in why and "\n<2>" not in why
+
+
+# --- config: the Redis binary must be a Redis server (load_config runs its --version) -------------
+
+def refused_on_disk(tmp_path, text: str) -> str:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    return str(e.value).replace(str(tmp_path), "TMP")
+
+
+@pytest.mark.parametrize("script, said", [
+    ("exit 0", "printed nothing"),
+    ("echo 'true (GNU coreutils) 9.1'; echo more", "printed 'true (GNU coreutils) 9.1'"),
+])
+def test_a_binary_that_is_not_a_redis_server(tmp_path, script, said):
+    binary = tmp_path / "not-redis"
+    binary.write_text(f"#!/bin/sh\n{script}\n")
+    binary.chmod(0o755)
+    text = '[redis]\nbinary = "./not-redis"\n'
+    binary = "TMP/not-redis"
+    assert refused_on_disk(tmp_path, text) == (
+        f"TMP/config.toml:2: {binary} is not a Redis server: its --version {said} "
+        "(a Redis server prints 'Redis server v=...')")
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="no redis-server")
+def test_a_real_redis_server_is_accepted(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[redis]\nbinary = "{REDIS_SERVER}"\n')
+    assert load_config(cfg).redis.redis.binary == REDIS_SERVER

@@ -892,7 +892,8 @@ def test_supervisor_section_invalid_toml_keeps_tomllib_location(tmp_path):
     path.write_text("[supervisor\n")
     with pytest.raises(ConfigError) as failed:
         load_supervisor_section(path)
-    assert re.fullmatch(rf"{re.escape(str(path))}: invalid TOML: .+ \(at line 1, column 12\)", str(failed.value))
+    # the same PATH:LINE form as every config error (issue 13)
+    assert re.fullmatch(rf"{re.escape(str(path))}:1: invalid TOML: .+ \(column 12\)", str(failed.value))
 
 
 def test_supervisor_section_unreadable(tmp_path):
@@ -902,7 +903,7 @@ def test_supervisor_section_unreadable(tmp_path):
     (tmp_path / "bin.toml").write_bytes(b"\xff[supervisor]\n")
     with pytest.raises(ConfigError) as binary:
         load_supervisor_section(tmp_path / "bin.toml")
-    assert str(binary.value).startswith(f"{tmp_path}/bin.toml: invalid TOML: 'utf-8' codec can't decode byte 0xff")
+    assert str(binary.value) == f"{tmp_path}/bin.toml:1: not UTF-8 text: byte 0xff at column 1"
 
 
 # --- small pieces --------------------------------------------------------------------------

@@ -36,14 +36,14 @@ def test_unbalanced_garbage_is_not_json():
     assert refusal(b'{"v": 1, "cmd": ]]]]\n').startswith("malformed request: not JSON")
 
 
-@pytest.mark.parametrize("version, shown", [(True, "true"), (1.0, "1.0"), ("1", '"1"'), (None, "null"), (2, "2")])
+@pytest.mark.parametrize("version, shown", [(True, "True"), (1.0, "1.0"), ("1", "'1'"), (None, "None"), (2, "2")])
 def test_only_the_integer_1_is_a_version(version, shown):
     line = json.dumps({"v": version, "cmd": "status"}).encode() + b"\n"
     assert refusal(line) == f"unsupported protocol version {shown} (this supervisor speaks 1)"
 
 
 def test_a_missing_version_is_refused():
-    assert refusal(b'{"cmd": "status"}\n') == "unsupported protocol version null (this supervisor speaks 1)"
+    assert refusal(b'{"cmd": "status"}\n') == "unsupported protocol version None (this supervisor speaks 1)"
 
 
 @pytest.mark.parametrize("args, message", [
