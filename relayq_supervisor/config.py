@@ -373,10 +373,11 @@ def _signal_number(loc, keys, value) -> int:
 
 
 def _stop_signal(loc, keys, value) -> int:
+    """stop_signal, watchdog_signal: a signal that ends a program that does not catch it."""
     signo = _signal_number(loc, keys, value)
     why = _NOT_STOP_SIGNALS.get(signal.Signals(signo))
     if why:
-        raise loc.error(keys, f"'stop_signal' {signal.Signals(signo).name} cannot stop a program: {why}")
+        raise loc.error(keys, f"'{keys[-1]}' {signal.Signals(signo).name} cannot stop a program: {why}")
     return signo
 
 
@@ -507,7 +508,7 @@ def _watchdog_settings(loc: _Locator, where: tuple, table: dict) -> dict:
         raise loc.error(where + ("max_rss",), f"'max_rss': {e}") from None
     out = {"watchdog_sec": float(watchdog_sec), "max_rss": max_rss}
     if "watchdog_signal" in table:
-        out["watchdog_signal"] = _signal_number(loc, where + ("watchdog_signal",), table["watchdog_signal"])
+        out["watchdog_signal"] = _stop_signal(loc, where + ("watchdog_signal",), table["watchdog_signal"])
     return out
 
 

@@ -26,7 +26,7 @@ from relayq_supervisor.control.server import ControlServer
 from relayq_supervisor.core import reload as reload_diff
 from relayq_supervisor.core.arbiter import Arbiter
 from relayq_supervisor.core.children import AdoptedProcess, ProcessSpawner
-from relayq_supervisor.core.locks import OwnerLocks, program_lock_path
+from relayq_supervisor.core.locks import OwnerLocks, program_key, program_lock_path
 from relayq_supervisor.core.program import Program
 from relayq_supervisor.core.states import State
 from relayq_supervisor.errors import RelayqError, ReloadRefused, StartupError
@@ -131,7 +131,7 @@ class Node:
         would look for it after a crash of this supervisor."""
         self.service.publish()
         if p.state == State.STARTING and p.pid is not None:
-            self.locks.note(p.base, children={q.name: {"pid": q.pid, "start_ticks": proc_start_ticks(q.pid)}
+            self.locks.note(program_key(p.base), children={q.name: {"pid": q.pid, "start_ticks": proc_start_ticks(q.pid)}
                                               for q in self.arbiter.graph.instances(p.base) if q.pid})
             self.arbiter.kinds[p.base].record_running(p.pid)
 
@@ -348,7 +348,7 @@ class Node:
                 taken.append(name)
         except StartupError as e:
             for name in taken:
-                self.locks.release(name)
+                self.locks.release(program_key(name))
             raise ReloadRefused(f"{e}; nothing changed") from None
         log.info("reloading %s (%s)", new.path, who)
         self.service.reloading()
@@ -357,7 +357,7 @@ class Node:
         finally:
             self.service.reloaded()
         for name in changes.removed:
-            self.locks.release(name)
+            self.locks.release(program_key(name))
         self.config = self.arbiter.config
         self.ground.config_loaded()
         summary = changes.to_dict()

@@ -72,6 +72,11 @@ class OwnerLock:
             self.fd = self.inode = None
 
 
+def program_key(name: str) -> str:
+    """Programs' locks in a key space of their own: a program may be called `redis-dir`."""
+    return f"program:{name}"
+
+
 def program_lock_path(run_dir: str, name: str) -> str:
     return os.path.join(run_dir, f"{name}.lock")
 
@@ -111,7 +116,7 @@ class OwnerLocks:
         self.held[key] = lock
 
     def take_program(self, name: str, run_dir: str, keep: dict[str, Any] | None = None) -> None:
-        self.take(name, program_lock_path(run_dir, name), f"program {name}", keep=keep)
+        self.take(program_key(name), program_lock_path(run_dir, name), f"program {name}", keep=keep)
 
     def note(self, key: str, **fields: Any) -> None:
         """Record in lock `key` what now runs under it (None removes a field), so that a

@@ -409,3 +409,11 @@ def test_salvage_reads_the_supervisor_table_of_a_file_that_is_not_toml(tmp_path)
     sup = salvage_supervisor_section(cfg)
     assert (sup.run_dir, sup.control_socket) == (str(tmp_path / "r"), str(tmp_path / "s/ctl.sock"))
     assert sup.log_dir == str(tmp_path / "var/log")        # its line is broken: the default
+
+
+def test_watchdog_signal_must_end_a_program():
+    from relayq_supervisor.config import parse_config
+    from relayq_supervisor.errors import ConfigError
+    text = b'[[program]]\nname = "a"\ncommand = ["sleep", "1"]\nwatchdog_signal = "SIGSTOP"\n'
+    with pytest.raises(ConfigError, match=r"/x.toml:4: 'watchdog_signal' SIGSTOP cannot stop a program: it only suspends"):
+        parse_config(text, "/x.toml")
