@@ -41,6 +41,7 @@ from relayq_supervisor.witness.attribution import Attribution
 from relayq_supervisor.witness.evidence import Probe
 from relayq_supervisor.witness.identity import proc_start_ticks
 from relayq_supervisor.witness.tap import SignalTap
+from relayq_supervisor.witness.tracefs import KernelWitness
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class Node:
         self.locks = OwnerLocks(config.path, lambda path, owner: self.audit("lock_conflict", path=path, owner=owner))
         self.attribution = Attribution(self, config.supervisor.audit_ignore)
         self.tap = SignalTap(self.attribution.on_traced_signal) if config.supervisor.signal_tap else None
+        self.kernel_witness = KernelWitness(self.attribution.on_kernel_signal, self.attribution.on_oom_victim) \
+            if config.supervisor.kernel_witness else None
         self.service = ServiceLink(self)
         self.ground = GroundWatch(self)
         self.control: ControlServer | None = None
@@ -246,6 +249,7 @@ class Node:
         self.sigfd = SignalFd(HANDLED_SIGNALS)
         self.loop.add_reader(self.sigfd.fileno(), self.on_signalfd)
         self.loop.add_reader(self.notify_socket.fileno(), self.on_notify)
+        self.start_kernel_witness()
         if self.with_control:
             self.control = ControlServer(self, self.config.supervisor)
             await self.control.start()
@@ -277,8 +281,40 @@ class Node:
             return next((p for p in self.arbiter.graph.instances(program) if p.state == State.RUNNING), None)
         return running
 
+    def start_kernel_witness(self) -> None:
+        """Where the kernel allows (root, tracefs, the initial pid namespace); else the
+        supervisor runs on without it and says why."""
+        w = self.kernel_witness
+        if w is None:
+            return
+        if w.start():
+            self.loop.add_reader(w.fileno(), self.on_kernel_trace)
+            log.info("kernel witness: tracing signals to children in %s", w.instance)
+        else:
+            log.warning("kernel witness: %s (signals are attributed by the tap alone)", w.state)
+            self.audit("kernel_witness_unavailable", reason=w.unavailable)
+
+    def on_kernel_trace(self) -> None:
+        w = self.kernel_witness
+        assert w is not None
+        w.drain()
+        if w.unavailable and w.fd is not None:     # a read failed: stop listening, say so in status
+            self.loop.remove_reader(w.fileno())
+            w.close()
+            self.audit("kernel_witness_unavailable", reason=w.unavailable)
+
+    def follow_children(self, also: int | None = None) -> None:
+        """The kernel witness's filter follows the supervised pids (a restarted child too)."""
+        if self.kernel_witness is not None and self.kernel_witness.instance is not None:
+            pids = set(self.arbiter.by_pid)
+            if also is not None:
+                pids.add(also)
+            self.kernel_witness.watch(pids)
+
     def before_exec(self, pid: int) -> None:
-        """Between fork and exec: the signal tap seizes the child here."""
+        """Between fork and exec: the kernel witness starts watching the child (before it
+        runs, so no signal is missed) and the signal tap seizes it."""
+        self.follow_children(also=pid)
         if self.tap is None or self.tap.unavailable:
             return
         if not self.tap.attach(pid):
@@ -306,7 +342,16 @@ class Node:
 
     def reap(self) -> None:
         """Every waitpid() result: traced children's stops go to the tap, exits to the
-        arbiter. __WALL: threads of traced children report too."""
+        arbiter. __WALL: threads of traced children report too. The kernel witness is read
+        first: the signal that ended a child was traced before its exit was reported."""
+        if self.kernel_witness is not None:
+            self.kernel_witness.drain()
+        try:
+            self.reap_all()
+        finally:
+            self.follow_children()
+
+    def reap_all(self) -> None:
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG | ptrace.WALL)
@@ -419,6 +464,10 @@ class Node:
             self.sigfd.close()
         self.loop.remove_reader(self.notify_socket.fileno())
         self.notify_socket.close()
+        if self.kernel_witness is not None:
+            if self.kernel_witness.fd is not None:
+                self.loop.remove_reader(self.kernel_witness.fileno())
+            self.kernel_witness.close()
         self.locks.release_all()
         if self.audit_log is not None:
             self.audit_log.close()
@@ -432,6 +481,8 @@ class Node:
             "redis_binary": None, "redis_version": None,
             "hostname": socket.gethostname(),
             "signal_tap": self.tap.state if self.tap is not None else "off (signal_tap = false)",
+            "kernel_witness": self.kernel_witness.state if self.kernel_witness is not None
+            else "off (kernel_witness = false)",
             "config_changed": self.ground.config_changed,
             "notes": self.status_notes(),
         }
@@ -445,6 +496,8 @@ class Node:
             notes.append("config changed on disk since load")
         if self.tap is not None and self.tap.unavailable:
             notes.append(f"signal tap: {self.tap.state}")
+        if self.kernel_witness is not None and self.kernel_witness.unavailable:
+            notes.append(f"kernel witness: {self.kernel_witness.state}")
         return notes
 
 
