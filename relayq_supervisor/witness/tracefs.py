@@ -182,7 +182,10 @@ class ProcessHistory:
     def get(self, pid: int) -> ProcessRecord | None:
         return self.records.get(pid)
 
-    def forked(self, ts: float, parent: int, child: int, comm: str) -> None:
+    def forked(self, ts: float, parent: int, child: int, comm: str, parent_comm: str | None = None) -> None:
+        if parent_comm is not None and parent not in self.records:
+            # started before the trace: the fork event still names it
+            self.records[parent] = ProcessRecord(pid=parent, ppid=None, comm=parent_comm, start=None)
         self.records.pop(child, None)       # a reused pid: the old record is history now
         self.records[child] = ProcessRecord(pid=child, ppid=parent, comm=comm, start=ts)
         while len(self.records) > self.max_processes:
@@ -282,6 +285,8 @@ class Namer:
             if r is None:
                 return chain, False
             chain.append({"pid": pid, "comm": r.comm, "cmdline": [], "exe": r.filename, "alive": False})
+            if r.ppid is None:
+                return chain, pid == 1      # known only by name: its own parent is unknown
             pid, child_start = r.ppid, r.start
         return chain, True
 
@@ -520,7 +525,7 @@ class KernelWitness:
             if m:
                 # the parent as a process (its tgid), not the thread that forked
                 parent = parsed.tgid if parsed.tgid is not None else int(m.group(2))
-                self.history.forked(parsed.ts, parent, int(m.group(4)), m.group(3))
+                self.history.forked(parsed.ts, parent, int(m.group(4)), m.group(3), m.group(1))
         elif event == "sched_process_exec":
             m = _EXEC.match(body)
             if m:

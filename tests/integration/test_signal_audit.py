@@ -119,10 +119,14 @@ def test_unprotected_worker_dies_restarts_and_why_names_the_sender(running, proc
     assert exits and exits[0]["sender"]["pid"] == killer.pid
 
 
-def test_sigkill_is_recorded_as_not_visible(running):
-    worker = running.program("worker")
+def test_sigkill_is_recorded_as_not_visible_without_the_kernel_witness(make_supervisor, port):
+    # the tap never stops at SIGKILL; the kernel witness (tests/integration/test_witness.py) names it
+    sup = make_supervisor(redis_config(None, port, programs=UNPROTECTED_WORKER,
+                                       supervisor_extra="kernel_witness = false")).start()
+    assert sup.wait_all_running()["supervisor"]["kernel_witness"] == "off (kernel_witness = false)"
+    worker = sup.program("worker")
     os.kill(worker["pid"], signal.SIGKILL)
-    again = running.wait_state("worker", "RUNNING", restarts=1)
+    again = sup.wait_state("worker", "RUNNING", restarts=1)
     assert again["last_exit"]["description"] == "killed by SIGKILL, sender not visible to the tap"
 
 
