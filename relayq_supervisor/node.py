@@ -45,6 +45,7 @@ from relayq_supervisor.witness.tracefs import KernelWitness
 
 log = logging.getLogger(__name__)
 
+TRACE_READ_PAUSE_S = 0.2      # at most 5 trace reads a second on a busy node; a lone event waits this long
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 # Variables that describe the supervisor's own place under systemd, not the children's.
 _NOT_FOR_CHILDREN = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
@@ -71,6 +72,7 @@ class Node:
         self.shutdown_requested = asyncio.Event()
         self.reaped = asyncio.Event()           # set whenever reap() collects a process
         self.audit_log: AuditLog | None = None
+        self.shutdown_done = False          # closed: no fd may be registered again
         self._flush_scheduled = False
         self.loop = asyncio.get_running_loop()
         self.locks = OwnerLocks(config.path, lambda path, owner: self.audit("lock_conflict", path=path, owner=owner))
@@ -288,20 +290,32 @@ class Node:
         if w is None:
             return
         if w.start():
-            self.loop.add_reader(w.fileno(), self.on_kernel_trace)
+            self.listen_to_kernel_trace()
             log.info("kernel witness: tracing signals to children in %s", w.instance)
         else:
             log.warning("kernel witness: %s (signals are attributed by the tap alone)", w.state)
             self.audit("kernel_witness_unavailable", reason=w.unavailable)
 
     def on_kernel_trace(self) -> None:
+        """The trace pipe is readable: read it, then stop listening for a moment so that a
+        busy node's events are read in batches, not one wake-up per fork (exits do not wait
+        for this: reap() drains the pipe first)."""
         w = self.kernel_witness
         assert w is not None
         w.drain()
-        if w.unavailable and w.fd is not None:     # a read failed: stop listening, say so in status
-            self.loop.remove_reader(w.fileno())
+        if w.fd is None:
+            return
+        self.loop.remove_reader(w.fileno())
+        if w.unavailable:       # a read failed: say so in status
             w.close()
             self.audit("kernel_witness_unavailable", reason=w.unavailable)
+            return
+        self.loop.call_later(TRACE_READ_PAUSE_S, self.listen_to_kernel_trace)
+
+    def listen_to_kernel_trace(self) -> None:
+        w = self.kernel_witness
+        if w is not None and w.fd is not None and not self.shutdown_done:
+            self.loop.add_reader(w.fileno(), self.on_kernel_trace)
 
     def follow_children(self, also: int | None = None) -> None:
         """The kernel witness's filter follows the supervised pids (a restarted child too)."""
@@ -465,6 +479,7 @@ class Node:
         self.loop.remove_reader(self.notify_socket.fileno())
         self.notify_socket.close()
         if self.kernel_witness is not None:
+            self.shutdown_done = True
             if self.kernel_witness.fd is not None:
                 self.loop.remove_reader(self.kernel_witness.fileno())
             self.kernel_witness.close()
@@ -483,6 +498,7 @@ class Node:
             "signal_tap": self.tap.state if self.tap is not None else "off (signal_tap = false)",
             "kernel_witness": self.kernel_witness.state if self.kernel_witness is not None
             else "off (kernel_witness = false)",
+            "kernel_witness_stats": self.kernel_witness.stats() if self.kernel_witness is not None else None,
             "config_changed": self.ground.config_changed,
             "notes": self.status_notes(),
         }

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 # Signals that ask a program to stop: an exit after one of them is its sender's doing.
 STOP_REQUESTS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP})
+WITNESSED_ALIVE_NOTE = "exited before the tap could inspect it; read from /proc when the kernel traced its signal"
 
 
 class Watched(Protocol):
@@ -121,7 +122,9 @@ class Attribution:
         who = sender.describe() if sender else f"the kernel ({info.code_name})"
         if sender is not None and sender.comm is None and witnessed is not None and witnessed.sender:
             # gone before the tap could look: the kernel trace knew it and its parents
-            sender_dict = self.name_witnessed(witnessed.sender)
+            sender_dict = {**self.name_witnessed(witnessed.sender), "alive": False}
+            if sender_dict.get("note") is None:     # read from /proc while it sent the signal
+                sender_dict["note"] = WITNESSED_ALIVE_NOTE
             who = lineage_text(sender_dict)
         if name not in self.audit_ignore or not verdict.deliver:
             # SI_QUEUE and the like carry a pid the sender wrote itself; SI_USER/SI_TKILL the kernel's

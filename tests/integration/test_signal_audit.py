@@ -193,7 +193,11 @@ def test_burst_of_user_signals_loses_none_that_were_delivered(make_supervisor, p
                for e in signal_events(sup, pid, "SIGUSR1"))
 
 
-def test_a_sender_gone_before_inspection_is_recorded_honestly(running, procs):
+def test_a_sender_gone_before_inspection_is_recorded_honestly(make_supervisor, port):
+    # without the kernel witness, which would have named it (tests/integration/test_witness.py)
+    running = make_supervisor(redis_config(None, port, programs=UNPROTECTED_WORKER,
+                                           supervisor_extra="kernel_witness = false")).start()
+    running.wait_all_running()
     pid = running.program("worker")["pid"]
     os.kill(pid, signal.SIGSTOP)
     wait_for(lambda: proc_state(pid) in ("T", "t"), what="worker stopped")
