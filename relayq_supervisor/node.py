@@ -78,7 +78,8 @@ class Node:
         self.locks = OwnerLocks(config.path, lambda path, owner: self.audit("lock_conflict", path=path, owner=owner))
         self.attribution = Attribution(self, config.supervisor.audit_ignore)
         self.tap = SignalTap(self.attribution.on_traced_signal) if config.supervisor.signal_tap else None
-        self.kernel_witness = KernelWitness(self.attribution.on_kernel_signal, self.attribution.on_oom_victim) \
+        self.kernel_witness = KernelWitness(self.attribution.on_kernel_signal, self.attribution.on_oom_victim,
+                                            private_mount=os.path.join(config.supervisor.run_dir, "tracefs")) \
             if config.supervisor.kernel_witness else None
         self.service = ServiceLink(self)
         self.ground = GroundWatch(self)

@@ -20,8 +20,8 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
-def find_mount(mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """Where tracefs is mounted in this mount namespace (the standard place first), or None."""
+def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """Every place tracefs is mounted in this mount namespace."""
     found = []
     try:
         with open(mountinfo) as f:
@@ -30,11 +30,14 @@ def find_mount(mountinfo: str = "/proc/self/mountinfo") -> str | None:
                 if right.split(" ", 1)[0] == "tracefs":
                     found.append(_unescape(left.split()[4]))
     except OSError:
-        return None
-    for preferred in (DEFAULT_MOUNT, LEGACY_MOUNT):
-        if preferred in found:
-            return preferred
-    return found[0] if found else None
+        pass
+    return found
+
+
+def find_mount(mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The system's tracefs mount (its standard places only, never some program's own), or None."""
+    found = mounts(mountinfo)
+    return next((p for p in (DEFAULT_MOUNT, LEGACY_MOUNT) if p in found), None)
 
 
 def _unescape(path: str) -> str:

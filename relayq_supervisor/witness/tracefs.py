@@ -357,12 +357,14 @@ def is_live_supervisor(pid: int) -> bool:
 class KernelWitness:
     def __init__(self, on_signal: Callable[[KernelSignal], None],
                  on_oom: Callable[[OomVictim], None] | None = None, *,
-                 max_processes: int = 65536, max_age: float = 600.0, root: str | None = None):
+                 max_processes: int = 65536, max_age: float = 600.0, root: str | None = None,
+                 private_mount: str | None = None):
         self.on_signal = on_signal
         self.on_oom = on_oom
         self.history = ProcessHistory(max_processes, max_age)
         self.namer = Namer(self.history)
         self.root = root
+        self.private_mount = private_mount
         self.unavailable: str | None = None
         self.instance: str | None = None
         self.fd: int | None = None
@@ -407,15 +409,21 @@ class KernelWitness:
         return True
 
     def find_or_mount(self) -> str:
+        """The system's tracefs; where nobody mounted it, our own mount (`private_mount`),
+        unmounted at close. Never the standard place: a mount there would be shared with
+        other supervisors, and whichever exits last could not know it should unmount it."""
         root = tracefs.find_mount()
         if root is not None:
             return root
-        if not os.path.isdir(tracefs.DEFAULT_MOUNT):
-            raise OSError(errno.ENOENT, "tracefs is not mounted and the kernel has no /sys/kernel/tracing")
-        tracefs.mount(tracefs.DEFAULT_MOUNT)
-        self.mounted_here = tracefs.DEFAULT_MOUNT
-        log.info("kernel witness: mounted tracefs on %s", tracefs.DEFAULT_MOUNT)
-        return tracefs.DEFAULT_MOUNT
+        if self.private_mount is None:
+            raise OSError(errno.ENOENT, "tracefs is not mounted")
+        os.makedirs(self.private_mount, exist_ok=True)
+        if self.private_mount not in tracefs.mounts():      # else: ours, left by a crash
+            tracefs.mount(self.private_mount)
+            log.info("kernel witness: tracefs was not mounted; mounted it on %s for this supervisor",
+                     self.private_mount)
+        self.mounted_here = self.private_mount
+        return self.private_mount
 
     def remove_stale(self) -> None:
         """Instances a supervisor left when it died (SIGKILL, a crash): theirs, never a live one's."""
@@ -466,8 +474,9 @@ class KernelWitness:
         if self.mounted_here is not None:
             try:
                 tracefs.umount(self.mounted_here)
-            except OSError as e:    # EBUSY: another supervisor's instance is in use
-                log.debug("kernel witness: left tracefs mounted on %s (%s)", self.mounted_here, e.strerror)
+                os.rmdir(self.mounted_here)
+            except OSError as e:
+                log.warning("kernel witness: could not unmount %s (%s)", self.mounted_here, e.strerror)
             self.mounted_here = None
 
     # --- what to watch ----------------------------------------------------------------------

@@ -19,6 +19,7 @@ from relayq_supervisor.linux import tracefs
 from relayq_supervisor.witness.tracefs import in_initial_pid_namespace
 
 GONE_PID = 4_200_000        # above PID_MAX_LIMIT: no process ever has it
+FIXTURE_MOUNTED = False     # tracefs was mounted for these tests (not the system's)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,8 @@ def tracing_root():
         except OSError as e:
             pytest.skip(f"cannot mount tracefs: {e}")
         root = mounted = tracefs.DEFAULT_MOUNT
+        global FIXTURE_MOUNTED
+        FIXTURE_MOUNTED = True
     if not os.path.isdir(os.path.join(root, "instances")):
         pytest.skip(f"{root} has no instances directory (kernel too old?)")
     yield root
@@ -182,3 +185,22 @@ def test_kernel_witness_off_by_config(make_supervisor, tracing_root):
     sup.wait_state("target", "RUNNING")
     assert sup.status()["supervisor"]["kernel_witness"] == "off (kernel_witness = false)"
     assert not os.path.exists(tracefs.instance_path(tracing_root, f"relayq-{sup.pid}"))
+
+
+def test_without_a_system_tracefs_the_supervisor_mounts_its_own_and_removes_it(make_supervisor, tracing_root):
+    if not FIXTURE_MOUNTED:
+        pytest.skip("tracefs is the system's mount here: not unmounting it for a test")
+    tracefs.umount(tracing_root)
+    try:
+        sup, pid = start(make_supervisor, tracing_root)
+        private = str(sup.dir / "run" / "tracefs")
+        assert tracefs.mounts() == [private]            # nothing shared was mounted
+        assert os.path.isdir(tracefs.instance_path(private, f"relayq-{sup.pid}"))
+        sh_pid, _ = short_lived_kill("9", pid, sup)
+        sup.wait_state("target", "RUNNING", restarts=1)
+        assert signals_to(sup, pid, "SIGKILL")[0]["sender"]["pid"] == sh_pid
+        assert sup.terminate() == 0
+        assert tracefs.mounts() == [] and not os.path.exists(private)
+    finally:
+        if tracefs.find_mount() is None:
+            tracefs.mount(tracing_root)
