@@ -154,9 +154,9 @@ def witness_stats(workdir: Path) -> dict | None:
 
 def table(title: str, header: tuple, rows: list[tuple]) -> str:
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
-    lines = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths)),
+    lines = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(lines)
 
 

@@ -333,8 +333,18 @@ def oom_filter_expression(pids: Iterable[int]) -> str:
     return " || ".join(f"pid == {p}" for p in ordered) if ordered else "pid == 0"
 
 
+# The initial pid namespace's inode number, fixed by the kernel (PROC_PID_INIT_INO)
+INITIAL_PID_NS_INODE = 0xEFFFFFFC
+
+
 def in_initial_pid_namespace() -> bool:
-    """Tracepoints report pids as the initial pid namespace sees them; ours must be those."""
+    """Tracepoints report pids as the initial pid namespace sees them; ours must be those.
+    NSpid alone cannot tell: with a /proc of our own namespace it lists just our pid."""
+    try:
+        if os.stat("/proc/self/ns/pid").st_ino != INITIAL_PID_NS_INODE:
+            return False
+    except OSError:
+        pass    # no ns files (old kernel or no /proc/self/ns): fall back to NSpid
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -393,7 +403,8 @@ class KernelWitness:
     def start(self) -> bool:
         """Set up the instance; False (with `unavailable` set) where the kernel refuses."""
         if not in_initial_pid_namespace():
-            self.unavailable = "the supervisor runs in a child pid namespace; kernel pids would name the wrong processes"
+            self.unavailable = ("the supervisor runs in a child pid namespace; "
+                                "kernel pids would name the wrong processes")
             return False
         try:
             self.root = self.root or self.find_or_mount()

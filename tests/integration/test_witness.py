@@ -13,8 +13,8 @@ import subprocess
 import textwrap
 
 import pytest
-
 from support import wait_for
+
 from relayq_supervisor.linux import tracefs
 from relayq_supervisor.witness.tracefs import in_initial_pid_namespace
 
@@ -204,3 +204,34 @@ def test_without_a_system_tracefs_the_supervisor_mounts_its_own_and_removes_it(m
     finally:
         if tracefs.find_mount() is None:
             tracefs.mount(tracing_root)
+
+
+def test_in_a_child_pid_namespace_the_witness_stands_down_and_says_why(tmp_path):
+    import shutil
+    import sys
+
+    from support import Supervisor
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) to make a pid namespace")
+    if os.geteuid() != 0:
+        pytest.skip("unshare --pid needs root")
+    sup = Supervisor(tmp_path, program_config())
+    sup.log_file = open(sup.log_path, "ab")
+    # the supervisor is pid 1 of a new pid namespace, with its own /proc
+    sup.proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
+                                 sys.executable, "-m", "relayq_supervisor", "-c", str(sup.config)],
+                                stdout=sup.log_file, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        sup.wait_state("target", "RUNNING")
+        header = sup.status()["supervisor"]
+        assert header["kernel_witness"].startswith("unavailable (the supervisor runs in a child pid namespace")
+        human = sup.ctl("status").stdout
+        assert "kernel witness: unavailable (the supervisor runs in a child pid namespace" in human
+    finally:
+        sup.proc.send_signal(signal.SIGTERM)        # unshare forwards it to the namespace's pid 1
+        try:
+            sup.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            sup.proc.kill()                          # --kill-child: the namespace goes with it
+            sup.proc.wait()
+        sup.log_file.close()

@@ -12,11 +12,20 @@ from typing import Any
 import pytest
 
 from relayq_supervisor.linux import tracefs as tracefs_files
-from relayq_supervisor.linux.siginfo import Siginfo, SI_USER
+from relayq_supervisor.linux.siginfo import SI_USER, Siginfo
 from relayq_supervisor.witness import tracefs
 from relayq_supervisor.witness.attribution import Attribution, attribute_exit
-from relayq_supervisor.witness.tracefs import (KernelSignal, KernelWitness, Lost, ProcessHistory, TraceLine,
-                                               filter_expression, parse_line, parse_oom, parse_signal)
+from relayq_supervisor.witness.tracefs import (
+    KernelSignal,
+    KernelWitness,
+    Lost,
+    ProcessHistory,
+    TraceLine,
+    filter_expression,
+    parse_line,
+    parse_oom,
+    parse_signal,
+)
 
 GONE = 4_200_000            # > PID_MAX_LIMIT: never a live pid
 SH, SCRIPT, TIMER = GONE + 1, GONE + 2, GONE + 3
@@ -304,4 +313,11 @@ def test_pid_namespace_detection(tmp_path, monkeypatch, status, expected):
     path = tmp_path / "status"
     path.write_text("Name:\tx\n" + status)
     monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(path if p == "/proc/self/status" else p, *a, **k))
+    monkeypatch.setattr(tracefs.os, "stat", lambda p: type("st", (), {"st_ino": tracefs.INITIAL_PID_NS_INODE})())
     assert tracefs.in_initial_pid_namespace() is expected
+
+
+def test_a_pid_namespace_with_its_own_proc_is_detected_by_its_inode(monkeypatch):
+    # with --mount-proc, NSpid shows only the inner pid: the namespace inode tells
+    monkeypatch.setattr(tracefs.os, "stat", lambda p: type("st", (), {"st_ino": 4026532500})())
+    assert tracefs.in_initial_pid_namespace() is False
