@@ -228,7 +228,11 @@ def test_in_a_child_pid_namespace_the_witness_stands_down_and_says_why(tmp_path)
         human = sup.ctl("status").stdout
         assert "kernel witness: unavailable (the supervisor runs in a child pid namespace" in human
     finally:
-        sup.proc.send_signal(signal.SIGTERM)        # unshare forwards it to the namespace's pid 1
+        # unshare(1) does not pass SIGTERM on, and relayqctl shutdown would wait on "pid 1" of
+        # the namespace as the host sees it: signal the supervisor, unshare's only child, by pid
+        import psutil
+        for child in psutil.Process(sup.proc.pid).children():
+            os.kill(child.pid, signal.SIGTERM)
         try:
             sup.proc.wait(30)
         except subprocess.TimeoutExpired:
