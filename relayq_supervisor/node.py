@@ -203,6 +203,7 @@ class Node:
         self.loop.add_reader(pidfd, self.on_adopted_exit, proc)
         self.audit("adopted", program=p.name, pid=pid, verified=list(verified), traced=traced)
         self.arbiter.adopt(p, proc, f"adopted pid {pid} from the previous supervisor")
+        self.follow_children()      # the kernel witness names its signals, traced or not
         if not traced:
             log.warning("%s: adopted pid %d is not traced: signals to it are not attributed, and its exit "
                         "status will not be visible", p.name, pid)

@@ -239,3 +239,27 @@ def test_in_a_child_pid_namespace_the_witness_stands_down_and_says_why(tmp_path)
             sup.proc.kill()                          # --kill-child: the namespace goes with it
             sup.proc.wait()
         sup.log_file.close()
+
+
+def test_after_a_crash_the_adopted_redis_is_watched_and_the_old_instance_removed(make_supervisor, tracing_root,
+                                                                                 port):
+    from support import REDIS_SERVER, redis_config
+    if REDIS_SERVER is None:
+        pytest.skip("no redis-server")
+    sup = make_supervisor(redis_config(None, port)).start()
+    redis_pid = sup.wait_state("redis", "RUNNING")["pid"]
+    try:
+        sup.proc.kill()
+        sup.proc.wait(30)
+        assert os.path.isdir(tracefs.instance_path(tracing_root, f"relayq-{sup.pid}"))   # left by the crash
+        again = make_supervisor(sup.config.read_text()).start()
+        assert again.wait_state("redis", "RUNNING")["pid"] == redis_pid                 # adopted, not started
+        assert not os.path.exists(tracefs.instance_path(tracing_root, f"relayq-{sup.pid}"))
+        instance = tracefs.instance_path(tracing_root, f"relayq-{again.pid}")
+        text = tracefs.read_file(os.path.join(instance, "events/signal/signal_generate/filter"))
+        assert f"pid == {redis_pid}" in text
+    finally:
+        try:
+            os.kill(redis_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
