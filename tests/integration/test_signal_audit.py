@@ -343,3 +343,18 @@ def test_a_supervisor_crash_does_not_take_redis_with_it(make_supervisor, port):
             os.kill(redis_pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        remove_kernel_witness_leftovers(sup)
+
+
+def remove_kernel_witness_leftovers(sup) -> None:
+    """What a SIGKILLed supervisor's kernel witness leaves: its tracefs instance and, where
+    the system has no tracefs mount, its private mount in run_dir. A new supervisor would
+    remove them when it starts; the one in the crash test refuses to start."""
+    from relayq_supervisor.linux import tracefs
+    private = str(sup.dir / "run" / "tracefs")
+    for root in (tracefs.find_mount(), private if private in tracefs.mounts() else None):
+        if root is not None and os.path.isdir(tracefs.instance_path(root, f"relayq-{sup.pid}")):
+            tracefs.remove_instance(tracefs.instance_path(root, f"relayq-{sup.pid}"))
+    if private in tracefs.mounts():
+        tracefs.umount(private)
+        os.rmdir(private)
