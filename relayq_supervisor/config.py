@@ -109,6 +109,7 @@ class SupervisorSpec:
     audit_backups: int = 10
     health_interval: float = 5.0
     signal_tap: bool = True
+    kernel_witness: bool = True     # trace signals to children through tracefs where the kernel allows
     doctor_root: str = "/"          # the file system whose units/cron the rival checks read
 
 
@@ -132,7 +133,7 @@ _SUPERVISOR_KEYS: dict[str, type | tuple[type, ...]] = {
     "run_dir": str, "log_dir": str, "audit_log": str, "control_socket": str,
     "control_group": str, "audit_ignore": list, "log_max_bytes": int, "log_backups": int,
     "audit_max_bytes": int, "audit_backups": int, "health_interval": (int, float),
-    "signal_tap": bool, "doctor_root": str,
+    "signal_tap": bool, "kernel_witness": bool, "doctor_root": str,
 }
 _RESTART_KEYS = {
     "policy": str, "backoff_initial": (int, float), "backoff_factor": (int, float),
@@ -818,6 +819,7 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
         **{k: sup[k] for k in ("log_max_bytes", "log_backups", "audit_max_bytes", "audit_backups") if k in sup},
         **({"health_interval": float(sup["health_interval"])} if "health_interval" in sup else {}),
         signal_tap=sup.get("signal_tap", True),
+        kernel_witness=sup.get("kernel_witness", True),
         doctor_root=_resolve(base, sup.get("doctor_root", "/")),
     )
     if supervisor.control_group is not None:

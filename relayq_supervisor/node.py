@@ -41,9 +41,11 @@ from relayq_supervisor.witness.attribution import Attribution
 from relayq_supervisor.witness.evidence import Probe
 from relayq_supervisor.witness.identity import proc_start_ticks
 from relayq_supervisor.witness.tap import SignalTap
+from relayq_supervisor.witness.tracefs import KernelWitness
 
 log = logging.getLogger(__name__)
 
+TRACE_READ_PAUSE_S = 0.2      # at most 5 trace reads a second on a busy node; a lone event waits this long
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 # Variables that describe the supervisor's own place under systemd, not the children's.
 _NOT_FOR_CHILDREN = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
@@ -70,11 +72,15 @@ class Node:
         self.shutdown_requested = asyncio.Event()
         self.reaped = asyncio.Event()           # set whenever reap() collects a process
         self.audit_log: AuditLog | None = None
+        self.shutdown_done = False          # closed: no fd may be registered again
         self._flush_scheduled = False
         self.loop = asyncio.get_running_loop()
         self.locks = OwnerLocks(config.path, lambda path, owner: self.audit("lock_conflict", path=path, owner=owner))
         self.attribution = Attribution(self, config.supervisor.audit_ignore)
         self.tap = SignalTap(self.attribution.on_traced_signal) if config.supervisor.signal_tap else None
+        self.kernel_witness = KernelWitness(self.attribution.on_kernel_signal, self.attribution.on_oom_victim,
+                                            private_mount=os.path.join(config.supervisor.run_dir, "tracefs")) \
+            if config.supervisor.kernel_witness else None
         self.service = ServiceLink(self)
         self.ground = GroundWatch(self)
         self.control: ControlServer | None = None
@@ -199,6 +205,7 @@ class Node:
         self.loop.add_reader(pidfd, self.on_adopted_exit, proc)
         self.audit("adopted", program=p.name, pid=pid, verified=list(verified), traced=traced)
         self.arbiter.adopt(p, proc, f"adopted pid {pid} from the previous supervisor")
+        self.follow_children()      # the kernel witness names its signals, traced or not
         if not traced:
             log.warning("%s: adopted pid %d is not traced: signals to it are not attributed, and its exit "
                         "status will not be visible", p.name, pid)
@@ -248,6 +255,7 @@ class Node:
         self.sigfd = SignalFd(HANDLED_SIGNALS)
         self.loop.add_reader(self.sigfd.fileno(), self.on_signalfd)
         self.loop.add_reader(self.notify_socket.fileno(), self.on_notify)
+        self.start_kernel_witness()
         if self.with_control:
             self.control = ControlServer(self, self.config.supervisor)
             await self.control.start()
@@ -279,8 +287,52 @@ class Node:
             return next((p for p in self.arbiter.graph.instances(program) if p.state == State.RUNNING), None)
         return running
 
+    def start_kernel_witness(self) -> None:
+        """Where the kernel allows (root, tracefs, the initial pid namespace); else the
+        supervisor runs on without it and says why."""
+        w = self.kernel_witness
+        if w is None:
+            return
+        if w.start():
+            self.listen_to_kernel_trace()
+            log.info("kernel witness: tracing signals to children in %s", w.instance)
+        else:
+            log.warning("kernel witness: %s (signals are attributed by the tap alone)", w.state)
+            self.audit("kernel_witness_unavailable", reason=w.unavailable)
+
+    def on_kernel_trace(self) -> None:
+        """The trace pipe is readable: read it, then stop listening for a moment so that a
+        busy node's events are read in batches, not one wake-up per fork (exits do not wait
+        for this: reap() drains the pipe first)."""
+        w = self.kernel_witness
+        assert w is not None
+        w.drain()
+        if w.fd is None:
+            return
+        self.loop.remove_reader(w.fileno())
+        if w.unavailable:       # a read failed: say so in status
+            w.close()
+            self.audit("kernel_witness_unavailable", reason=w.unavailable)
+            return
+        self.loop.call_later(TRACE_READ_PAUSE_S, self.listen_to_kernel_trace)
+
+    def listen_to_kernel_trace(self) -> None:
+        w = self.kernel_witness
+        if w is not None and w.fd is not None and not self.shutdown_done:
+            self.loop.add_reader(w.fileno(), self.on_kernel_trace)
+
+    def follow_children(self, also: int | None = None) -> None:
+        """The kernel witness's filter follows the supervised pids (a restarted child too)."""
+        if self.kernel_witness is not None and self.kernel_witness.instance is not None:
+            pids = set(self.arbiter.by_pid)
+            if also is not None:
+                pids.add(also)
+            self.kernel_witness.watch(pids)
+
     def before_exec(self, pid: int) -> None:
-        """Between fork and exec: the signal tap seizes the child here."""
+        """Between fork and exec: the kernel witness starts watching the child (before it
+        runs, so no signal is missed) and the signal tap seizes it."""
+        self.follow_children(also=pid)
         if self.tap is None or self.tap.unavailable:
             return
         if not self.tap.attach(pid):
@@ -308,7 +360,16 @@ class Node:
 
     def reap(self) -> None:
         """Every waitpid() result: traced children's stops go to the tap, exits to the
-        arbiter. __WALL: threads of traced children report too."""
+        arbiter. __WALL: threads of traced children report too. The kernel witness is read
+        first: the signal that ended a child was traced before its exit was reported."""
+        if self.kernel_witness is not None:
+            self.kernel_witness.drain()
+        try:
+            self.reap_all()
+        finally:
+            self.follow_children()
+
+    def reap_all(self) -> None:
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG | ptrace.WALL)
@@ -421,6 +482,11 @@ class Node:
             self.sigfd.close()
         self.loop.remove_reader(self.notify_socket.fileno())
         self.notify_socket.close()
+        if self.kernel_witness is not None:
+            self.shutdown_done = True
+            if self.kernel_witness.fd is not None:
+                self.loop.remove_reader(self.kernel_witness.fileno())
+            self.kernel_witness.close()
         self.locks.release_all()
         if self.audit_log is not None:
             self.audit_log.close()
@@ -434,6 +500,9 @@ class Node:
             "redis_binary": None, "redis_version": None,
             "hostname": socket.gethostname(),
             "signal_tap": self.tap.state if self.tap is not None else "off (signal_tap = false)",
+            "kernel_witness": self.kernel_witness.state if self.kernel_witness is not None
+            else "off (kernel_witness = false)",
+            "kernel_witness_stats": self.kernel_witness.stats() if self.kernel_witness is not None else None,
             "config_changed": self.ground.config_changed,
             "notes": self.status_notes(),
         }
@@ -447,6 +516,8 @@ class Node:
             notes.append("config changed on disk since load")
         if self.tap is not None and self.tap.unavailable:
             notes.append(f"signal tap: {self.tap.state}")
+        if self.kernel_witness is not None and self.kernel_witness.unavailable:
+            notes.append(f"kernel witness: {self.kernel_witness.state}")
         return notes
 
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections import deque
 from typing import Any, Protocol
 
 from relayq_supervisor.linux.siginfo import Siginfo, is_user_sent, sender_is_verified, signal_name
 from relayq_supervisor.witness.guard import judge
 from relayq_supervisor.witness.identity import ProcessIdentity, boottime_now
+from relayq_supervisor.witness.tracefs import RESULT_DELIVERED, KernelSignal, OomVictim, lineage_text
 
 log = logging.getLogger(__name__)
 
 # Signals that ask a program to stop: an exit after one of them is its sender's doing.
 STOP_REQUESTS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP})
+WITNESSED_ALIVE_NOTE = "exited before the tap could inspect it; read from /proc when the kernel traced its signal"
 
 
 class Watched(Protocol):
@@ -39,6 +42,9 @@ class Supervision(Protocol):
     @property
     def shutting_down(self) -> bool: ...
 
+    @property
+    def tap_active(self) -> bool: ...
+
     def program_of_pid(self, pid: int | None) -> Watched | None: ...
 
     def request_shutdown(self, why: str) -> None: ...
@@ -52,6 +58,9 @@ class Attribution:
     def __init__(self, sup: Supervision, audit_ignore: frozenset[str] | tuple[str, ...]):
         self.sup = sup
         self.audit_ignore = frozenset(audit_ignore)
+        # signals the kernel witness saw that the tap will also stop at: its sender, for
+        # the tap's record when the sender is gone by then (bounded: a stop may never come)
+        self.parked: deque[KernelSignal] = deque(maxlen=64)
 
     def name_sender(self, identity: ProcessIdentity | None) -> dict[str, Any] | None:
         """The identity as an audit field, naming the program when it is one of ours."""
@@ -98,16 +107,25 @@ class Attribution:
             return True                     # our own: recorded when sent
         name = signal_name(info.signo)
         sender = None
+        witnessed = None
         if user_sent:
             # started after this moment = a recycled pid, not the sender
             sender = ProcessIdentity.capture(info.pid, uid_hint=info.uid, code_hint=info.code_name,
                                              seen_boottime=boottime_now())
+            witnessed = self.take_parked(p, info.signo, info.pid)
         verdict = judge(info.signo, protected=p is not None and p.protected, user_sent=user_sent,
                         from_program_itself=p is not None and user_sent and self.sup.program_of_pid(info.pid) is p,
                         from_service_manager=info.pid in (1, os.getppid()), shutting_down=self.sup.shutting_down)
         if verdict.shutdown and p is not None:
             self.sup.request_shutdown(f"SIGTERM to {p.name} from the service manager (pid {info.pid})")
         sender_dict = self.name_sender(sender)
+        who = sender.describe() if sender else f"the kernel ({info.code_name})"
+        if sender is not None and sender.comm is None and witnessed is not None and witnessed.sender:
+            # gone before the tap could look: the kernel trace knew it and its parents
+            sender_dict = {**self.name_witnessed(witnessed.sender), "alive": False}
+            if sender_dict.get("note") is None:     # read from /proc while it sent the signal
+                sender_dict["note"] = WITNESSED_ALIVE_NOTE
+            who = lineage_text(sender_dict)
         if name not in self.audit_ignore or not verdict.deliver:
             # SI_QUEUE and the like carry a pid the sender wrote itself; SI_USER/SI_TKILL the kernel's
             self.record(p, tid, info.signo, code=info.code_name, sender=sender_dict, action=verdict.action,
@@ -115,7 +133,6 @@ class Attribution:
                         **({"note": verdict.note} if verdict.note else {}))
         if p is None:
             return True
-        who = sender.describe() if sender else f"the kernel ({info.code_name})"
         if not verdict.deliver:
             self.sup.count_blocked()
             if verdict.note is None:
@@ -125,6 +142,62 @@ class Attribution:
         if user_sent or info.signo not in (signal.SIGCHLD, signal.SIGWINCH):
             p.signalled({"signal": name, "signo": info.signo, "sender": sender_dict, "describe": who})
         return True
+
+
+    # --- the kernel witness (witness/tracefs.py) -----------------------------------------
+
+    def on_kernel_signal(self, seen: KernelSignal) -> None:
+        """A signal to a supervised program, from the kernel's trace. The ones the tap will
+        stop at are left to it (it records them, with this sender if its own is gone by
+        then); the rest, SIGKILL above all, or all of them without the tap, are recorded
+        here, so the program's exit names their sender."""
+        if self.sup.tap_active and seen.signo != signal.SIGKILL and seen.result == RESULT_DELIVERED:
+            self.parked.append(seen)
+            return
+        if seen.signal in self.audit_ignore:
+            return
+        p = self.sup.program_of_pid(seen.target_pid)
+        sender = self.name_witnessed(seen.sender) if seen.sender else None
+        extra = {"kernel_context": seen.context} if seen.context else {}
+        self.record(p, seen.target_pid, seen.signo, code=seen.code_name, sender=sender, action=seen.result_name,
+                    via="tracefs", **extra)
+        if p is not None and seen.result != 1:      # 1: ignored, it changed nothing
+            who = lineage_text(sender) if sender else f"the kernel ({seen.code_name})"
+            p.signalled({"signal": seen.signal, "signo": seen.signo, "sender": sender, "describe": who})
+        if sender is not None:
+            log.info("%s: %s from %s (kernel trace: %s)", p.name if p else f"pid {seen.target_pid}", seen.signal,
+                     lineage_text(sender), seen.result_name)
+
+    def on_oom_victim(self, victim: OomVictim) -> None:
+        """The OOM killer chose a supervised program: its SIGKILL (just recorded) is the kernel's
+        answer to memory pressure, not anyone's kill -9."""
+        p = self.sup.program_of_pid(victim.pid)
+        if p is None:
+            return
+        self.sup.audit("oom_kill", program=p.name, pid=victim.pid, anon_rss_kb=victim.anon_rss_kb,
+                       total_vm_kb=victim.total_vm_kb, via="tracefs")
+        p.signalled({"signal": "SIGKILL", "signo": int(signal.SIGKILL), "sender": None, "describe": victim.describe()})
+        log.warning("%s: chosen by %s", p.name, victim.describe())
+
+    def take_parked(self, p: Watched | None, signo: int, sender_pid: int) -> KernelSignal | None:
+        oldest = boottime_now() - 30.0
+        for seen in list(self.parked):
+            if seen.ts < oldest:
+                self.parked.remove(seen)
+            elif seen.signo == signo and seen.sender_pid == sender_pid \
+                    and self.sup.program_of_pid(seen.target_pid) is p:
+                self.parked.remove(seen)
+                return seen
+        return None
+
+    def name_witnessed(self, sender: dict[str, Any]) -> dict[str, Any]:
+        """A witness identity, naming our program only when it was seen alive (a gone pid
+        may already be someone else's)."""
+        if sender.get("seen_by") == "procfs":
+            owner = self.sup.program_of_pid(sender["pid"])
+            if owner is not None:
+                return {**sender, "program": owner.name}
+        return sender
 
 
 def attribute_exit(last_signal: dict[str, Any] | None, exit_signal: int | None,

@@ -119,10 +119,14 @@ def test_unprotected_worker_dies_restarts_and_why_names_the_sender(running, proc
     assert exits and exits[0]["sender"]["pid"] == killer.pid
 
 
-def test_sigkill_is_recorded_as_not_visible(running):
-    worker = running.program("worker")
+def test_sigkill_is_recorded_as_not_visible_without_the_kernel_witness(make_supervisor, port):
+    # the tap never stops at SIGKILL; the kernel witness (tests/integration/test_witness.py) names it
+    sup = make_supervisor(redis_config(None, port, programs=UNPROTECTED_WORKER,
+                                       supervisor_extra="kernel_witness = false")).start()
+    assert sup.wait_all_running()["supervisor"]["kernel_witness"] == "off (kernel_witness = false)"
+    worker = sup.program("worker")
     os.kill(worker["pid"], signal.SIGKILL)
-    again = running.wait_state("worker", "RUNNING", restarts=1)
+    again = sup.wait_state("worker", "RUNNING", restarts=1)
     assert again["last_exit"]["description"] == "killed by SIGKILL, sender not visible to the tap"
 
 
@@ -189,7 +193,11 @@ def test_burst_of_user_signals_loses_none_that_were_delivered(make_supervisor, p
                for e in signal_events(sup, pid, "SIGUSR1"))
 
 
-def test_a_sender_gone_before_inspection_is_recorded_honestly(running, procs):
+def test_a_sender_gone_before_inspection_is_recorded_honestly(make_supervisor, port):
+    # without the kernel witness, which would have named it (tests/integration/test_witness.py)
+    running = make_supervisor(redis_config(None, port, programs=UNPROTECTED_WORKER,
+                                           supervisor_extra="kernel_witness = false")).start()
+    running.wait_all_running()
     pid = running.program("worker")["pid"]
     os.kill(pid, signal.SIGSTOP)
     wait_for(lambda: proc_state(pid) in ("T", "t"), what="worker stopped")
@@ -335,3 +343,18 @@ def test_a_supervisor_crash_does_not_take_redis_with_it(make_supervisor, port):
             os.kill(redis_pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        remove_kernel_witness_leftovers(sup)
+
+
+def remove_kernel_witness_leftovers(sup) -> None:
+    """What a SIGKILLed supervisor's kernel witness leaves: its tracefs instance and, where
+    the system has no tracefs mount, its private mount in run_dir. A new supervisor would
+    remove them when it starts; the one in the crash test refuses to start."""
+    from relayq_supervisor.linux import tracefs
+    private = str(sup.dir / "run" / "tracefs")
+    for root in (tracefs.find_mount(), private if private in tracefs.mounts() else None):
+        if root is not None and os.path.isdir(tracefs.instance_path(root, f"relayq-{sup.pid}")):
+            tracefs.remove_instance(tracefs.instance_path(root, f"relayq-{sup.pid}"))
+    if private in tracefs.mounts():
+        tracefs.umount(private)
+        os.rmdir(private)

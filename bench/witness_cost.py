@@ -1,0 +1,199 @@
+"""The kernel witness's cost: `python -m bench.witness_cost [--quick]` prints a table.
+
+1. Parsing, in-process: trace_pipe lines handled per second (fork/exec/exit lines, which
+   the witness reads for every process on the node, and signal lines, each naming a gone
+   sender with its parent chain from the history).
+2. A real supervisor (one sleeping child, tap on) with the witness on and off, while this
+   script execs /bin/true at a fixed rate: the supervisor's CPU % of one core over the
+   window, and the events the kernel dropped (buffer overrun) as the witness counted them.
+
+Needs root and tracefs for part 2 (skipped with the reason otherwise). Not a test: numbers
+for BENCHMARKS.md, never assertions. Everything started here is ended by pid.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from relayq_supervisor.linux import tracefs as tracefs_files
+from relayq_supervisor.witness.tracefs import KernelWitness, in_initial_pid_namespace
+
+
+def cpu_seconds(pid: int) -> float:
+    """On-CPU time of all its threads, ns resolution (bench/processes.py has the same, but
+    that module does not import on this tree: own_children moved to node.py)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError):
+            continue
+    return total / 1e9
+
+GONE = 4_200_000
+
+
+def history_lines(n: int) -> list[bytes]:
+    out = []
+    for i in range(n // 3):
+        parent, child, ts = GONE + i, GONE + i + 1, 100.0 + i * 1e-4
+        out.append(f"            bash-{parent:<7} ({parent:>7}) [001] ..... {ts:.6f}: sched_process_fork: "
+                   f"comm=bash pid={parent} child_comm=bash child_pid={child}")
+        out.append(f"            true-{child:<7} ({child:>7}) [000] ..... {ts + 3e-5:.6f}: sched_process_exec: "
+                   f"filename=/usr/bin/true pid={child} old_pid={child}")
+        out.append(f"            true-{child:<7} ({child:>7}) [000] ..... {ts + 6e-5:.6f}: sched_process_exit: "
+                   f"comm=true pid={child} prio=120 group_dead=true")
+    return [(line + "\n").encode() for line in out]
+
+
+def signal_lines(n: int) -> list[bytes]:
+    out = []
+    for i in range(n):
+        sender, ts = GONE + 2 * i + 1, 200.0 + i * 1e-4
+        out.append(f"              sh-{sender:<7} ({sender:>7}) [001] d..1. {ts:.6f}: signal_generate: "
+                   f"sig=10 errno=0 code=0 comm=worker pid=812 grp=1 res=0")
+    return [(line + "\n").encode() for line in out]
+
+
+def parse_rate(lines: list[bytes], prime: list[bytes] = ()) -> tuple[float, int]:
+    seen = []
+    w = KernelWitness(seen.append)
+    for chunk in prime:
+        w.feed(chunk)
+    data = b"".join(lines)
+    started = time.process_time()
+    for i in range(0, len(data), 1 << 16):      # trace_pipe reads come in 64 KiB at most
+        w.feed(data[i:i + (1 << 16)])
+    took = time.process_time() - started
+    return len(lines) / took, len(seen)
+
+
+def exec_load(rate: float, seconds: float) -> int:
+    """/bin/true `rate` times a second for `seconds`, paced by the clock; returns how many ran."""
+    interval, started, done = 1.0 / rate, time.monotonic(), 0
+    running = []
+    while (now := time.monotonic()) - started < seconds:
+        due = int((now - started) / interval) + 1
+        while done < due:
+            running.append(os.posix_spawn("/bin/true", ["true"], {}))
+            done += 1
+        while running:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            running.remove(pid)
+        time.sleep(min(interval, 0.002))
+    for pid in running:
+        os.waitpid(pid, 0)
+    return done
+
+
+def supervisor_run(workdir: Path, witness: bool, rates: list[float], window: float) -> list[tuple]:
+    workdir.mkdir(parents=True)
+    (workdir / "config.toml").write_text(textwrap.dedent(f"""\
+        [supervisor]
+        run_dir = "run"
+        log_dir = "log"
+        kernel_witness = {"true" if witness else "false"}
+
+        [[program]]
+        name = "sleeper"
+        command = ["/bin/sleep", "100000"]
+        ready_after = 0.1
+        """))
+    log = open(workdir / "supervisor.log", "wb")
+    sup = subprocess.Popen([sys.executable, "-m", "relayq_supervisor", "-c", "config.toml"], cwd=workdir,
+                           stdout=log, stderr=subprocess.STDOUT)
+    rows = []
+    try:
+        status = None
+        deadline = time.monotonic() + 30
+        while status is None or status["programs"][0]["state"] != "RUNNING":
+            if time.monotonic() > deadline or sup.poll() is not None:
+                raise RuntimeError(f"supervisor did not come up: {(workdir / 'supervisor.log').read_text()}")
+            r = subprocess.run([sys.executable, "-m", "relayq_supervisor.ctl", "status", "--json", "-c",
+                                str(workdir / "config.toml")], capture_output=True, text=True)
+            status = json.loads(r.stdout) if r.returncode == 0 else None
+            time.sleep(0.05)
+        state = status["supervisor"]["kernel_witness"]
+        for rate in rates:
+            stats0 = witness_stats(workdir)
+            cpu0, t0 = cpu_seconds(sup.pid), time.monotonic()
+            done = exec_load(rate, window) if rate else (time.sleep(window) or 0)
+            cpu, took = cpu_seconds(sup.pid) - cpu0, time.monotonic() - t0
+            stats = witness_stats(workdir)
+            lines = (stats or {}).get("lines", 0) - (stats0 or {}).get("lines", 0)
+            lost = (stats or {}).get("lost", 0) - (stats0 or {}).get("lost", 0)
+            rows.append((state.split(" (")[0], f"{rate:g}", f"{done / took:.0f}", f"{100 * cpu / took:.2f} %",
+                         f"{lines / took:.0f}" if stats else "-", str(lost) if stats else "-"))
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        try:
+            sup.wait(30)
+        except subprocess.TimeoutExpired:
+            sup.kill()
+            sup.wait()
+        log.close()
+    return rows
+
+
+def witness_stats(workdir: Path) -> dict | None:
+    r = subprocess.run([sys.executable, "-m", "relayq_supervisor.ctl", "status", "--json", "-c",
+                        str(workdir / "config.toml")], capture_output=True, text=True)
+    return json.loads(r.stdout)["supervisor"].get("kernel_witness_stats") if r.returncode == 0 else None
+
+
+def table(title: str, header: tuple, rows: list[tuple]) -> str:
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    lines = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.witness_cost", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter windows, fewer rates")
+    args = parser.parse_args(argv)
+    n = 30_000 if args.quick else 150_000
+    hist_rate, _ = parse_rate(history_lines(n))
+    sig_rate, named = parse_rate(signal_lines(n // 10), prime=history_lines(n // 5))
+    print(table("1. trace_pipe lines handled per second of CPU (in-process)",
+                ("lines", "count", "per second", "µs each"),
+                [("fork/exec/exit", n, f"{hist_rate:,.0f}", f"{1e6 / hist_rate:.1f}"),
+                 ("signal_generate, sender named", named, f"{sig_rate:,.0f}", f"{1e6 / sig_rate:.1f}")]))
+    print()
+    if os.geteuid() != 0 or not in_initial_pid_namespace():
+        print("2. skipped: needs root in the initial pid namespace")
+        return 0
+    mounted = None
+    if tracefs_files.find_mount() is None:
+        tracefs_files.mount()
+        mounted = tracefs_files.DEFAULT_MOUNT
+    rates = [0.0, 200.0] if args.quick else [0.0, 200.0, 1000.0]
+    window = 5.0 if args.quick else 10.0
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="relayq-witness-bench-") as tmp:
+            for witness in (False, True):
+                rows += supervisor_run(Path(tmp) / ("on" if witness else "off"), witness, rates, window)
+    finally:
+        if mounted:
+            tracefs_files.umount(mounted)
+    print(table(f"2. supervisor CPU with /bin/true exec'd at a fixed rate ({window:g} s windows, "
+                f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f})",
+                ("witness", "execs/s asked", "execs/s done", "supervisor CPU", "trace lines/s", "lost"), rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

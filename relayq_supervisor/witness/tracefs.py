@@ -1,0 +1,611 @@
+"""The kernel witness: who sent each signal to a supervised program, from the kernel's own
+tracepoints, even when the sender lived for two milliseconds.
+
+The supervisor owns one tracefs instance, `instances/relayq-<pid>` (its own ring buffer,
+switches and filters; nothing global is touched), with:
+- `signal:signal_generate`, filtered to the supervised pids: every signal to a child,
+  SIGKILL included (which no ptrace stop ever shows), with the kernel's result. The
+  sender is the task that generated it: the trace line's leading task-pid;
+- `sched:sched_process_fork/exec/exit`, unfiltered: a short, bounded memory of the
+  node's processes (`ProcessHistory`), so a sender that already exited is still named
+  with its parent chain;
+- `oom:mark_victim`, filtered like signals: the OOM killer's SIGKILL is told apart.
+
+The trace pipe is read on the loop, non-blocking, a bounded amount per wake-up. Events
+are handled in the kernel's time order, so the history is exactly as it was when each
+signal was sent: a pid reused later is never blamed. trace_clock is `boot`, the clock
+/proc start times use, so a live process is matched to its history by start time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import re
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from relayq_supervisor.linux import tracefs
+from relayq_supervisor.linux.siginfo import code_name, signal_name
+from relayq_supervisor.witness.identity import CLOCK_TICKS, MAX_ANCESTRY, ProcessIdentity, proc_start_ticks
+
+log = logging.getLogger(__name__)
+
+INSTANCE_PREFIX = "relayq-"
+SIGNAL_EVENT = ("signal", "signal_generate")
+HISTORY_EVENTS = (("sched", "sched_process_fork"), ("sched", "sched_process_exec"), ("sched", "sched_process_exit"))
+OOM_EVENT = ("oom", "mark_victim")
+BUFFER_KB_PER_CPU = 512         # ~6,000 sched events per CPU between two reads
+READ_SIZE = 1 << 16
+READS_PER_WAKEUP = 8            # then back to the loop; the fd stays readable for the rest
+PRUNE_EVERY_S = 5.0
+LOST_LOG_EVERY_S = 60.0
+# A process' /proc start time (clock ticks) and its fork event's timestamp differ by the
+# time copy_process() takes plus the tick rounding.
+START_MATCH_S = 2.0 / CLOCK_TICKS
+GONE_NOTE = "exited before it could be inspected; named from the kernel trace"
+OVERRUN_NOTE = "lineage incomplete (trace buffer overrun)"
+
+# signal_generate's `res` (enum in include/trace/events/signal.h)
+RESULTS = {0: "delivered", 1: "ignored", 2: "already-pending", 3: "queue-overflow", 4: "delivered-without-info"}
+RESULT_DELIVERED = 0
+SI_KERNEL = 0x80
+
+# --- trace_pipe lines ------------------------------------------------------------------
+
+# `  sh-30529  (  30529) [001] d..1.  1651.658289: signal_generate: sig=18 ...`; the
+# (TGID) column is there with the record-tgid option, `(-------)` when unknown.
+_HEADER = re.compile(r"^\s*(?P<task>.+?)-(?P<tid>\d+)\s+(?:\(\s*(?P<tgid>\d+|-+)\)\s+)?\[\d+\]\s+\S+\s+"
+                     r"(?P<ts>\d+\.\d+):\s(?P<event>\w+):\s(?P<body>.*)$")
+_LOST = re.compile(r"^CPU:(\d+) \[LOST (\d+) EVENTS\]")
+# comm fields may hold spaces: each body is matched whole, anchored at both ends
+_SIGNAL = re.compile(r"^sig=(\d+) errno=(-?\d+) code=(-?\d+) comm=(.*) pid=(\d+) grp=(\d+) res=(\d+)$")
+_FORK = re.compile(r"^comm=(.*) pid=(\d+) child_comm=(.*) child_pid=(\d+)$")
+_EXEC = re.compile(r"^filename=(.*) pid=(\d+) old_pid=(\d+)$")
+_EXIT = re.compile(r"^comm=(.*) pid=(\d+) prio=(-?\d+)(?: group_dead=(\w+))?$")
+_OOM = re.compile(r"^pid=(\d+)(?: comm=(.*) total-vm=(\d+)kB anon-rss=(\d+)kB.*)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class TraceLine:
+    task: str               # the current task's comm as the trace printed it (`<...>` if unknown)
+    tid: int                # the current task (the sender of a signal)
+    tgid: int | None
+    ts: float               # trace_clock seconds (boot: CLOCK_BOOTTIME)
+    event: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    cpu: int
+    count: int
+
+
+def parse_line(line: str) -> TraceLine | Lost | None:
+    """One trace_pipe line; None for anything else."""
+    m = _HEADER.match(line)
+    if m is None:
+        lost = _LOST.match(line)
+        return Lost(int(lost.group(1)), int(lost.group(2))) if lost else None
+    tgid = m.group("tgid")
+    return TraceLine(task=m.group("task"), tid=int(m.group("tid")),
+                     tgid=int(tgid) if tgid and tgid.isdigit() else None, ts=float(m.group("ts")),
+                     event=m.group("event"), body=m.group("body"))
+
+
+@dataclass(frozen=True, slots=True)
+class SignalGenerated:
+    ts: float
+    sender_tid: int
+    sender_tgid: int | None
+    sender_task: str
+    signo: int
+    errno: int
+    code: int
+    target_comm: str
+    target_pid: int
+    group: bool
+    result: int
+
+    @property
+    def sender_pid(self) -> int:
+        return self.sender_tgid if self.sender_tgid is not None else self.sender_tid
+
+
+def parse_signal(t: TraceLine) -> SignalGenerated | None:
+    m = _SIGNAL.match(t.body)
+    if m is None:
+        return None
+    sig, err, code, comm, pid, grp, res = m.groups()
+    return SignalGenerated(ts=t.ts, sender_tid=t.tid, sender_tgid=t.tgid, sender_task=t.task, signo=int(sig),
+                           errno=int(err), code=int(code), target_comm=comm, target_pid=int(pid),
+                           group=grp != "0", result=int(res))
+
+
+@dataclass(frozen=True, slots=True)
+class OomVictim:
+    ts: float
+    pid: int
+    comm: str | None
+    anon_rss_kb: int | None
+    total_vm_kb: int | None
+
+    def describe(self) -> str:
+        if self.anon_rss_kb is None:
+            return "the kernel's OOM killer"
+        return f"the kernel's OOM killer (anon-rss {self.anon_rss_kb // 1024} MiB)"
+
+
+def parse_oom(t: TraceLine) -> OomVictim | None:
+    m = _OOM.match(t.body)
+    if m is None:
+        return None
+    pid, comm, total_vm, anon = m.groups()
+    return OomVictim(ts=t.ts, pid=int(pid), comm=comm, anon_rss_kb=int(anon) if anon else None,
+                     total_vm_kb=int(total_vm) if total_vm else None)
+
+
+# --- the process history ---------------------------------------------------------------
+
+@dataclass(slots=True)
+class ProcessRecord:
+    pid: int
+    ppid: int | None
+    comm: str
+    start: float | None         # fork timestamp (trace clock); None: started before we looked
+    filename: str | None = None  # what it exec'd last
+    exit: float | None = None
+
+
+class ProcessHistory:
+    """pid -> what the trace told about it, bounded by count and by age after exit.
+
+    Fed in the kernel's time order, so at any moment it describes the processes as they
+    were at the last event handled; a pid reused later replaces its old record only then.
+    """
+
+    def __init__(self, max_processes: int = 65536, max_age: float = 600.0):
+        self.max_processes = max_processes
+        self.max_age = max_age
+        self.records: OrderedDict[int, ProcessRecord] = OrderedDict()
+        self.exited: deque[tuple[float, ProcessRecord]] = deque()
+        self.last_prune = 0.0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def get(self, pid: int) -> ProcessRecord | None:
+        return self.records.get(pid)
+
+    def forked(self, ts: float, parent: int, child: int, comm: str, parent_comm: str | None = None) -> None:
+        if parent_comm is not None and parent not in self.records:
+            # started before the trace: the fork event still names it
+            self.records[parent] = ProcessRecord(pid=parent, ppid=None, comm=parent_comm, start=None)
+        self.records.pop(child, None)       # a reused pid: the old record is history now
+        self.records[child] = ProcessRecord(pid=child, ppid=parent, comm=comm, start=ts)
+        while len(self.records) > self.max_processes:
+            self.records.popitem(last=False)
+        self.prune(ts)
+
+    def execed(self, ts: float, pid: int, filename: str, comm: str | None) -> None:
+        r = self.records.get(pid)
+        if r is None:                       # forked before the trace started
+            r = self.records[pid] = ProcessRecord(pid=pid, ppid=None, comm=comm or "", start=None)
+        r.filename = filename
+        # the kernel names an exec'd process after its file (first 15 bytes of its basename)
+        r.comm = comm if comm and comm != "<...>" else os.path.basename(filename)[:15]
+
+    def exited_at(self, ts: float, pid: int, comm: str) -> None:
+        r = self.records.get(pid)
+        if r is None:
+            r = self.records[pid] = ProcessRecord(pid=pid, ppid=None, comm=comm, start=None)
+        r.comm = comm
+        r.exit = ts
+        self.exited.append((ts, r))
+
+    def prune(self, now: float) -> None:
+        if now - self.last_prune < PRUNE_EVERY_S:
+            return
+        self.last_prune = now
+        while self.exited and self.exited[0][0] < now - self.max_age:
+            _, r = self.exited.popleft()
+            if self.records.get(r.pid) is r:
+                del self.records[r.pid]
+
+
+# --- naming a sender ------------------------------------------------------------------------
+
+def _boot_to_epoch(ts: float) -> float:
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) + ts
+
+
+def _live_match(pid: int, record: ProcessRecord | None, ts: float) -> bool:
+    """Is the process now at `pid` the one the trace knew at time `ts`?"""
+    ticks = proc_start_ticks(pid)
+    if ticks is None:
+        return False
+    started = ticks / CLOCK_TICKS
+    if record is not None and record.start is not None:
+        return abs(started - record.start) <= START_MATCH_S and record.exit is None
+    return started <= ts + START_MATCH_S and (record is None or record.exit is None)
+
+
+class Namer:
+    """Sender identities from the history, /proc where the process still lives."""
+
+    def __init__(self, history: ProcessHistory):
+        self.history = history
+        self.lost = 0               # events the kernel dropped (buffer overrun), ever
+
+    def name(self, pid: int, ts: float, task: str, code: str) -> dict[str, Any]:
+        record = self.history.get(pid)
+        if _live_match(pid, record, ts):
+            identity = ProcessIdentity.capture(pid, code_hint=code, seen_boottime=ts)
+            if identity.comm is not None:
+                out = identity.to_dict()
+                if out["exe"] is None and record is not None:
+                    out["exe"] = record.filename
+                out["seen_by"] = "procfs"
+                return out
+        comm = record.comm if record is not None else (None if task == "<...>" else task)
+        ancestry, complete = self.ancestry(record.ppid if record else None, record.start if record else ts)
+        note = GONE_NOTE if complete or not self.lost else f"{GONE_NOTE}; {OVERRUN_NOTE}"
+        identity = ProcessIdentity(pid=pid, comm=comm, exe=record.filename if record else None,
+                                   start_time=_boot_to_epoch(record.start) if record and record.start else None,
+                                   ppid=record.ppid if record else None, alive=False, note=note, code=code)
+        out = identity.to_dict()
+        out["ancestry"] = ancestry
+        out["unit"] = next((a["unit"] for a in ancestry if a.get("unit")), None)
+        out["seen_by"] = "tracefs"
+        return out
+
+    def ancestry(self, ppid: int | None, child_start: float | None) -> tuple[list[dict[str, Any]], bool]:
+        """Parents from the history while they are there, then from /proc (a live ancestor
+        names the rest of the chain itself). False when the chain broke early."""
+        chain: list[dict[str, Any]] = []
+        seen: set[int] = set()
+        pid = ppid
+        while pid and pid not in seen and len(chain) < MAX_ANCESTRY:
+            seen.add(pid)
+            r = self.history.get(pid)
+            if r is not None and r.start is not None and child_start is not None and r.start > child_start:
+                r = None            # reused after our process was born: not its parent
+            if _live_match(pid, r, child_start if child_start is not None else time.clock_gettime(time.CLOCK_BOOTTIME)):
+                live = ProcessIdentity.capture(pid)
+                if live.comm is not None:
+                    chain.append({"pid": pid, "comm": live.comm, "cmdline": list(live.cmdline or ()),
+                                  "exe": live.exe, "unit": live.unit, "alive": live.alive})
+                    chain.extend(a.to_dict() for a in live.ancestry)
+                    return chain, True
+            if r is None:
+                return chain, False
+            chain.append({"pid": pid, "comm": r.comm, "cmdline": [], "exe": r.filename, "alive": False})
+            if r.ppid is None:
+                return chain, pid == 1      # known only by name: its own parent is unknown
+            pid, child_start = r.ppid, r.start
+        return chain, True
+
+
+@dataclass(frozen=True)
+class KernelSignal:
+    """A signal to a supervised program, as the kernel traced it."""
+    ts: float
+    signo: int
+    code: int
+    target_pid: int
+    result: int
+    sender_pid: int | None          # None when the kernel itself sent it (SI_KERNEL)
+    sender: dict[str, Any] | None
+    context: str | None = None      # for SI_KERNEL: the task that was running, not a sender
+
+    @property
+    def signal(self) -> str:
+        return signal_name(self.signo)
+
+    @property
+    def code_name(self) -> str:
+        return code_name(self.signo, self.code)
+
+    @property
+    def result_name(self) -> str:
+        return RESULTS.get(self.result, f"result {self.result}")
+
+
+# --- the witness -----------------------------------------------------------------------------
+
+def filter_expression(pids: Iterable[int]) -> str:
+    """signal_generate/mark_victim filter: those targets (SIGCHLD excluded: children's
+    children exit all the time). "0" (match nothing) when there are none."""
+    ordered = sorted(set(pids))
+    if not ordered:
+        return "pid == 0"
+    targets = " || ".join(f"pid == {p}" for p in ordered)
+    return f"sig != 17 && ({targets})"
+
+
+def oom_filter_expression(pids: Iterable[int]) -> str:
+    ordered = sorted(set(pids))
+    return " || ".join(f"pid == {p}" for p in ordered) if ordered else "pid == 0"
+
+
+# The initial pid namespace's inode number, fixed by the kernel (PROC_PID_INIT_INO)
+INITIAL_PID_NS_INODE = 0xEFFFFFFC
+
+
+def in_initial_pid_namespace() -> bool:
+    """Tracepoints report pids as the initial pid namespace sees them; ours must be those.
+    NSpid alone cannot tell: with a /proc of our own namespace it lists just our pid."""
+    try:
+        if os.stat("/proc/self/ns/pid").st_ino != INITIAL_PID_NS_INODE:
+            return False
+    except OSError:
+        pass    # no ns files (old kernel or no /proc/self/ns): fall back to NSpid
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return len(line.split()) == 2
+    except OSError:
+        return False
+    return True     # kernels before 4.1 have no NSpid and no nested pid namespaces to tell
+
+
+def is_live_supervisor(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return any(b"relayq_supervisor" in a or b"relayq-supervisor" in a for a in argv[:3])
+
+
+class KernelWitness:
+    def __init__(self, on_signal: Callable[[KernelSignal], None],
+                 on_oom: Callable[[OomVictim], None] | None = None, *,
+                 max_processes: int = 65536, max_age: float = 600.0, root: str | None = None,
+                 private_mount: str | None = None):
+        self.on_signal = on_signal
+        self.on_oom = on_oom
+        self.history = ProcessHistory(max_processes, max_age)
+        self.namer = Namer(self.history)
+        self.root = root
+        self.private_mount = private_mount
+        self.unavailable: str | None = None
+        self.instance: str | None = None
+        self.fd: int | None = None
+        self.mounted_here: str | None = None     # tracefs we mounted, unmounted at close
+        self.watched: frozenset[int] = frozenset()
+        self.self_pid = os.getpid()
+        self.partial = b""
+        self.lines = 0
+        self.signals = 0
+        self.lost_logged_at = 0.0
+        self.lost_unlogged = 0
+        self.has_oom = False
+
+    @property
+    def state(self) -> str:
+        if self.unavailable:
+            return f"unavailable ({self.unavailable})"
+        return "watching" if self.fd is not None else "not started"
+
+    def fileno(self) -> int:
+        assert self.fd is not None
+        return self.fd
+
+    # --- start and stop -----------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Set up the instance; False (with `unavailable` set) where the kernel refuses."""
+        if not in_initial_pid_namespace():
+            self.unavailable = ("the supervisor runs in a child pid namespace; "
+                                "kernel pids would name the wrong processes")
+            return False
+        try:
+            self.root = self.root or self.find_or_mount()
+            self.remove_stale()
+            self.instance = tracefs.create_instance(self.root, f"{INSTANCE_PREFIX}{self.self_pid}")
+            self.configure()
+            self.fd = tracefs.open_trace_pipe(self.instance)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            self.unavailable = f"tracefs: {e.filename}: {reason}" if e.filename else f"tracefs: {reason}"
+            self.close()
+            return False
+        return True
+
+    def find_or_mount(self) -> str:
+        """The system's tracefs; where nobody mounted it, our own mount (`private_mount`),
+        unmounted at close. Never the standard place: a mount there would be shared with
+        other supervisors, and whichever exits last could not know it should unmount it."""
+        root = tracefs.find_mount()
+        if root is not None:
+            return root
+        if self.private_mount is None:
+            raise OSError(errno.ENOENT, "tracefs is not mounted")
+        os.makedirs(self.private_mount, exist_ok=True)
+        if self.private_mount not in tracefs.mounts():      # else: ours, left by a crash
+            tracefs.mount(self.private_mount)
+            log.info("kernel witness: tracefs was not mounted; mounted it on %s for this supervisor",
+                     self.private_mount)
+        self.mounted_here = self.private_mount
+        return self.private_mount
+
+    def remove_stale(self) -> None:
+        """Instances a supervisor left when it died (SIGKILL, a crash): theirs, never a live one's."""
+        assert self.root is not None
+        for name in tracefs.list_instances(self.root):
+            pid = name[len(INSTANCE_PREFIX):]
+            if not name.startswith(INSTANCE_PREFIX) or not pid.isdigit() or int(pid) == self.self_pid:
+                continue
+            if is_live_supervisor(int(pid)):
+                continue
+            try:
+                tracefs.remove_instance(tracefs.instance_path(self.root, name))
+                log.info("kernel witness: removed %s, left by a supervisor (pid %s) that is gone", name, pid)
+            except OSError as e:
+                log.warning("kernel witness: could not remove stale instance %s (%s)", name, e.strerror)
+
+    def configure(self) -> None:
+        inst = self.instance
+        assert inst is not None
+        tracefs.set_value(inst, "trace_clock", "boot")          # the clock of /proc start times
+        tracefs.set_value(inst, "buffer_size_kb", str(BUFFER_KB_PER_CPU))
+        # poll() on trace_pipe waits for the buffer to be this % full; 0: any event wakes us
+        tracefs.set_value(inst, "buffer_percent", "0")
+        try:
+            tracefs.set_option(inst, "record-tgid", True)       # the sender's process, not just its thread
+        except OSError:
+            pass                                                # older kernels: the tid names it
+        tracefs.set_filter(inst, *SIGNAL_EVENT, filter_expression(()))
+        tracefs.enable_event(inst, *SIGNAL_EVENT)
+        for system, event in HISTORY_EVENTS:
+            tracefs.enable_event(inst, system, event)
+        if tracefs.has_event(inst, *OOM_EVENT):
+            tracefs.set_filter(inst, *OOM_EVENT, oom_filter_expression(()))
+            tracefs.enable_event(inst, *OOM_EVENT)
+            self.has_oom = True
+
+    def close(self) -> None:
+        """Stop tracing and remove the instance (and tracefs, if we mounted it and nobody uses it)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.instance is not None:
+            try:
+                tracefs.remove_instance(self.instance)
+            except OSError as e:
+                log.warning("kernel witness: could not remove %s (%s)", self.instance, e.strerror)
+            self.instance = None
+        if self.mounted_here is not None:
+            try:
+                tracefs.umount(self.mounted_here)
+                os.rmdir(self.mounted_here)
+            except OSError as e:
+                log.warning("kernel witness: could not unmount %s (%s)", self.mounted_here, e.strerror)
+            self.mounted_here = None
+
+    # --- what to watch ----------------------------------------------------------------------
+
+    def watch(self, pids: Iterable[int]) -> None:
+        """The supervised pids; the kernel filter is rewritten only when they changed."""
+        wanted = frozenset(pids)
+        if wanted == self.watched or self.instance is None:
+            return
+        try:
+            tracefs.set_filter(self.instance, *SIGNAL_EVENT, filter_expression(wanted))
+            if self.has_oom:
+                tracefs.set_filter(self.instance, *OOM_EVENT, oom_filter_expression(wanted))
+        except OSError as e:
+            log.error("kernel witness: filter for pids %s refused (%s)", sorted(wanted), e.strerror)
+            return
+        self.watched = wanted
+
+    # --- reading --------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Read what the kernel has (the loop's reader callback, and before exits are
+        judged, so the signal that caused one is known). Never blocks."""
+        if self.fd is None:
+            return
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                data = os.read(self.fd, READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                log.error("kernel witness: reading the trace failed (%s); stopped", e.strerror)
+                self.unavailable = f"trace read failed: {e.strerror}"
+                return
+            if not data:
+                return
+            self.feed(data)
+
+    def feed(self, data: bytes) -> None:
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for raw in lines:
+            self.handle(raw.decode("utf-8", "replace"))
+
+    def handle(self, line: str) -> None:
+        parsed = parse_line(line)
+        if parsed is None:
+            return
+        self.lines += 1
+        if isinstance(parsed, Lost):
+            self.overrun(parsed.count)
+            return
+        event, body = parsed.event, parsed.body
+        if event == "sched_process_fork":
+            m = _FORK.match(body)
+            if m:
+                # the parent as a process (its tgid), not the thread that forked
+                parent = parsed.tgid if parsed.tgid is not None else int(m.group(2))
+                self.history.forked(parsed.ts, parent, int(m.group(4)), m.group(3), m.group(1))
+        elif event == "sched_process_exec":
+            m = _EXEC.match(body)
+            if m:
+                self.history.execed(parsed.ts, int(m.group(2)), m.group(1), None)
+        elif event == "sched_process_exit":
+            m = _EXIT.match(body)
+            if m and m.group(4) != "false":     # a thread's end is not its process' end
+                self.history.exited_at(parsed.ts, int(m.group(2)), m.group(1))
+        elif event == "signal_generate":
+            seen = parse_signal(parsed)
+            if seen is not None:
+                self.signal_seen(seen)
+        elif event == "mark_victim":
+            victim = parse_oom(parsed)
+            if victim is not None and self.on_oom is not None:
+                self.on_oom(victim)
+
+    def signal_seen(self, s: SignalGenerated) -> None:
+        if s.sender_pid == self.self_pid or (s.sender_tgid is None and s.sender_tid == self.self_pid):
+            return      # the supervisor records its own signals when it sends them
+        self.signals += 1
+        code = code_name(s.signo, s.code)
+        if s.code == SI_KERNEL:
+            # the running task is whoever the kernel interrupted, not a sender: never blamed
+            seen = KernelSignal(ts=s.ts, signo=s.signo, code=s.code, target_pid=s.target_pid, result=s.result,
+                                sender_pid=None, sender=None, context=f"{s.sender_task}-{s.sender_tid}")
+        else:
+            seen = KernelSignal(ts=s.ts, signo=s.signo, code=s.code, target_pid=s.target_pid, result=s.result,
+                                sender_pid=s.sender_pid,
+                                sender=self.namer.name(s.sender_pid, s.ts, s.sender_task, code))
+        self.on_signal(seen)
+
+    def overrun(self, count: int) -> None:
+        self.namer.lost += count
+        self.lost_unlogged += count
+        now = time.monotonic()
+        if now - self.lost_logged_at >= LOST_LOG_EVERY_S:
+            log.warning("kernel witness: the kernel dropped %d trace events (buffer overrun); "
+                        "senders' lineage may be incomplete", self.lost_unlogged)
+            self.lost_logged_at, self.lost_unlogged = now, 0
+
+    def stats(self) -> dict[str, Any]:
+        return {"state": self.state, "instance": self.instance, "processes_known": len(self.history),
+                "lines": self.lines, "signals": self.signals, "lost": self.namer.lost,
+                "watched": sorted(self.watched)}
+
+
+def describe_kernel_signal(seen: KernelSignal, oom: OomVictim | None = None) -> str:
+    """Who sent it, in one line: `pid 9120 sh <- pid 9118 bash`, or the kernel."""
+    if oom is not None:
+        return oom.describe()
+    if seen.sender is None:
+        return f"the kernel ({seen.code_name})"
+    return lineage_text(seen.sender)
+
+
+def lineage_text(sender: dict[str, Any], width: int = 3) -> str:
+    identity = ProcessIdentity.from_dict(sender)
+    parts = [dataclasses.replace(identity, note=None).describe() if not identity.alive else identity.describe()]
+    for a in (sender.get("ancestry") or [])[:width]:
+        command = " ".join(a.get("cmdline") or []) or a.get("exe") or a.get("comm") or "?"
+        parts.append(f"pid {a['pid']} {command}")
+    return " <- ".join(parts)
