@@ -193,9 +193,10 @@ class Node:
             found = await kind.adoptable()
             if found is not None:
                 self.adopt(self.arbiter.graph.instances(name)[0], found.pid, found.verified)
-        for p, pid in self.orphans:
-            if p.proc is None or p.pid != pid:
-                await self.stop_orphan(p, pid)
+        # all at once: one after the other, N workers that each take their stop_timeout would
+        # hold back the start of every program N times as long
+        await asyncio.gather(*(self.stop_orphan(p, pid) for p, pid in self.orphans
+                               if p.proc is None or p.pid != pid))
         self.orphans = []
 
     def adopt(self, p: Program, pid: int, verified: tuple[str, ...]) -> None:

@@ -7,8 +7,10 @@ import signal
 
 import psutil
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from support import WORKER, free_port, redis_config, wait_for
+from support import REDIS_SERVER, WORKER, free_port, redis_config, wait_for
 
 
 def worker_pids(tmp_path) -> set[int]:
@@ -78,3 +80,54 @@ def test_a_redis_that_is_not_ours_is_still_refused(make_supervisor, tmp_path, pr
     sup = make_supervisor(redis_config(tmp_path, port)).start()
     assert sup.proc.wait(30) == 2
     assert f"port {port} is held by pid {stranger.pid}" in sup.log()
+
+
+def live_redis_on(port: int) -> set[int]:
+    """Live processes listening on the port (a second Redis, adopted or not, would show)."""
+    return {c.pid for c in psutil.net_connections("tcp") if c.pid and c.laddr and c.laddr.port == port
+            and c.status == psutil.CONN_LISTEN and psutil.pid_exists(c.pid)
+            and psutil.Process(c.pid).status() != psutil.STATUS_ZOMBIE}
+
+
+def test_three_crashes_in_a_row_keep_one_redis_and_one_set_of_workers(make_supervisor, tmp_path):
+    """The bench's `adoption` loop (bench/adoption.py), short: kill -9 the supervisor, start the
+    next, and after each round the same Redis, exactly the new workers, the key."""
+    port = free_port()
+    text = redis_config(tmp_path, port, programs=WORKER.replace('numprocs = 2', f'numprocs = 2\ndirectory = "{tmp_path}"'))
+    text = text.replace('args = ["--save", ""]', 'args = ["--appendonly", "yes"]')
+    sup = make_supervisor(text).start()
+    st = sup.wait_all_running()
+    redis_pid = next(p["pid"] for p in st["programs"] if p["name"] == "redis")
+    db = redis.Redis(port=port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+    db.set("kept", "yes")
+    for n in range(3):
+        old_workers = {p["pid"] for p in st["programs"] if p["name"].startswith("worker")}
+        seen_events = len(sup.audit_events())
+        sup.proc.send_signal(signal.SIGKILL)
+        sup.proc.wait(10)
+        nxt = make_supervisor(text, subdir=None)
+        nxt.seen |= sup.seen | old_workers | {redis_pid}     # cleaned up by pid whatever happens
+        sup = nxt.start()
+        st = sup.wait_all_running()
+        events = sup.audit_events()[seen_events:]
+        assert next(p for p in st["programs"] if p["name"] == "redis")["pid"] == redis_pid, f"round {n}"
+        adopted = [e for e in events if e["event"] == "adopted"]
+        assert [e["pid"] for e in adopted] == [redis_pid]
+        # recorded as the binary it execs, not as the forked supervisor it was before exec
+        assert f"executable {os.path.realpath(REDIS_SERVER)} as recorded" in adopted[0]["verified"]
+        assert {e["pid"] for e in events if e["event"] == "orphan_stopped"} == old_workers
+        new_workers = {p["pid"] for p in st["programs"] if p["name"].startswith("worker")}
+        assert len(new_workers) == 2 and not new_workers & old_workers
+        wait_for(lambda: worker_pids(tmp_path) == new_workers, what=f"round {n}: exactly the new workers")
+        assert live_redis_on(port) == {redis_pid}
+        assert db.get("kept") == b"yes"
+
+    os.kill(redis_pid, signal.SIGKILL)
+    back = wait_for(lambda: (lambda p: p if p["state"] == "RUNNING" and p["pid"] != redis_pid else None)(
+        sup.program("redis")), timeout=30, what="the adopted Redis restarted after kill -9")
+    fresh = redis.Redis(port=port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+    assert fresh.get("kept") == b"yes"
+    fresh.close()
+    db.close()
+    assert sup.terminate() == 0
+    assert not psutil.pid_exists(back["pid"])

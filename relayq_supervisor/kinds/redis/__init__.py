@@ -106,12 +106,20 @@ class RedisKind:
                 f"user ({e}): was the run_dir (and its redis-admin.pass) changed? Stop that Redis "
                 f"(`kill -TERM {pid}`: it saves first) and start again") from None
         log.info("port %d: pid %d is the Redis the previous supervisor started; adopting it", self.redis.port, pid)
-        return Adoptable(pid, ("pid and start time match the data-dir lock record",
-                               f"executable {rec.get('exe')}", "answers PING as the admin user"))
+        verified = ["pid and start time match the data-dir lock record", "answers PING as the admin user"]
+        exe = _exe(pid)
+        if exe is not None and exe == rec.get("exe"):
+            verified.insert(1, f"executable {exe} as recorded")
+        else:   # e.g. the binary was upgraded in place: still ours (pid, start time, password), said as it is
+            log.warning("redis: adopted pid %d runs %s, the record says %s", pid, exe, rec.get("exe"))
+        return Adoptable(pid, tuple(verified))
 
     def record_running(self, pid: int) -> None:
         self.ctx.locks.note("redis-dir", redis={
-            "pid": pid, "start_ticks": proc_start_ticks(pid), "exe": _exe(pid), "port": self.redis.port,
+            # the binary it execs, resolved as /proc/PID/exe shows it: noted at STARTING, when the
+            # forked child may not have exec'd yet (its /proc/PID/exe would be our Python)
+            "pid": pid, "start_ticks": proc_start_ticks(pid), "exe": os.path.realpath(self.redis.binary),
+            "port": self.redis.port,
             "run_dir": self.ctx.supervisor.run_dir, "supervisor_pid": os.getpid()})
 
     def _set_url(self) -> None:
