@@ -9,7 +9,6 @@ import psutil
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-
 from support import REDIS_SERVER, WORKER, free_port, redis_config, wait_for
 
 
@@ -93,7 +92,8 @@ def test_three_crashes_in_a_row_keep_one_redis_and_one_set_of_workers(make_super
     """The bench's `adoption` loop (bench/adoption.py), short: kill -9 the supervisor, start the
     next, and after each round the same Redis, exactly the new workers, the key."""
     port = free_port()
-    text = redis_config(tmp_path, port, programs=WORKER.replace('numprocs = 2', f'numprocs = 2\ndirectory = "{tmp_path}"'))
+    workers = WORKER.replace('numprocs = 2', f'numprocs = 2\ndirectory = "{tmp_path}"')
+    text = redis_config(tmp_path, port, programs=workers)
     text = text.replace('args = ["--save", ""]', 'args = ["--appendonly", "yes"]')
     sup = make_supervisor(text).start()
     st = sup.wait_all_running()
@@ -118,7 +118,7 @@ def test_three_crashes_in_a_row_keep_one_redis_and_one_set_of_workers(make_super
         assert {e["pid"] for e in events if e["event"] == "orphan_stopped"} == old_workers
         new_workers = {p["pid"] for p in st["programs"] if p["name"].startswith("worker")}
         assert len(new_workers) == 2 and not new_workers & old_workers
-        wait_for(lambda: worker_pids(tmp_path) == new_workers, what=f"round {n}: exactly the new workers")
+        wait_for(lambda new=new_workers: worker_pids(tmp_path) == new, what=f"round {n}: exactly the new workers")
         assert live_redis_on(port) == {redis_pid}
         assert db.get("kept") == b"yes"
 
