@@ -7,6 +7,7 @@ tracefs is mounted for the module if it was not, and unmounted afterwards.
 from __future__ import annotations
 
 import json
+import errno
 import os
 import signal
 import subprocess
@@ -43,7 +44,17 @@ def tracing_root():
     yield root
     if mounted:
         # the supervisors under test removed their instances; EBUSY would mean one leaked
+        remove_instances_of_dead_supervisors(mounted)
         tracefs.umount(mounted)
+
+
+def remove_instances_of_dead_supervisors(root: str) -> None:
+    """Instances left by supervisors killed with SIGKILL (here or by another test run on the
+    machine); a live supervisor's instance is never touched."""
+    for name in tracefs.list_instances(root):
+        pid = name.removeprefix("relayq-")
+        if name.startswith("relayq-") and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            tracefs.remove_instance(tracefs.instance_path(root, name))
 
 
 def program_config(*, protect: bool = False, tap: bool = True) -> str:
@@ -190,7 +201,13 @@ def test_kernel_witness_off_by_config(make_supervisor, tracing_root):
 def test_without_a_system_tracefs_the_supervisor_mounts_its_own_and_removes_it(make_supervisor, tracing_root):
     if not FIXTURE_MOUNTED:
         pytest.skip("tracefs is the system's mount here: not unmounting it for a test")
-    tracefs.umount(tracing_root)
+    remove_instances_of_dead_supervisors(tracing_root)
+    try:
+        tracefs.umount(tracing_root)
+    except OSError as e:
+        if e.errno != errno.EBUSY:
+            raise
+        pytest.skip(f"the kernel refuses to unmount tracefs while it is in use ({e}): another live tracer")
     try:
         sup, pid = start(make_supervisor, tracing_root)
         private = str(sup.dir / "run" / "tracefs")
