@@ -21,7 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from relayq_supervisor.node import own_children
+from relayq_supervisor.linux.procfs import own_children
 
 from .contenders import PYTHON, RedisSetup, RelayqSupervisor, Supervised
 from .context import BenchContext

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from relayq_supervisor.linux import prctl
-from relayq_supervisor.node import own_children
+from relayq_supervisor.linux.procfs import own_children
 
 
 class BenchError(Exception):

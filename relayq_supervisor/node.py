@@ -34,12 +34,12 @@ from relayq_supervisor.ground import GroundWatch
 from relayq_supervisor.kinds import Cancellable, KindContext, ProgramKind
 from relayq_supervisor.linux import prctl, ptrace
 from relayq_supervisor.linux.notify_socket import ChildNotifySocket
-from relayq_supervisor.linux.signalfd import SignalFd
+from relayq_supervisor.linux.procfs import own_children, proc_start_ticks
 from relayq_supervisor.linux.siginfo import signal_name
+from relayq_supervisor.linux.signalfd import SignalFd
 from relayq_supervisor.systemd import ServiceLink
 from relayq_supervisor.witness.attribution import Attribution
 from relayq_supervisor.witness.evidence import Probe
-from relayq_supervisor.witness.identity import proc_start_ticks
 from relayq_supervisor.witness.tap import SignalTap
 from relayq_supervisor.witness.tracefs import KernelWitness
 
@@ -528,19 +528,3 @@ def doctor_target(config: Config, own_pids: set[int] | frozenset[int]) -> doctor
                                redis_dir=redis.redis.dir if redis and redis.redis else None,
                                program_commands=tuple(s.command for s in config.programs if s.redis is None),
                                own_pids=frozenset(own_pids), own_config=config.path)
-
-
-def own_children() -> list[int]:
-    """Direct children of this process, from /proc (cheap: no scan of all processes)."""
-    pids: list[int] = []
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return pids
-    for tid in tasks:
-        try:
-            with open(f"/proc/self/task/{tid}/children") as f:
-                pids.extend(int(x) for x in f.read().split())
-        except (OSError, ValueError):
-            continue
-    return pids

@@ -16,6 +16,7 @@ from relayq_supervisor.config import SupervisorSpec
 from relayq_supervisor.control import protocol
 from relayq_supervisor.control.commands import HANDLERS, Supervision
 from relayq_supervisor.errors import BadRequest, RelayqError
+from relayq_supervisor.linux.procfs import supplementary_groups
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +33,7 @@ class Peer:
         self.pid, self.uid, self.gid = pid, uid, gid
 
     def groups(self) -> set[int]:
-        groups = {self.gid}
-        try:
-            with open(f"/proc/{self.pid}/status") as f:
-                for line in f:
-                    if line.startswith("Groups:"):
-                        groups.update(int(g) for g in line.split()[1:])
-        except (OSError, ValueError):
-            pass
-        return groups
+        return {self.gid} | supplementary_groups(self.pid)
 
     def __str__(self) -> str:
         return f"uid {self.uid} pid {self.pid}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from relayq_supervisor.errors import LockHeld, StartupError
-from relayq_supervisor.witness.identity import proc_start_ticks
+from relayq_supervisor.linux.procfs import proc_start_ticks
 
 
 def describe_owner(owner: dict[str, Any]) -> str:

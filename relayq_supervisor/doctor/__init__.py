@@ -15,7 +15,6 @@ import fnmatch
 import functools
 import glob
 import os
-import pwd
 import re
 import shlex
 import stat
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from relayq_supervisor.linux.procfs import CgroupUnit, cgroup_unit, listeners, user_name
 from relayq_supervisor.printable import escape
 
 OWN_UNIT = "relayq-supervisor.service"
@@ -646,43 +646,6 @@ def _cron_flavour(real: str, root: str) -> str | None:
 # processes
 
 @dataclass(frozen=True)
-class CgroupUnit:
-    name: str               # redis-server.service, session-3.scope, ...
-    user_uid: int | None    # set when a user's own systemd (user@UID.service) runs it
-
-
-def cgroup_unit(pid: int) -> CgroupUnit | None:
-    """The systemd unit a process runs in, from /proc/PID/cgroup."""
-    text = _read_text(f"/proc/{pid}/cgroup")
-    return parse_cgroup_unit(text) if text is not None else None
-
-
-def parse_cgroup_unit(text: str) -> CgroupUnit | None:
-    """The unit named by /proc/PID/cgroup text (v1's name=systemd line, else the v2 line)."""
-    paths = {}
-    for line in text.splitlines():
-        hierarchy, _, path = line.partition(":")
-        controllers, _, path = path.partition(":")
-        if hierarchy == "0" and controllers == "":
-            paths["v2"] = path
-        elif controllers == "name=systemd":
-            paths["v1"] = path
-    path = paths.get("v1") or paths.get("v2") or ""
-    parts = [p for p in path.split("/") if p]
-    user_uid = None
-    for part in parts:
-        m = re.fullmatch(r"user@(\d+)\.service", part)
-        if m:
-            user_uid = int(m.group(1))
-    for part in reversed(parts):
-        if part.endswith((".service", ".scope")):
-            if user_uid is not None and part == f"user@{user_uid}.service":
-                return CgroupUnit(part, None)
-            return CgroupUnit(part, user_uid)
-    return None
-
-
-@dataclass(frozen=True)
 class ProcessView:
     """One process as seen once during a scan."""
     pid: int
@@ -738,10 +701,7 @@ def _supervisor_ancestor(view: ProcessView, views: dict[int, ProcessView]) -> Pr
 
 
 def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+    return user_name(uid) or str(uid)
 
 
 def _process_disable(view: ProcessView, views: dict[int, ProcessView]) -> str:
@@ -897,19 +857,6 @@ def _open_in_dir(pid: int, directory: str) -> str | None:
     return None
 
 
-def _listeners(port: int) -> dict[int | None, str]:
-    """pid (None when hidden from us) -> address, for sockets listening on port."""
-    found: dict[int | None, str] = {}
-    try:
-        conns = psutil.net_connections(kind="inet")
-    except (psutil.Error, OSError):
-        return found
-    for conn in conns:
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-            found.setdefault(conn.pid, f"{conn.laddr.ip}:{conn.laddr.port}")
-    return found
-
-
 def _process_rival(kind: str, name: str, view: ProcessView, views: dict[int, ProcessView], reason: str,
                    extra: str = "", path: str | None = None, state: str = "running") -> Rival:
     return Rival(kind=kind, name=name, path=path, pid=view.pid, evidence=_process_evidence(view, views, extra),
@@ -938,7 +885,7 @@ def _process_rivals(target: DoctorTarget) -> list[Rival]:
                                              f"{marker} running outside this supervisor"))
     if target.redis_port:
         port = target.redis_port
-        for pid, address in sorted(_listeners(port).items(), key=lambda item: item[0] or 0):
+        for pid, address in sorted(listeners(port).items(), key=lambda item: item[0] or 0):
             if pid in ignore:
                 continue
             reason = f"holds the Redis port {port}"

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import functools
 import os
-import pwd
 import signal
 import time
 from dataclasses import dataclass
@@ -24,11 +22,12 @@ from typing import Any
 
 import psutil
 
+from relayq_supervisor.linux.procfs import cgroup_unit, proc_start_ticks, user_name
+
 EXITED_NOTE = "sender exited before it could be inspected"
 ZOMBIE_NOTE = "sender had exited when inspected; its command line was already gone"
 KERNEL_NOTE = "no sender pid (the kernel, or a process in a pid namespace we cannot see)"
 UNSET_ID = 4294967295  # (uid_t)-1 in /proc/PID/loginuid and sessionid: never set
-UNIT_SUFFIXES = (".service", ".scope", ".timer", ".socket")
 MAX_ANCESTRY = 64  # parent chains are short; this only stops a corrupt /proc loop
 DESCRIBE_WIDTH = 80
 
@@ -134,7 +133,7 @@ class ProcessIdentity:
         return cls(
             pid=pid,
             uid=facts.uid,
-            user=_user_name(facts.uid),
+            user=user_name(facts.uid),
             comm=facts.comm,
             exe=facts.exe,
             cmdline=facts.cmdline,
@@ -218,53 +217,6 @@ class ProcessIdentity:
         return text
 
 
-def unit_from_cgroup(text: str) -> str | None:
-    """The systemd unit in /proc/PID/cgroup text, e.g. ``relayq-redis-monitor.service``.
-
-    Prefers the unified (v2) line, then v1's name=systemd hierarchy, then any
-    other; within a path the innermost .service/.scope/.timer/.socket wins.
-    """
-    paths: list[tuple[int, str]] = []
-    for line in text.splitlines():
-        parts = line.strip().split(":", 2)
-        if len(parts) != 3:
-            continue
-        hierarchy, controllers, path = parts
-        rank = 0 if hierarchy == "0" and controllers == "" else 1 if controllers == "name=systemd" else 2
-        paths.append((rank, path))
-    for _, path in sorted(paths, key=lambda p: p[0]):
-        for part in reversed(path.split("/")):
-            if part.endswith(UNIT_SUFFIXES) and len(part) > len(".scope"):
-                return part
-    return None
-
-
-def start_ticks_from_stat(text: str) -> int | None:
-    """Field 22 (starttime, clock ticks after boot) of /proc/PID/stat text.
-
-    comm (field 2) may contain spaces and ')', so fields are counted from the
-    last ')'.
-    """
-    close = text.rfind(")")
-    if close < 0:
-        return None
-    rest = text[close + 1 :].split()
-    # rest[0] is field 3 (state), so field 22 is rest[19].
-    try:
-        return int(rest[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def proc_start_ticks(pid: int) -> int | None:
-    """Start time of `pid` in clock ticks after boot, or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return start_ticks_from_stat(f.read().decode("utf-8", "replace"))
-    except OSError:
-        return None
-
-
 @dataclass(frozen=True)
 class _Facts:
     """What /proc said about a pid, before we know it is still the pinned process."""
@@ -302,6 +254,7 @@ def _read_facts(pid: int) -> _Facts | None:
         return None  # became a zombie between status() and the reads: treat as gone
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
+    unit = cgroup_unit(pid)
     return _Facts(
         start_ticks=start_ticks,
         uid=uid,
@@ -311,7 +264,7 @@ def _read_facts(pid: int) -> _Facts | None:
         start_time=start_time,
         ppid=ppid,
         tty=tty,
-        unit=_read_unit(pid),
+        unit=unit.name if unit else None,
         loginuid=_read_id(f"/proc/{pid}/loginuid"),
         session=_read_id(f"/proc/{pid}/sessionid"),
         zombie=zombie,
@@ -392,14 +345,6 @@ def _read_ancestor(pid: int, child_ticks: int) -> tuple[Ancestor, int, int] | No
             os.close(pidfd)
 
 
-def _read_unit(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
-            return unit_from_cgroup(f.read())
-    except OSError:
-        return None
-
-
 def _read_id(path: str) -> int | None:
     try:
         with open(path) as f:
@@ -407,15 +352,6 @@ def _read_id(path: str) -> int | None:
     except (OSError, ValueError):
         return None
     return None if value == UNSET_ID else value
-
-
-@functools.lru_cache(maxsize=256)
-def _user_name(uid: int) -> str | None:
-    # Cached: a name service lookup may be slow and this runs on the event loop.
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
 
 
 def boottime_now() -> float:

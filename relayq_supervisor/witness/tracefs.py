@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from relayq_supervisor.linux import tracefs
+from relayq_supervisor.linux.procfs import proc_start_ticks
 from relayq_supervisor.linux.siginfo import code_name, signal_name
-from relayq_supervisor.witness.identity import CLOCK_TICKS, MAX_ANCESTRY, ProcessIdentity, proc_start_ticks
+from relayq_supervisor.witness.identity import CLOCK_TICKS, MAX_ANCESTRY, ProcessIdentity
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """ProcessIdentity.capture of real processes: live, zombie, reaped, reused pids. Parsing of
-/proc and cgroup text is in tests/unit/test_audit_identity.py."""
+/proc and cgroup text is in tests/unit/test_procfs.py."""
 import dataclasses
 import json
 import os
@@ -9,15 +9,14 @@ import sys
 import time
 
 import psutil
-
 from support import wait_for
+
+from relayq_supervisor.linux.procfs import proc_start_ticks, unit_from_cgroup
 from relayq_supervisor.witness import identity
 from relayq_supervisor.witness.identity import (
     EXITED_NOTE,
     ProcessIdentity,
     boottime_now,
-    proc_start_ticks,
-    unit_from_cgroup,
 )
 
 

@@ -13,7 +13,6 @@ from relayq_supervisor.doctor import (
     disable_for_process,
     find_rivals,
     format_report,
-    parse_cgroup_unit,
     program_markers,
     rival_for_file,
     watched_dirs,
@@ -195,21 +194,6 @@ def test_watched_dirs_are_the_unit_and_cron_dirs_that_exist(tmp_path):
 ])
 def test_program_markers(argv, markers):
     assert program_markers(argv) == markers
-
-
-@pytest.mark.parametrize("text, unit, uid", [
-    ("0::/system.slice/redis-server.service\n", "redis-server.service", None),
-    ("0::/user.slice/user-1000.slice/session-3.scope\n", "session-3.scope", None),
-    ("0::/user.slice/user-1000.slice/user@1000.service/app.slice/redis.service\n", "redis.service", 1000),
-    ("12:pids:/system.slice/cron.service\n1:name=systemd:/system.slice/cron.service\n0::/\n", "cron.service", None),
-])
-def test_parse_cgroup_unit(text, unit, uid):
-    parsed = parse_cgroup_unit(text)
-    assert parsed.name == unit and parsed.user_uid == uid
-
-
-def test_parse_cgroup_unit_outside_systemd():
-    assert parse_cgroup_unit("0::/\n") is None
 
 
 @pytest.mark.parametrize("unit, disable", [

@@ -20,10 +20,10 @@ import redis.exceptions
 from relayq_supervisor.config import ProgramSpec, RedisSpec, redis_version
 from relayq_supervisor.errors import AclSetupError, StartupError
 from relayq_supervisor.kinds import Adoptable
-from relayq_supervisor.witness.identity import proc_start_ticks
 from relayq_supervisor.kinds.redis import acl, conf, server
 from relayq_supervisor.kinds.redis.health import RedisHealth
 from relayq_supervisor.kinds.redis.liveness import pinger
+from relayq_supervisor.linux.procfs import proc_start_ticks
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis

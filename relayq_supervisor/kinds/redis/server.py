@@ -10,8 +10,8 @@ import psutil
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from relayq_supervisor.witness.identity import unit_from_cgroup
 from relayq_supervisor.config import ProgramSpec, read_secret
+from relayq_supervisor.linux.procfs import cgroup_unit, listeners
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +90,7 @@ def port_holder(host: str, port: int) -> str | None:
 
 def listener_pid(port: int) -> int | None:
     """The pid listening on `port` (any address), None when none is visible."""
-    try:
-        conns = psutil.net_connections(kind="inet")
-    except (psutil.AccessDenied, OSError):
-        return None
-    for c in conns:
-        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
-            return int(c.pid)
-    return None
+    return next((pid for pid in listeners(port) if pid), None)
 
 
 def describe_listener(port: int) -> str | None:
@@ -117,9 +110,5 @@ def describe_pid(pid: int) -> str:
     except psutil.Error:
         cmdline = "?"
     text = f"pid {pid} ({cmdline})"
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            unit = unit_from_cgroup(f.read())
-    except OSError:
-        unit = None
-    return f"{text} of {unit}" if unit else text
+    unit = cgroup_unit(pid)
+    return f"{text} of {unit.name}" if unit else text
