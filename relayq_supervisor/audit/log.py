@@ -29,6 +29,8 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from relayq_supervisor.linux.files import FileIdentity, rotate_by_rename
+
 EVENT_KINDS = frozenset(
     {
         "signal",
@@ -199,20 +201,12 @@ class AuditLog:
         return fd
 
     def _current_fd(self) -> int:
-        if self._fd is not None and not self._replaced():
+        # Someone may have moved or deleted the file under us: write to the path, not the orphan.
+        if self._fd is not None and FileIdentity.of_fd(self._fd).still_at(self.path):
             return self._fd
         self._close_fd()
         self._fd = self._open()
         return self._fd
-
-    def _replaced(self) -> bool:
-        """True if someone moved or deleted the file under us: write to the path, not the orphan."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return True
-        own = os.fstat(self._fd)
-        return (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino)
 
     def _open(self) -> int:
         flags = os.O_APPEND | os.O_WRONLY | os.O_CLOEXEC
@@ -250,17 +244,7 @@ class AuditLog:
 
     def _rotate(self) -> None:
         self._close_fd()
-        if self.keep <= 0:
-            os.unlink(self.path)
-        else:
-            n = self.keep + 1
-            while os.path.exists(f"{self.path}.{n}"):  # left from a larger `keep`
-                os.unlink(f"{self.path}.{n}")
-                n += 1
-            for i in range(self.keep - 1, 0, -1):
-                if os.path.exists(f"{self.path}.{i}"):
-                    os.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")
-            os.replace(self.path, f"{self.path}.1")
+        rotate_by_rename(self.path, self.keep)
         _fsync_dir(self.path)
 
     def _close_fd(self) -> None:

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO, Callable, Iterator
 
 from relayq_supervisor.config import parse_signal
+from relayq_supervisor.linux.files import FileIdentity
 from relayq_supervisor.printable import escape
 
 from relayq_supervisor.witness.identity import ProcessIdentity
@@ -413,7 +414,7 @@ def _follow(
                         if event is not None:
                             yield event
                     continue
-                if _path_moved(path, f):
+                if not FileIdentity.of_fd(f.fileno()).still_at(path):
                     f.close()  # fully read above; what is left in `partial` was torn
                     f = None
                     continue
@@ -435,11 +436,3 @@ def _open_log(path: str) -> BinaryIO | None:
     except OSError:
         return None
 
-
-def _path_moved(path: str, f: BinaryIO) -> bool:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return True
-    own = os.fstat(f.fileno())
-    return (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino)

@@ -16,6 +16,7 @@ from relayq_supervisor.config import SupervisorSpec
 from relayq_supervisor.control import protocol
 from relayq_supervisor.control.commands import HANDLERS, Supervision
 from relayq_supervisor.errors import BadRequest, RelayqError
+from relayq_supervisor.linux.files import FileIdentity
 from relayq_supervisor.linux.procfs import supplementary_groups
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class ControlServer:
         self.group = spec.control_group
         self.group_gid = grp.getgrnam(self.group).gr_gid if self.group else None
         self.server: asyncio.AbstractServer | None = None
-        self.inode: tuple[int, int] | None = None
+        self.identity: FileIdentity | None = None
         self.connections = 0
         self.refused_over_cap = 0
 
@@ -69,15 +70,11 @@ class ControlServer:
         os.chmod(self.path, 0o660)
         if self.group_gid is not None:
             os.chown(self.path, -1, self.group_gid)
-        st = os.stat(self.path)
-        self.inode = (st.st_dev, st.st_ino)
+        self.identity = FileIdentity.of_path(self.path)
 
     def is_intact(self) -> bool:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        return (st.st_dev, st.st_ino) == self.inode
+        """False when the socket file was deleted or replaced behind our back."""
+        return self.identity is not None and self.identity.still_at(self.path)
 
     async def restart(self) -> None:
         """Listen again (the socket file was deleted or replaced)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from relayq_supervisor.errors import LockHeld, StartupError
+from relayq_supervisor.linux.files import FileIdentity
 from relayq_supervisor.linux.procfs import proc_start_ticks
 
 
@@ -29,7 +30,7 @@ def describe_owner(owner: dict[str, Any]) -> str:
 class OwnerLock:
     path: str
     fd: int | None = None
-    inode: tuple[int, int] | None = None
+    identity: FileIdentity | None = None
     record: dict[str, Any] | None = None
 
     def acquire(self, record: dict[str, Any]) -> None:
@@ -43,8 +44,7 @@ class OwnerLock:
                 owner = read_owner(self.path)
                 raise LockHeld(self.path, owner, f"{self.path} is locked by {describe_owner(owner or {})}") from None
             raise
-        st = os.fstat(fd)
-        self.fd, self.inode = fd, (st.st_dev, st.st_ino)
+        self.fd, self.identity = fd, FileIdentity.of_fd(fd)
         self.rewrite(dict(record, taken_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
 
     def rewrite(self, record: dict[str, Any]) -> None:
@@ -58,18 +58,12 @@ class OwnerLock:
 
     def is_intact(self) -> bool:
         """False when the file was deleted or replaced behind our back."""
-        if self.fd is None:
-            return False
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        return (st.st_dev, st.st_ino) == self.inode
+        return self.fd is not None and self.identity is not None and self.identity.still_at(self.path)
 
     def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
-            self.fd = self.inode = None
+            self.fd, self.identity = None, None
 
 
 def program_key(name: str) -> str:

@@ -10,6 +10,8 @@ import os
 import sys
 from typing import BinaryIO, Protocol
 
+from relayq_supervisor.linux.files import rotate_by_rename
+
 
 class ChildOutput(Protocol):
     def write(self, data: bytes) -> None: ...
@@ -34,12 +36,7 @@ class RotatingFile:
         if self.backups <= 0:
             os.truncate(self.path, 0)
             return
-        for i in range(self.backups - 1, 0, -1):
-            src = f"{self.path}.{i}"
-            if os.path.exists(src):
-                os.replace(src, f"{self.path}.{i + 1}")
-        if os.path.exists(self.path):
-            os.replace(self.path, f"{self.path}.1")
+        rotate_by_rename(self.path, self.backups)
 
     def write(self, data: bytes) -> None:
         if self.fd is None:
