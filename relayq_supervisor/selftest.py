@@ -34,6 +34,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from relayq_supervisor.linux.siginfo import signal_name
+
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE = "relayq:jobs"
 RESULT_PREFIX = "relayq:result:"
@@ -106,7 +108,7 @@ class JobFailed(Exception):
     def __init__(self, result: JobResult):
         self.result = result
         how = (f"failed with exit code {result.returncode}" if result.returncode >= 0
-               else f"was killed by {_signal_name(-result.returncode)}")
+               else f"was killed by {signal_name(-result.returncode)}")
         message = f"job {result.id} {how} on worker {result.worker}"
         stderr = result.stderr.strip()
         if stderr:
@@ -291,7 +293,7 @@ class Worker:
 
     def _on_stop(self, signum, frame) -> None:
         if self._stop_signal is None:
-            self._stop_signal = signal.Signals(signum).name
+            self._stop_signal = signal_name(signum)
 
     def _on_usr1(self, signum, frame) -> None:
         self._usr1 += 1
@@ -408,7 +410,7 @@ class Worker:
             out, err = proc.communicate(timeout=timeout)
             returncode = proc.returncode
             summary = (f"exit {returncode}" if returncode >= 0
-                       else f"killed by {_signal_name(-returncode)}")
+                       else f"killed by {signal_name(-returncode)}")
         except subprocess.TimeoutExpired:
             _kill_tree(proc.pid)
             out, err = self._drain(proc)
@@ -467,13 +469,6 @@ def _kill_tree(pid: int) -> None:
             proc.kill()     # psutil checks the pid still names the same process
         except psutil.Error:
             pass
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 # --- command line ------------------------------------------------------------
