@@ -34,6 +34,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from relayq_supervisor.linux.notify_socket import connect_notify_socket, send_notify
 from relayq_supervisor.linux.siginfo import signal_name
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -219,18 +220,15 @@ job = JobClient()
 # --- worker ------------------------------------------------------------------
 
 def notify_ready(address: str | None = None, message: bytes = b"READY=1") -> bool:
-    """Send READY=1 to $NOTIFY_SOCKET (or `address`); '@' names an abstract socket.
+    """Send `message` (READY=1, or WATCHDOG=1) to $NOTIFY_SOCKET (or `address`); '@' names an abstract socket.
 
     Returns False when there is no socket to notify.
     """
     address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
     if not address:
         return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendall(message)
+    with connect_notify_socket(address) as sock:
+        send_notify(sock, message)
     return True
 
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import sdnotify
-
 from relayq_supervisor.background import start_task
 from relayq_supervisor.core.states import State
+from relayq_supervisor.linux.notify_socket import connect_notify_socket, format_notify_message, send_notify
 
 log = logging.getLogger(__name__)
 
@@ -23,29 +23,30 @@ EXTEND_EVERY_S = 4.0
 
 
 class ServiceNotifier:
-    """Messages to the service manager (through the sdnotify package); silent when
-    NOTIFY_SOCKET is unset. The socket is made non-blocking: a full queue at the
-    service manager must never stall the event loop."""
+    """Messages to the service manager; silent when NOTIFY_SOCKET is unset or cannot be
+    reached. The socket is non-blocking: a full queue at the service manager must never
+    stall the event loop."""
 
     def __init__(self) -> None:
         self.address = os.environ.get("NOTIFY_SOCKET") or None
-        self._notifier = None
+        self._sock: socket.socket | None = None
         if self.address:
-            notifier = sdnotify.SystemdNotifier()
-            if notifier.socket is not None:
-                notifier.socket.setblocking(False)
-                self._notifier = notifier
+            try:
+                self._sock = connect_notify_socket(self.address, blocking=False)
+            except OSError as e:
+                log.warning("cannot reach NOTIFY_SOCKET %s (%s); the service manager "
+                            "will not hear READY=1 or STATUS=", self.address, e.strerror or e)
 
     @property
     def enabled(self) -> bool:
-        return self._notifier is not None
+        return self._sock is not None
 
-    def send(self, **fields) -> bool:
+    def send(self, **fields: object) -> bool:
         """send(READY=1, STATUS='...') -> one datagram; False when not sent."""
-        if self._notifier is None:
+        if self._sock is None:
             return False
         try:
-            self._notifier.socket.send("\n".join(f"{k}={v}" for k, v in fields.items()).encode())
+            send_notify(self._sock, format_notify_message(**fields))
             return True
         except OSError:
             return False

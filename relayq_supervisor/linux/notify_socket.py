@@ -1,8 +1,11 @@
-"""The sd_notify datagram socket children get as NOTIFY_SOCKET, and the sending side.
+"""sd_notify both ways: the datagram socket children get as NOTIFY_SOCKET, and sending to one.
 
-An abstract name, so nothing lingers in the file system. SO_PASSCRED makes the kernel
-attach the sender's pid to every datagram, which is how a READY=1 is tied to one
-child, as systemd does for NotifyAccess=.
+The receiving socket has an abstract name, so nothing lingers in the file system.
+SO_PASSCRED makes the kernel attach the sender's pid to every datagram, which is how
+a READY=1 is tied to one child, as systemd does for NotifyAccess=.
+
+Sending (`connect_notify_socket`, `send_notify`) serves the supervisor telling systemd
+and the reference worker telling the supervisor.
 """
 from __future__ import annotations
 
@@ -11,6 +14,31 @@ import socket
 import struct
 
 _UCRED = struct.Struct("iII")
+
+
+def connect_notify_socket(address: str, *, blocking: bool = True) -> socket.socket:
+    """A datagram socket connected to a NOTIFY_SOCKET `address` ('@' = abstract); OSError if unreachable."""
+    kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | (0 if blocking else socket.SOCK_NONBLOCK)
+    sock = socket.socket(socket.AF_UNIX, kind)
+    try:
+        sock.connect("\0" + address[1:] if address.startswith("@") else address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def send_notify(sock: socket.socket, message: bytes) -> None:
+    """One sd_notify datagram, e.g. ``format_notify_message(READY=1, STATUS="up")``.
+
+    Raises OSError; on a non-blocking socket BlockingIOError when the receiver's queue is full.
+    """
+    sock.send(message)
+
+
+def format_notify_message(**fields: object) -> bytes:
+    """``KEY=value`` lines, one per field: the inverse of `parse_notify_message`."""
+    return "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
 
 
 class ChildNotifySocket:
@@ -30,7 +58,7 @@ class ChildNotifySocket:
 
     def receive(self) -> list[tuple[int | None, dict[str, str]]]:
         """Every pending datagram as (sender pid, {KEY: value}); never blocks."""
-        out = []
+        out: list[tuple[int | None, dict[str, str]]] = []
         while True:
             try:
                 data, ancdata, _flags, _addr = self.sock.recvmsg(4096, socket.CMSG_SPACE(_UCRED.size))
