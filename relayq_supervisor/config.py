@@ -31,6 +31,9 @@ RESERVED_NAMES = {REDIS_NAME: "the [redis] table", "supervisor": "the supervisor
 NAME_MAX = 255          # bytes in one file name (Linux, every common file system)
 PATH_MAX = 4096         # bytes in a whole path, with its terminating NUL
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+# What may stand in an ACL rule token: a command name, optionally `|subcommand`.
+# Anything else (a space above all) would add rules of its own to the ACL file.
+_COMMAND_NAME_RE = re.compile(r"[a-z][a-z0-9_.-]*(?:\|[a-z0-9_.-]+)?")
 
 
 @dataclass(frozen=True)
@@ -415,6 +418,11 @@ def read_secret(path: str) -> str:
     return secret
 
 
+def is_command_name(text: str) -> bool:
+    """True for a lower-case Redis command name, optionally with a subcommand: `shutdown`, `config|set`."""
+    return _COMMAND_NAME_RE.fullmatch(text) is not None
+
+
 def children_path(base_path: str | None = None) -> str:
     """PATH for children: the supervisor's own interpreter directory first, so that
     `python3` in a command is the interpreter (and venv) the supervisor runs in."""
@@ -719,7 +727,7 @@ def _parse_redis(loc, table: dict, base: Path, run_dir: str) -> ProgramSpec:
         raise loc.error(where + ("stop_timeout",), "'stop_timeout' must not be negative")
     denied = _str_list(loc, where + ("denied_commands",), table.get("denied_commands", list(RedisSpec.denied_commands)))
     for command in denied:
-        if not re.match(r"^[a-z][a-z0-9_.-]*(\|[a-z0-9_.-]+)?$", command.lower()):
+        if not is_command_name(command.lower()):
             raise loc.error(where + ("denied_commands",),
                             f"denied_commands: {command!r} is not a command name like \"shutdown\" or \"config|set\"")
     password_file = _resolve(base, table["password_file"]) if table.get("password_file") else ""

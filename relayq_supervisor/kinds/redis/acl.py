@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 
+from relayq_supervisor.config import is_command_name
 from relayq_supervisor.errors import AclSetupError
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,6 @@ SUBCOMMANDS_6 = {
     "slowlog": ("get", "help", "len", "reset"),
 }
 
-# What may stand in an ACL rule token: a command name, optionally `|subcommand`.
-# Anything else (a space above all) would add rules of its own to the file.
-_DENIED_RE = re.compile(r"^[a-z][a-z0-9_.-]*(\|[a-z0-9_.-]+)?$")
 _HEX_PASSWORD_RE = re.compile(r"^[0-9a-f]{%d}$" % (PASSWORD_BYTES * 2))
 
 # How far two readings of one unchanged entry's last-update time may disagree: the
@@ -199,7 +197,8 @@ def acl_rules(denied: tuple[str, ...], version: tuple[int, ...]) -> list[str]:
     subs: dict[str, list[str]] = {}
     for item in denied:
         token = item.strip().lower()
-        if not _DENIED_RE.match(token):
+        # config.py checked the configured list; this guards every other caller.
+        if not is_command_name(token):
             raise AclSetupError(f"denied command {item!r} is not a command name "
                                 "(write e.g. \"shutdown\" or \"config|set\")")
         command, _, sub = token.partition("|")
