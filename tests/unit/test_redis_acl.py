@@ -51,7 +51,7 @@ def test_password_file_is_recreated_when_unsafe_and_says_why(tmp_path, caplog, s
     first = AdminCredentials.load_or_create(tmp_path)
     path = tmp_path / "redis-admin.pass"
     spoil(path)
-    with caplog.at_level(logging.WARNING, logger="relayq"):
+    with caplog.at_level(logging.WARNING, logger="relayq_supervisor"):
         second = AdminCredentials.load_or_create(tmp_path)
     assert second.password != first.password
     assert says in caplog.text and str(path) in caplog.text
@@ -123,7 +123,7 @@ def test_acl_rules_refuse_tokens_that_would_add_rules():
 
 
 def test_acl_rules_on_62_deny_whole_command_when_subcommands_unknown(caplog):
-    with caplog.at_level(logging.WARNING, logger="relayq"):
+    with caplog.at_level(logging.WARNING, logger="relayq_supervisor"):
         assert acl_rules(("cluster|reset",), (6, 2)) == ["+@all", "-cluster"]
     assert "denying all of cluster" in caplog.text
 
