@@ -1,9 +1,9 @@
 """What every benchmark gets: where to work, how to start processes, what is installed."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .contenders import Tool
 from .processes import Launcher

@@ -91,8 +91,8 @@ def run(ctx: BenchContext) -> Section:
     problem = ""
     steps = [*supervised, (None, cold_port)]
     try:
-        for sup, port in supervised:
-            poll_until(lambda: (st := redis_status(sup)) and st["state"] == "RUNNING", 30,
+        for sup, _port in supervised:
+            poll_until(lambda sup=sup: (st := redis_status(sup)) and st["state"] == "RUNNING", 30,
                        f"{sup.label}: Redis RUNNING", 0.02)
         ctx.say(f"redis recovery: {rounds} rounds x {len(steps)}")
         for r in range(rounds):

@@ -19,7 +19,7 @@ class Samples:
     values: tuple[float, ...]
 
     @classmethod
-    def of(cls, values) -> "Samples":
+    def of(cls, values) -> Samples:
         return cls(tuple(values))
 
     @property
@@ -59,7 +59,7 @@ class Target:
         return {"what": self.what, "measured": self.measured, "met": self.met, "why": self.why}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Target":
+    def from_dict(cls, d: dict) -> Target:
         return cls(d["what"], d["measured"], d["met"], d.get("why", ""))
 
 

@@ -83,7 +83,8 @@ def run(ctx: BenchContext) -> Section:
             growth = f"{ratio_of(last) / ratio_of(first):.1f}x"
         return (label, *cells, growth)
 
-    med = lambda s: s.median
+    def med(s):
+        return s.median
     rows = (
         row("start to all RUNNING (includes ready_after = 1 s)", "start_s", lambda v: f"{v:.2f} s"),
         row("supervisor RSS", "rss", mib),

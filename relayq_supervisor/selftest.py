@@ -94,7 +94,7 @@ class JobResult:
         return json.dumps(self.__dict__)
 
     @classmethod
-    def from_json(cls, text: str) -> "JobResult":
+    def from_json(cls, text: str) -> JobResult:
         data = json.loads(text)
         return cls(id=str(data["id"]), stdout=data.get("stdout", ""), stderr=data.get("stderr", ""),
                    returncode=int(data["returncode"]), worker=str(data.get("worker", "?")),

@@ -22,8 +22,8 @@ import fcntl
 import logging
 import os
 import termios
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import pyinotify
 

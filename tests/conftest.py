@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from support import Supervisor, free_port, kill_and_reap
 
 

@@ -26,8 +26,9 @@ import json
 import os
 import socket
 import sys
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from relayq_supervisor.linux.files import FileIdentity, rotate_by_rename
 
@@ -53,7 +54,7 @@ MAX_PENDING = 1000
 
 def utc_timestamp(when: float | None = None) -> str:
     """ISO 8601 UTC with milliseconds and Z: ``2026-11-25T23:21:26.721Z``."""
-    dt = datetime.now(timezone.utc) if when is None else datetime.fromtimestamp(when, timezone.utc)
+    dt = datetime.now(UTC) if when is None else datetime.fromtimestamp(when, UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 

@@ -9,14 +9,14 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, BinaryIO, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, BinaryIO
 
 from relayq_supervisor.config import parse_signal
 from relayq_supervisor.linux.files import FileIdentity
 from relayq_supervisor.printable import escape
-
 from relayq_supervisor.witness.identity import ProcessIdentity
 
 LINE_WIDTH = 80
@@ -121,9 +121,9 @@ def parse_line(line: bytes | str) -> dict[str, Any] | None:
 
 def parse_when(text: str, now: datetime | None = None) -> datetime:
     """A point in time from `10m`/`2h`/`30s`/`1d` (before `now`) or ISO 8601 (naive means UTC)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
+        now = now.replace(tzinfo=UTC)
     relative = _RELATIVE.match(text)
     if relative:
         amount, unit = relative.groups()
@@ -141,8 +141,8 @@ def parse_timestamp(text: str) -> datetime | None:
     except (ValueError, TypeError, AttributeError):
         return None
     if when.tzinfo is None:
-        return when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc)
+        return when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
 
 
 def signal_number(text: str | int) -> int:
@@ -231,7 +231,7 @@ class EventFilter:
 
 
 def _aware(when: datetime) -> datetime:
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
 
 
 def _is_blocked(event: dict[str, Any]) -> bool:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from relayq_supervisor.errors import (BadRequest, ConfigError, RelayqError, StartupError, UnknownProgram)
+from relayq_supervisor.errors import BadRequest, ConfigError, RelayqError, StartupError, UnknownProgram
 
 VERSION = 1
 # Exit statuses of both commands (and reply `code`s): systemctl's convention.

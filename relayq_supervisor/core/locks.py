@@ -11,8 +11,9 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from relayq_supervisor.errors import LockHeld, StartupError
 from relayq_supervisor.linux.files import FileIdentity

@@ -21,8 +21,8 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from relayq_supervisor.config import RestartPolicy
 

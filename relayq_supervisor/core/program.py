@@ -12,8 +12,9 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from relayq_supervisor.config import ProgramSpec
 from relayq_supervisor.core.policy import RestartTracker

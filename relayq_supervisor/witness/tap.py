@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from relayq_supervisor.linux import ptrace
 from relayq_supervisor.linux.siginfo import Siginfo

@@ -2,12 +2,13 @@
 parsing, filtering and formatting rules are in tests/unit/test_audit_review.py."""
 import os
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from support import wait_for
-from relayq_supervisor.witness.identity import ProcessIdentity
+
 from relayq_supervisor.audit.log import AuditLog, make_event
 from relayq_supervisor.audit.review import EventFilter, format_event, iter_events, parse_when
+from relayq_supervisor.witness.identity import ProcessIdentity
 
 
 def test_real_sender_written_filtered_and_formatted(tmp_path, procs):
@@ -25,7 +26,7 @@ def test_real_sender_written_filtered_and_formatted(tmp_path, procs):
                                action="blocked", via="signalfd"))
 
     wanted = EventFilter(program="redis", sender=str(p.pid), signal="TERM",
-                         since=parse_when("1h", datetime.now(timezone.utc)))
+                         since=parse_when("1h", datetime.now(UTC)))
     lines = [format_event(e) for e in iter_events(path) if wanted.matches(e)]
 
     assert len(lines) == 1

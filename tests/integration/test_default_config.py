@@ -7,7 +7,6 @@ import subprocess
 
 import pytest
 import redis
-
 from support import PYTHON, embedded_redis_tool, find_redis_tool
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

@@ -22,8 +22,8 @@ import pytest
 
 from relayq_supervisor.linux import prctl, ptrace
 from relayq_supervisor.linux.ptrace import decode_wait_status
-from relayq_supervisor.linux.signalfd import SignalFd, unblock_in_child
 from relayq_supervisor.linux.siginfo import CLD_EXITED, SI_USER, Siginfo
+from relayq_supervisor.linux.signalfd import SignalFd, unblock_in_child
 
 KILL = "/bin/kill"
 SLEEP = "/bin/sleep"

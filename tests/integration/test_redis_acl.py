@@ -15,12 +15,16 @@ import redis
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-
 from support import PYTHON, embedded_redis_tool, find_redis_tool, free_port, wait_for, wait_for_redis
+
 from relayq_supervisor.config import RedisSpec, redis_version
 from relayq_supervisor.kinds.redis.acl import (
-    AclLogReader, AdminCredentials, find_client_process,
-    process_holds_client_socket, version_tuple, write_acl_file,
+    AclLogReader,
+    AdminCredentials,
+    find_client_process,
+    process_holds_client_socket,
+    version_tuple,
+    write_acl_file,
 )
 
 DENIED = RedisSpec.denied_commands

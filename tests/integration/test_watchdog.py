@@ -8,9 +8,9 @@ import textwrap
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from support import PYTHON, REDIS_SERVER, redis_config, wait_for
 
 from relayq_supervisor.kinds.redis.acl import ADMIN_USER
-from support import PYTHON, REDIS_SERVER, redis_config, wait_for
 
 HANGS = textwrap.dedent("""
     import os, socket, time

@@ -112,7 +112,7 @@ class Supervisor:
         self.proc: subprocess.Popen | None = None
         self.seen: set[int] = set()
 
-    def start(self, *extra, env=None) -> "Supervisor":
+    def start(self, *extra, env=None) -> Supervisor:
         self.log_file = open(self.log_path, "ab")
         self.proc = subprocess.Popen([PYTHON, "-m", "relayq_supervisor", "-c", str(self.config), *extra],
                                      stdout=self.log_file, stderr=subprocess.STDOUT, cwd=self.dir,

@@ -3,7 +3,7 @@ event, following a growing log. All in-process on files in tmp_path; the end-to-
 real sender is in tests/integration/test_audit_review.py."""
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -18,7 +18,7 @@ from relayq_supervisor.audit.review import (
 )
 from relayq_supervisor.witness.identity import ProcessIdentity
 
-NOW = datetime(2026, 11, 25, 23, 30, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 23, 30, 0, tzinfo=UTC)
 
 MONITOR = ProcessIdentity(
     pid=4412,
@@ -86,11 +86,11 @@ def test_parse_when_relative(text, delta):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("2026-11-25T23:21:26Z", datetime(2026, 11, 25, 23, 21, 26, tzinfo=timezone.utc)),
-        ("2026-11-25T23:21:26.721Z", datetime(2026, 11, 25, 23, 21, 26, 721000, tzinfo=timezone.utc)),
-        ("2026-11-25T23:21:26", datetime(2026, 11, 25, 23, 21, 26, tzinfo=timezone.utc)),
-        ("2026-11-26T01:21:26+02:00", datetime(2026, 11, 25, 23, 21, 26, tzinfo=timezone.utc)),
-        ("2026-11-25", datetime(2026, 11, 25, tzinfo=timezone.utc)),
+        ("2026-11-25T23:21:26Z", datetime(2026, 11, 25, 23, 21, 26, tzinfo=UTC)),
+        ("2026-11-25T23:21:26.721Z", datetime(2026, 11, 25, 23, 21, 26, 721000, tzinfo=UTC)),
+        ("2026-11-25T23:21:26", datetime(2026, 11, 25, 23, 21, 26, tzinfo=UTC)),
+        ("2026-11-26T01:21:26+02:00", datetime(2026, 11, 25, 23, 21, 26, tzinfo=UTC)),
+        ("2026-11-25", datetime(2026, 11, 25, tzinfo=UTC)),
     ],
 )
 def test_parse_when_iso(text, expected):

@@ -179,8 +179,9 @@ def test_new_denials_eviction_and_two_entries_of_one_key():
 
 def test_new_denials_with_entry_ids_of_redis_72():
     reader = AclLogReader()
-    e = lambda count, age, eid: entry(count, age, **{"entry-id": eid, "timestamp-created": 1000 + eid,
-                                                     "timestamp-last-updated": 2000})
+    def e(count, age, eid):
+        return entry(count, age, **{"entry-id": eid, "timestamp-created": 1000 + eid,
+                                                         "timestamp-last-updated": 2000})
     assert counts(reader.new_denials([e(2, 0.1, 0)], now=10.0)) == [("shutdown", 2)]
     # Same key, same count, but another entry: new, whatever the clocks say.
     assert counts(reader.new_denials([e(2, 0.1, 1), e(2, 9.0, 0)], now=19.0)) == [("shutdown", 2)]

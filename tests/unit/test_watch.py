@@ -32,7 +32,7 @@ class Recorder:
                 await self._changed.wait()
         try:
             await asyncio.wait_for(seen(), EVENT_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"no ({path!r}, {what!r}) within {EVENT_TIMEOUT}s; calls: {self.calls}") from None
 
     def clear(self) -> None:

@@ -57,7 +57,7 @@ SUBCOMMANDS_6 = {
     "slowlog": ("get", "help", "len", "reset"),
 }
 
-_HEX_PASSWORD_RE = re.compile(r"^[0-9a-f]{%d}$" % (PASSWORD_BYTES * 2))
+_HEX_PASSWORD_RE = re.compile(rf"^[0-9a-f]{{{PASSWORD_BYTES * 2}}}$")
 
 # How far two readings of one unchanged entry's last-update time may disagree: the
 # estimate is `our clock at the reply - age-seconds`, so it moves with poll latency.
@@ -313,7 +313,7 @@ def _normalise_entry(entry: Any) -> dict[str, Any]:
         pairs = entry.items()
     else:
         items = list(entry)
-        pairs = zip(items[0::2], items[1::2])
+        pairs = zip(items[0::2], items[1::2], strict=False)
     out: dict[str, Any] = {}
     for key, value in pairs:
         key = _text(key)
@@ -372,7 +372,7 @@ class AclLogReader:
             current = [_Seen(e.get("count", 1), now - e.get("age-seconds", 0.0)) for _, e in group]
             previous = self._seen.get(key, [])
             grown = self._align(previous, current, exact=key[4] is not None)
-            for i, ((order, entry), entry_seen) in enumerate(zip(group, current)):
+            for i, ((order, entry), entry_seen) in enumerate(zip(group, current, strict=False)):
                 if grown is None or i < grown:
                     count_new = entry_seen.count                    # a new entry
                 elif i == grown:
