@@ -19,6 +19,7 @@ import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from relayq_supervisor.errors import ConfigError, ConfigSyntaxError
 
@@ -400,8 +401,9 @@ def _restart(loc, where: tuple, table: dict, default: RestartPolicy) -> RestartP
     if policy.start_limit_burst < 0:
         raise loc.error(where + ("start_limit_burst",),
                         "'start_limit_burst' must be 0 (no start limit) or a number of starts")
-    return dataclasses.replace(policy, **{k: float(getattr(policy, k)) for k in _RESTART_KEYS
-                                          if k not in ("policy", "start_limit_burst")})
+    floats: dict[str, Any] = {k: float(getattr(policy, k)) for k in _RESTART_KEYS
+                              if k not in ("policy", "start_limit_burst")}
+    return dataclasses.replace(policy, **floats)
 
 
 def read_secret(path: str) -> str:
@@ -806,6 +808,11 @@ def _dependency_order(loc, programs: list[ProgramSpec], wheres: list[tuple]) -> 
     return tuple(ordered)
 
 
+def _given(table: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The keys the file sets (the dataclass has the defaults)."""
+    return {k: table[k] for k in keys if k in table}
+
+
 def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
     _check_table(loc, ("supervisor",), sup, _SUPERVISOR_KEYS)
     run_dir = _resolve(base, sup.get("run_dir", "var/run"))
@@ -831,8 +838,9 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
         control_socket=_resolve(base, sup.get("control_socket", os.path.join(run_dir, "relayq.sock"))),
         control_group=sup.get("control_group"),
         audit_ignore=ignore,
-        **{k: sup[k] for k in ("log_max_bytes", "log_backups", "audit_max_bytes", "audit_backups") if k in sup},
-        **({"health_interval": float(sup["health_interval"])} if "health_interval" in sup else {}),
+        **_given(sup, ("log_max_bytes", "log_backups", "audit_max_bytes", "audit_backups")),
+        **_given({"health_interval": float(sup["health_interval"])} if "health_interval" in sup else {},
+                 ("health_interval",)),
         signal_tap=sup.get("signal_tap", True),
         kernel_witness=sup.get("kernel_witness", True),
         doctor_root=_resolve(base, sup.get("doctor_root", "/")),

@@ -174,7 +174,7 @@ class Node:
                                   on_error=lambda msg: log.error("audit: %s", msg))
         for spec in self.config.programs:
             previous = self.locks.read(program_lock_path(sup.run_dir, spec.name)) or {}
-            recorded = previous.get("children") if isinstance(previous.get("children"), dict) else {}
+            recorded = previous["children"] if isinstance(previous.get("children"), dict) else {}
             alive = {name: rec for name, rec in recorded.items()
                      if isinstance(rec, dict) and isinstance(rec.get("pid"), int) and rec["pid"] > 0
                      and proc_start_ticks(rec["pid"]) == rec.get("start_ticks")}

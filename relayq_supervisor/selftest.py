@@ -172,7 +172,7 @@ class Job:
                     time.sleep(min(RETRY_MIN, max(0.0, deadline - time.monotonic())))
                     continue
                 if item is not None:
-                    return JobResult.from_json(item[1])
+                    return JobResult.from_json(_text(item[1]))
         finally:
             client.close()
 
@@ -336,7 +336,7 @@ class Worker:
                     self._on_unreachable(client, e)
                     continue
                 if item is not None:
-                    self._handle(client, item[1])
+                    self._handle(client, _text(item[1]))
         finally:
             client.close()
         self.log(f"stopping ({self._stop_signal})")
@@ -425,7 +425,8 @@ class Worker:
             out, err = proc.communicate(timeout=1.0)
         except subprocess.TimeoutExpired:
             for pipe in (proc.stdout, proc.stderr):
-                pipe.close()
+                if pipe is not None:
+                    pipe.close()
             proc.wait()
             out, err = b"", b""
         return out or b"", err or b""
@@ -452,6 +453,10 @@ class Worker:
                              priority=3)
                     return
                 self._on_unreachable(client, e)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _kill_tree(pid: int) -> None:

@@ -233,19 +233,19 @@ class Watcher:
         if mask & _DIRECTORY_LOST:
             self._forget_directory(event.wd, mask)
             for subscription in watched.subscriptions:
-                for path, what in subscription.report_lost_directory():
-                    self._call(subscription.callback, path, what)
+                for lost, what in subscription.report_lost_directory():
+                    self._call(subscription.callback, lost, what)
             return
         name = event.name or ""
         if not name:
             return     # an event on the directory itself (e.g. its own attributes)
         for subscription in list(watched.subscriptions):
-            what = subscription.translate(mask, name)
-            if what is None:
+            change = subscription.translate(mask, name)
+            if change is None:
                 continue
             path = (subscription.path if isinstance(subscription, FileSubscription)
                     else os.path.join(subscription.directory, name))
-            self._call(subscription.callback, path, what)
+            self._call(subscription.callback, path, change)
 
     def _on_unowned_event(self, event: pyinotify.Event) -> None:
         # pyinotify hands events it has no watch for here; the only one that matters is the overflow

@@ -268,7 +268,7 @@ def _subject(program: Any, pid: Any) -> str:
 
 
 def _format_signal(e: dict[str, Any]) -> str:
-    target = e.get("target") if isinstance(e.get("target"), dict) else {}
+    target = e["target"] if isinstance(e.get("target"), dict) else {}
     sender = describe_sender(e.get("sender"))
     if sender is None:
         sender = "the kernel" if e.get("code") == "SI_KERNEL" else "a sender not visible to the tap"

@@ -8,9 +8,9 @@ live nowhere else. A new kind implements ProgramKind and is chosen in `make_kind
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from relayq_supervisor.config import Config, ProgramSpec, SupervisorSpec
 

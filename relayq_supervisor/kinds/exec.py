@@ -2,7 +2,8 @@
 alive for `ready_after` seconds."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from relayq_supervisor.config import ProgramSpec
 from relayq_supervisor.linux.siginfo import signal_name

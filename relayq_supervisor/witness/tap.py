@@ -72,7 +72,7 @@ class SignalTap:
         if ev.kind in ("exited", "killed"):
             return ev
         try:
-            if ev.kind == "signal_stop":
+            if ev.kind == "signal_stop" and ev.stopsig is not None:
                 self.deliver_or_suppress(tid, ev.stopsig)
             elif ev.kind == "group_stop":
                 ptrace.listen(tid)

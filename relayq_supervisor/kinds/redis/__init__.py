@@ -13,7 +13,8 @@ import logging
 import os
 import re
 import signal
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
 
@@ -94,7 +95,7 @@ class RedisKind:
             return None
         pid = server.listener_pid(self.redis.port)
         rec = self.previous
-        if rec is None or pid != rec.get("pid"):
+        if rec is None or pid is None or pid != rec.get("pid"):
             raise StartupError(self.port_message(holder))
         conn = self.client(timeout=1.0)
         try:

@@ -17,6 +17,7 @@ import re
 import secrets
 import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -309,6 +310,7 @@ def _text(value: Any) -> str:
 def _normalise_entry(entry: Any) -> dict[str, Any]:
     """One ACL LOG entry as redis-py returns it (a dict, str or bytes keys, maybe with
     client-info already parsed) or raw (a flat [key, value, ...] list) -> str keys."""
+    pairs: Iterable[tuple[Any, Any]]
     if isinstance(entry, dict):
         pairs = entry.items()
     else:
@@ -481,7 +483,7 @@ def _tcp_connections(pid: int | None = None) -> list[_HeldConnection]:
     except psutil.AccessDenied:
         pass
     # Unprivileged: what the processes we may inspect hold.
-    held = []
+    held: list[_HeldConnection] = []
     for proc in psutil.process_iter():
         try:
             held.extend(_HeldConnection(proc.pid, c.laddr, c.raddr)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from relayq_supervisor.kinds.redis import acl as redis_acl
 from relayq_supervisor.witness.identity import ProcessIdentity
@@ -60,7 +61,7 @@ class RedisHealth:
         sender, note = None, None
         port = self.kind.redis.port
         pid = redis_acl.find_client_process(d.client_addr, port) if d.client_addr else None
-        if pid is not None:
+        if pid is not None and d.client_addr:
             identity = self.ctx.name_process(pid)
             # the socket check after the capture: a pid reused meanwhile is not blamed
             if identity is not None and identity.get("alive") and \

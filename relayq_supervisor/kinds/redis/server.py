@@ -9,17 +9,27 @@ import urllib.parse
 import psutil
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from relayq_supervisor.config import ProgramSpec, read_secret
+from relayq_supervisor.config import ProgramSpec, RedisSpec, read_secret
 from relayq_supervisor.linux.procfs import cgroup_unit, listeners
 
 log = logging.getLogger(__name__)
+
+
+def settings(spec: ProgramSpec) -> RedisSpec:
+    """The [redis] settings of the Redis program (config.py sets them on it alone)."""
+    if spec.redis is None:
+        raise ValueError(f"program {spec.name} is not Redis")
+    return spec.redis
+
 
 def redis_argv(spec: ProgramSpec, conf_path: str, acl_path: str) -> list[str]:
     """The config file, then only what must win over it (Redis applies command-line options
     after its config file): the supervisor owns the process in the foreground, its port,
     address, data directory and users. No secret is ever on it."""
-    r = spec.redis
+    r = settings(spec)
     _warn_overridden(r.args)
     return [r.binary, conf_path, "--daemonize", "no", "--port", str(r.port), "--bind", *r.bind,
             "--dir", r.dir, "--aclfile", acl_path, "--supervised", r.supervised]
@@ -36,7 +46,7 @@ def _warn_overridden(args: tuple[str, ...]) -> None:
 
 
 def ping_host(spec: ProgramSpec) -> str:
-    addr = spec.redis.bind[0].lstrip("-")
+    addr = settings(spec).bind[0].lstrip("-")
     if addr in ("0.0.0.0", "*"):
         return "127.0.0.1"
     if addr in ("::", "::*"):
@@ -46,23 +56,26 @@ def ping_host(spec: ProgramSpec) -> str:
 
 def client_url(spec: ProgramSpec) -> str:
     """The URL the workers (the `default` user) use: RELAYQ_REDIS_URL."""
+    r = settings(spec)
     auth = ""
-    if spec.redis.password_file:
-        auth = ":" + urllib.parse.quote(read_secret(spec.redis.password_file), safe="") + "@"
+    if r.password_file:
+        auth = ":" + urllib.parse.quote(read_secret(r.password_file), safe="") + "@"
     host = ping_host(spec)
     host = f"[{host}]" if ":" in host else host
-    return f"redis://{auth}{host}:{spec.redis.port}/0"
+    return f"redis://{auth}{host}:{r.port}/0"
 
 
 def default_password(spec: ProgramSpec) -> str | None:
-    return read_secret(spec.redis.password_file) if spec.redis.password_file else None
+    r = settings(spec)
+    return read_secret(r.password_file) if r.password_file else None
 
 
 def client(spec: ProgramSpec, username: str | None = None, password: str | None = None,
            timeout: float | None = 0.5) -> aioredis.Redis:
-    return aioredis.Redis(host=ping_host(spec), port=spec.redis.port, username=username,
+    # no retries: a slow answer must show as one, not be hidden (or repeated) by redis-py
+    return aioredis.Redis(host=ping_host(spec), port=settings(spec).port, username=username,
                           password=password, socket_timeout=timeout, socket_connect_timeout=timeout,
-                          retry=None, health_check_interval=0)
+                          retry=Retry(NoBackoff(), 0), health_check_interval=0)
 
 
 async def is_ready(conn: aioredis.Redis) -> bool:
