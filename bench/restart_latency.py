@@ -8,8 +8,18 @@ import json
 import statistics
 import subprocess
 
-from .contenders import (PYTHON, REPO_DIR, Circus, Contender, RawRespawn, RelayqSupervisor, Supervised,
-                         Supervisord, child_argv, supervisor_env)
+from .contenders import (
+    PYTHON,
+    REPO_DIR,
+    Circus,
+    Contender,
+    RawRespawn,
+    RelayqSupervisor,
+    Supervised,
+    Supervisord,
+    child_argv,
+    supervisor_env,
+)
 from .context import BenchContext
 from .processes import BenchError
 from .records import MIN_RUN_S, kill_and_time_restart, record_file, wait_first_start

@@ -233,11 +233,11 @@ class Node:
             signal.pidfd_send_signal(pidfd, p.spec.stop_signal)
             try:
                 await asyncio.wait_for(gone.wait(), p.spec.stop_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 os.killpg(pid, signal.SIGKILL)
                 how += f", SIGKILL after stop_timeout {p.spec.stop_timeout:g}s"
                 await asyncio.wait_for(gone.wait(), 5.0)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             how = "already gone"
         finally:
             self.loop.remove_reader(pidfd)
@@ -470,7 +470,7 @@ class Node:
             self.reaped.clear()
             try:        # their SIGCHLD wakes the signalfd, whose handler reaps and sets this
                 await asyncio.wait_for(self.reaped.wait(), max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def close(self) -> None:

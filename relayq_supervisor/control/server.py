@@ -102,7 +102,7 @@ class ControlServer:
             reply = await self.serve_one(reader, writer)
             writer.write(reply)
             await asyncio.wait_for(writer.drain(), READ_TIMEOUT_S)
-        except (ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError):
             pass
         except Exception:   # one bad client must never end supervision
             log.exception("control: error while serving a client")
@@ -135,7 +135,7 @@ class ControlServer:
                                         f"(allowed: {allowed})", code=1)
         try:
             line = await asyncio.wait_for(reader.readuntil(b"\n"), READ_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return protocol.reply_error(f"no request within {READ_TIMEOUT_S:g}s", code=2)
         except asyncio.LimitOverrunError:
             return protocol.reply_error(f"request too large (limit {protocol.MAX_REQUEST_BYTES} bytes)", code=2)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 from relayq_supervisor.config import SupervisorSpec
 from relayq_supervisor.core.output import ChildOutput, open_child_output

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 _RESET_TO_DEFAULT = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
                      signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)

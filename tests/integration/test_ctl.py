@@ -12,7 +12,6 @@ import tempfile
 import time
 
 import pytest
-
 from support import PYTHON, WORKER, redis_config, wait_for
 
 

@@ -10,7 +10,6 @@ import textwrap
 
 import pytest
 import redis
-
 from support import PYTHON, WORKER, find_redis_tool, redis_config, wait_for
 
 
@@ -239,7 +238,8 @@ def test_the_supervisor_own_stop_is_recorded_with_its_reason(running):
 def test_redis_cli_shutdown_is_denied_and_recorded(make_supervisor, port, procs, tmp_path):
     sup = make_supervisor(redis_config(None, port, supervisor_extra="health_interval = 0.2")).start()
     redis_pid = sup.wait_state("redis", "RUNNING")["pid"]
-    r = subprocess.run(["sh", "-c", f"{find_redis_tool('redis-cli')} -p {port} shutdown"], capture_output=True, text=True, timeout=30)
+    r = subprocess.run(["sh", "-c", f"{find_redis_tool('redis-cli')} -p {port} shutdown"], capture_output=True,
+                       text=True, timeout=30)
     assert "NOPERM" in r.stdout + r.stderr
     assert ping(port) and sup.program("redis")["pid"] == redis_pid
     denied = wait_for(lambda: audit_events(sup, "redis_denied"), what="redis_denied event")[0]
@@ -297,7 +297,7 @@ def test_exec_from_a_non_leader_thread_keeps_the_program_traced(make_supervisor,
     wait_for(lambda: log_file.exists() and "exec'd" in log_file.read_text(), what="exec from the thread")
     assert sup.program("execer")["pid"] == pid and sup.program("execer")["state"] == "RUNNING"
     with open(f"/proc/{pid}/status") as f:
-        assert int(next(l for l in f if l.startswith("TracerPid:")).split()[1]) == sup.pid
+        assert int(next(line for line in f if line.startswith("TracerPid:")).split()[1]) == sup.pid
     sender = subprocess.Popen([PYTHON, "-c", f"import os, time; os.kill({pid}, {int(signal.SIGUSR1)}); time.sleep(30)"])
     procs.append(sender)
     event = wait_for(lambda: signal_events(sup, pid, "SIGUSR1"), what="signal after the exec")[0]

@@ -10,7 +10,6 @@ import textwrap
 import psutil
 import pytest
 import redis
-
 from support import PYTHON, REDIS_SERVER, WORKER, descendants, free_port, redis_config, wait_for
 
 
@@ -302,7 +301,8 @@ def test_child_stdout_is_a_blocking_pipe(make_supervisor, port):
     programs = f"""
     [[program]]
     name = "flags"
-    command = ["{PYTHON}", "-c", "import os, sys, time; print('blocking' if os.get_blocking(1) else 'nonblocking', flush=True); time.sleep(300)"]
+    command = ["{PYTHON}", "-c",
+               "import os, time; print(('' if os.get_blocking(1) else 'non') + 'blocking', flush=True); time.sleep(300)"]
     ready_after = 0.1
     """
     sup = make_supervisor(redis_config(None, port, programs=programs)).start()

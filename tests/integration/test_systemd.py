@@ -11,7 +11,6 @@ import textwrap
 import time
 
 import redis
-
 from support import PYTHON, WORKER, redis_config, wait_for
 
 
@@ -35,7 +34,7 @@ class NotifySocket:
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             return None
         msg = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
         msg["_t"] = time.monotonic()
@@ -73,7 +72,7 @@ def test_notify_sequence_ready_watchdog_status_stopping(make_supervisor, port, t
         pings = []
         while len(pings) < 4:
             pings.append(notify.until(lambda m: m.get("WATCHDOG") == "1", timeout=5)["_t"])
-        gaps = [b - a for a, b in zip(pings, pings[1:])]
+        gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
         # 0.1 s apart; the upper bound only catches a missing timer, not a slow machine
         assert all(0.05 < g < 1.5 for g in gaps), gaps
         # a dataset Redis must save at shutdown

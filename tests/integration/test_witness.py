@@ -6,8 +6,8 @@ tracefs is mounted for the module if it was not, and unmounted afterwards.
 """
 from __future__ import annotations
 
-import json
 import errno
+import json
 import os
 import signal
 import subprocess
