@@ -298,6 +298,7 @@ class Denial:
     count_total: int             # the entry's count (Redis folds repeats into one entry)
     age_s: float                 # since the entry's last update (the latest attempt)
     client_info: dict[str, str]  # of the latest client of the entry
+    created_epoch: float | None = None  # the entry's timestamp-created (Redis 7.2+), seconds
 
 
 def _text(value: Any) -> str:
@@ -431,6 +432,7 @@ def _denial(entry: dict[str, Any], count_new: int) -> Denial:
         client_name=info.get("name") or None, count_new=count_new,
         count_total=entry.get("count", 1), age_s=entry.get("age-seconds", 0.0),
         client_info=dict(info),
+        created_epoch=entry["timestamp-created"] / 1000 if "timestamp-created" in entry else None,
     )
 
 
