@@ -385,11 +385,13 @@ class ClientConnections:
     CLOSE -> SYN_SENT transition (tcp_v4_connect sets the state, then hashes the port), so
     the SYN_SENT line says `sport=0`; the SYN_SENT -> ESTABLISHED line carries the port. The
     print format has no socket address to join the two, but both are in the connecting
-    thread's context for a local client (the SYN-ACK waits in the socket's backlog while
-    connect() holds the socket lock, and is processed when it releases it; on loopback it
-    may also run as a softirq on the connecting thread's own stack). So a SYN_SENT is kept
-    per thread and claimed by that thread's ESTABLISHED. A remote client's ESTABLISHED runs
-    in whatever task the packet interrupted: not claimed, nobody is named.
+    thread's context for a local client: on loopback the SYN-ACK arrives while connect()
+    still holds the socket lock, waits in the socket's backlog and is processed in task
+    context by the lock's owner when it releases it. So a SYN_SENT is kept per thread and
+    claimed by that thread's ESTABLISHED, in task context only: an ESTABLISHED in a softirq
+    (a remote client, or a SYN-ACK that came after connect() returned) runs in whatever
+    task the packet interrupted, possibly one with a connect of its own pending: not
+    claimed, counted, nobody is named. Wrongly naming a process is worse than naming none.
     """
 
     def __init__(self, max_clients: int = 16384, max_age: float = 600.0):
@@ -422,6 +424,10 @@ class ClientConnections:
                 self.connecting.popitem(last=False)
             return None
         if st.oldstate == "TCP_SYN_SENT":
+            if st.softirq:
+                if st.newstate == "TCP_ESTABLISHED":
+                    self.unclaimed += 1
+                return None
             started = self.connecting.pop(st.tid, None)
             if st.newstate != "TCP_ESTABLISHED":
                 return None                          # refused, timed out

@@ -5,6 +5,7 @@ pairing, the bounded map, and the denial path's use of it (prompt read, folded e
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 from relayq_supervisor.witness.tracefs import (
     ClientConnections,
@@ -91,6 +92,10 @@ def test_established_in_another_threads_context_is_not_guessed():
     est_elsewhere = lines[1].replace("redis-cli-2801    (   2801)", "    kworker-77    (     77)")
     feed(clients, ProcessHistory(), est_elsewhere)
     assert len(clients) == 0 and clients.unclaimed == 1
+    # in a softirq the task printed is whoever was interrupted, even one with a connect pending
+    syn, est, *_ = lines
+    feed(clients, ProcessHistory(), syn + "\n" + est.replace("[001] .....", "[001] ..s2."))
+    assert len(clients) == 0 and clients.unclaimed == 2
 
 
 def test_bounded_by_count_and_by_age_after_close():
@@ -138,3 +143,77 @@ def test_the_supervisors_own_connection_closing_prompts_nothing():
     w.on_client_closed = lambda: prompts.append(1)
     w.feed(REDIS_CLI_SESSION.replace("2801", str(os.getpid())).encode())
     assert prompts == [] and w.clients.get("127.0.0.1:52744").pid == os.getpid()
+
+
+# --- the health check's use of it ------------------------------------------------------------
+
+class Timers:
+    def __init__(self):
+        self.pending = []
+
+    def __call__(self, delay, callback, *args):
+        timer = SimpleNamespace(delay=delay, callback=callback, cancel=lambda: None)
+        self.pending.append(timer)
+        return timer
+
+
+class Clients:
+    """A ClientWitness fake: closed clients at given wall-clock times."""
+
+    def __init__(self, closed):
+        self.closed = closed
+        self.callback = None
+
+    def client_of(self, addr):
+        return next((dict(c) for c in self.closed if c["connection"]["addr"] == addr), None)
+
+    def clients_closed_between(self, start, end):
+        return [dict(c) for c in self.closed if start <= c["connection"]["closed"] <= end]
+
+    def on_client_closed(self, callback):
+        self.callback = callback
+
+
+def health(clients, timers=None):
+    from relayq_supervisor.kinds.redis.health import RedisHealth
+    ctx = SimpleNamespace(clients=clients, call_later=timers or Timers(),
+                          supervisor=SimpleNamespace(health_interval=3600))
+    kind = SimpleNamespace(redis=SimpleNamespace(port=16399))
+    h = RedisHealth(kind, ctx, running=lambda: None)
+    h.task = SimpleNamespace(cancel=lambda: None)       # as if started
+    return h
+
+
+def client(pid, port, closed):
+    return {"pid": pid, "comm": "redis-cli", "seen_by": "tracefs", "alive": False,
+            "connection": {"addr": f"127.0.0.1:{port}", "closed": closed}}
+
+
+def test_closes_in_a_burst_prompt_one_read():
+    timers = Timers()
+    h = health(Clients([]), timers)
+    for _ in range(5):
+        h.client_closed()
+    assert [t.delay for t in timers.pending] == [0.075]
+    timers.pending[0].callback()            # Redis not RUNNING: nothing read, ready for the next burst
+    h.client_closed()
+    assert len(timers.pending) == 2
+
+
+def test_folded_entry_names_every_client_that_closed_in_its_window():
+    import time
+
+    from relayq_supervisor.kinds.redis.acl import Denial
+    now = time.time()
+    clients = Clients([client(101, 40001, now - 3.0),          # before the previous read: not this entry's
+                       client(102, 40002, now - 0.30), client(103, 40003, now - 0.20),
+                       client(104, 40004, now - 0.10)])
+    h = health(clients)
+    d = Denial(command="shutdown", reason="command", context="toplevel", user="default",
+               client_addr="127.0.0.1:40004", client_laddr=None, client_name=None, count_new=3,
+               count_total=3, age_s=0.1, client_info={})
+    last = clients.client_of("127.0.0.1:40004")
+    folded = h.folded_clients(d, last, since=now - 1.0)
+    assert [c["pid"] for c in folded["clients"]] == [102, 103, 104]      # the recorded one last
+    assert "kept only the last" in folded["note"]
+    assert h.folded_clients(d, last, since=None) is None               # no window: nothing guessed

@@ -59,7 +59,11 @@ class RedisHealth:
     def prompt_read(self) -> None:
         self.prompt = None
         p = self.running()
-        if p is None or (self.prompt_task is not None and not self.prompt_task.done()):
+        if p is None:
+            return
+        if self.prompt_task is not None and not self.prompt_task.done():
+            # a read is under way and may have been sent before this close: read again after it
+            self.client_closed()
             return
         self.prompt_reads += 1
         self.prompt_task = asyncio.get_running_loop().create_task(self.check(p, self.kind.client()),
