@@ -335,6 +335,9 @@ def test_a_oneshot_redis_cli_shutdown_is_named_after_it_exited(make_supervisor, 
     assert (sender["ancestry"][0]["pid"], sender["ancestry"][0]["comm"]) == (sh, "sh")
     assert sender["ancestry"][1]["pid"] == os.getpid()     # alive: from /proc, up to pid 1
     assert f"pid {cli} redis-cli" in sup.log()
+    audit = sup.ctl("audit", "--program", "redis", check=True).stdout
+    assert f"DENIED shutdown by user default from {denied['client_addr']} (pid {cli} redis-cli" in audit
+    assert f"<- pid {sh} " in audit
     assert sup.program("redis")["pid"] == redis_pid
 
 
@@ -359,3 +362,5 @@ def test_folded_denials_name_every_client_and_say_redis_kept_the_last(make_super
     assert [c["pid"] for c in denied["folded"]["clients"]] == clis
     assert all(c["seen_by"] == "tracefs" for c in denied["folded"]["clients"])
     assert f"x3: pids {', '.join(map(str, clis))}; Redis recorded the last" in sup.log()
+    audit = sup.ctl("audit", "--program", "redis", check=True).stdout
+    assert f"x3: pids {', '.join(map(str, clis))}; Redis recorded the last" in audit

@@ -217,3 +217,18 @@ def test_folded_entry_names_every_client_that_closed_in_its_window():
     assert [c["pid"] for c in folded["clients"]] == [102, 103, 104]      # the recorded one last
     assert "kept only the last" in folded["note"]
     assert h.folded_clients(d, last, since=None) is None               # no window: nothing guessed
+
+
+def test_audit_line_of_a_gone_client_and_a_folded_entry():
+    from relayq_supervisor.audit.review import format_event
+    sender = {"pid": 104, "comm": "redis-cli", "exe": "/usr/bin/redis-cli", "alive": False, "seen_by": "tracefs",
+              "note": "exited before it could be inspected; named from the kernel trace",
+              "ancestry": [{"pid": 90, "comm": "sh", "cmdline": [], "exe": "/usr/bin/dash", "alive": False},
+                           {"pid": 1, "comm": "systemd", "cmdline": ["/sbin/init"], "alive": True}]}
+    event = {"ts": "2026-11-25T23:22:00.000Z", "event": "redis_denied", "program": "redis", "command": "shutdown",
+             "user": "default", "client_addr": "127.0.0.1:40004", "count": 3, "sender": sender,
+             "folded": {"clients": [{"pid": 102}, {"pid": 103}, {"pid": 104}]}}
+    line = format_event(event)
+    assert "from 127.0.0.1:40004 (pid 104 redis-cli" in line
+    assert "<- pid 90 /usr/bin/dash <- pid 1 /sbin/init)" in line
+    assert line.endswith("x3: pids 102, 103, 104; Redis recorded the last")
