@@ -307,7 +307,8 @@ def _format_redis_denied(e: dict[str, Any]) -> str:
     if folded and isinstance(folded.get("clients"), list):
         # Redis folded the attempts into one entry and kept only the last client
         pids = ", ".join(str(c.get("pid")) for c in folded["clients"] if isinstance(c, dict))
-        line += f" x{count}: pids {pids}; Redis recorded the last"
+        among = ": pids" if folded.get("exact", True) else " among pids"
+        line += f" x{count}{among} {pids}; Redis recorded the last"
     elif isinstance(count, int) and count > 1:
         line += f" x{count}"
     return line

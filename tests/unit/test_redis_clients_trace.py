@@ -215,8 +215,14 @@ def test_folded_entry_names_every_client_that_closed_in_its_window():
     last = clients.client_of("127.0.0.1:40004")
     folded = h.folded_clients(d, last, since=now - 1.0)
     assert [c["pid"] for c in folded["clients"]] == [102, 103, 104]      # the recorded one last
-    assert "kept only the last" in folded["note"]
+    assert folded["exact"] and "kept only the last" in folded["note"]
     assert h.folded_clients(d, last, since=None) is None               # no window: nothing guessed
+    # a client that closed just before the previous read was sent is not blamed again
+    assert [c["pid"] for c in h.folded_clients(d, last, since=now - 0.25)["clients"]] == [103, 104]
+    # more closes than attempts: named as candidates, not as the attempters
+    wide = h.folded_clients(d, last, since=now - 5.0)
+    assert [c["pid"] for c in wide["clients"]] == [101, 102, 103, 104] and not wide["exact"]
+    assert "3 attempts among these 4 clients" in wide["note"]
 
 
 def test_audit_line_of_a_gone_client_and_a_folded_entry():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -26,9 +27,6 @@ log = logging.getLogger(__name__)
 # After a client connection closes: Redis logs a denial before replying NOPERM, so the entry
 # exists by the close; the delay only gathers a burst of closes into one read.
 PROMPT_READ_S = 0.075
-# Folded entries: a client that closed this long after the entry's last update is not
-# one of its attempts (the ACL LOG's age is in ms, our estimate of it moves with poll latency).
-FOLD_SLACK_S = 0.25
 
 
 class RedisHealth:
@@ -129,35 +127,40 @@ class RedisHealth:
         p.remember(event)
         who = ProcessIdentity.from_dict(sender).describe() if sender else note
         if folded:
-            who = (f"x{d.count_new}: pids {', '.join(str(c['pid']) for c in folded['clients'])}; "
+            pids = ", ".join(str(c["pid"]) for c in folded["clients"])
+            who = (f"x{d.count_new}: pids {pids}; Redis recorded the last: {who}" if folded["exact"] else
+                   f"x{d.count_new} among pids {pids} (closed since the previous read); "
                    f"Redis recorded the last: {who}")
         log.warning("%s: denied %s x%d by user %s from %s (%s); only the supervisor may stop Redis: "
                     "`relayqctl stop redis`", p.name, d.command, d.count_new, d.user, d.client_addr, who)
 
     def folded_clients(self, d: redis_acl.Denial, last: dict[str, Any] | None,
                        since: float | None) -> dict[str, Any] | None:
-        """Redis folds repeated denials into one entry and keeps only the last client: name
-        every traced client that closed while the entry's new attempts were made (from the
-        entry's creation, or our previous read, to its last update), the recorded one last."""
+        """Redis folds repeated denials into one entry and keeps only the last client. An
+        attempt comes before its client's close, and the attempts new in `d` came after our
+        previous read was sent (`since`; or the entry's creation, if later): every client
+        that made one closed in [since, now] or is `last`. Those that closed then are named,
+        the recorded one last; `exact` says whether their number is the entry's new count
+        (else some of them made no denied attempt, and Redis cannot tell which)."""
         clients = self.ctx.clients
-        if clients is None:
+        starts = [t for t in (d.created_epoch, since) if t is not None]
+        if clients is None or not starts:
             return None
-        updated = time.time() - d.age_s
-        start = max(t for t in (d.created_epoch, since) if t is not None) \
-            if d.created_epoch is not None or since is not None else None
-        if start is None:
-            return None
-        gone = clients.clients_closed_between(start - FOLD_SLACK_S, updated + FOLD_SLACK_S)
-        # a client still connected made no attempt we can tell apart; the recorded one is
-        # the entry's last client, named whether or not it closed
+        # no slack before `since`: a client that closed before the previous read was sent
+        # made its attempts before it, and they were reported then
+        gone = clients.clients_closed_between(max(starts), time.time())
         last_addr = (last.get("connection") or {}).get("addr") if last else None
-        named = [c for c in gone if c.get("connection", {}).get("addr") != last_addr]
+        named = [c for c in gone if (c.get("connection") or {}).get("addr") != last_addr
+                 and c.get("pid") != os.getpid()]      # the supervisor's own connections
         if last is not None:
             named.append(last)
         if len(named) < 2:
             return None
+        exact = len(named) == d.count_new
         return {"clients": [{"pid": c.get("pid"), "comm": c.get("comm"), "program": c.get("program"),
                              "seen_by": c.get("seen_by"), "addr": (c.get("connection") or {}).get("addr")}
                             for c in named],
-                "note": f"Redis kept only the last of {d.count_new} clients; the others are every "
-                        "traced client whose connection closed in the entry's window"}
+                "exact": exact,
+                "note": (f"Redis kept only the last of {d.count_new} clients" if exact else
+                         f"{d.count_new} attempts among these {len(named)} clients (every connection "
+                         "closed since the previous read); Redis kept only the last")}
