@@ -4,7 +4,8 @@ A supervised Redis (health_interval 5 s), with the kernel witness on and off, wh
 script opens and closes TCP connections to it at a fixed rate (connect, PING, close: the
 connection churn of short-lived clients). For each rate: how many ACL LOG reads Redis
 served per second (its own `cmdstat_acl|log` count, so nothing is estimated), the
-supervisor's CPU % of one core, and the closes the witness saw. Then how long a oneshot
+supervisor's CPU % of one core, the closes the witness saw, and the connections it could
+not name (their ESTABLISHED came in a softirq: see witness.tracefs.ClientConnections). Then how long a oneshot
 `redis-cli shutdown` waits to be reported (the `redis_denied` event's appearance in the
 audit log after the cli's exit), and whether it was named.
 
@@ -124,8 +125,10 @@ def supervisor_run(workdir: Path, witness: bool, rates: list[float], window: flo
             calls = acl_log_calls(port) - calls0
             stats = witness_stats(workdir)
             closes = (stats or {}).get("client_closes", 0) - (stats0 or {}).get("client_closes", 0)
+            unnamed = (stats or {}).get("clients_unnamed", 0) - (stats0 or {}).get("clients_unnamed", 0)
             rows.append((state, f"{rate:g}", f"{done / took:.0f}", f"{calls / took:.2f}",
-                         f"{100 * cpu / took:.2f} %", str(closes) if stats else "-"))
+                         f"{100 * cpu / took:.2f} %", str(closes) if stats else "-",
+                         str(unnamed) if stats else "-"))
         if os.access(REDIS_CLI, os.X_OK):
             for _ in range(3):
                 before = len(audit_denials(workdir))
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(f"ACL LOG reads under connection churn ({window:g} s windows, health_interval 5 s, "
                 f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f})",
                 ("witness", "conns/s asked", "conns/s done", "ACL LOG reads/s", "supervisor CPU",
-                 "closes seen"), rows))
+                 "closes seen", "unnamed"), rows))
     print()
     print(table("a oneshot `redis-cli shutdown`: from its exit to the redis_denied event",
                 ("witness", "waited", "named"), latency))

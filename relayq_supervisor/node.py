@@ -71,8 +71,8 @@ class TracedClients:
         self.witness = witness
         self.attribution = attribution
 
-    def client_of(self, addr: str) -> dict[str, Any] | None:
-        return self.attribution.name_traced(self.witness.client_of(addr))
+    def client_of(self, addr: str, at: float | None = None) -> dict[str, Any] | None:
+        return self.attribution.name_traced(self.witness.client_of(addr, at))
 
     def clients_closed_between(self, start: float, end: float) -> list[dict[str, Any]]:
         return [self.attribution.name_traced(c) or c for c in self.witness.clients_closed_between(start, end)]

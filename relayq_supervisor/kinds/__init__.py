@@ -70,9 +70,10 @@ class ClientWitness(Protocol):
     """Who opened each TCP connection to Redis, from the kernel trace, kept after the client
     exits (node.py wires the kernel witness in where it runs)."""
 
-    def client_of(self, addr: str) -> dict[str, Any] | None:
+    def client_of(self, addr: str, at: float | None = None) -> dict[str, Any] | None:
         """The identity of the process that connected from `addr` (`127.0.0.1:47264`), with
-        `seen_by` and `connection` (connected/closed, epoch); None if never traced."""
+        `seen_by` and `connection` (connected/closed, epoch); None if never traced, or if
+        the connection traced from there was not open at `at` (epoch)."""
         ...
 
     def clients_closed_between(self, start: float, end: float) -> list[dict[str, Any]]:

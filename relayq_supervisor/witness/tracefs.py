@@ -424,15 +424,15 @@ class ClientConnections:
                 self.connecting.popitem(last=False)
             return None
         if st.oldstate == "TCP_SYN_SENT":
-            if st.softirq:
-                if st.newstate == "TCP_ESTABLISHED":
-                    self.unclaimed += 1
-                return None
-            started = self.connecting.pop(st.tid, None)
+            started = None if st.softirq else self.connecting.pop(st.tid, None)
             if st.newstate != "TCP_ESTABLISHED":
                 return None                          # refused, timed out
             key = _ip_key(st.saddr, st.sport)
             if started is None or key is None:
+                # a new connection from this address, by a process we cannot name: the
+                # record of the address' previous connection must not answer for it
+                if key is not None:
+                    self.by_addr.pop(key, None)
                 self.unclaimed += 1
                 return None
             ts, pid, task, process = started
@@ -468,6 +468,11 @@ class ClientConnections:
     def closed_between(self, start: float, end: float) -> list[ClientRecord]:
         """Connections that closed in [start, end] (trace clock), oldest first."""
         return [r for r in self.closed if r.closed is not None and start <= r.closed <= end]
+
+
+# How far "when the client was seen" (an ACL LOG entry's last update: our clock at the
+# reply minus Redis' age-seconds, in ms) may stray outside its connection's traced life.
+CLIENT_TIME_SLACK_S = 0.1
 
 
 def client_filter_expression(port: int) -> str:
@@ -712,16 +717,23 @@ class KernelWitness:
         self.client_port = port
         return True
 
-    def client_of(self, addr: str) -> dict[str, Any] | None:
+    def client_of(self, addr: str, at: float | None = None) -> dict[str, Any] | None:
         """The process that connected from `addr` (a Redis client address) as an identity
         (`seen_by` procfs while it lives, tracefs once gone), with when it connected and
-        closed; None when the trace never saw that connection."""
+        closed; None when the trace never saw that connection, or (`at`: when the client
+        was seen, epoch) when the connection it saw was not open then: an earlier user of
+        the same port must never answer for a later one the trace could not name."""
         if self.client_port is None:
             return None
         self.drain()        # a connection of the last few milliseconds may still be in the buffer
         r = self.clients.get(addr)
         if r is None:
             return None
+        if at is not None:
+            seen = at - _boot_to_epoch(0.0)
+            closed_before = r.closed is not None and r.closed < seen - CLIENT_TIME_SLACK_S
+            if r.connected > seen + CLIENT_TIME_SLACK_S or closed_before:
+                return None
         return self.describe_client(r)
 
     def clients_closed_between(self, start_epoch: float, end_epoch: float) -> list[dict[str, Any]]:
@@ -830,7 +842,7 @@ class KernelWitness:
         return {"state": self.state, "instance": self.instance, "processes_known": len(self.history),
                 "lines": self.lines, "signals": self.signals, "lost": self.namer.lost,
                 "clients_known": len(self.clients), "client_connects": self.clients.connects,
-                "client_closes": self.clients.closes,
+                "client_closes": self.clients.closes, "clients_unnamed": self.clients.unclaimed,
                 "watched": sorted(self.watched)}
 
 

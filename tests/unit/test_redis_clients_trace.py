@@ -164,7 +164,7 @@ class Clients:
         self.closed = closed
         self.callback = None
 
-    def client_of(self, addr):
+    def client_of(self, addr, at=None):
         return next((dict(c) for c in self.closed if c["connection"]["addr"] == addr), None)
 
     def clients_closed_between(self, start, end):
@@ -238,3 +238,27 @@ def test_audit_line_of_a_gone_client_and_a_folded_entry():
     assert "from 127.0.0.1:40004 (pid 104 redis-cli" in line
     assert "<- pid 90 /usr/bin/dash <- pid 1 /sbin/init)" in line
     assert line.endswith("x3: pids 102, 103, 104; Redis recorded the last")
+
+
+def test_an_earlier_user_of_the_port_never_answers_for_a_later_unnamed_one():
+    """The bench found it: under connection churn a redis-cli's ESTABLISHED came in a softirq
+    (unclaimed) from a port this process had used before; the old record named us."""
+    w = KernelWitness(lambda s: None)
+    w.client_port = 16399
+    syn, est, _, fin, *_ = REDIS_CLI_SESSION.splitlines()
+    w.feed(("\n".join((syn, est, fin)) + "\n").encode())
+    assert w.clients.get("127.0.0.1:52744").pid == 2801
+    later = est.replace("redis-cli-2801    (   2801) [001] .....", "    python3-3000    (   3000) [001] ..s2.")
+    w.feed((later.replace("4717.912707", "4718.000000") + "\n").encode())
+    assert w.client_of("127.0.0.1:52744") is None and w.clients.unclaimed == 1
+
+
+def test_a_connection_not_open_at_the_attempt_does_not_answer():
+    from relayq_supervisor.witness.tracefs import _boot_to_epoch
+    w = KernelWitness(lambda s: None)
+    w.client_port = 16399
+    w.feed(REDIS_CLI_SESSION.encode())      # connected 4717.912675, closed 4717.913570 (trace clock)
+    at = _boot_to_epoch(4717.913)
+    assert w.client_of("127.0.0.1:52744", at=at)["pid"] == 2801
+    assert w.client_of("127.0.0.1:52744", at=at + 5.0) is None         # after its close
+    assert w.client_of("127.0.0.1:52744", at=at - 5.0) is None         # before its connect
