@@ -473,11 +473,14 @@ class ClientConnections:
 # How far "when the client was seen" (an ACL LOG entry's last update: our clock at the
 # reply minus Redis' age-seconds, in ms) may stray outside its connection's traced life.
 CLIENT_TIME_SLACK_S = 0.1
+CLIENT_LOOKUP_READS = 128       # ~1 MiB of trace, ~4,000 lines: a lookup is rare (a denial)
 
 
 def client_filter_expression(port: int) -> str:
-    # client side only: the connecting process' SYN_SENT, its ESTABLISHED, its close
-    return f"dport == {int(port)}"
+    """Client side only (dport), and only the transitions used: into SYN_SENT (who connects),
+    out of SYN_SENT (its port, or its failure), out of ESTABLISHED (the close). FIN_WAIT2
+    and CLOSE would be two more lines per connection, and a trace_pipe read gives ~8 KiB."""
+    return f"dport == {int(port)} && (newstate == 2 || oldstate == 2 || oldstate == 1)"
 
 
 @dataclass(frozen=True)
@@ -725,7 +728,9 @@ class KernelWitness:
         the same port must never answer for a later one the trace could not name."""
         if self.client_port is None:
             return None
-        self.drain()        # a connection of the last few milliseconds may still be in the buffer
+        # a connection of the last moments may still be in the buffer, behind a busy node's
+        # backlog (a read gives ~8 KiB, the loop's wake-ups read 64 KiB): catch up, bounded
+        self.drain(CLIENT_LOOKUP_READS)
         r = self.clients.get(addr)
         if r is None:
             return None
@@ -740,7 +745,7 @@ class KernelWitness:
         """Every traced client whose connection closed in that wall-clock window, oldest first."""
         if self.client_port is None:
             return []
-        self.drain()
+        self.drain(CLIENT_LOOKUP_READS)
         offset = _boot_to_epoch(0.0)
         return [self.describe_client(r)
                 for r in self.clients.closed_between(start_epoch - offset, end_epoch - offset)]
@@ -753,12 +758,12 @@ class KernelWitness:
 
     # --- reading --------------------------------------------------------------------------
 
-    def drain(self) -> None:
+    def drain(self, reads: int = READS_PER_WAKEUP) -> None:
         """Read what the kernel has (the loop's reader callback, and before exits are
         judged, so the signal that caused one is known). Never blocks."""
         if self.fd is None:
             return
-        for _ in range(READS_PER_WAKEUP):
+        for _ in range(reads):
             try:
                 data = os.read(self.fd, READ_SIZE)
             except BlockingIOError:
