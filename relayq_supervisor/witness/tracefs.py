@@ -470,9 +470,13 @@ class ClientConnections:
         return [r for r in self.closed if r.closed is not None and start <= r.closed <= end]
 
 
-# How far "when the client was seen" (an ACL LOG entry's last update: our clock at the
-# reply minus Redis' age-seconds, in ms) may stray outside its connection's traced life.
+# How far "when the client was seen" (an ACL LOG entry's last update) may stray outside its
+# connection's traced life. Before: the clock's and Redis' ms rounding. After the close: Redis
+# 7.0 gives only age-seconds, so the estimate is late by however long the reply waited for a
+# busy loop; what this check guards against (an earlier connection from a port reused since)
+# is also stopped by the new connection's own ESTABLISHED replacing the record.
 CLIENT_TIME_SLACK_S = 0.1
+CLIENT_LATE_SLACK_S = 2.0
 CLIENT_LOOKUP_READS = 128       # ~1 MiB of trace, ~4,000 lines: a lookup is rare (a denial)
 
 
@@ -736,7 +740,7 @@ class KernelWitness:
             return None
         if at is not None:
             seen = at - _boot_to_epoch(0.0)
-            closed_before = r.closed is not None and r.closed < seen - CLIENT_TIME_SLACK_S
+            closed_before = r.closed is not None and r.closed < seen - CLIENT_LATE_SLACK_S
             if r.connected > seen + CLIENT_TIME_SLACK_S or closed_before:
                 return None
         return self.describe_client(r)

@@ -116,7 +116,7 @@ class RedisHealth:
         clients = self.ctx.clients
         if sender is None and d.client_addr and clients is not None:
             # gone: who connected from there, in a connection open at the entry's last attempt
-            sender = clients.client_of(d.client_addr, at=time.time() - d.age_s)
+            sender = clients.client_of(d.client_addr, at=d.updated_epoch)
         if sender is None:
             note = "client gone before it could be found" if d.client_addr else "client address unknown"
         folded = self.folded_clients(d, sender, since) if d.count_new > 1 else None
