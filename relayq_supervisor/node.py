@@ -63,6 +63,24 @@ class LoopClock:
         return self.loop.call_later(delay, callback, *args)
 
 
+class TracedClients:
+    """The kinds' view of the kernel witness's Redis clients (kinds.ClientWitness), naming
+    our own programs in each identity."""
+
+    def __init__(self, witness: KernelWitness, attribution: Attribution):
+        self.witness = witness
+        self.attribution = attribution
+
+    def client_of(self, addr: str, at: float | None = None) -> dict[str, Any] | None:
+        return self.attribution.name_traced(self.witness.client_of(addr, at))
+
+    def clients_closed_between(self, start: float, end: float) -> list[dict[str, Any]]:
+        return [self.attribution.name_traced(c) or c for c in self.witness.clients_closed_between(start, end)]
+
+    def on_client_closed(self, callback: Callable[[], None]) -> None:
+        self.witness.on_client_closed = callback
+
+
 class Node:
     def __init__(self, config: Config, with_control: bool = True):
         self.config = config
@@ -86,8 +104,11 @@ class Node:
         self.control: ControlServer | None = None
         self.sigfd: SignalFd | None = None
         self.notify_socket = ChildNotifySocket()
+        clients = TracedClients(self.kernel_witness, self.attribution) \
+            if self.kernel_witness is not None and config.redis is not None else None
         self.kind_context = KindContext(supervisor=config.supervisor, call_later=self.loop.call_later,
-                                        locks=self.locks, audit=self.audit, name_process=self.attribution.name_process)
+                                        locks=self.locks, audit=self.audit, name_process=self.attribution.name_process,
+                                        clients=clients)
         base_env = {k: v for k, v in os.environ.items() if k not in _NOT_FOR_CHILDREN}
         base_env["PATH"] = children_path()
         base_env["NOTIFY_SOCKET"] = self.notify_socket.address
@@ -297,6 +318,9 @@ class Node:
         if w.start():
             self.listen_to_kernel_trace()
             log.info("kernel witness: tracing signals to children in %s", w.instance)
+            redis = self.config.redis
+            if redis is not None and redis.redis is not None and redis.redis.port and w.watch_clients(redis.redis.port):
+                log.info("kernel witness: tracing client connections to Redis port %d", redis.redis.port)
         else:
             log.warning("kernel witness: %s (signals are attributed by the tap alone)", w.state)
             self.audit("kernel_witness_unavailable", reason=w.unavailable)

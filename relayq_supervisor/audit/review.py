@@ -299,13 +299,32 @@ def _format_redis_denied(e: dict[str, Any]) -> str:
     )
     sender = describe_sender(e.get("sender"))
     if sender:
-        line += f" ({sender})"
+        line += f" ({sender}{_client_parents(e['sender'])})"
     elif e.get("client_name"):
         line += f" (client name {e['client_name']})"
     count = e.get("count")
-    if isinstance(count, int) and count > 1:
+    folded = e.get("folded") if isinstance(e.get("folded"), dict) else None
+    if folded and isinstance(folded.get("clients"), list):
+        # Redis folded the attempts into one entry and kept only the last client
+        pids = ", ".join(str(c.get("pid")) for c in folded["clients"] if isinstance(c, dict))
+        among = ": pids" if folded.get("exact", True) else " among pids"
+        line += f" x{count}{among} {pids}; Redis recorded the last"
+    elif isinstance(count, int) and count > 1:
         line += f" x{count}"
     return line
+
+
+def _client_parents(sender: dict[str, Any], width: int = 2) -> str:
+    """A gone client's parents from the kernel trace (` <- pid 9118 sh`): the client alone
+    (redis-cli) rarely says which script ran it."""
+    if sender.get("alive") or not isinstance(sender.get("ancestry"), list):
+        return ""
+    parts = []
+    for a in sender["ancestry"][:width]:
+        if isinstance(a, dict):
+            command = " ".join(str(c) for c in a.get("cmdline") or []) or a.get("exe") or a.get("comm") or "?"
+            parts.append(f"pid {a.get('pid')} {command}")
+    return "".join(f" <- {p}" for p in parts)
 
 
 def _format_spawn(e: dict[str, Any]) -> str:

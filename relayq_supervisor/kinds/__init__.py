@@ -66,6 +66,25 @@ class Adoptable:
     verified: tuple[str, ...]       # what was checked: "start time", "admin password", ...
 
 
+class ClientWitness(Protocol):
+    """Who opened each TCP connection to Redis, from the kernel trace, kept after the client
+    exits (node.py wires the kernel witness in where it runs)."""
+
+    def client_of(self, addr: str, at: float | None = None) -> dict[str, Any] | None:
+        """The identity of the process that connected from `addr` (`127.0.0.1:47264`), with
+        `seen_by` and `connection` (connected/closed, epoch); None if never traced, or if
+        the connection traced from there was not open at `at` (epoch)."""
+        ...
+
+    def clients_closed_between(self, start: float, end: float) -> list[dict[str, Any]]:
+        """Identities of the clients whose connections closed in [start, end] (epoch)."""
+        ...
+
+    def on_client_closed(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever a client connection (not the supervisor's) closes."""
+        ...
+
+
 @dataclass(frozen=True)
 class KindContext:
     """What kinds may use of the supervisor: its settings, its timers, its locks, its
@@ -75,6 +94,7 @@ class KindContext:
     locks: Locks
     audit: Callable[..., dict[str, Any]]
     name_process: Callable[[int], dict[str, Any] | None]   # pid -> pinned identity, None if gone
+    clients: ClientWitness | None = None                    # None: no kernel witness configured
 
 
 @dataclass(frozen=True)

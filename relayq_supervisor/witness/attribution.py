@@ -71,6 +71,17 @@ class Attribution:
             identity = identity.with_program(owner.name)
         return identity.to_dict()
 
+    def name_traced(self, identity: dict[str, Any] | None) -> dict[str, Any] | None:
+        """An identity from the kernel trace, naming our programs in it: only entries seen
+        alive (their pid checked against their start time), so a reused pid is never ours."""
+        if identity is None:
+            return None
+        for entry in [identity, *(identity.get("ancestry") or [])]:
+            owner = self.sup.program_of_pid(entry.get("pid")) if entry.get("alive") else None
+            if owner is not None:
+                entry["program"] = owner.name
+        return identity
+
     def name_process(self, pid: int) -> dict[str, Any] | None:
         return self.name_sender(ProcessIdentity.capture(pid))
 

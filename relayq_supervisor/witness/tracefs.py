@@ -9,7 +9,10 @@ switches and filters; nothing global is touched), with:
 - `sched:sched_process_fork/exec/exit`, unfiltered: a short, bounded memory of the
   node's processes (`ProcessHistory`), so a sender that already exited is still named
   with its parent chain;
-- `oom:mark_victim`, filtered like signals: the OOM killer's SIGKILL is told apart.
+- `oom:mark_victim`, filtered like signals: the OOM killer's SIGKILL is told apart;
+- `sock:inet_sock_set_state`, filtered to the Redis port (`watch_clients`): which process
+  opened each client connection (`ClientConnections`), so an ACL LOG `addr=` names a
+  client that has exited, and a closed connection prompts an early ACL LOG read.
 
 The trace pipe is read on the loop, non-blocking, a bounded amount per wake-up. Events
 are handled in the kernel's time order, so the history is exactly as it was when each
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import ipaddress
 import logging
 import os
 import re
@@ -40,6 +44,7 @@ INSTANCE_PREFIX = "relayq-"
 SIGNAL_EVENT = ("signal", "signal_generate")
 HISTORY_EVENTS = (("sched", "sched_process_fork"), ("sched", "sched_process_exec"), ("sched", "sched_process_exit"))
 OOM_EVENT = ("oom", "mark_victim")
+SOCK_EVENT = ("sock", "inet_sock_set_state")
 BUFFER_KB_PER_CPU = 512         # ~6,000 sched events per CPU between two reads
 READ_SIZE = 1 << 16
 READS_PER_WAKEUP = 8            # then back to the loop; the fd stays readable for the rest
@@ -60,7 +65,7 @@ SI_KERNEL = 0x80
 
 # `  sh-30529  (  30529) [001] d..1.  1651.658289: signal_generate: sig=18 ...`; the
 # (TGID) column is there with the record-tgid option, `(-------)` when unknown.
-_HEADER = re.compile(r"^\s*(?P<task>.+?)-(?P<tid>\d+)\s+(?:\(\s*(?P<tgid>\d+|-+)\)\s+)?\[\d+\]\s+\S+\s+"
+_HEADER = re.compile(r"^\s*(?P<task>.+?)-(?P<tid>\d+)\s+(?:\(\s*(?P<tgid>\d+|-+)\)\s+)?\[\d+\]\s+(?P<flags>\S+)\s+"
                      r"(?P<ts>\d+\.\d+):\s(?P<event>\w+):\s(?P<body>.*)$")
 _LOST = re.compile(r"^CPU:(\d+) \[LOST (\d+) EVENTS\]")
 # comm fields may hold spaces: each body is matched whole, anchored at both ends
@@ -68,6 +73,9 @@ _SIGNAL = re.compile(r"^sig=(\d+) errno=(-?\d+) code=(-?\d+) comm=(.*) pid=(\d+)
 _FORK = re.compile(r"^comm=(.*) pid=(\d+) child_comm=(.*) child_pid=(\d+)$")
 _EXEC = re.compile(r"^filename=(.*) pid=(\d+) old_pid=(\d+)$")
 _EXIT = re.compile(r"^comm=(.*) pid=(\d+) prio=(-?\d+)(?: group_dead=(\w+))?$")
+# inet_sock_set_state's print fmt (the format file's; skaddr is a field but not printed)
+_SOCK = re.compile(r"^family=(\w+) protocol=(\w+) sport=(\d+) dport=(\d+) saddr=(\S+) daddr=(\S+) "
+                   r"saddrv6=(\S+) daddrv6=(\S+) oldstate=(\w+) newstate=(\w+)$")
 _OOM = re.compile(r"^pid=(\d+)(?: comm=(.*) total-vm=(\d+)kB anon-rss=(\d+)kB.*)?$")
 
 
@@ -79,6 +87,7 @@ class TraceLine:
     ts: float               # trace_clock seconds (boot: CLOCK_BOOTTIME)
     event: str
     body: str
+    flags: str = ""         # irqs-off/need-resched/hardirq-softirq/...: `..s2.` in a softirq
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +105,7 @@ def parse_line(line: str) -> TraceLine | Lost | None:
     tgid = m.group("tgid")
     return TraceLine(task=m.group("task"), tid=int(m.group("tid")),
                      tgid=int(tgid) if tgid and tgid.isdigit() else None, ts=float(m.group("ts")),
-                     event=m.group("event"), body=m.group("body"))
+                     event=m.group("event"), body=m.group("body"), flags=m.group("flags"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +158,44 @@ def parse_oom(t: TraceLine) -> OomVictim | None:
     pid, comm, total_vm, anon = m.groups()
     return OomVictim(ts=t.ts, pid=int(pid), comm=comm, anon_rss_kb=int(anon) if anon else None,
                      total_vm_kb=int(total_vm) if total_vm else None)
+
+
+@dataclass(frozen=True, slots=True)
+class SockState:
+    """One TCP state change of a socket, as inet_sock_set_state printed it."""
+    ts: float
+    tid: int
+    tgid: int | None
+    task: str
+    softirq: bool           # in softirq: the task printed is whoever was interrupted
+    sport: int
+    dport: int
+    saddr: str              # the IPv4 address, or the IPv6 one for AF_INET6
+    daddr: str
+    oldstate: str           # "TCP_SYN_SENT" ...
+    newstate: str
+
+    @property
+    def pid(self) -> int:
+        return self.tgid if self.tgid is not None else self.tid
+
+
+def parse_sock(t: TraceLine) -> SockState | None:
+    m = _SOCK.match(t.body)
+    if m is None:
+        return None
+    family, protocol, sport, dport, saddr, daddr, saddr6, daddr6, old, new = m.groups()
+    if protocol != "IPPROTO_TCP":
+        return None
+    if family == "AF_INET6":
+        saddr, daddr = saddr6, daddr6
+    return SockState(ts=t.ts, tid=t.tid, tgid=t.tgid, task=t.task, softirq=_in_softirq(t.flags), sport=int(sport),
+                     dport=int(dport), saddr=saddr, daddr=daddr, oldstate=old, newstate=new)
+
+
+def _in_softirq(flags: str) -> bool:
+    # the third flag column: h hardirq, s softirq, H hardirq in softirq, '.' task context
+    return len(flags) >= 3 and flags[2] in "shHzZ"
 
 
 # --- the process history ---------------------------------------------------------------
@@ -243,8 +290,13 @@ class Namer:
         self.history = history
         self.lost = 0               # events the kernel dropped (buffer overrun), ever
 
-    def name(self, pid: int, ts: float, task: str, code: str) -> dict[str, Any]:
-        record = self.history.get(pid)
+    def name(self, pid: int, ts: float, task: str, code: str | None) -> dict[str, Any]:
+        return self.name_record(pid, self.history.get(pid), ts, task, code)
+
+    def name_record(self, pid: int, record: ProcessRecord | None, ts: float, task: str,
+                    code: str | None) -> dict[str, Any]:
+        """`record` is what the history held for `pid` at time `ts` (records are replaced,
+        not rewritten, when a pid is reused: one kept since then still names that process)."""
         if _live_match(pid, record, ts):
             identity = ProcessIdentity.capture(pid, code_hint=code, seen_boottime=ts)
             if identity.comm is not None:
@@ -290,6 +342,149 @@ class Namer:
                 return chain, pid == 1      # known only by name: its own parent is unknown
             pid, child_start = r.ppid, r.start
         return chain, True
+
+
+# --- Redis clients ------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class ClientRecord:
+    """One TCP connection to the watched port, by the process that opened it."""
+    ip: str
+    port: int
+    pid: int
+    task: str
+    process: ProcessRecord | None   # the history's record of pid at connect time
+    connected: float                # trace clock
+    closed: float | None = None
+
+
+def client_key(addr: str) -> tuple[str, int] | None:
+    """Redis' `addr` (`127.0.0.1:47264`, `[::1]:47264`, `::ffff:127.0.0.1:47264`) or a trace
+    address and port, as one key: (the IP's canonical text, IPv4-mapped made plain, port)."""
+    host, sep, port = (addr or "").rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return _ip_key(host.strip("[]"), int(port))
+
+
+def _ip_key(host: str, port: int) -> tuple[str, int] | None:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped        # a dual-stack socket's IPv4 client
+    return str(ip), port
+
+
+class ClientConnections:
+    """client (ip, port) -> the process that connected from it, bounded by count and by age
+    after close, like the process history.
+
+    The kernel quirk this rests on: the socket's source port is chosen after the
+    CLOSE -> SYN_SENT transition (tcp_v4_connect sets the state, then hashes the port), so
+    the SYN_SENT line says `sport=0`; the SYN_SENT -> ESTABLISHED line carries the port. The
+    print format has no socket address to join the two, but both are in the connecting
+    thread's context for a local client: on loopback the SYN-ACK arrives while connect()
+    still holds the socket lock, waits in the socket's backlog and is processed in task
+    context by the lock's owner when it releases it. So a SYN_SENT is kept per thread and
+    claimed by that thread's ESTABLISHED, in task context only: an ESTABLISHED in a softirq
+    (a remote client, or a SYN-ACK that came after connect() returned) runs in whatever
+    task the packet interrupted, possibly one with a connect of its own pending: not
+    claimed, counted, nobody is named. Wrongly naming a process is worse than naming none.
+    """
+
+    def __init__(self, max_clients: int = 16384, max_age: float = 600.0):
+        self.max_clients = max_clients
+        self.max_age = max_age
+        self.by_addr: OrderedDict[tuple[str, int], ClientRecord] = OrderedDict()
+        self.connecting: OrderedDict[int, tuple[float, int, str, ProcessRecord | None]] = OrderedDict()
+        self.closed: deque[ClientRecord] = deque()
+        self.last_prune = 0.0
+        self.connects = 0
+        self.closes = 0
+        self.unclaimed = 0          # ESTABLISHED without a SYN_SENT of the same thread
+
+    def __len__(self) -> int:
+        return len(self.by_addr)
+
+    def get(self, addr: str) -> ClientRecord | None:
+        key = client_key(addr)
+        return self.by_addr.get(key) if key else None
+
+    def seen(self, st: SockState, history: ProcessHistory) -> ClientRecord | None:
+        """Feed one client-side state change (dport is the watched port). Returns the record
+        when this change closed an established connection, else None."""
+        if st.newstate == "TCP_SYN_SENT":
+            if st.softirq:
+                return None
+            self.connecting.pop(st.tid, None)
+            self.connecting[st.tid] = (st.ts, st.pid, st.task, history.get(st.pid))
+            while len(self.connecting) > 1024:      # connects that never completed
+                self.connecting.popitem(last=False)
+            return None
+        if st.oldstate == "TCP_SYN_SENT":
+            started = None if st.softirq else self.connecting.pop(st.tid, None)
+            if st.newstate != "TCP_ESTABLISHED":
+                return None                          # refused, timed out
+            key = _ip_key(st.saddr, st.sport)
+            if started is None or key is None:
+                # a new connection from this address, by a process we cannot name: the
+                # record of the address' previous connection must not answer for it
+                if key is not None:
+                    self.by_addr.pop(key, None)
+                self.unclaimed += 1
+                return None
+            ts, pid, task, process = started
+            self.by_addr.pop(key, None)             # a port reused: the old record is history
+            self.by_addr[key] = ClientRecord(ip=key[0], port=key[1], pid=pid, task=task, process=process,
+                                             connected=ts)
+            self.connects += 1
+            while len(self.by_addr) > self.max_clients:
+                self.by_addr.popitem(last=False)
+            self.prune(st.ts)
+            return None
+        if st.oldstate == "TCP_ESTABLISHED":
+            # ESTABLISHED -> FIN_WAIT1 (the client closed), CLOSE_WAIT (Redis did), CLOSE (reset)
+            key = _ip_key(st.saddr, st.sport)
+            r = self.by_addr.get(key) if key else None
+            if r is not None and r.closed is None:
+                r.closed = st.ts
+                self.closed.append(r)
+                self.closes += 1
+                return r
+        return None
+
+    def prune(self, now: float) -> None:
+        if now - self.last_prune < PRUNE_EVERY_S:
+            return
+        self.last_prune = now
+        while self.closed and self.closed[0].closed is not None and self.closed[0].closed < now - self.max_age:
+            r = self.closed.popleft()
+            key = (r.ip, r.port)
+            if self.by_addr.get(key) is r:
+                del self.by_addr[key]
+
+    def closed_between(self, start: float, end: float) -> list[ClientRecord]:
+        """Connections that closed in [start, end] (trace clock), oldest first."""
+        return [r for r in self.closed if r.closed is not None and start <= r.closed <= end]
+
+
+# How far "when the client was seen" (an ACL LOG entry's last update) may stray outside its
+# connection's traced life. Before: the clock's and Redis' ms rounding. After the close: Redis
+# 7.0 gives only age-seconds, so the estimate is late by however long the reply waited for a
+# busy loop; what this check guards against (an earlier connection from a port reused since)
+# is also stopped by the new connection's own ESTABLISHED replacing the record.
+CLIENT_TIME_SLACK_S = 0.1
+CLIENT_LATE_SLACK_S = 2.0
+CLIENT_LOOKUP_READS = 128       # ~1 MiB of trace, ~4,000 lines: a lookup is rare (a denial)
+
+
+def client_filter_expression(port: int) -> str:
+    """Client side only (dport), and only the transitions used: into SYN_SENT (who connects),
+    out of SYN_SENT (its port, or its failure), out of ESTABLISHED (the close). FIN_WAIT2
+    and CLOSE would be two more lines per connection, and a trace_pipe read gives ~8 KiB."""
+    return f"dport == {int(port)} && (newstate == 2 || oldstate == 2 || oldstate == 1)"
 
 
 @dataclass(frozen=True)
@@ -388,6 +583,10 @@ class KernelWitness:
         self.lost_logged_at = 0.0
         self.lost_unlogged = 0
         self.has_oom = False
+        self.clients = ClientConnections(max_age=max_age)
+        self.client_port: int | None = None
+        # "a client connection to the watched port closed" (not our own): a prompt to read ACL LOG
+        self.on_client_closed: Callable[[], None] | None = None
 
     @property
     def state(self) -> str:
@@ -507,14 +706,68 @@ class KernelWitness:
             return
         self.watched = wanted
 
+    def watch_clients(self, port: int) -> bool:
+        """Trace TCP connections to `port` (Redis'): who connected from each client address,
+        and when each closed. False (logged) where the kernel has no such event."""
+        if self.instance is None:
+            return False
+        try:
+            if not tracefs.has_event(self.instance, *SOCK_EVENT):
+                log.warning("kernel witness: no sock:inet_sock_set_state on this kernel; "
+                            "Redis clients are named only while connected")
+                return False
+            tracefs.set_filter(self.instance, *SOCK_EVENT, client_filter_expression(port))
+            tracefs.enable_event(self.instance, *SOCK_EVENT)
+        except OSError as e:
+            log.warning("kernel witness: cannot trace connections to port %d (%s)", port, e.strerror or e)
+            return False
+        self.client_port = port
+        return True
+
+    def client_of(self, addr: str, at: float | None = None) -> dict[str, Any] | None:
+        """The process that connected from `addr` (a Redis client address) as an identity
+        (`seen_by` procfs while it lives, tracefs once gone), with when it connected and
+        closed; None when the trace never saw that connection, or (`at`: when the client
+        was seen, epoch) when the connection it saw was not open then: an earlier user of
+        the same port must never answer for a later one the trace could not name."""
+        if self.client_port is None:
+            return None
+        # a connection of the last moments may still be in the buffer, behind a busy node's
+        # backlog (a read gives ~8 KiB, the loop's wake-ups read 64 KiB): catch up, bounded
+        self.drain(CLIENT_LOOKUP_READS)
+        r = self.clients.get(addr)
+        if r is None:
+            return None
+        if at is not None:
+            seen = at - _boot_to_epoch(0.0)
+            closed_before = r.closed is not None and r.closed < seen - CLIENT_LATE_SLACK_S
+            if r.connected > seen + CLIENT_TIME_SLACK_S or closed_before:
+                return None
+        return self.describe_client(r)
+
+    def clients_closed_between(self, start_epoch: float, end_epoch: float) -> list[dict[str, Any]]:
+        """Every traced client whose connection closed in that wall-clock window, oldest first."""
+        if self.client_port is None:
+            return []
+        self.drain(CLIENT_LOOKUP_READS)
+        offset = _boot_to_epoch(0.0)
+        return [self.describe_client(r)
+                for r in self.clients.closed_between(start_epoch - offset, end_epoch - offset)]
+
+    def describe_client(self, r: ClientRecord) -> dict[str, Any]:
+        out = self.namer.name_record(r.pid, r.process, r.connected, r.task, None)
+        out["connection"] = {"addr": f"{r.ip}:{r.port}", "connected": _boot_to_epoch(r.connected),
+                             "closed": _boot_to_epoch(r.closed) if r.closed is not None else None}
+        return out
+
     # --- reading --------------------------------------------------------------------------
 
-    def drain(self) -> None:
+    def drain(self, reads: int = READS_PER_WAKEUP) -> None:
         """Read what the kernel has (the loop's reader callback, and before exits are
         judged, so the signal that caused one is known). Never blocks."""
         if self.fd is None:
             return
-        for _ in range(READS_PER_WAKEUP):
+        for _ in range(reads):
             try:
                 data = os.read(self.fd, READ_SIZE)
             except BlockingIOError:
@@ -559,6 +812,12 @@ class KernelWitness:
             seen = parse_signal(parsed)
             if seen is not None:
                 self.signal_seen(seen)
+        elif event == "inet_sock_set_state":
+            st = parse_sock(parsed)
+            if st is not None and st.dport == self.client_port:
+                closed = self.clients.seen(st, self.history)
+                if closed is not None and closed.pid != self.self_pid and self.on_client_closed is not None:
+                    self.on_client_closed()
         elif event == "mark_victim":
             victim = parse_oom(parsed)
             if victim is not None and self.on_oom is not None:
@@ -591,6 +850,8 @@ class KernelWitness:
     def stats(self) -> dict[str, Any]:
         return {"state": self.state, "instance": self.instance, "processes_known": len(self.history),
                 "lines": self.lines, "signals": self.signals, "lost": self.namer.lost,
+                "clients_known": len(self.clients), "client_connects": self.clients.connects,
+                "client_closes": self.clients.closes, "clients_unnamed": self.clients.unclaimed,
                 "watched": sorted(self.watched)}
 
 

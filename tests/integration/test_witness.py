@@ -280,3 +280,87 @@ def test_after_a_crash_the_adopted_redis_is_watched_and_the_old_instance_removed
             os.kill(redis_pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+# --- Redis clients ---------------------------------------------------------------------------
+
+REDIS_CLI = "/usr/bin/redis-cli"        # Debian's; a path, so the exec event names it exactly
+
+
+def redis_denials(sup):
+    return audit_events(sup, "redis_denied")
+
+
+def start_redis(make_supervisor, tracing_root, port, health_interval=3600):
+    """A supervised Redis whose periodic ACL LOG read is an hour away: a denial recorded
+    within seconds was read because the witness saw the client's connection close."""
+    from support import REDIS_SERVER, redis_config
+    if REDIS_SERVER is None:
+        pytest.skip("no redis-server")
+    if not os.access(REDIS_CLI, os.X_OK):
+        pytest.skip(f"no {REDIS_CLI}")
+    sup = make_supervisor(redis_config(None, port, supervisor_extra=f"health_interval = {health_interval}")).start()
+    redis_pid = sup.wait_state("redis", "RUNNING")["pid"]
+    assert sup.status()["supervisor"]["kernel_witness"] == "watching"
+    return sup, redis_pid
+
+
+def oneshot_clis(port: int, n: int, sup) -> tuple[list[int], int]:
+    """`sh -c` running `redis-cli shutdown` n times in a row, each a child of that sh, while
+    the supervisor is stopped: every cli has exited before the supervisor can look at /proc
+    or ACL LOG. (cli pids, sh pid)."""
+    os.kill(sup.pid, signal.SIGSTOP)
+    wait_for(lambda: proc_state(sup.pid) == "T", what="supervisor stopped")
+    try:
+        script = "; ".join([f"{REDIS_CLI} -p {port} shutdown >&2 & echo $!; wait $!"] * n)
+        sh = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = sh.communicate(timeout=30)
+    finally:
+        os.kill(sup.pid, signal.SIGCONT)
+    assert err.count("NOPERM") == n, err
+    return [int(p) for p in out.split()], sh.pid
+
+
+def test_a_oneshot_redis_cli_shutdown_is_named_after_it_exited(make_supervisor, tracing_root, port):
+    sup, redis_pid = start_redis(make_supervisor, tracing_root, port)
+    [cli], sh = oneshot_clis(port, 1, sup)
+    assert not os.path.exists(f"/proc/{cli}")
+    # health_interval is an hour: only the read prompted by the connection's close reports it
+    [denied] = wait_for(lambda: redis_denials(sup), timeout=10, what="redis_denied, read after the close")
+    sender = denied["sender"]
+    assert (denied["command"], denied["count"]) == ("shutdown", 1)
+    assert (sender["pid"], sender["comm"], sender["exe"], sender["alive"], sender["seen_by"]) == \
+        (cli, "redis-cli", REDIS_CLI, False, "tracefs")
+    assert sender["connection"]["addr"] == denied["client_addr"]
+    assert (sender["ancestry"][0]["pid"], sender["ancestry"][0]["comm"]) == (sh, "sh")
+    assert sender["ancestry"][1]["pid"] == os.getpid()     # alive: from /proc, up to pid 1
+    assert f"pid {cli} redis-cli" in sup.log()
+    audit = sup.ctl("audit", "--program", "redis", check=True).stdout
+    assert f"DENIED shutdown by user default from {denied['client_addr']} (pid {cli} redis-cli" in audit
+    assert f"<- pid {sh} " in audit
+    assert sup.program("redis")["pid"] == redis_pid
+
+
+def test_a_client_still_connected_keeps_its_pinned_identity(make_supervisor, tracing_root, port, procs):
+    sup, _ = start_redis(make_supervisor, tracing_root, port, health_interval=0.2)
+    holder = subprocess.Popen([REDIS_CLI, "-p", str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    procs.append(holder)
+    holder.stdin.write("shutdown\n")
+    holder.stdin.flush()
+    assert "NOPERM" in holder.stdout.readline()
+    [denied] = wait_for(lambda: redis_denials(sup), what="redis_denied")
+    assert (denied["sender"]["pid"], denied["sender"]["seen_by"], denied["sender"]["alive"]) == \
+        (holder.pid, "procfs", True)
+
+
+def test_folded_denials_name_every_client_and_say_redis_kept_the_last(make_supervisor, tracing_root, port):
+    sup, _ = start_redis(make_supervisor, tracing_root, port)
+    clis, sh = oneshot_clis(port, 3, sup)
+    # one ACL LOG entry, count 3, naming only the last cli: the three closes prompt one read
+    [denied] = wait_for(lambda: redis_denials(sup), timeout=10, what="redis_denied")
+    assert denied["count"] == 3 and denied["sender"]["pid"] == clis[-1]
+    assert [c["pid"] for c in denied["folded"]["clients"]] == clis and denied["folded"]["exact"]
+    assert all(c["seen_by"] == "tracefs" for c in denied["folded"]["clients"])
+    assert f"x3: pids {', '.join(map(str, clis))}; Redis recorded the last" in sup.log()
+    audit = sup.ctl("audit", "--program", "redis", check=True).stdout
+    assert f"x3: pids {', '.join(map(str, clis))}; Redis recorded the last" in audit

@@ -42,7 +42,7 @@ def test_header_without_and_with_tgid():
     plain = parse_line("              sh-30529   [001] d..1.  1651.658289: signal_generate: sig=18 errno=0 "
                        "code=0 comm=bash pid=25772 grp=1 res=1")
     assert plain == TraceLine(task="sh", tid=30529, tgid=None, ts=1651.658289, event="signal_generate",
-                              body="sig=18 errno=0 code=0 comm=bash pid=25772 grp=1 res=1")
+                              body="sig=18 errno=0 code=0 comm=bash pid=25772 grp=1 res=1", flags="d..1.")
     threaded = parse_line("         python3-8150    (   8109) [001] d..1.  1906.628151: signal_generate: sig=18 "
                           "errno=0 code=0 comm=bash pid=25772 grp=1 res=1")
     assert (threaded.tid, threaded.tgid) == (8150, 8109)     # the thread sent it; its process is 8109

@@ -299,6 +299,10 @@ class Denial:
     count_total: int             # the entry's count (Redis folds repeats into one entry)
     age_s: float                 # since the entry's last update (the latest attempt)
     client_info: dict[str, str]  # of the latest client of the entry
+    created_epoch: float | None = None  # the entry's timestamp-created (Redis 7.2+), seconds
+    # its last attempt, wall clock: timestamp-last-updated (7.2+), else the reply's arrival
+    # minus age-seconds (later than the truth by however long the reply waited for the loop)
+    updated_epoch: float | None = None
 
 
 def _text(value: Any) -> str:
@@ -356,9 +360,10 @@ class AclLogReader:
     def __init__(self) -> None:
         self._seen: dict[tuple, list[_Seen]] = {}
 
-    def new_denials(self, entries: list[Any], now: float | None = None) -> list[Denial]:
+    def new_denials(self, entries: list[Any], now: float | None = None, wall: float | None = None) -> list[Denial]:
         """The attempts in `entries` (the reply of ACL LOG, newest first) not reported
-        before, oldest first. `now` is time.monotonic() when the reply arrived."""
+        before, oldest first. `now` is time.monotonic() when the reply arrived, `wall`
+        time.time() then."""
         if now is None:
             now = time.monotonic()
         groups: dict[tuple, list[tuple[int, dict[str, Any]]]] = {}
@@ -382,7 +387,7 @@ class AclLogReader:
                 else:
                     count_new = 0                                   # frozen, already reported
                 if count_new > 0:
-                    found.append((entry_seen.updated_at, -order, _denial(entry, count_new)))
+                    found.append((entry_seen.updated_at, -order, _denial(entry, count_new, wall)))
             seen[key] = current
         self._seen = seen
         found.sort(key=lambda t: (t[0], t[1]))
@@ -410,7 +415,7 @@ class AclLogReader:
         # client-info at every '=', and a client name may contain one, so any client
         # could make the parsing (and thus this health check) fail.
         reply = await conn.execute_command("ACL", "LOG", str(ACL_LOG_REQUEST))
-        return self.new_denials(reply, now=time.monotonic())
+        return self.new_denials(reply, now=time.monotonic(), wall=time.time())
 
 
 def _same_entry(old: _Seen, new: _Seen, exact: bool, may_grow: bool) -> bool:
@@ -424,7 +429,7 @@ def _same_entry(old: _Seen, new: _Seen, exact: bool, may_grow: bool) -> bool:
     return new.updated_at <= old.updated_at + UPDATE_TIME_SLACK
 
 
-def _denial(entry: dict[str, Any], count_new: int) -> Denial:
+def _denial(entry: dict[str, Any], count_new: int, wall: float | None = None) -> Denial:
     info = entry.get("client-info") or {}
     return Denial(
         command=entry.get("object", ""), reason=entry.get("reason", ""),
@@ -433,6 +438,9 @@ def _denial(entry: dict[str, Any], count_new: int) -> Denial:
         client_name=info.get("name") or None, count_new=count_new,
         count_total=entry.get("count", 1), age_s=entry.get("age-seconds", 0.0),
         client_info=dict(info),
+        created_epoch=entry["timestamp-created"] / 1000 if "timestamp-created" in entry else None,
+        updated_epoch=(entry["timestamp-last-updated"] / 1000 if "timestamp-last-updated" in entry
+                       else wall - entry.get("age-seconds", 0.0) if wall is not None else None),
     )
 
 
