@@ -149,6 +149,8 @@ class Attribution:
             if verdict.note is None:
                 log.warning("%s: blocked %s from %s; to stop %s use `relayqctl stop %s`", p.name, name, who,
                             p.name, p.name)
+            else:
+                log.info("%s: blocked %s from %s (%s)", p.name, name, who, verdict.note)
             return False
         if user_sent or info.signo not in (signal.SIGCHLD, signal.SIGWINCH):
             p.signalled({"signal": name, "signo": info.signo, "sender": sender_dict, "describe": who})

@@ -3,7 +3,7 @@ import signal
 
 import pytest
 
-from relayq_supervisor.witness.guard import GUARDED_SIGNALS, SERVICE_MANAGER_STOP, judge
+from relayq_supervisor.witness.guard import GUARDED_SIGNALS, SERVICE_MANAGER_STOP, SHUTDOWN_UNDER_WAY, judge
 
 BASE = dict(protected=True, user_sent=True, from_program_itself=False, from_service_manager=False,
             shutting_down=False)
@@ -16,10 +16,27 @@ def test_foreign_stop_signals_to_a_protected_program_are_blocked(signo):
 
 
 @pytest.mark.parametrize("change", [
-    {"protected": False}, {"user_sent": False}, {"from_program_itself": True}, {"shutting_down": True},
+    {"protected": False}, {"user_sent": False}, {"from_program_itself": True},
 ])
-def test_delivered_when_unprotected_kernel_sent_self_sent_or_shutting_down(change):
+def test_delivered_when_unprotected_kernel_sent_or_self_sent(change):
     assert judge(signal.SIGTERM, **{**BASE, **change}).deliver
+
+
+@pytest.mark.parametrize("from_service_manager", [True, False])
+@pytest.mark.parametrize("signo", sorted(GUARDED_SIGNALS))
+def test_shutdown_keeps_the_guard_shut(signo, from_service_manager):
+    # `systemctl kill` signals Redis too; once the ordered stop has begun, letting that through
+    # made Redis exit before the workers (issue 12, item 5)
+    v = judge(signo, **{**BASE, "shutting_down": True, "from_service_manager": from_service_manager})
+    assert not v.deliver and not v.shutdown and v.note == SHUTDOWN_UNDER_WAY
+
+
+def test_shutdown_still_delivers_what_the_guard_never_held():
+    during = {**BASE, "shutting_down": True}
+    assert judge(signal.SIGTERM, **{**during, "from_program_itself": True}).deliver
+    assert judge(signal.SIGTERM, **{**during, "user_sent": False}).deliver
+    assert judge(signal.SIGTERM, **{**during, "protected": False}).deliver
+    assert judge(signal.SIGCONT, **during).deliver
 
 
 @pytest.mark.parametrize("signo", [signal.SIGUSR1 + 0, signal.SIGWINCH, signal.SIGCHLD, signal.SIGCONT, signal.SIGPIPE])
