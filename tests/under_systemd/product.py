@@ -1,0 +1,48 @@
+"""The product as the README installs it under systemd, and a booted machine to test it in."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from .harness import CHECKOUT, Refused, SystemdNamespace
+
+UNITS = CHECKOUT / "units"
+CONFIG = "/etc/relayq/config.toml"
+TARGET = "relayq-test.target"
+
+
+def installed_files(*, wanted_by_target: tuple[str, ...] = ()) -> dict[str, str]:
+    """README's "Under systemd" install, as files of the machine's root: the unit and the
+    production config verbatim, the two commands linked into /usr/local/bin. `wanted_by_target`:
+    units enabled for the boot (a .wants link, what `systemctl enable` makes)."""
+    files = {
+        "/etc/systemd/system/relayq-supervisor.service": (UNITS / "relayq-supervisor.service").read_text(),
+        CONFIG: (UNITS / "config.production.toml").read_text(),
+        "/usr/local/bin/relayq-supervisor": "->/opt/relayq/bin/relayq-supervisor",
+        "/usr/local/bin/relayqctl": "->/opt/relayq/bin/relayqctl",
+        # The smallest boot: journald, so the tests can read what systemd and the units said, and
+        # none of the host's enabled units.
+        f"/etc/systemd/system/{TARGET}": "[Unit]\nDescription=relayq-supervisor test machine\n"
+                                          "Wants=systemd-journald.service\n",
+    }
+    for unit in wanted_by_target:
+        files[f"/etc/systemd/system/{TARGET}.wants/{unit}"] = f"->/etc/systemd/system/{unit}"
+    return files
+
+
+@contextlib.contextmanager
+def booted(work: Path, venv: Path, files: dict[str, str]) -> Iterator[SystemdNamespace]:
+    """A booted machine, closed (namespace, cgroups, directories) whatever happens inside; the
+    test is skipped, with the reason, where the kernel refuses the namespace."""
+    work.mkdir(parents=True, exist_ok=True)
+    machine = SystemdNamespace(work, venv, files, target=TARGET)
+    try:
+        machine.boot()
+    except Refused as e:
+        import pytest  # here only: the benchmark (bench/systemd_order.py) uses this module without pytest
+        pytest.skip(str(e))
+    try:
+        yield machine
+    finally:
+        machine.close()
