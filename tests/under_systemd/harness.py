@@ -14,6 +14,7 @@ end it in time.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -34,7 +35,9 @@ TOOLS = ("unshare", "nsenter", "pivot_root", "mount")
 # namespace or a mount; a failure after it is systemd's (a real failure, never a skip).
 EXEC_MARK = "boot.sh: exec systemd"
 REFUSALS = ("Operation not permitted", "Permission denied", "not supported", "No such device",
-            "Invalid argument")
+            "Invalid argument", "unknown filesystem type")
+PR_SET_PDEATHSIG = 1
+CGROUP_PREFIX = "relayq-systemd-"
 
 
 # What a root shell inside would have: none of the test run's own variables (its venv, a pyenv
@@ -167,7 +170,9 @@ class SystemdNamespace:
         self.write_tree(files)
         mount_point = cgroup2_mount()
         assert mount_point is not None
-        self.cgroup = Path(mount_point + own_cgroup2_path()) / f"relayq-systemd-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        parent = Path(mount_point + own_cgroup2_path())
+        remove_stale_cgroups(parent)
+        self.cgroup = parent / f"{CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             self.cgroup.mkdir()
         except OSError as e:
@@ -175,13 +180,15 @@ class SystemdNamespace:
             raise Refused(f"cannot create a cgroup for the namespace under {mount_point}: {e.strerror}") from None
         with open(self.boot_log, "wb") as log:
             # The shell moves itself into the new cgroup before unshare: `--cgroup` then makes that
-            # directory the root of the namespace's cgroup tree. --kill-child: should unshare be
-            # killed, the namespace's init (and so the whole namespace) dies with it.
+            # directory the root of the namespace's cgroup tree. Should the test run itself be killed
+            # (no teardown), nothing outlives it: unshare gets SIGKILL when this process dies, and
+            # --kill-child passes that on to the namespace's init, which takes the namespace with it.
             self.proc = subprocess.Popen(
                 ["sh", "-c", 'echo 0 > "$0" && exec "$@"', str(self.cgroup / "cgroup.procs"),
                  "unshare", "--pid", "--fork", "--kill-child", "--mount", "--net", "--uts", "--ipc", "--cgroup",
                  str(BOOT_SCRIPT), str(base), str(self.venv), str(files), self.target],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=die_with_parent)
         try:
             self.init_pid = poll(self.find_init, timeout, "systemd to start in the namespace")
             poll(self.booted, timeout, f"systemd to reach {self.target}", interval=0.05)
@@ -310,6 +317,29 @@ class SystemdNamespace:
         if base.exists():
             base.rmdir()        # the tmpfs on it belonged to the namespace's mounts: empty here
         shutil.rmtree(self.work / "files", ignore_errors=True)
+
+
+def remove_stale_cgroups(parent: Path) -> None:
+    """The empty cgroups of test runs that were killed before their teardown (named by the pid that
+    made them, now gone). A live run's cgroup, or one with processes, is never touched."""
+    for d in parent.glob(f"{CGROUP_PREFIX}*"):
+        try:
+            maker = int(d.name[len(CGROUP_PREFIX):].split("-")[0])
+        except ValueError:
+            continue
+        if os.path.exists(f"/proc/{maker}"):
+            continue
+        try:
+            remove_cgroup_tree(d, timeout=0)
+        except (AssertionError, OSError):
+            pass            # still has processes, or another run is removing it: leave it
+
+
+def die_with_parent() -> None:
+    """In the child between fork and exec: SIGKILL when the test run dies (survives exec)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
 
 
 def remove_cgroup_tree(top: Path, timeout: float = 30.0) -> None:

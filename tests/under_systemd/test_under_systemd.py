@@ -20,7 +20,7 @@ UNIT = "relayq-supervisor.service"
 RIVAL = "redis-server.service"
 DROPIN = f"/etc/systemd/system/{UNIT}.d/test.conf"
 AUDIT = "/var/log/relayq/audit.jsonl"
-# How many `systemctl kill -s TERM` runs the test makes; `python -m bench.systemd_kill_order` makes 50.
+# How many `systemctl kill -s TERM` runs the test makes; `python -m bench --only systemd` makes 50.
 KILL_RUNS = 5
 
 
