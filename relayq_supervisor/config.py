@@ -100,6 +100,19 @@ class ProgramSpec:
 
 
 @dataclass(frozen=True)
+class ListenAddress:
+    """Where the metrics endpoint listens: a TCP host and port, or a UNIX socket path."""
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.path:
+            return self.path
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class SupervisorSpec:
     run_dir: str
     log_dir: str
@@ -115,6 +128,7 @@ class SupervisorSpec:
     signal_tap: bool = True
     kernel_witness: bool = True     # trace signals to children through tracefs where the kernel allows
     doctor_root: str = "/"          # the file system whose units/cron the rival checks read
+    metrics_listen: ListenAddress | None = None     # GET /metrics; None = off
 
 
 @dataclass(frozen=True)
@@ -137,7 +151,7 @@ _SUPERVISOR_KEYS: dict[str, type | tuple[type, ...]] = {
     "run_dir": str, "log_dir": str, "audit_log": str, "control_socket": str,
     "control_group": str, "audit_ignore": list, "log_max_bytes": int, "log_backups": int,
     "audit_max_bytes": int, "audit_backups": int, "health_interval": (int, float),
-    "signal_tap": bool, "kernel_witness": bool, "doctor_root": str,
+    "signal_tap": bool, "kernel_witness": bool, "doctor_root": str, "metrics_listen": str,
 }
 _RESTART_KEYS = {
     "policy": str, "backoff_initial": (int, float), "backoff_factor": (int, float),
@@ -813,6 +827,27 @@ def _given(table: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: table[k] for k in keys if k in table}
 
 
+def parse_listen(text: str, base: Path) -> ListenAddress | None:
+    """`127.0.0.1:9808`, `[::1]:9808`, `localhost:9808`, or a UNIX socket path (it has a
+    `/`; relative to the config's directory); "" = off. ValueError says what is wrong."""
+    text = text.strip()
+    if not text:
+        return None
+    if "/" in text:
+        path = _resolve(base, text)
+        if len(os.fsencode(path)) > 107:
+            raise ValueError(f"path is too long for a UNIX socket (max 107 bytes): {path}")
+        return ListenAddress(path=path)
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^\s:\[\]]+):(\d+)", text)
+    if not m:
+        raise ValueError(f"{text!r} is not HOST:PORT (like \"127.0.0.1:9808\" or \"[::1]:9808\") "
+                         "nor a socket path (like \"run/metrics.sock\")")
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"port must be between 1 and 65535, not {port}")
+    return ListenAddress(host=host, port=int(port))
+
+
 def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
     _check_table(loc, ("supervisor",), sup, _SUPERVISOR_KEYS)
     run_dir = _resolve(base, sup.get("run_dir", "var/run"))
@@ -827,6 +862,10 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
     for key in ("log_backups", "audit_backups"):
         if sup.get(key, 1) < 0:
             raise loc.error(("supervisor", key), f"'{key}' must not be negative")
+    try:
+        metrics_listen = parse_listen(sup.get("metrics_listen", ""), base)
+    except ValueError as e:
+        raise loc.error(("supervisor", "metrics_listen"), f"'metrics_listen': {e}") from None
     if sup.get("health_interval", 1) <= 0:
         raise loc.error(("supervisor", "health_interval"), "'health_interval' must be positive")
     if sup.get("health_interval", 1) < 0.1:
@@ -844,6 +883,7 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
         signal_tap=sup.get("signal_tap", True),
         kernel_witness=sup.get("kernel_witness", True),
         doctor_root=_resolve(base, sup.get("doctor_root", "/")),
+        metrics_listen=metrics_listen,
     )
     if supervisor.control_group is not None:
         import grp

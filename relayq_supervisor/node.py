@@ -37,6 +37,7 @@ from relayq_supervisor.linux.notify_socket import ChildNotifySocket
 from relayq_supervisor.linux.procfs import own_children, proc_start_ticks
 from relayq_supervisor.linux.siginfo import signal_name
 from relayq_supervisor.linux.signalfd import SignalFd
+from relayq_supervisor.metrics import SupervisorMetrics
 from relayq_supervisor.systemd import ServiceLink
 from relayq_supervisor.witness.attribution import Attribution
 from relayq_supervisor.witness.evidence import Probe
@@ -117,6 +118,10 @@ class Node:
                                clock=LoopClock(self.loop), audit=self.audit, witness=self, base_env=base_env,
                                probe=Probe(), on_change=self.changed)
         self.orphans: list[tuple[Program, int]] = []   # a crashed predecessor's workers, still running
+        # [supervisor] metrics_listen: read-only metrics on this loop (None: off, no lag probe either)
+        self.metrics = SupervisorMetrics(lambda: self.arbiter.programs, self.loop) \
+            if config.supervisor.metrics_listen is not None else None
+        self.metrics_problem: str | None = None
 
     # --- what collaborators see (witness, ground, control, systemd) -------------------
 
@@ -169,6 +174,8 @@ class Node:
         """Queue one audit event; the events of one loop pass are written and fsynced
         together at its end, after the work (a respawn) that produced them."""
         event = make_event(kind, **fields)
+        if self.metrics is not None:
+            self.metrics.count_event(event)
         if self.audit_log is not None:
             self.audit_log.queue(event)
             if not self._flush_scheduled:
@@ -178,8 +185,8 @@ class Node:
 
     def _flush_audit(self) -> None:
         self._flush_scheduled = False
-        if self.audit_log is not None:
-            self.audit_log.flush()
+        if self.audit_log is not None and not self.audit_log.flush() and self.metrics is not None:
+            self.metrics.count_audit_write_error()
 
     # --- start-up --------------------------------------------------------------------
 
@@ -281,6 +288,7 @@ class Node:
         if self.with_control:
             self.control = ControlServer(self, self.config.supervisor)
             await self.control.start()
+        await self.start_metrics()
         log.info("started pid %d with %s (%d programs)", os.getpid(), self.config.path, len(self.programs))
         self.ground.warn_about_rivals()
         self.ground.start(self.loop)
@@ -298,6 +306,23 @@ class Node:
             await self.shutdown()
         finally:
             self.close()
+
+    async def start_metrics(self) -> None:
+        """Metrics watch supervision and must never stop it: an address that cannot be bound
+        is logged and shown in `relayqctl status`, and the supervisor runs without them."""
+        address = self.config.supervisor.metrics_listen
+        if self.metrics is None or address is None:
+            return
+        gid = self.control.group_gid if self.control is not None else None
+        try:
+            await self.metrics.start(address, group_gid=gid)
+        except OSError as e:
+            why = os.strerror(e.errno) if e.errno else str(e)     # asyncio rewords bind errors
+            self.metrics_problem = f"metrics: cannot listen on {address} ({why}); serving none"
+            log.error("%s", self.metrics_problem)
+            self.metrics.close()
+            return
+        log.info("metrics: GET /metrics on %s", address)
 
     def start_duties(self) -> None:
         for name, kind in self.arbiter.kinds.items():
@@ -499,6 +524,8 @@ class Node:
 
     def close(self) -> None:
         self.service.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.ground.close()
         if self.control is not None:
             self.control.close()
@@ -543,6 +570,8 @@ class Node:
             notes.append(f"signal tap: {self.tap.state}")
         if self.kernel_witness is not None and self.kernel_witness.unavailable:
             notes.append(f"kernel witness: {self.kernel_witness.state}")
+        if self.metrics_problem:
+            notes.append(self.metrics_problem)
         return notes
 
 
