@@ -16,8 +16,10 @@ from datetime import UTC, datetime
 
 import psutil
 
+from relayq_supervisor import output_log
 from relayq_supervisor.audit import review
 from relayq_supervisor.config import (
+    SUPERVISOR_NAME,
     SupervisorSpec,
     default_config_path,
     load_config,
@@ -25,7 +27,8 @@ from relayq_supervisor.config import (
     salvage_supervisor_section,
 )
 from relayq_supervisor.control import protocol
-from relayq_supervisor.control.protocol import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, Refused
+from relayq_supervisor.control.protocol import (EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE,
+                                                Refused)
 from relayq_supervisor.core.locks import read_owner
 from relayq_supervisor.errors import ConfigSyntaxError, RelayqError
 from relayq_supervisor.printable import escape
@@ -184,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocked", action="store_true", help="only signals the guard blocked")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--file", help="audit log path (instead of the config's audit_log)")
+    p = sub.add_parser("logs", parents=[common], help="a program's recent output from log_dir (rotated files too)")
+    p.add_argument("name", metavar="NAME", help="a program (all its instances), an instance (worker:1), "
+                                                "redis, or supervisor (its own log)")
+    p.add_argument("-n", "--lines", type=int, metavar="N",
+                   help=f"the last N lines (default {LOGS_DEFAULT_LINES}; all of them with --since)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing new lines, across rotations and restarts, until interrupted")
+    p.add_argument("--since", help="10m, 2h, 1d or an ISO time")
     return parser
 
 
@@ -198,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             return audit_timeline(args)
         if args.cmd == "doctor":
             return run_doctor(args)
+        if args.cmd == "logs":
+            return show_logs(args)
         path = socket_path(args)
         return run(args, path)
     except RelayqError as e:
@@ -298,6 +311,74 @@ def print_why(result: dict) -> None:
         say("  its last output:")
         for line in stop["output_tail"][-12:]:
             say(f"    {line}")
+
+
+LOGS_DEFAULT_LINES = 20
+
+
+def known_names(config_path: str) -> list[str] | None:
+    """Programs, instances, redis and supervisor from the config; None if it cannot be loaded
+    (then only the files in log_dir say what exists)."""
+    try:
+        config = load_config(config_path)
+    except RelayqError:
+        return None
+    names = [SUPERVISOR_NAME]
+    for spec in config.programs:
+        names += [spec.name] + [i for i in spec.instance_names() if i != spec.name]
+    return names
+
+
+def show_logs(args) -> int:
+    """Files only: works with the supervisor down."""
+    if args.lines is not None and args.lines < 0:
+        print("relayqctl logs: -n must be 0 or more", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        since = review.parse_when(args.since, datetime.now(timezone.utc)) if args.since else None
+    except ValueError as e:
+        print(f"relayqctl logs: --since: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    config_path = args.config or default_config_path()
+    log_dir = supervisor_section(config_path)[0].log_dir     # a file broken mid-edit still names log_dir
+    limit = args.lines if args.lines is not None else (None if since else LOGS_DEFAULT_LINES)
+    name = args.name
+    known = known_names(config_path)
+    follower = output_log.Follower(log_dir, name) if args.follow else None     # before the history: no gap
+    by_instance = output_log.files_of(log_dir, name)
+    if not by_instance:
+        if known is not None and name not in known:
+            print(f"relayqctl logs: no program or instance named {name!r} (known: {', '.join(known)})",
+                  file=sys.stderr)
+            return EXIT_UNKNOWN
+        if known is None and not args.follow:
+            print(f"relayqctl logs: no log of {name!r} in {log_dir} (and the config cannot be read to say "
+                  "whether it is a program)", file=sys.stderr)
+            return EXIT_UNKNOWN
+        print(f"relayqctl logs: {name}: no output yet (nothing in {log_dir})"
+              + ("; waiting for some" if args.follow else ""), file=sys.stderr)
+        if not args.follow:
+            return EXIT_OK
+    # one instance asked for by its own name: its lines as they are; else say whose each line is
+    with_instance = set(by_instance) != {name} or (known is not None and any(
+        output_log.instance_of(name, k) and k != name for k in known))
+    ends = follower.history_ends() if follower is not None else None
+    lines = output_log.recent(by_instance, limit, since, ends)
+    for line in lines:
+        print(line.render(with_instance))
+    if by_instance and not lines and follower is None:
+        print(f"relayqctl logs: {name}: nothing" + (f" since {args.since}" if since else ""), file=sys.stderr)
+    if follower is None:
+        return EXIT_OK
+    sys.stdout.flush()
+    try:
+        for line in follower.lines():
+            print(line.render(with_instance), flush=True)
+    except KeyboardInterrupt:
+        return EXIT_OK      # the way to end -f
+    finally:
+        follower.close()
+    return EXIT_OK
 
 
 def run_doctor(args) -> int:

@@ -27,6 +27,7 @@ from relayq_supervisor.core import reload as reload_diff
 from relayq_supervisor.core.arbiter import Arbiter
 from relayq_supervisor.core.children import AdoptedProcess, ProcessSpawner
 from relayq_supervisor.core.locks import OwnerLocks, program_key, program_lock_path
+from relayq_supervisor.core.output import SupervisorLogFile
 from relayq_supervisor.core.program import Program
 from relayq_supervisor.core.states import State
 from relayq_supervisor.errors import RelayqError, ReloadRefused, StartupError
@@ -122,6 +123,7 @@ class Node:
         self.metrics = SupervisorMetrics(lambda: self.arbiter.programs, self.loop) \
             if config.supervisor.metrics_listen is not None else None
         self.metrics_problem: str | None = None
+        self.log_file: SupervisorLogFile | None = None     # log_dir/supervisor.log, for `relayqctl logs`
 
     # --- what collaborators see (witness, ground, control, systemd) -------------------
 
@@ -198,6 +200,9 @@ class Node:
         # the record names the socket: relayqctl finds it there when the config on disk is broken
         self.locks.take("supervisor", os.path.join(sup.run_dir, "supervisor.lock"), sup.run_dir,
                         keep={"control_socket": sup.control_socket})
+        # after the lock: a second supervisor refused here must not write into our log
+        self.log_file = SupervisorLogFile(sup.log_dir, sup.log_max_bytes, sup.log_backups, __package__ or "")
+        logging.getLogger(__package__).addHandler(self.log_file)
         self.audit_log = AuditLog(sup.audit_log, max_bytes=sup.audit_max_bytes, keep=sup.audit_backups,
                                   on_error=lambda msg: log.error("audit: %s", msg))
         for spec in self.config.programs:
@@ -542,6 +547,10 @@ class Node:
         self.locks.release_all()
         if self.audit_log is not None:
             self.audit_log.close()
+        if self.log_file is not None:
+            logging.getLogger(__package__).removeHandler(self.log_file)
+            self.log_file.close()
+            self.log_file = None
 
     # --- status -----------------------------------------------------------------------------
 
