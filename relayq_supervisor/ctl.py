@@ -12,6 +12,7 @@ import os
 import select
 import socket
 import sys
+import time
 from datetime import UTC, datetime
 
 import psutil
@@ -32,6 +33,7 @@ from relayq_supervisor.control.protocol import (EXIT_FAILURE, EXIT_NOT_RUNNING, 
 from relayq_supervisor.core.locks import read_owner
 from relayq_supervisor.errors import ConfigSyntaxError, RelayqError
 from relayq_supervisor.printable import escape
+from relayq_supervisor.shell_text import command_line
 
 
 class Unreachable(RelayqError):
@@ -102,7 +104,18 @@ def describe_program(p: dict) -> str:
     return "; ".join(parts)
 
 
-def print_status(status: dict) -> None:
+# systemctl's habit: green for running, red for given up, yellow for on the way somewhere
+STATE_COLOURS = {"RUNNING": "32", "STARTING": "33", "STOPPING": "33", "BACKOFF": "33;1", "FATAL": "31;1",
+                 "EXITED": "31", "STOPPED": "2"}
+
+
+def use_colour(stream=None) -> bool:
+    """On a terminal only, never with NO_COLOR set (no-color.org) or TERM=dumb."""
+    stream = stream or sys.stdout
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def print_status(status: dict, colour: bool = False) -> None:
     sup = status["supervisor"]
     redis = f"{sup.get('redis_binary')} {sup.get('redis_version')}" if sup.get("redis_binary") else "no redis"
     say(f"relayq-supervisor pid {sup['pid']}, up {format_duration(sup['uptime_s'])}, "
@@ -115,8 +128,11 @@ def print_status(status: dict) -> None:
             p["name"], p["state"], str(p["pid"] or "-"), format_duration(p["uptime_s"]),
             str(p["restarts"]), describe_program(p))))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
+    for n, r in enumerate(rows):
+        cells = [r[i].ljust(widths[i]) for i in range(5)]
+        if colour and n and r[1] in STATE_COLOURS:     # padded first, so the columns stay aligned
+            cells[1] = f"\x1b[{STATE_COLOURS[r[1]]}m{cells[1]}\x1b[0m"
+        print("  ".join(cells) + "  " + r[5])
 
 
 def supervisor_section(config_path: str) -> tuple[SupervisorSpec, bool]:
@@ -157,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common], help="what runs, since when, how it last stopped")
     p.add_argument("names", nargs="*")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", "-w", action="store_true", help="redraw every second until interrupted")
     for name, text in (("start", "start programs (and what they depend on)"), ("stop", "stop programs"),
                        ("restart", "stop then start programs")):
         p = sub.add_parser(name, parents=[common], help=text)
@@ -199,6 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = run_command(argv)
+        sys.stdout.flush()      # inside the try: a closed pipe shows here for buffered output
+        return code
+    except BrokenPipeError:
+        # the reader went away (`relayqctl status | head -1`): end quietly as cat does;
+        # stdout now points at /dev/null so the interpreter's last flush cannot complain
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_FAILURE
+
+
+def run_command(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.cmd:
@@ -236,8 +267,10 @@ def show(result: dict, as_json: bool, printer) -> None:
 def run(args, path: str) -> int:
     cmd = args.cmd
     if cmd == "status":
+        if args.watch:
+            return watch_status(args, path)
         result = checked(call(path, "status", args.timeout, names=args.names))
-        show(result, args.json, print_status)
+        show(result, args.json, lambda r: print_status(r, use_colour()))
         return EXIT_OK if all(p["state"] == "RUNNING" for p in result["programs"]) else EXIT_NOT_RUNNING
     if cmd in ("start", "stop", "restart"):
         extra = {"with_dependents": args.with_dependents, "force": args.force} if cmd == "stop" else {}
@@ -287,6 +320,31 @@ def run(args, path: str) -> int:
     return EXIT_USAGE
 
 
+def watch_status(args, path: str, interval: float = 1.0) -> int:
+    """Redraw the status every second until interrupted; an unreachable supervisor is
+    said on screen and retried, not the end of the watch."""
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            began = time.monotonic()
+            try:
+                result = checked(call(path, "status", min(args.timeout, 5.0), names=args.names))
+                text = None
+            except Unreachable as e:
+                result, text = None, f"relayqctl: {e}; retrying"
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[2J")        # home, clear: redraw in place
+            print(time.strftime("%H:%M:%S") + f"  every {interval:g}s, Ctrl-C to stop")
+            if result is not None:
+                print_status(result, use_colour())
+            else:
+                print(text)
+            sys.stdout.flush()
+            time.sleep(max(0.0, interval - (time.monotonic() - began)))
+    except KeyboardInterrupt:
+        return EXIT_OK      # the way to end a watch
+
+
 def print_why(result: dict) -> None:
     p, stop = result["program"], result.get("last_stop")
     say(f"{p['name']}: {p['state']}" + (f", pid {p['pid']}" if p["pid"] else "") + f" ({p['reason']})")
@@ -299,10 +357,10 @@ def print_why(result: dict) -> None:
         say(f"  sent by: {review.describe_sender(sender)}")
         for key in ("uid", "user", "exe", "cmdline", "unit", "loginuid", "session", "tty", "alive", "note"):
             if sender.get(key) not in (None, [], ""):
-                value = " ".join(sender[key]) if key == "cmdline" else sender[key]
+                value = command_line(sender[key]) if key == "cmdline" else sender[key]
                 say(f"    {key}: {value}")
         for anc in sender.get("ancestry") or []:
-            say(f"    parent: pid {anc['pid']} {anc.get('comm') or ''} {' '.join(anc.get('cmdline') or [])}")
+            say(f"    parent: pid {anc['pid']} {anc.get('comm') or ''} {command_line(anc.get('cmdline') or [])}")
     if stop.get("events"):
         say("  what happened to it before (signals, denied commands):")
         for event in stop["events"]:
@@ -335,7 +393,7 @@ def show_logs(args) -> int:
         print("relayqctl logs: -n must be 0 or more", file=sys.stderr)
         return EXIT_USAGE
     try:
-        since = review.parse_when(args.since, datetime.now(timezone.utc)) if args.since else None
+        since = review.parse_when(args.since, datetime.now(UTC)) if args.since else None
     except ValueError as e:
         print(f"relayqctl logs: --since: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -365,7 +423,7 @@ def show_logs(args) -> int:
     ends = follower.history_ends() if follower is not None else None
     lines = output_log.recent(by_instance, limit, since, ends)
     for line in lines:
-        print(line.render(with_instance))
+        say(line.render(with_instance))
     if by_instance and not lines and follower is None:
         print(f"relayqctl logs: {name}: nothing" + (f" since {args.since}" if since else ""), file=sys.stderr)
     if follower is None:
@@ -373,7 +431,8 @@ def show_logs(args) -> int:
     sys.stdout.flush()
     try:
         for line in follower.lines():
-            print(line.render(with_instance), flush=True)
+            say(line.render(with_instance))
+            sys.stdout.flush()
     except KeyboardInterrupt:
         return EXIT_OK      # the way to end -f
     finally:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,9 +19,9 @@ from typing import Any, BinaryIO
 from relayq_supervisor.config import parse_signal
 from relayq_supervisor.linux.files import FileIdentity
 from relayq_supervisor.printable import escape
+from relayq_supervisor.shell_text import command_line, cut
 from relayq_supervisor.witness.identity import ProcessIdentity
 
-LINE_WIDTH = 80
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 WHEN_FORMS = "a relative age like 30s, 10m, 2h or 1d, or an ISO 8601 time like 2026-11-25T23:21:26Z"
@@ -328,10 +330,11 @@ def _client_parents(sender: dict[str, Any], width: int = 2) -> str:
 
 
 def _format_spawn(e: dict[str, Any]) -> str:
-    argv = " ".join(str(a) for a in e.get("argv") or ())
-    if len(argv) > LINE_WIDTH:
-        argv = argv[: LINE_WIDTH - 3] + "..."
-    return f"{_subject(e.get('program'), e.get('pid'))} started: {argv}"
+    # the whole command, quoted; cut only to fit a terminal (piped output keeps all of it)
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    prefix = f"{_subject(e.get('program'), e.get('pid'))} started: "
+    # 13: the `HH:MM:SS.mmm ` that format_event puts before it
+    return prefix + cut(command_line(e.get("argv") or ()), width - len(prefix) - 13 if width else None)
 
 
 def _format_backoff(e: dict[str, Any]) -> str:

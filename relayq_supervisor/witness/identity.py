@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 
 from relayq_supervisor.linux.procfs import cgroup_unit, proc_start_ticks, user_name
+from relayq_supervisor.shell_text import command_line
 
 EXITED_NOTE = "sender exited before it could be inspected"
 ZOMBIE_NOTE = "sender had exited when inspected; its command line was already gone"
@@ -206,7 +207,7 @@ class ProcessIdentity:
         if self.comm is None:
             return f"pid {self.pid} ({self.note or EXITED_NOTE})"
         args = list(self.cmdline[1:]) if self.cmdline else []
-        command = " ".join([self.comm, *args]) if self.cmdline or not self.alive else f"[{self.comm}]"
+        command = command_line([self.comm, *args]) if self.cmdline or not self.alive else f"[{self.comm}]"
         if len(command) > DESCRIBE_WIDTH:
             command = command[: DESCRIBE_WIDTH - 3] + "..."
         text = f"pid {self.pid} {command}"
