@@ -123,6 +123,8 @@ class SupervisorMetrics:
                                "(supervisor, ptrace, signalfd)", ["signal", "action", "via"], registry=r)
         self.redis_denied = Counter("relayq_redis_denied", "Redis commands the command guard refused (ACL log)",
                                     ["command"], registry=r)
+        self.watchdog_fired = Counter("relayq_watchdog_fired", "Times the watchdog found an instance stuck or "
+                                      "too big and sent it its watchdog signal", ["program", "instance"], registry=r)
         self.audit_write_errors = Counter("relayq_audit_write_errors", "Failed attempts to write the audit log "
                                           "(the events wait in memory and are retried)", registry=r)
         self.loop_lag = Histogram("relayq_supervisor_loop_lag_seconds", "How late the supervisor's loop ran a "
@@ -142,6 +144,10 @@ class SupervisorMetrics:
         if kind == "signal":
             self.signals.labels(str(event.get("signal") or "unknown"), str(event.get("action") or "unknown"),
                                 str(event.get("via") or "unknown")).inc()
+        elif kind == "watchdog" and event.get("action") is None:
+            # a firing; `action` marks the other watchdog events (SCRIPT KILL tried first)
+            instance = str(event.get("program") or "unknown")
+            self.watchdog_fired.labels(instance.split(":")[0], instance).inc()
         elif kind == "redis_denied":
             # one event reports every new ACL log entry of one command since the last check
             count = event.get("count")

@@ -31,6 +31,7 @@ def exported() -> dict[str, set[str]]:
         m = SupervisorMetrics(lambda: [program], loop)
         m.count_event(make_event("signal", signal="SIGTERM", action="blocked", via="ptrace"))
         m.count_event(make_event("redis_denied", command="shutdown", count=1))
+        m.count_event(make_event("watchdog", program="worker:0", cause="no WATCHDOG=1"))
         m.loop_lag.observe(0.001)
         text = m.render().decode()
     finally:

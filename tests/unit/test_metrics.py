@@ -75,6 +75,8 @@ def test_audit_events_are_counted_by_their_fields():
         m.count_event(make_event("redis_denied", command="shutdown", count=3))
         m.count_event(make_event("redis_denied", command="config|set"))
         m.count_event(make_event("exit", program="x", code=1))          # not counted anywhere
+        m.count_event(make_event("watchdog", program="worker:1", pid=7, cause="no WATCHDOG=1 for 5s"))
+        m.count_event(make_event("watchdog", program="redis", action="script_kill", cause="BUSY"))
         m.count_audit_write_error()
         got = samples(m)
         assert got[("relayq_signals_total", labels(signal="SIGTERM", action="blocked", via="ptrace"))] == 2
@@ -82,6 +84,8 @@ def test_audit_events_are_counted_by_their_fields():
         assert got[("relayq_redis_denied_total", labels(command="shutdown"))] == 3
         assert got[("relayq_redis_denied_total", labels(command="config|set"))] == 1
         assert got[("relayq_audit_write_errors_total", labels())] == 1
+        assert got[("relayq_watchdog_fired_total", labels(program="worker", instance="worker:1"))] == 1
+        assert ("relayq_watchdog_fired_total", labels(program="redis", instance="redis")) not in got
     finally:
         loop.close()
 
