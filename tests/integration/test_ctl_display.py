@@ -91,7 +91,7 @@ def test_status_watch_redraws_until_interrupted(running):
     try:
         seen = b""
         deadline = time.monotonic() + 20
-        while seen.count(b"Ctrl-C to stop") < 3:
+        while seen.count(b"Ctrl-C to stop") < 3 or seen.count(b"sleeper") < 3:     # three whole redraws
             assert time.monotonic() < deadline, seen[-500:]
             ready, _, _ = select.select([proc.stdout], [], [], 1)
             if ready:
