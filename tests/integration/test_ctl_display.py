@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -12,6 +13,8 @@ import time
 
 import pytest
 from support import PYTHON
+
+from relayq_supervisor.shell_text import command_line
 
 CONFIG = textwrap.dedent(f"""\
     [supervisor]
@@ -122,3 +125,11 @@ def test_head_1_of_status(running):
                        text=True, timeout=30)
     assert r.stdout.startswith("relayq-supervisor pid ")
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash to read the quoting back")
+def test_bash_reads_a_quoted_command_back_to_the_same_argv():
+    argv = ["redis-server", "--save", "", "echo hi\n2026 fake line\x1b[2J", "it's", "a b", "$HOME", "é"]
+    text = command_line(argv)
+    out = subprocess.run(["bash", "-c", f"printf '%s\\0' {text}"], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\0")[:-1] == argv
