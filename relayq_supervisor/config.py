@@ -29,7 +29,7 @@ REDIS_WATCHDOG_SEC = 15.0           # no PONG for this long: Redis is stuck
 SUPERVISOR_NAME = "supervisor"      # `relayqctl logs supervisor`: the supervisor's own log
 # Names a program may not take: `redis` is the [redis] table's, `supervisor` would
 # share <run_dir>/supervisor.lock and <log_dir>/supervisor.log with the supervisor itself.
-RESERVED_NAMES = {REDIS_NAME: "the [redis] table", SUPERVISOR_NAME: "the supervisor's own lock file and log"}
+RESERVED_NAMES = {REDIS_NAME: "the [redis] table", SUPERVISOR_NAME: "the supervisor's own lock file"}
 NAME_MAX = 255          # bytes in one file name (Linux, every common file system)
 PATH_MAX = 4096         # bytes in a whole path, with its terminating NUL
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")

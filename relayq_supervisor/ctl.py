@@ -28,8 +28,14 @@ from relayq_supervisor.config import (
     salvage_supervisor_section,
 )
 from relayq_supervisor.control import protocol
-from relayq_supervisor.control.protocol import (EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE,
-                                                Refused)
+from relayq_supervisor.control.protocol import (
+    EXIT_FAILURE,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    EXIT_UNKNOWN,
+    EXIT_USAGE,
+    Refused,
+)
 from relayq_supervisor.core.locks import read_owner
 from relayq_supervisor.errors import ConfigSyntaxError, RelayqError
 from relayq_supervisor.printable import escape

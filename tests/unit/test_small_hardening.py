@@ -52,7 +52,8 @@ def test_a_senders_newline_does_not_break_the_audit_line():
              "target": {"program": "redis", "pid": 10},
              "sender": {"pid": 4412, "comm": "python3", "cmdline": ["python3", "x\n<2>FORGED\r"], "alive": True}}
     line = format_event(event)
-    assert line == "03:04:05.678 redis pid 10 <- SIGTERM from pid 4412 python3 x\\n<2>FORGED\\r BLOCKED"
+    # one line, the argument shell-quoted as bash would write it back
+    assert line == "03:04:05.678 redis pid 10 <- SIGTERM from pid 4412 python3 $'x\\n<2>FORGED\\r' BLOCKED"
 
 
 def test_a_rewritten_process_title_loses_its_padding():
