@@ -149,11 +149,6 @@ def summarize(ctx, rounds, supervised, samples, cold, problem) -> Section:
 
 
 RESTART_PATH = (
-    "Where the time goes: after reaping, the loop logs, test-binds the port and forks itself (about 35 MiB of "
-    "Python, then Python code in the child up to the exec gate) before Redis can start; an unchanged ACL file "
-    "is no longer rewritten and the readiness client is made once (both were on this path before). With the "
-    "tap, Redis then waits at its exec event stop and at each start-up thread's clone stop until the loop "
-    "answers (compare the tap-on and tap-off rows). What would fix the rest: a spawn that does not fork the "
-    "supervisor (posix_spawn of a small exec-gate helper the tap seizes), and dropping PTRACE_O_TRACEEXEC (a "
-    "PTRACE_SEIZEd tracee gets no exec SIGTRAP, so that stop buys nothing; the issue names the option, so it "
-    "is kept).")
+    "Where the time goes: after reaping, the loop logs and test-binds the port, then posix_spawns the exec "
+    "gate (a small dash script the tap seizes before it execs Redis). With the tap, Redis then waits at each "
+    "start-up thread's clone stop until the loop answers (compare the tap-on and tap-off rows).")

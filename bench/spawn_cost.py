@@ -1,12 +1,21 @@
-"""The spawn mechanism alone: relayq_supervisor.core.spawn.spawn() (fork of the whole process,
-Python code in the child, the exec gate) against os.posix_spawn, both called from one
-process that has imported what the supervisor imports, so both fork the same size.
+"""The spawn mechanism alone: each way relayq_supervisor.core.spawn.spawn() can start a child,
+against os.posix_spawn, all called from one process that has imported what the supervisor
+imports, so the fork path copies a process of the supervisor's size.
+
+- gate: spawn() with before_exec seizing the child as the signal tap does (posix_spawn of
+  the dash gate, PTRACE_SEIZE, release, exec);
+- direct: spawn() without before_exec (posix_spawn of the program);
+- fork: spawn() with a no-op child_setup, which forces the fork path;
+- posix_spawn: os.posix_spawn() of the program, the raw loop's call.
 
 usage: python3 -m bench.spawn_cost ROUNDS RECORD_FILE   (prints one JSON object)
-Each round starts the benchmark child once each way, alternating, and kills it by pid.
+Each round starts the benchmark child once each way, in a rotating order, and kills it by
+pid. Per way: the child's recorded start minus the time just before the call ("start"),
+and how long the call kept the caller busy ("call": the supervisor's loop is blocked that long).
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
@@ -17,11 +26,15 @@ import time
 import psutil
 
 from relayq_supervisor.core.spawn import read_exec_result, spawn
+from relayq_supervisor.linux import ptrace
+from relayq_supervisor.witness.tap import OPTIONS as TAP_OPTIONS
 
-# Imported only for its size: what forks here must be as big as the real supervisor.
-importlib.import_module("relayq_supervisor.core.arbiter")
+# Imported only for its size: what forks here should be as big as the real supervisor
+# (node.py assembles it; a running one has grown a few MiB more).
+importlib.import_module("relayq_supervisor.node")
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
+WAYS = ("gate", "direct", "fork", "posix_spawn")
 
 
 def wait_for_line(path: str, count: int, timeout: float = 10.0) -> float:
@@ -40,29 +53,51 @@ def wait_for_line(path: str, count: int, timeout: float = 10.0) -> float:
         time.sleep(0.0005)
 
 
+class Seize:
+    """before_exec as the tap does it; where the kernel refuses ptrace, only the gate is timed."""
+    refused: str | None = None
+
+    def __call__(self, pid: int) -> None:
+        if self.refused:
+            return
+        try:
+            ptrace.seize(pid, TAP_OPTIONS)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EACCES):
+                raise
+            self.refused = e.strerror
+
+
 def main() -> None:
     rounds, record = int(sys.argv[1]), sys.argv[2]
     argv = [sys.executable, "-S", CHILD, record]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    times: dict[str, list[float]] = {"spawn": [], "posix_spawn": []}
+    env, cwd = dict(os.environ), os.getcwd()
+    devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    seize = Seize()
+    start: dict[str, list[float]] = {w: [] for w in WAYS}
+    call: dict[str, list[float]] = {w: [] for w in WAYS}
+    via: dict[str, str] = {}
     started = 0
     for r in range(rounds):
-        for kind in (("spawn", "posix_spawn") if r % 2 == 0 else ("posix_spawn", "spawn")):
-            before = time.time()
-            if kind == "spawn":
-                child = spawn(argv, dict(os.environ), os.getcwd(), devnull)
-                pid = child.pid
+        for way in WAYS[r % len(WAYS):] + WAYS[:r % len(WAYS)]:
+            before, busy = time.time(), time.perf_counter()
+            if way == "posix_spawn":
+                pid = os.posix_spawn(argv[0], argv, env, setsid=True)
+            else:
+                child = spawn(argv, env, cwd, devnull, before_exec=seize if way == "gate" else None,
+                              child_setup=(lambda: None) if way == "fork" else None)
+                pid, via[way] = child.pid, child.via
                 os.close(child.pidfd)
                 read_exec_result(child.exec_result_fd)
-            else:
-                pid = os.posix_spawn(argv[0], argv, os.environ, setsid=True)
+            call[way].append(time.perf_counter() - busy)
             started += 1
             try:
-                times[kind].append(wait_for_line(record, started) - before)
+                start[way].append(wait_for_line(record, started) - before)
             finally:
                 os.kill(pid, signal.SIGKILL)    # our own unreaped child: the pid cannot be reused yet
                 os.waitpid(pid, 0)
-    print(json.dumps({"rss": psutil.Process().memory_info().rss, **times}))
+    print(json.dumps({"rss": psutil.Process().memory_info().rss, "start": start, "call": call, "via": via,
+                      "seize_refused": seize.refused}))
 
 
 if __name__ == "__main__":

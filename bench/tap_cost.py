@@ -71,9 +71,9 @@ def one_run(ctx: BenchContext, tap: bool, r: int, requests: int, bench_exe: str)
 def run(ctx: BenchContext) -> Section:
     method = ("`redis-benchmark -q -t set,get -n N` (50 clients, from PATH) against Redis supervised by "
               "relayq-supervisor with `[supervisor] signal_tap = true` and then `false`, alternating the order "
-              "each round; a new supervisor and Redis for every run. The tap seizes Redis with ptrace between "
-              "fork and exec; it costs Redis only when a signal is delivered or a thread is created, so the "
-              "expected difference is noise. Redis's TracerPid and the supervisor's CPU seconds during each run "
+              "each round; a new supervisor and Redis for every run. The tap seizes Redis with ptrace at spawn's "
+              "exec gate, before Redis runs; it costs Redis only when a signal is delivered or a thread is "
+              "created, so the expected difference is noise. Redis's TracerPid and the supervisor's CPU seconds during each run "
               "show whether the tap was attached and whether it had anything to do. On 2 cores shared with other "
               "work, throughput is bimodal (Redis and redis-benchmark on the same core or not, other processes "
               "in the way): disturbances only ever lower it, so the target is judged on the best run of each "

@@ -385,8 +385,8 @@ class Node:
             self.kernel_witness.watch(pids)
 
     def before_exec(self, pid: int) -> None:
-        """Between fork and exec: the kernel witness starts watching the child (before it
-        runs, so no signal is missed) and the signal tap seizes it."""
+        """While the child waits at spawn's exec gate: the kernel witness starts watching it
+        (before the program runs, so no signal is missed) and the signal tap seizes it."""
         self.follow_children(also=pid)
         if self.tap is None or self.tap.unavailable:
             return

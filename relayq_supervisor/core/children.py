@@ -82,8 +82,8 @@ class AdoptedProcess(ChildProcess):
 
 
 class ProcessSpawner:
-    """The arbiter's Spawner: fork+exec with the exec gate, where `before_exec(pid)`
-    runs (the signal tap seizes the child there)."""
+    """The arbiter's Spawner: core/spawn.py's spawn(), whose exec gate is where
+    `before_exec(pid)` runs (the signal tap seizes the child there)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, supervisor: SupervisorSpec,
                  before_exec: Callable[[int], None] | None = None):

@@ -1,5 +1,5 @@
-"""Thin wrappers over Linux facilities: signalfd, ptrace, prctl, siginfo (ctypes), the /proc
-readers (procfs), file identity and rotation (files), the sd_notify socket (notify_socket).
+"""Thin wrappers over Linux facilities: signalfd, ptrace, prctl, siginfo, posix_spawn (ctypes),
+the /proc readers (procfs), file identity and rotation (files), the sd_notify socket (notify_socket).
 
 This layer knows no policy: no logging, no configuration. Every ctypes call is a
 documented syscall (through its glibc wrapper) that raises OSError(errno, msg).

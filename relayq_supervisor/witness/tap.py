@@ -1,14 +1,18 @@
 """The signal tap: sees every signal sent to a supervised child, and who sent it.
 
 The supervisor is the parent of every child, so it may trace them. It seizes each
-child between fork and exec (spawn's gate), with TRACECLONE so every thread, including
-ones made later, is traced, and TRACEEXEC so exec is an event stop, not a SIGTRAP.
+child while it waits at spawn's gate, before the program's first instruction, with
+TRACECLONE so every thread, including ones made later, is traced. Not TRACEEXEC: a
+PTRACE_SEIZEd tracee gets no SIGTRAP on exec without it (only PTRACE_ATTACH/TRACEME
+tracees do), the former thread id it reports after an exec from a non-leader thread is
+of no use to a tap that keeps no per-thread state, and with it every start would stop
+at exec until the loop answered.
 At each signal-delivery-stop the kernel's siginfo names the sender; the decision to
 deliver or suppress is the caller's (`on_signal`). Everything here is ptrace(2):
 - group-stop (SIGSTOP/SIGTSTP/...) of a seized tracee is reported as PTRACE_EVENT_STOP
   and must be answered with PTRACE_LISTEN, so the process really stays stopped and a
   later SIGCONT still reaches us;
-- other event stops (clone, exec, a new thread's first stop) resume with no signal;
+- other event stops (clone, a new thread's first stop, PTRACE_INTERRUPT) resume with no signal;
 - a tracee belongs to the thread that seized it: all calls come from the loop thread;
 - PTRACE_O_EXITKILL is never set: a supervisor crash must not take Redis with it.
 """
@@ -21,7 +25,7 @@ from collections.abc import Callable
 from relayq_supervisor.linux import ptrace
 from relayq_supervisor.linux.siginfo import Siginfo
 
-OPTIONS = ptrace.PTRACE_O_TRACECLONE | ptrace.PTRACE_O_TRACEEXEC
+OPTIONS = ptrace.PTRACE_O_TRACECLONE
 
 
 class SignalTap:
@@ -34,7 +38,7 @@ class SignalTap:
         return f"unavailable ({self.unavailable})" if self.unavailable else "attached"
 
     def attach(self, pid: int) -> bool:
-        """Seize a freshly forked child (still waiting at the exec gate)."""
+        """Seize a freshly spawned child (still waiting at spawn's gate)."""
         if self.unavailable:
             return False
         try:
