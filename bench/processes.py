@@ -41,6 +41,16 @@ def poll_until(check, timeout: float, what: str, interval: float = 0.005):
         time.sleep(interval)
 
 
+def stop_supervisor(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM (an ordered shutdown), SIGKILL if it is still there after `timeout`; reaped."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def kill_by_pidfd(pid: int, signo: int = signal.SIGKILL) -> bool:
     """Signal `pid` through a pidfd (no recycled-pid accident); False if it is gone."""
     try:

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from bench.processes import stop_supervisor
 from bench.witness_cost import cpu_seconds, table, witness_stats
 from relayq_supervisor.linux import tracefs as tracefs_files
 from relayq_supervisor.witness.tracefs import in_initial_pid_namespace
@@ -143,12 +143,7 @@ def supervisor_run(workdir: Path, witness: bool, rates: list[float], window: flo
                                 f"pid {sender['pid']} {sender.get('comm')} ({sender.get('seen_by')})"
                                 if sender else event.get("note", "not reported")))
     finally:
-        sup.send_signal(signal.SIGTERM)
-        try:
-            sup.wait(30)
-        except subprocess.TimeoutExpired:
-            sup.kill()
-            sup.wait()
+        stop_supervisor(sup)
         log.close()
     return rows, latency
 

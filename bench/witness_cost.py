@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from bench.processes import stop_supervisor
 from relayq_supervisor.linux import tracefs as tracefs_files
 from relayq_supervisor.witness.tracefs import KernelWitness, in_initial_pid_namespace
 
@@ -136,12 +136,7 @@ def supervisor_run(workdir: Path, witness: bool, rates: list[float], window: flo
             rows.append((state.split(" (")[0], f"{rate:g}", f"{done / took:.0f}", f"{100 * cpu / took:.2f} %",
                          f"{lines / took:.0f}" if stats else "-", str(lost) if stats else "-"))
     finally:
-        sup.send_signal(signal.SIGTERM)
-        try:
-            sup.wait(30)
-        except subprocess.TimeoutExpired:
-            sup.kill()
-            sup.wait()
+        stop_supervisor(sup)
         log.close()
     return rows
 
