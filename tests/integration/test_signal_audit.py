@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import subprocess
@@ -21,11 +20,7 @@ def ping(port: int) -> bool:
 
 
 def audit_events(sup, kind=None):
-    path = sup.dir / "log" / "audit.jsonl"
-    if not path.exists():
-        return []
-    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [e for e in events if kind is None or e["event"] == kind]
+    return sup.audit_events(kind)
 
 
 def signal_events(sup, target_pid=None, signame=None, via="ptrace"):

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import support
 
 from relayq_supervisor.core import spawn as spawn_mod
 from relayq_supervisor.core.spawn import (
@@ -85,14 +86,7 @@ def output() -> Iterator[tuple[int, int]]:
 
 
 def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLINE):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.002)
+    return support.wait_for(predicate, timeout, 0.002, what)
 
 
 def wait_exit(pid: int, timeout: float = DEADLINE) -> int:

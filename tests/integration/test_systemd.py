@@ -15,10 +15,7 @@ from support import PYTHON, WORKER, redis_config, wait_for
 
 
 def audit_events(sup, kind):
-    path = sup.dir / "log" / "audit.jsonl"
-    if not path.exists():
-        return []
-    return [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] == kind]
+    return sup.audit_events(kind)
 
 
 class NotifySocket:

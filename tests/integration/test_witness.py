@@ -7,7 +7,6 @@ tracefs is mounted for the module if it was not, and unmounted afterwards.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import subprocess
@@ -76,11 +75,7 @@ def program_config(*, protect: bool = False, tap: bool = True) -> str:
 
 
 def audit_events(sup, kind=None):
-    path = sup.dir / "log" / "audit.jsonl"
-    if not path.exists():
-        return []
-    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [e for e in events if kind is None or e["event"] == kind]
+    return sup.audit_events(kind)
 
 
 def signals_to(sup, pid, name):

@@ -21,11 +21,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from support import wait_for
 
 SYSTEMD = "/lib/systemd/systemd"
 BOOT_SCRIPT = Path(__file__).with_name("boot.sh")
@@ -52,14 +53,7 @@ class Refused(Exception):
 
 def poll(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """The first truthy value of predicate(), or AssertionError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
+    return wait_for(predicate, timeout, interval, what)
 
 
 def cgroup2_mount() -> str | None:
