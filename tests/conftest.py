@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 from support import Supervisor, free_port, kill_and_reap
+from support.netns import NetnsRefused, create_pair
 
 
 @pytest.fixture
@@ -21,10 +22,10 @@ def procs():
 def make_supervisor(tmp_path):
     started: list[Supervisor] = []
 
-    def make(config_text: str, subdir: str | None = None) -> Supervisor:
+    def make(config_text: str, subdir: str | None = None, host=None) -> Supervisor:
         where = tmp_path / subdir if subdir else tmp_path
         where.mkdir(exist_ok=True)
-        sup = Supervisor(where, config_text)
+        sup = Supervisor(where, config_text, host=host)
         started.append(sup)
         return sup
 
@@ -36,3 +37,15 @@ def make_supervisor(tmp_path):
 @pytest.fixture
 def port():
     return free_port()
+
+
+@pytest.fixture
+def hosts():
+    """Two network namespaces joined by a veth pair (support.netns), removed afterwards;
+    skipped with the kernel's reason where namespaces are refused."""
+    try:
+        pair = create_pair()
+    except NetnsRefused as e:
+        pytest.skip(str(e))
+    yield pair
+    pair.remove()

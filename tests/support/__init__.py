@@ -104,8 +104,9 @@ def kill_and_reap(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 class Supervisor:
     """A real relayq-supervisor process on a config in its own temp dir."""
 
-    def __init__(self, tmp_path, config_text: str):
+    def __init__(self, tmp_path, config_text: str, host=None):
         self.dir = tmp_path
+        self.host = host            # a support.netns.Host: run inside its network namespace
         self.config = tmp_path / "config.toml"
         self.config.write_text(config_text)
         self.log_path = tmp_path / "supervisor.log"
@@ -114,7 +115,8 @@ class Supervisor:
 
     def start(self, *extra, env=None) -> Supervisor:
         self.log_file = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([PYTHON, "-m", "relayq_supervisor", "-c", str(self.config), *extra],
+        argv = [PYTHON, "-m", "relayq_supervisor", "-c", str(self.config), *extra]
+        self.proc = subprocess.Popen(self.host.argv(argv) if self.host is not None else argv,
                                      stdout=self.log_file, stderr=subprocess.STDOUT, cwd=self.dir,
                                      env=env or os.environ.copy())
         return self
