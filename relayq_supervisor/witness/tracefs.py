@@ -31,12 +31,15 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relayq_supervisor.linux import tracefs
 from relayq_supervisor.linux.procfs import proc_start_ticks
 from relayq_supervisor.linux.siginfo import code_name, signal_name
 from relayq_supervisor.witness.identity import CLOCK_TICKS, MAX_ANCESTRY, ProcessIdentity
+
+if TYPE_CHECKING:
+    from relayq_supervisor.witness.connections import NetnsGate, OwnConnections
 
 log = logging.getLogger(__name__)
 
@@ -480,11 +483,14 @@ CLIENT_LATE_SLACK_S = 2.0
 CLIENT_LOOKUP_READS = 128       # ~1 MiB of trace, ~4,000 lines: a lookup is rare (a denial)
 
 
-def client_filter_expression(port: int) -> str:
+def client_filter_expression(*ports: int) -> str:
     """Client side only (dport), and only the transitions used: into SYN_SENT (who connects),
-    out of SYN_SENT (its port, or its failure), out of ESTABLISHED (the close). FIN_WAIT2
-    and CLOSE would be two more lines per connection, and a trace_pipe read gives ~8 KiB."""
-    return f"dport == {int(port)} && (newstate == 2 || oldstate == 2 || oldstate == 1)"
+    out of SYN_SENT (its port, or its failure), out of ESTABLISHED or CLOSE_WAIT (the close;
+    the latter when the server closed first). FIN_WAIT2 and CLOSE would be two more lines per
+    connection, and a trace_pipe read gives ~8 KiB."""
+    wanted = sorted({int(p) for p in ports})
+    dports = " || ".join(f"dport == {p}" for p in wanted)
+    return f"({dports}) && (newstate == 2 || oldstate == 2 || oldstate == 1 || oldstate == 8)"
 
 
 @dataclass(frozen=True)
@@ -585,6 +591,10 @@ class KernelWitness:
         self.has_oom = False
         self.clients = ClientConnections(max_age=max_age)
         self.client_port: int | None = None
+        # this node's own connections to a remote Redis (witness/connections.py), and the
+        # judge of whether a socket event is of our network namespace (the tracepoint is global)
+        self.connections: OwnConnections | None = None
+        self.gate: NetnsGate | None = None
         # "a client connection to the watched port closed" (not our own): a prompt to read ACL LOG
         self.on_client_closed: Callable[[], None] | None = None
 
@@ -711,18 +721,66 @@ class KernelWitness:
         and when each closed. False (logged) where the kernel has no such event."""
         if self.instance is None:
             return False
+        if not self._trace_sockets(port, *(self.connections.ports if self.connections else ())):
+            return False
+        self.client_port = port
+        return True
+
+    def watch_connections(self, destinations: Iterable[tuple[str, int]]) -> bool:
+        """Also trace this node's own connections to `destinations` (the cluster's Redis,
+        remote: ip, port), for `who_held`. False (logged) where the kernel cannot."""
+        from relayq_supervisor.witness.connections import OwnConnections
+        if self.instance is None:
+            return False
+        own = OwnConnections(destinations, self.netns_gate(), max_age=self.history.max_age)
+        ports = (self.client_port,) if self.client_port is not None else ()
+        if not own.ports or not self._trace_sockets(*ports, *own.ports):
+            return False
+        self.connections = own
+        return True
+
+    def netns_gate(self) -> NetnsGate:
+        from relayq_supervisor.witness.connections import NetnsGate
+        if self.gate is None:
+            self.gate = NetnsGate()
+        return self.gate
+
+    def _trace_sockets(self, *ports: int) -> bool:
+        assert self.instance is not None
         try:
             if not tracefs.has_event(self.instance, *SOCK_EVENT):
                 log.warning("kernel witness: no sock:inet_sock_set_state on this kernel; "
                             "Redis clients are named only while connected")
                 return False
-            tracefs.set_filter(self.instance, *SOCK_EVENT, client_filter_expression(port))
+            tracefs.set_filter(self.instance, *SOCK_EVENT, client_filter_expression(*ports))
             tracefs.enable_event(self.instance, *SOCK_EVENT)
         except OSError as e:
-            log.warning("kernel witness: cannot trace connections to port %d (%s)", port, e.strerror or e)
+            log.warning("kernel witness: cannot trace connections to port(s) %s (%s)",
+                        ", ".join(map(str, ports)), e.strerror or e)
             return False
-        self.client_port = port
+        self.netns_gate()
         return True
+
+    def who_held(self, addr: str, port: int, at: float | None = None) -> dict[str, Any] | None:
+        """The local process that held source `addr`:`port` in a connection to a watched
+        remote destination at `at` (epoch; None: the latest), as an identity with its
+        `connection`; None when the trace never saw one then."""
+        if self.connections is None:
+            return None
+        self.drain(CLIENT_LOOKUP_READS)
+        r = self.connections.get(addr, port)
+        if r is None:
+            return None
+        if at is not None and not r.held_at(at - _boot_to_epoch(0.0), CLIENT_TIME_SLACK_S, CLIENT_LATE_SLACK_S):
+            return None
+        ts = r.connected if r.connected is not None else (r.closed or 0.0)
+        out = self.namer.name_record(r.pid, r.process, ts, r.task, None)
+        out["connection"] = {"addr": f"{r.ip}:{r.port}" if ":" not in r.ip else f"[{r.ip}]:{r.port}",
+                             "to": f"{r.dest[0]}:{r.dest[1]}",
+                             "connected": _boot_to_epoch(r.connected) if r.connected is not None else None,
+                             "closed": _boot_to_epoch(r.closed) if r.closed is not None else None,
+                             "joined": r.joined}
+        return out
 
     def client_of(self, addr: str, at: float | None = None) -> dict[str, Any] | None:
         """The process that connected from `addr` (a Redis client address) as an identity
@@ -814,7 +872,13 @@ class KernelWitness:
                 self.signal_seen(seen)
         elif event == "inet_sock_set_state":
             st = parse_sock(parsed)
-            if st is not None and st.dport == self.client_port:
+            if st is None:
+                return
+            if self.connections is not None and self.connections.wants(st):
+                self.connections.seen(st, self.history)
+            elif st.dport == self.client_port:
+                if st.newstate == "TCP_SYN_SENT" and self.gate is not None and not self.gate.ours(st, self.history):
+                    return          # another network namespace's client (a container, a test's other host)
                 closed = self.clients.seen(st, self.history)
                 if closed is not None and closed.pid != self.self_pid and self.on_client_closed is not None:
                     self.on_client_closed()
@@ -852,6 +916,8 @@ class KernelWitness:
                 "lines": self.lines, "signals": self.signals, "lost": self.namer.lost,
                 "clients_known": len(self.clients), "client_connects": self.clients.connects,
                 "client_closes": self.clients.closes, "clients_unnamed": self.clients.unclaimed,
+                "own_connections": len(self.connections) if self.connections is not None else None,
+                "other_netns_events": self.gate.foreign if self.gate is not None else 0,
                 "watched": sorted(self.watched)}
 
 

@@ -6,7 +6,6 @@ import os
 import subprocess
 
 import psutil
-
 from support import PYTHON
 from support.netns import NETNS_DIR
 
