@@ -22,6 +22,7 @@ from relayq_supervisor import doctor, kinds
 from relayq_supervisor.audit.log import AuditLog, make_event
 from relayq_supervisor.background import start_task
 from relayq_supervisor.cluster.publisher import ClusterPublisher
+from relayq_supervisor.cluster.whois import Whois
 from relayq_supervisor.config import Config, children_path, load_config
 from relayq_supervisor.control.server import ControlServer
 from relayq_supervisor.core import reload as reload_diff
@@ -34,6 +35,7 @@ from relayq_supervisor.core.states import State
 from relayq_supervisor.errors import RelayqError, ReloadRefused, StartupError
 from relayq_supervisor.ground import GroundWatch
 from relayq_supervisor.kinds import Cancellable, KindContext, ProgramKind
+from relayq_supervisor.kinds.redis import RedisKind
 from relayq_supervisor.linux import prctl, ptrace
 from relayq_supervisor.linux.notify_socket import ChildNotifySocket
 from relayq_supervisor.linux.procfs import own_children, proc_start_ticks
@@ -109,9 +111,13 @@ class Node:
         self.notify_socket = ChildNotifySocket()
         clients = TracedClients(self.kernel_witness, self.attribution) \
             if self.kernel_witness is not None and config.redis is not None else None
+        # [cluster]: the Redis node asks the node owning a denied client's address; every node answers
+        self.whois = Whois(config, self.redis_admin, self.attribution.name_process,
+                           self.who_held if self.kernel_witness is not None else None) \
+            if config.cluster is not None else None
         self.kind_context = KindContext(supervisor=config.supervisor, call_later=self.loop.call_later,
                                         locks=self.locks, audit=self.audit, name_process=self.attribution.name_process,
-                                        clients=clients)
+                                        clients=clients, remote_clients=self.whois.asker if self.whois else None)
         base_env = {k: v for k, v in os.environ.items() if k not in _NOT_FOR_CHILDREN}
         base_env["PATH"] = children_path()
         base_env["NOTIFY_SOCKET"] = self.notify_socket.address
@@ -176,6 +182,26 @@ class Node:
             self.locks.note(program_key(p.base), children={q.name: {"pid": q.pid, "start_ticks": proc_start_ticks(q.pid)}
                                               for q in self.arbiter.graph.instances(p.base) if q.pid})
             self.arbiter.kinds[p.base].record_running(p.pid)
+
+    def redis_admin(self) -> Any:
+        """The Redis node's admin client (whois checks an answer's connection with CLIENT LIST)."""
+        assert self.config.redis is not None
+        kind = self.arbiter.kinds[self.config.redis.name]
+        assert isinstance(kind, RedisKind)
+        return kind.client()
+
+    def who_held(self, ip: str, port: int, at: float | None) -> dict[str, Any] | None:
+        assert self.kernel_witness is not None
+        return self.attribution.name_traced(self.kernel_witness.who_held(ip, port, at))
+
+    async def watch_cluster_connections(self) -> None:
+        """A worker node's witness records its processes' connections to the cluster's Redis."""
+        assert self.whois is not None
+        w = self.kernel_witness
+        destinations = await self.whois.remote_redis()
+        if w is not None and w.instance is not None and destinations and w.watch_connections(destinations):
+            log.info("kernel witness: recording connections to the cluster's Redis (%s)",
+                     ", ".join(f"{ip}:{port}" for ip, port in destinations))
 
     def remote_ready(self, name: str) -> bool:
         """A dependency on another node (`redis` on a worker-only node) is met: its Redis answers."""
@@ -316,6 +342,10 @@ class Node:
         await self.start_metrics()
         if self.cluster is not None:
             self.cluster.start()
+        if self.whois is not None:
+            self.whois.start()
+            if self.kernel_witness is not None:
+                start_task(self.watch_cluster_connections(), "witness: the cluster's Redis")
         log.info("started pid %d with %s (%d programs)", os.getpid(), self.config.path, len(self.programs))
         self.ground.warn_about_rivals()
         self.ground.start(self.loop)
@@ -526,6 +556,8 @@ class Node:
         await self.end_leftovers()
         if self.cluster is not None and self.config.redis is None:
             await self.cluster.close()
+        if self.whois is not None:
+            await self.whois.close()
         for kind in self.arbiter.kinds.values():
             await kind.close()
         log.info("all programs stopped, exiting")
@@ -599,6 +631,8 @@ class Node:
             header.update(kind.describe())
         if self.cluster is not None:
             header["cluster"] = self.cluster.describe()
+        if self.whois is not None:
+            header["whois"] = self.whois.describe()
         return {"supervisor": header, "programs": self.arbiter.status()}
 
     def status_notes(self) -> list[str]:

@@ -85,6 +85,21 @@ class ClientWitness(Protocol):
         ...
 
 
+class RemoteClients(Protocol):
+    """The cluster's other nodes (cluster/whois.py): who held a client address that is
+    not this node's, asked of the node that owns it."""
+
+    def is_remote(self, addr: str) -> bool:
+        """Whether `addr` (`10.0.0.2:51234`) is another host's (not one of ours, not loopback)."""
+        ...
+
+    async def ask(self, addr: str, redis_port: int, at: float | None,
+                  late: Callable[[dict[str, Any] | None, str], None]) -> tuple[dict[str, Any] | None, str]:
+        """(the sender, with its `node`, "") or (None, why not) within a deadline; an
+        answer after it goes to `late` (sender, note). Never raises."""
+        ...
+
+
 @dataclass(frozen=True)
 class KindContext:
     """What kinds may use of the supervisor: its settings, its timers, its locks, its
@@ -95,6 +110,7 @@ class KindContext:
     audit: Callable[..., dict[str, Any]]
     name_process: Callable[[int], dict[str, Any] | None]   # pid -> pinned identity, None if gone
     clients: ClientWitness | None = None                    # None: no kernel witness configured
+    remote_clients: RemoteClients | None = None             # None: not the Redis node of a [cluster]
 
 
 @dataclass(frozen=True)

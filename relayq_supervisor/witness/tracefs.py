@@ -483,14 +483,19 @@ CLIENT_LATE_SLACK_S = 2.0
 CLIENT_LOOKUP_READS = 128       # ~1 MiB of trace, ~4,000 lines: a lookup is rare (a denial)
 
 
-def client_filter_expression(*ports: int) -> str:
-    """Client side only (dport), and only the transitions used: into SYN_SENT (who connects),
+def client_filter_expression(*ports: int, server: int | None = None) -> str:
+    """Client side (dport), and only the transitions used: into SYN_SENT (who connects),
     out of SYN_SENT (its port, or its failure), out of ESTABLISHED or CLOSE_WAIT (the close;
     the latter when the server closed first). FIN_WAIT2 and CLOSE would be two more lines per
-    connection, and a trace_pipe read gives ~8 KiB."""
+    connection, and a trace_pipe read gives ~8 KiB. With `server` (our Redis' port): also its
+    side of a close the client began (ESTABLISHED -> CLOSE_WAIT), the one line a client on
+    another host leaves on this kernel: the prompt to read ACL LOG."""
     wanted = sorted({int(p) for p in ports})
     dports = " || ".join(f"dport == {p}" for p in wanted)
-    return f"({dports}) && (newstate == 2 || oldstate == 2 || oldstate == 1 || oldstate == 8)"
+    expr = f"({dports}) && (newstate == 2 || oldstate == 2 || oldstate == 1 || oldstate == 8)"
+    if server is not None:
+        expr = f"({expr}) || (sport == {int(server)} && oldstate == 1 && newstate == 8)"
+    return expr
 
 
 @dataclass(frozen=True)
@@ -721,9 +726,10 @@ class KernelWitness:
         and when each closed. False (logged) where the kernel has no such event."""
         if self.instance is None:
             return False
-        if not self._trace_sockets(port, *(self.connections.ports if self.connections else ())):
-            return False
         self.client_port = port
+        if not self._trace_sockets(port, *(self.connections.ports if self.connections else ())):
+            self.client_port = None
+            return False
         return True
 
     def watch_connections(self, destinations: Iterable[tuple[str, int]]) -> bool:
@@ -752,7 +758,7 @@ class KernelWitness:
                 log.warning("kernel witness: no sock:inet_sock_set_state on this kernel; "
                             "Redis clients are named only while connected")
                 return False
-            tracefs.set_filter(self.instance, *SOCK_EVENT, client_filter_expression(*ports))
+            tracefs.set_filter(self.instance, *SOCK_EVENT, client_filter_expression(*ports, server=self.client_port))
             tracefs.enable_event(self.instance, *SOCK_EVENT)
         except OSError as e:
             log.warning("kernel witness: cannot trace connections to port(s) %s (%s)",
@@ -876,6 +882,10 @@ class KernelWitness:
                 return
             if self.connections is not None and self.connections.wants(st):
                 self.connections.seen(st, self.history)
+            elif st.sport == self.client_port and st.newstate == "TCP_CLOSE_WAIT":
+                # our Redis' side of a client's close: the only line a remote client leaves here
+                if self.on_client_closed is not None:
+                    self.on_client_closed()
             elif st.dport == self.client_port:
                 if st.newstate == "TCP_SYN_SENT" and self.gate is not None and not self.gate.ours(st, self.history):
                     return          # another network namespace's client (a container, a test's other host)

@@ -104,6 +104,9 @@ def test_the_gate_reads_a_live_process_namespace_and_a_gone_loopback_clients_anc
 def test_the_filter_covers_every_port_and_the_close_after_the_server_closed():
     assert client_filter_expression(6379, 6380, 6379) == \
         "(dport == 6379 || dport == 6380) && (newstate == 2 || oldstate == 2 || oldstate == 1 || oldstate == 8)"
+    assert client_filter_expression(6379, server=6379) == \
+        "((dport == 6379) && (newstate == 2 || oldstate == 2 || oldstate == 1 || oldstate == 8)) || " \
+        "(sport == 6379 && oldstate == 1 && newstate == 8)"
 
 
 def test_who_held_names_a_gone_process_within_its_connection_life():

@@ -11,16 +11,18 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from relayq_supervisor.background import start_task
 from relayq_supervisor.kinds.redis import acl as redis_acl
 from relayq_supervisor.witness.identity import ProcessIdentity
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-    from relayq_supervisor.kinds import Cancellable, KindContext, Program
+    from relayq_supervisor.kinds import Cancellable, KindContext, Program, RemoteClients
     from relayq_supervisor.kinds.redis import RedisKind
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,44 @@ class RedisHealth:
 
     def record_denial(self, p: Program, d: redis_acl.Denial, since: float | None = None) -> None:
         """`since`: when the previous ACL LOG read was sent; attempts new in `d` came after it."""
+        remote = self.ctx.remote_clients
+        if remote is not None and d.client_addr and remote.is_remote(d.client_addr):
+            # another node's client: ask that node, without holding up anything else
+            start_task(self.record_remote_denial(p, d, remote), f"{p.name}: who held {d.client_addr}")
+            return
+        self.record_local_denial(p, d, since)
+
+    async def record_remote_denial(self, p: Program, d: redis_acl.Denial, remote: RemoteClients) -> None:
+        """The denial, written once the node owning the address answered (or the deadline
+        passed: then an answer that comes later is a follow-up `attribution` event)."""
+        denial_id = uuid.uuid4().hex[:16]
+        written: list[dict[str, Any]] = []
+
+        def late(sender: dict[str, Any] | None, note: str) -> None:
+            attribution = self.ctx.audit("attribution", program=p.name, denial=denial_id, client_addr=d.client_addr,
+                                         command=d.command, sender=sender, **({"note": note} if note else {}))
+            for event in written:           # `why` shows the amended denial
+                event["sender"], event["note"] = sender, note or None
+                event["amended_by"] = attribution.get("ts")
+            who = self.describe_remote(sender) if sender else note
+            log.warning("%s: the denied %s from %s was by %s (a late answer)", p.name, d.command, d.client_addr, who)
+
+        sender, note = await remote.ask(d.client_addr or "", self.kind.redis.port, d.updated_epoch, late)
+        event = self.ctx.audit("redis_denied", id=denial_id, program=p.name, command=d.command, reason=d.reason,
+                               context=d.context, user=d.user, client_addr=d.client_addr,
+                               client_laddr=d.client_laddr, client_name=d.client_name, count=d.count_new,
+                               count_total=d.count_total, sender=sender, **({"note": note} if note else {}))
+        written.append(event)
+        p.remember(event)
+        log.warning("%s: denied %s x%d by user %s from %s (%s); only the supervisor may stop Redis: "
+                    "`relayqctl stop redis`", p.name, d.command, d.count_new, d.user, d.client_addr,
+                    self.describe_remote(sender) if sender else note)
+
+    @staticmethod
+    def describe_remote(sender: dict[str, Any]) -> str:
+        return f"node {sender.get('node')} {ProcessIdentity.from_dict(sender).describe()}"
+
+    def record_local_denial(self, p: Program, d: redis_acl.Denial, since: float | None = None) -> None:
         sender, note = None, None
         port = self.kind.redis.port
         pid = redis_acl.find_client_process(d.client_addr, port) if d.client_addr else None
