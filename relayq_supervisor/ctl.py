@@ -548,11 +548,13 @@ def audit_timeline(args) -> int:
     # what both see is shown once
     live = review.follow(path) if args.follow else None
     recent: collections.deque[str] = collections.deque(maxlen=200)
+    # late answers from other nodes, joined to the denials they amend
+    late = review.attributions_by_denial(review.iter_events(path))
     stream = review.iter_events(path)
     for event in stream:
         recent.append(json.dumps(event, sort_keys=True, default=str))
         if wanted.matches(event):
-            emit(event)
+            emit(review.join_attribution(event, late))
     if not stream.files and not args.follow:
         print(f"relayqctl audit: {path}: no audit log yet", file=sys.stderr)
         return EXIT_FAILURE

@@ -11,7 +11,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
@@ -295,15 +295,23 @@ def _format_exit(e: dict[str, Any]) -> str:
 
 
 def _format_redis_denied(e: dict[str, Any]) -> str:
-    line = (
-        f"{e.get('program') or 'redis'} DENIED {e.get('command')} by user {e.get('user')}"
-        f" from {e.get('client_addr')}"
-    )
+    head = f"{e.get('program') or 'redis'} DENIED {e.get('command')} by user {e.get('user')}"
     sender = describe_sender(e.get("sender"))
-    if sender:
-        line += f" ({sender}{_client_parents(e['sender'])})"
-    elif e.get("client_name"):
-        line += f" (client name {e['client_name']})"
+    late = e.get("attributed")
+    if isinstance(late, dict):
+        # named by another node after the denial was written (joined by join_attribution)
+        line = f"{head} from {e.get('client_addr')} ({e.get('note')}; answered later: {_late_answer(late)})"
+    elif sender and e["sender"].get("node"):
+        # another node's process, as that node answered (cluster/whois.py)
+        line = f"{head} from {_remote(e['sender'])} ({e.get('client_addr')})"
+    else:
+        line = f"{head} from {e.get('client_addr')}"
+        if sender:
+            line += f" ({sender}{_client_parents(e['sender'])})"
+        elif e.get("note") and e.get("id"):         # asked another node: its answer, or why none
+            line += f" ({e['note']})"
+        elif e.get("client_name"):
+            line += f" (client name {e['client_name']})"
     count = e.get("count")
     folded = e.get("folded") if isinstance(e.get("folded"), dict) else None
     if folded and isinstance(folded.get("clients"), list):
@@ -314,6 +322,41 @@ def _format_redis_denied(e: dict[str, Any]) -> str:
     elif isinstance(count, int) and count > 1:
         line += f" x{count}"
     return line
+
+
+def _remote(sender: dict[str, Any]) -> str:
+    return f"{sender.get('node')} {describe_sender(sender)}{_client_parents(sender)}"
+
+
+def _late_answer(e: dict[str, Any]) -> str:
+    sender = e.get("sender")
+    if isinstance(sender, dict) and describe_sender(sender):
+        return _remote(sender)
+    return str(e.get("note") or "no process named")
+
+
+def _format_attribution(e: dict[str, Any]) -> str:
+    """A late answer about an earlier denial (joined to it by `join_attributions`)."""
+    return (f"{e.get('program') or 'redis'} the DENIED {e.get('command')} from {e.get('client_addr')} "
+            f"(denial {e.get('denial')}) was by {_late_answer(e)} (a late answer)")
+
+
+def attributions_by_denial(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Late answers (`attribution` events) by the id of the denial they amend."""
+    return {str(e["denial"]): e for e in events if e.get("event") == "attribution" and e.get("denial")}
+
+
+def join_attribution(event: dict[str, Any], late: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A denial with its late answer, if one came: `attributed` (the attribution event), and
+    its sender once named (JSON readers find `sender.node` where they look for it)."""
+    answer = late.get(str(event.get("id"))) if event.get("event") == "redis_denied" and event.get("id") else None
+    if answer is None:
+        return event
+    joined = dict(event, attributed=answer)
+    if joined.get("sender") is None and isinstance(answer.get("sender"), dict):
+        joined["sender"] = answer["sender"]
+        joined["attributed_late"] = True
+    return joined
 
 
 def _client_parents(sender: dict[str, Any], width: int = 2) -> str:
@@ -386,6 +429,7 @@ _FORMATTERS: dict[Any, Callable[[dict[str, Any]], str]] = {
     "signal": _format_signal,
     "exit": _format_exit,
     "redis_denied": _format_redis_denied,
+    "attribution": _format_attribution,
     "spawn": _format_spawn,
     "backoff": _format_backoff,
     "gave_up": _format_gave_up,

@@ -130,6 +130,8 @@ class Supervisor:
 
     def ctl(self, cmd: str, *args, check=False, timeout=60) -> subprocess.CompletedProcess:
         argv = [PYTHON, "-m", "relayq_supervisor.ctl", cmd, "-c", str(self.config), *args]
+        if self.host is not None:       # `--cluster` reaches Redis from the supervisor's host
+            argv = self.host.argv(argv)
         r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.dir)
         if check and r.returncode != 0:
             raise AssertionError(f"relayqctl {cmd} {' '.join(args)} exited {r.returncode}: {r.stdout}{r.stderr}")

@@ -53,6 +53,7 @@ class HostPair:
     a: Host
     b: Host
     created: list[str] = field(default_factory=list)
+    outsider: Host | None = None    # a third host on a link of its own to `a` (10.254.1.2)
 
     def remove(self) -> None:
         """Delete the namespaces (the veth pair goes with them); never raises."""
@@ -61,9 +62,11 @@ class HostPair:
         self.created.clear()
 
 
-def create_pair(tag: str | None = None) -> HostPair:
-    """Two namespaces `rq<tag>a`, `rq<tag>b` with a veth pair between them, loopback up.
-    Raises NetnsRefused (after removing what was made) where the kernel says no."""
+def create_pair(tag: str | None = None, outsider: bool = False) -> HostPair:
+    """Two namespaces `rq<tag>a`, `rq<tag>b` with a veth pair between them, loopback up;
+    with `outsider`, a third, `rq<tag>c` (10.254.1.2), on a second link to `a`, routed to
+    a's addresses through it. Raises NetnsRefused (after removing what was made) where the
+    kernel says no."""
     if os.geteuid() != 0:
         raise NetnsRefused("network namespaces need root")
     tag = tag or str(os.getpid())
@@ -81,6 +84,18 @@ def create_pair(tag: str | None = None) -> HostPair:
             # nodad: the address is usable at once, not after duplicate detection (~1 s)
             _ip("-n", h.netns, "addr", "add", f"{h.ipv6}/64", "dev", h.link, "nodad")
             _ip("-n", h.netns, "link", "set", h.link, "up")
+        if outsider:
+            c = pair.outsider = Host(f"rq{tag}c", "10.254.1.2", "fd00:254:1::2", f"rq{tag}c"[:15])
+            _ip("netns", "add", c.netns)
+            pair.created.append(c.netns)
+            a_side = f"rq{tag}ac"[:15]
+            _ip("link", "add", a_side, "netns", a.netns, "type", "veth", "peer", "name", c.link, "netns", c.netns)
+            _ip("-n", a.netns, "addr", "add", "10.254.1.1/24", "dev", a_side)
+            _ip("-n", a.netns, "link", "set", a_side, "up")
+            _ip("-n", c.netns, "link", "set", "lo", "up")
+            _ip("-n", c.netns, "addr", "add", f"{c.ipv4}/24", "dev", c.link)
+            _ip("-n", c.netns, "link", "set", c.link, "up")
+            _ip("-n", c.netns, "route", "add", "default", "via", "10.254.1.1")
     except BaseException:
         pair.remove()
         raise
