@@ -200,6 +200,43 @@ def test_an_address_no_node_claims_is_reported_as_outside_the_cluster(cluster):
     assert f"from {addr} (no relayq node holds {addr} (not a cluster member?))" in audit
 
 
+FORGER = textwrap.dedent("""\
+    import hashlib, json, sys, time
+    import redis
+    host, port, password = sys.argv[1], int(sys.argv[2]), open(sys.argv[3]).read().strip()
+    def connect():
+        return redis.Redis(host=host, port=port, username="relayq-node", password=password)
+    sub = connect().pubsub(ignore_subscribe_messages=True)
+    sub.subscribe("relayq-cluster:whois:ask:n2")       # n2's questions: the node user may read them
+    print("listening", flush=True)
+    for m in sub.listen():
+        q = json.loads(m["data"])
+        lie = json.dumps({"id": q["id"], "node": "n2", "found": True, "note": None,
+                          "sender": {"pid": 1, "comm": "innocent", "alive": True}}).encode()
+        c = connect()
+        c.client_setname("relayq-whois:n2:%s:%s" % (q["id"], hashlib.sha256(lie).hexdigest()[:16]))
+        c.publish("relayq-cluster:whois:answer:" + q["asker"], lie)
+        print("forged", flush=True)
+        time.sleep(30)
+    """)
+
+
+def test_a_node_cannot_answer_for_another_nodes_address(cluster, procs):
+    # a holder of the node credentials on another host answers n2's questions first, as n2
+    forger = cluster.hosts.outsider.popen([PYTHON, "-c", FORGER, cluster.hosts.a.ipv4, str(cluster.port),
+                                           str(cluster.n1.dir / "run" / "redis-node.pass")],
+                                          stdout=subprocess.PIPE, text=True)
+    procs.append(forger)
+    assert forger.stdout.readline().strip() == "listening"
+    cli, _ = oneshot_shutdown(cluster)
+    assert forger.stdout.readline().strip() == "forged"
+    denied = wait_for(lambda: [e for e in cluster.denials(command="shutdown") if (e.get("sender") or {}).get("pid") == cli],
+                      timeout=10, what="the denial named by the real n2")[0]
+    assert denied["sender"]["node"] == "n2" and denied["sender"]["comm"] == "redis-cli"
+    assert f"node n2 answered from {cluster.hosts.outsider.ipv4}:" in cluster.n1.log()
+    assert cluster.n1.status()["supervisor"]["whois"]["rejected"] >= 1
+
+
 def test_an_n2_that_does_not_answer_is_said_so_and_its_late_answer_amends_the_event(cluster):
     n2 = cluster.n2
     os.kill(n2.pid, signal.SIGSTOP)         # down for n1: its subscription stays, its answers do not come

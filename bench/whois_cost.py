@@ -1,0 +1,208 @@
+"""What cross-node attribution costs, and the two designs it was chosen between:
+`python -m bench.whois_cost [--quick]` prints a table.
+
+Against one real redis-server (Debian's, else the embedded one), per node:
+- "records": every node publishes a record of each connection its processes open to the
+  cluster's Redis (SET with a 10-minute expiry at connect, rewritten at close, the record
+  an answer would carry): Redis memory and traffic per 1,000 connections;
+- "question": cluster/whois.py as shipped, a WhoisAsker and a WhoisAnswerer on this loop
+  (the answerer's lookup replaced by a recorded identity; its real cost, a /proc socket
+  scan, is timed on its own): the idle cost (two subscriptions per node), then per
+  question the latency to a verified, named answer and the Redis traffic;
+- the worker node's own memory for 1,000 connection records (witness/connections.py).
+
+Not a test: numbers, never assertions. Everything started here is ended by pid.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import redis
+import redis.asyncio as aioredis
+
+from relayq_supervisor.cluster import link, whois
+from relayq_supervisor.config import find_redis_tool, load_config
+from relayq_supervisor.kinds.redis import acl
+from relayq_supervisor.witness.connections import NetnsGate, OwnConnections
+from relayq_supervisor.witness.tracefs import ProcessHistory, SockState
+
+# an answer's sender as a worker node sends it: a gone redis-cli with two ancestors
+IDENTITY = {
+    "pid": 14479, "comm": "redis-cli", "exe": "/usr/bin/redis-cli", "uid": 1000, "user": "relayq",
+    "cmdline": ["redis-cli", "-h", "redis-node", "shutdown"], "start_time": 1764150000.123, "ppid": 14470,
+    "alive": False, "seen_by": "tracefs", "unit": "relayq-redis-monitor.service",
+    "note": "exited before it could be inspected; named from the kernel trace",
+    "ancestry": [{"pid": 14470, "comm": "sh", "cmdline": ["/bin/sh", "/opt/relayq/bin/check-redis.sh"],
+                  "exe": "/usr/bin/dash", "alive": False},
+                 {"pid": 1, "comm": "systemd", "cmdline": ["/sbin/init"], "exe": "/usr/lib/systemd/systemd",
+                  "unit": None, "alive": True}],
+    "connection": {"addr": "10.0.0.2:51234", "to": "10.0.0.1:6379", "connected": 1764150001.5,
+                   "closed": 1764150001.504, "joined": "thread"},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def net_and_memory(r: redis.Redis) -> tuple[int, int]:
+    stats, memory = r.info("stats"), r.info("memory")
+    return int(stats["total_net_input_bytes"]) + int(stats["total_net_output_bytes"]), int(memory["used_memory"])
+
+
+def records_cost(r: redis.Redis, n: int) -> tuple[float, float]:
+    """(Redis memory bytes, traffic bytes) for `n` connection records of one node."""
+    r.execute_command("MEMORY", "PURGE")
+    net0, mem0 = net_and_memory(r)
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        key = f"{link.PREFIX}conn:n2:10.0.0.2:{30000 + i}"
+        record = dict(IDENTITY, pid=20000 + i)
+        pipe.set(key, json.dumps(record, separators=(",", ":")), ex=600)          # at connect
+        record["connection"] = dict(record["connection"], closed=time.time())
+        pipe.set(key, json.dumps(record, separators=(",", ":")), ex=600)          # at close
+        if len(pipe) >= 200:
+            pipe.execute()
+    pipe.execute()
+    net1, mem1 = net_and_memory(r)
+    r.delete(*[f"{link.PREFIX}conn:n2:10.0.0.2:{30000 + i}" for i in range(n)])
+    return mem1 - mem0, net1 - net0
+
+
+def write_config(path: Path, node: str, port: int, password_file: Path | None) -> None:
+    path.write_text(f'[supervisor]\nrun_dir = "{path.parent}/run-{node}"\nlog_dir = "{path.parent}/log-{node}"\n\n'
+                    f'[cluster]\nnode = "{node}"\nredis_url = "redis://127.0.0.1:{port}/0"\n'
+                    + (f'password_file = "{password_file}"\n' if password_file else "")
+                    + '\n[[program]]\nname = "idle"\ncommand = ["/bin/sleep", "1"]\n')
+
+
+async def question_cost(tmp: Path, port: int, r: redis.Redis, questions: int) -> dict[str, float]:
+    password = "bench-node-password"
+    r.acl_setuser(acl.NODE_USER, enabled=True, passwords=[f"+{password}"], keys=[f"{link.PREFIX}*"],
+                  channels=[f"{link.PREFIX}*"], commands=["+@all"])
+    (tmp / "node.pass").write_text(password)
+    os.chmod(tmp / "node.pass", 0o600)
+    write_config(tmp / "n1.toml", "n1", port, None)
+    write_config(tmp / "n2.toml", "n2", port, tmp / "node.pass")
+    n1, n2 = load_config(str(tmp / "n1.toml")), load_config(str(tmp / "n2.toml"))
+    r.set(link.node_key("n2"), json.dumps({"addresses": ["127.0.0.1"]}))
+    r.zadd(link.NODES_KEY, {"n2": time.time()})
+    admin = aioredis.Redis(port=port)
+    r.execute_command("MEMORY", "PURGE")
+    net0, mem0 = net_and_memory(r)
+    asker = whois.WhoisAsker(n1, lambda: admin, deadline=5.0)
+    answerer = whois.WhoisAnswerer(n2, lambda ip, p, rp, at: dict(IDENTITY, connection=dict(IDENTITY["connection"],
+                                                                                            addr=f"{ip}:{p}")))
+    asker.start()
+    answerer.start()
+    await asyncio.wait_for(asyncio.gather(asker.subscribed.wait(), answerer.subscribed.wait()), 10)
+    await asyncio.sleep(0.2)
+    net1, mem1 = net_and_memory(r)
+    latencies, named = [], 0
+    for i in range(questions):
+        began = time.perf_counter()
+        sender, note = await asker.ask(f"127.0.0.1:{40000 + i}", port, time.time(), lambda s, n: None)
+        latencies.append((time.perf_counter() - began) * 1000)
+        named += sender is not None and sender.get("node") == "n2"
+    net2, _ = net_and_memory(r)
+    await answerer.close()
+    await asker.close()
+    await admin.aclose()
+    latencies.sort()
+    return {"idle_memory": mem1 - mem0, "idle_traffic": net1 - net0, "per_question_traffic": (net2 - net1) / questions,
+            "median_ms": statistics.median(latencies), "p95_ms": latencies[int(0.95 * (len(latencies) - 1))],
+            "named": named, "questions": questions}
+
+
+def resolver_scan_ms(repeat: int) -> float:
+    """The answerer's live lookup on this machine: a /proc scan for a socket nobody holds."""
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        acl.find_client_process("10.254.254.254:1", 6379)
+        times.append((time.perf_counter() - began) * 1000)
+    return statistics.median(times)
+
+
+def witness_memory(n: int) -> int:
+    """Python memory of `n` closed connection records in a worker node's witness."""
+    history = ProcessHistory()
+    own = OwnConnections([("10.0.0.1", 6379)], NetnsGate({"10.0.0.2"}), max_connections=n * 2)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for i in range(n):
+        pid, sport, ts = 4_200_000 + i, 30000 + i, 1000.0 + i * 0.001
+        common = dict(tgid=pid, task="redis-cli", softirq=False, dport=6379, saddr="10.0.0.2", daddr="10.0.0.1")
+        own.seen(SockState(ts=ts, tid=pid, sport=0, oldstate="TCP_CLOSE", newstate="TCP_SYN_SENT", **common), history)
+        own.seen(SockState(ts=ts, tid=pid, sport=sport, oldstate="TCP_SYN_SENT", newstate="TCP_ESTABLISHED", **common),
+                 history)
+        own.seen(SockState(ts=ts, tid=pid, sport=sport, oldstate="TCP_ESTABLISHED", newstate="TCP_FIN_WAIT1", **common),
+                 history)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    assert len(own) == n
+    return sum(s.size_diff for s in after.compare_to(before, "filename"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.whois_cost")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    server = find_redis_tool("redis-server", os.pathsep.join(["/usr/bin", os.environ.get("PATH", os.defpath)]))
+    if server is None:
+        print("no redis-server", file=sys.stderr)
+        return 1
+    tmp = Path(tempfile.mkdtemp(prefix="whois-bench-"))
+    port = free_port()
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        r = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                r.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        version = r.info("server")["redis_version"]
+        n = 1000
+        mem, traffic = records_cost(r, n)
+        q = asyncio.run(question_cost(tmp, port, r, 20 if args.quick else 200))
+        scan = resolver_scan_ms(3 if args.quick else 10)
+        own = witness_memory(n)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"redis-server {version}; per node; 1,000 connections to the cluster's Redis")
+    print("| design | Redis memory | Redis traffic | latency to a named answer |")
+    print("|---|---|---|---|")
+    print(f"| records (SET EX at connect and close) | {mem / 1024:.0f} KiB per 1,000 connections | "
+          f"{traffic / 1024:.0f} KiB per 1,000 connections | none (read at once) |")
+    print(f"| question (shipped) | {q['idle_memory'] / 1024:.0f} KiB idle (2 subscriptions), 0 per connection | "
+          f"0 per connection; {q['per_question_traffic'] / 1024:.1f} KiB per question | "
+          f"median {q['median_ms']:.1f} ms, p95 {q['p95_ms']:.1f} ms ({q['named']}/{q['questions']} named) |")
+    print(f"answerer's /proc socket scan on this machine: median {scan:.1f} ms; "
+          f"witness memory for 1,000 connection records: {own / 1024:.0f} KiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
