@@ -11,13 +11,16 @@ also not say who held the address when a process passed it on or exited.
 
 The wire (the `relayq-node` user's channels, link.PREFIX):
 - `relayq-cluster:whois:ask:<node>`: the question, JSON {id, ip, port, redis_port, at, asker};
-- `relayq-cluster:whois:answer:<asker>`: the answer, JSON {id, node, found, sender, note},
-  published from a connection of its own named `relayq-whois:<node>:<id>:<digest of the
-  answer>` that stays open ANSWER_HOLD_S.
-An answer is accepted only when Redis shows that connection (CLIENT LIST, the Redis node's
-admin user): logged in as the node user (node credentials), carrying the answer's digest
-(the content cannot be swapped), and connected from the very address asked about: the
-kernel of the Redis node vouches for that, so no node can answer for another's address.
+- `relayq-cluster:whois:answer:<asker>`: the answer, JSON {id, node, found, sender, note,
+  client_id}, published from a connection of its own (its CLIENT ID in the answer) named
+  `relayq-whois:<node>:<id>:<digest of the answer>`, kept open ANSWER_HOLD_S.
+An answer is accepted only when Redis shows that connection (CLIENT LIST ID, the Redis
+node's admin user): logged in as the node user (node credentials), named with the answer's
+digest (the content cannot be swapped, nor another connection borrowed), and connected from
+the very address asked about: the Redis node's kernel vouches for that, so no node can
+answer for another's address. (A node that reaches Redis from one address and whose
+processes use another is not believed: its answers are rejected, with the reason, and the
+denial says so.)
 """
 from __future__ import annotations
 
@@ -265,7 +268,11 @@ class WhoisAsker:
             return f"{node!r} was not asked (the address is {', '.join(q.owners)}'s)"
         name = f"{NAME_PREFIX}{node}:{q.id}:{digest(data)}"
         try:
-            clients = await asyncio.wait_for(self.admin().client_list(), TIMEOUT_S)
+            # that one connection (CLIENT LIST ID, Redis 6.2+): the cost does not grow with the clients
+            client_id = int(answer["client_id"])
+            clients = await asyncio.wait_for(self.admin().client_list(client_id=[client_id]), TIMEOUT_S)
+        except (KeyError, TypeError, ValueError):
+            return "the answer names no connection"
         except REDIS_ERRORS as e:
             return f"cannot check the answering connection ({e or type(e).__name__})"
         conn = next((c for c in clients if c.get("name") == name), None)
@@ -343,15 +350,16 @@ class WhoisAnswerer:
                  f"pid {sender.get('pid')} ({sender.get('seen_by')})" if sender else "nobody known")
         note = None if sender is not None else \
             f"no process of {self.node} held {ip}:{port} then (gone before the witness saw it, or not ours)"
-        payload = json.dumps({"id": qid, "node": self.node, "found": sender is not None, "sender": sender,
-                              "note": note}, separators=(",", ":"), default=str).encode()
-        task = start_task(self.answer(asker, qid, payload), f"cluster whois answer {qid}")
+        answer = {"id": qid, "node": self.node, "found": sender is not None, "sender": sender, "note": note}
+        task = start_task(self.answer(asker, qid, answer), f"cluster whois answer {qid}")
         self.answers.add(task)
         task.add_done_callback(self.answers.discard)
 
-    async def answer(self, asker: str, qid: str, payload: bytes) -> None:
+    async def answer(self, asker: str, qid: str, answer: dict[str, Any]) -> None:
         client = link.async_client(self.config, TIMEOUT_S)
         try:
+            answer["client_id"] = await client.client_id()
+            payload = json.dumps(answer, separators=(",", ":"), default=str).encode()
             await client.client_setname(f"{NAME_PREFIX}{self.node}:{qid}:{digest(payload)}")
             await client.publish(answer_channel(asker), payload)
             await asyncio.sleep(ANSWER_HOLD_S)

@@ -211,9 +211,9 @@ FORGER = textwrap.dedent("""\
     print("listening", flush=True)
     for m in sub.listen():
         q = json.loads(m["data"])
-        lie = json.dumps({"id": q["id"], "node": "n2", "found": True, "note": None,
-                          "sender": {"pid": 1, "comm": "innocent", "alive": True}}).encode()
         c = connect()
+        lie = json.dumps({"id": q["id"], "node": "n2", "found": True, "note": None, "client_id": c.client_id(),
+                          "sender": {"pid": 1, "comm": "innocent", "alive": True}}).encode()
         c.client_setname("relayq-whois:n2:%s:%s" % (q["id"], hashlib.sha256(lie).hexdigest()[:16]))
         c.publish("relayq-cluster:whois:answer:" + q["asker"], lie)
         print("forged", flush=True)

@@ -36,7 +36,7 @@ NODE_USER = "relayq-node"
 NODE_PASSWORD_FILE = "redis-node.pass"
 NODE_KEY_PATTERN = "relayq-cluster:*"
 NODE_COMMANDS = (
-    "ping", "hello", "client|setname", "client|getname", "select", "echo",
+    "ping", "hello", "client|setname", "client|getname", "client|id", "select", "echo",
     "get", "set", "mget", "del", "exists", "expire", "ttl", "type",
     "hset", "hget", "hgetall", "hdel",
     "zadd", "zrange", "zrangebyscore", "zremrangebyscore", "zrem", "zcard",
