@@ -28,15 +28,29 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 
+from bench.context import BenchContext
+from bench.report import Section, Table, Target
 from relayq_supervisor.cluster import link, whois
 from relayq_supervisor.config import find_redis_tool, load_config
 from relayq_supervisor.kinds.redis import acl
 from relayq_supervisor.witness.connections import NetnsGate, OwnConnections
 from relayq_supervisor.witness.tracefs import ProcessHistory, SockState
+
+NAME = "whois"
+TITLE = "10. Cross-node attribution (Redis cost per 1,000 connections per node)"
+CONNECTIONS = 1000
+METHOD = ("One redis-server. Records: a node writes each connection's record (the identity an answer "
+          "carries, ~700 bytes of JSON) with SET EX 600 at connect and again at close; Redis memory "
+          "(`used_memory`) and traffic (`total_net_input_bytes` + output) before and after 1,000 connections. "
+          "Question (cluster/whois.py as shipped): a WhoisAsker and a WhoisAnswerer on one loop, the "
+          "answerer's lookup replaced by that recorded identity; idle cost of their subscriptions, then "
+          "questions one after the other: latency to a verified answer (CLIENT LIST ID checked) and traffic "
+          "per question. The answering node's real lookup, a /proc socket scan, is timed on its own.")
 
 # an answer's sender as a worker node sends it: a gone redis-cli with two ancestors
 IDENTITY = {
@@ -158,15 +172,8 @@ def witness_memory(n: int) -> int:
     return sum(s.size_diff for s in after.compare_to(before, "filename"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.whois_cost")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    server = find_redis_tool("redis-server", os.pathsep.join(["/usr/bin", os.environ.get("PATH", os.defpath)]))
-    if server is None:
-        print("no redis-server", file=sys.stderr)
-        return 1
-    tmp = Path(tempfile.mkdtemp(prefix="whois-bench-"))
+def measure(server: str, quick: bool, workdir: Path | None = None) -> dict[str, object]:
+    tmp = Path(tempfile.mkdtemp(prefix="whois-bench-", dir=workdir))
     port = free_port()
     proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -182,25 +189,64 @@ def main(argv: list[str] | None = None) -> int:
                     raise
                 time.sleep(0.05)
         version = r.info("server")["redis_version"]
-        n = 1000
-        mem, traffic = records_cost(r, n)
-        q = asyncio.run(question_cost(tmp, port, r, 20 if args.quick else 200))
-        scan = resolver_scan_ms(3 if args.quick else 10)
-        own = witness_memory(n)
+        mem, traffic = records_cost(r, CONNECTIONS)
+        q = asyncio.run(question_cost(tmp, port, r, 20 if quick else 200))
+        scan = resolver_scan_ms(3 if quick else 10)
+        own = witness_memory(CONNECTIONS)
     finally:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"redis-server {version}; per node; 1,000 connections to the cluster's Redis")
-    print("| design | Redis memory | Redis traffic | latency to a named answer |")
-    print("|---|---|---|---|")
-    print(f"| records (SET EX at connect and close) | {mem / 1024:.0f} KiB per 1,000 connections | "
-          f"{traffic / 1024:.0f} KiB per 1,000 connections | none (read at once) |")
-    print(f"| question (shipped) | {q['idle_memory'] / 1024:.0f} KiB idle (2 subscriptions), 0 per connection | "
-          f"0 per connection; {q['per_question_traffic'] / 1024:.1f} KiB per question | "
-          f"median {q['median_ms']:.1f} ms, p95 {q['p95_ms']:.1f} ms ({q['named']}/{q['questions']} named) |")
-    print(f"answerer's /proc socket scan on this machine: median {scan:.1f} ms; "
-          f"witness memory for 1,000 connection records: {own / 1024:.0f} KiB")
+    return {"version": version, "records_memory": mem, "records_traffic": traffic, "question": q, "scan_ms": scan,
+            "witness_memory": own}
+
+
+def rows(m: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
+    q = m["question"]
+    return (
+        ("records (SET EX at connect and at close)", f"{m['records_memory'] / 1024:.0f} KiB",
+         f"{m['records_traffic'] / 1024:.0f} KiB", "none: the record is read at once"),
+        ("question (shipped)", f"0 (idle: {q['idle_memory'] / 1024:.0f} KiB for the two subscriptions)",
+         f"0 (per question: {q['per_question_traffic'] / 1024:.1f} KiB)",
+         f"median {q['median_ms']:.1f} ms, p95 {q['p95_ms']:.1f} ms ({q['named']}/{q['questions']} named)"),
+    )
+
+
+COLUMNS = ("design", "Redis memory per 1,000 connections", "Redis traffic per 1,000 connections",
+           "latency to a named answer")
+
+
+def run(ctx: BenchContext) -> Section:
+    began = time.monotonic()
+    if ctx.redis_binary is None:
+        return Section(NAME, TITLE, method=METHOD, skipped="no redis-server")
+    m = measure(ctx.redis_binary, ctx.quick, ctx.dir(NAME))
+    q = m["question"]
+    return Section(
+        NAME, TITLE, method=METHOD + f" redis-server {m['version']}.",
+        tables=(Table("Per node, 1,000 connections to the cluster's Redis", COLUMNS, rows(m)),
+                Table("The answering node", ("measured", "value"), (
+                    ("its /proc socket scan for the live holder (median)", f"{m['scan_ms']:.1f} ms"),
+                    ("its witness's memory for 1,000 connection records", f"{m['witness_memory'] / 1024:.0f} KiB"),
+                ))),
+        targets=(Target("a named answer within 2 s (issue 16's test deadline)",
+                        f"p95 {q['p95_ms']:.1f} ms + the scan", q["p95_ms"] + m["scan_ms"] < 2000),),
+        seconds=time.monotonic() - began)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.whois_cost")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    server = find_redis_tool("redis-server", os.pathsep.join(["/usr/bin", os.environ.get("PATH", os.defpath)]))
+    if server is None:
+        print("no redis-server", file=sys.stderr)
+        return 1
+    m = measure(server, args.quick)
+    print(Table(f"redis-server {m['version']}; per node, 1,000 connections to the cluster's Redis",
+                COLUMNS, rows(m)).markdown())
+    print(f"answerer's /proc socket scan: median {m['scan_ms']:.1f} ms; "
+          f"witness memory for 1,000 connection records: {m['witness_memory'] / 1024:.0f} KiB")
     return 0
 
 
