@@ -94,6 +94,7 @@ class Node:
         self.audit_log: AuditLog | None = None
         self.shutdown_done = False          # closed: no fd may be registered again
         self._flush_scheduled = False
+        self._notes_due: set[str] = set()
         self.loop = asyncio.get_running_loop()
         self.locks = OwnerLocks(config.path, lambda path, owner: self.audit("lock_conflict", path=path, owner=owner))
         self.attribution = Attribution(self, config.supervisor.audit_ignore)
@@ -165,9 +166,18 @@ class Node:
         would look for it after a crash of this supervisor."""
         self.service.publish()
         if p.state == State.STARTING and p.pid is not None:
-            self.locks.note(program_key(p.base), children={q.name: {"pid": q.pid, "start_ticks": proc_start_ticks(q.pid)}
-                                              for q in self.arbiter.graph.instances(p.base) if q.pid})
+            # One rewrite of the program's lock per loop pass, however many instances started
+            # in it (a boot of 1000 instances would otherwise rewrite it 1000 times).
+            if not self._notes_due:
+                self.loop.call_soon(self._note_children)
+            self._notes_due.add(p.base)
             self.arbiter.kinds[p.base].record_running(p.pid)
+
+    def _note_children(self) -> None:
+        due, self._notes_due = self._notes_due, set()
+        for base in due:
+            self.locks.note(program_key(base), children={q.name: {"pid": q.pid, "start_ticks": proc_start_ticks(q.pid)}
+                                                         for q in self.arbiter.graph.instances(base) if q.pid})
 
     def doctor_target(self) -> doctor.DoctorTarget:
         return doctor_target(self.config, {os.getpid(), *self.arbiter.by_pid})
