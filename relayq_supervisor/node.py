@@ -21,6 +21,7 @@ from typing import Any
 from relayq_supervisor import doctor, kinds
 from relayq_supervisor.audit.log import AuditLog, make_event
 from relayq_supervisor.background import start_task
+from relayq_supervisor.cluster.publisher import ClusterPublisher
 from relayq_supervisor.config import Config, children_path, load_config
 from relayq_supervisor.control.server import ControlServer
 from relayq_supervisor.core import reload as reload_diff
@@ -115,10 +116,15 @@ class Node:
         base_env = {k: v for k, v in os.environ.items() if k not in _NOT_FOR_CHILDREN}
         base_env["PATH"] = children_path()
         base_env["NOTIFY_SOCKET"] = self.notify_socket.address
+        if config.cluster is not None and config.redis is None:     # a worker-only node: the cluster's Redis
+            base_env["RELAYQ_REDIS_URL"] = config.cluster.redis_url
         self.arbiter = Arbiter(config, {spec.name: kinds.make_kind(spec, self.kind_context) for spec in config.programs},
                                spawner=ProcessSpawner(self.loop, config.supervisor, self.before_exec),
                                clock=LoopClock(self.loop), audit=self.audit, witness=self, base_env=base_env,
-                               probe=Probe(), on_change=self.changed)
+                               probe=Probe(), on_change=self.changed, remote_ready=self.remote_ready)
+        # [cluster]: this node's status and audit events in the cluster's Redis
+        self.cluster = ClusterPublisher(config, self.status, lambda: self.arbiter.programs, self.cluster_reachable) \
+            if config.cluster is not None else None
         self.orphans: list[tuple[Program, int]] = []   # a crashed predecessor's workers, still running
         # [supervisor] metrics_listen: read-only metrics on this loop (None: off, no lag probe either)
         self.metrics = SupervisorMetrics(lambda: self.arbiter.programs, self.loop) \
@@ -165,6 +171,8 @@ class Node:
         """After every transition: tell systemd; note a new process where a successor
         would look for it after a crash of this supervisor."""
         self.service.publish()
+        if self.cluster is not None:
+            self.cluster.status_changed()
         if p.state == State.STARTING and p.pid is not None:
             # One rewrite of the program's lock per loop pass, however many instances started
             # in it (a boot of 1000 instances would otherwise rewrite it 1000 times).
@@ -178,6 +186,16 @@ class Node:
         for base in due:
             self.locks.note(program_key(base), children={q.name: {"pid": q.pid, "start_ticks": proc_start_ticks(q.pid)}
                                                          for q in self.arbiter.graph.instances(base) if q.pid})
+
+    def remote_ready(self, name: str) -> bool:
+        """A dependency on another node (`redis` on a worker-only node) is met: its Redis answers."""
+        return self.cluster is not None and self.cluster.reachable is True
+
+    def cluster_reachable(self, up: bool) -> None:
+        """Programs waiting on the cluster's Redis may start; a lost Redis stops nothing (the
+        workers reconnect by themselves): it is shown in status."""
+        if up:
+            self.arbiter.reconcile()
 
     def doctor_target(self) -> doctor.DoctorTarget:
         return doctor_target(self.config, {os.getpid(), *self.arbiter.by_pid})
@@ -215,6 +233,8 @@ class Node:
         logging.getLogger(__package__).addHandler(self.log_file)
         self.audit_log = AuditLog(sup.audit_log, max_bytes=sup.audit_max_bytes, keep=sup.audit_backups,
                                   on_error=lambda msg: log.error("audit: %s", msg))
+        if self.cluster is not None:
+            self.audit_log.add_listener(self.cluster.audit_written)
         for spec in self.config.programs:
             previous = self.locks.read(program_lock_path(sup.run_dir, spec.name)) or {}
             recorded = previous["children"] if isinstance(previous.get("children"), dict) else {}
@@ -304,6 +324,8 @@ class Node:
             self.control = ControlServer(self, self.config.supervisor)
             await self.control.start()
         await self.start_metrics()
+        if self.cluster is not None:
+            self.cluster.start()
         log.info("started pid %d with %s (%d programs)", os.getpid(), self.config.path, len(self.programs))
         self.ground.warn_about_rivals()
         self.ground.start(self.loop)
@@ -463,7 +485,8 @@ class Node:
         """Re-read the config: a broken one changes nothing; otherwise only what changed
         is stopped, started or restarted. ConfigError or ReloadRefused otherwise."""
         new = load_config(self.config.path)
-        refusal = kinds.refuse_reload(self.config, new)
+        refusal = kinds.refuse_reload(self.config, new) or (
+            "a changed [cluster] needs a restart of the supervisor" if new.cluster != self.config.cluster else None)
         if refusal:
             raise ReloadRefused(f"{new.path}: {refusal}; nothing changed")
         changes = reload_diff.diff(self.config, new)
@@ -506,8 +529,13 @@ class Node:
 
     async def shutdown(self) -> None:
         self.service.stopping()
+        # the Redis node's own Redis is about to stop: its last words go first
+        if self.cluster is not None and self.config.redis is not None:
+            await self.cluster.close()
         await self.arbiter.shutdown()
         await self.end_leftovers()
+        if self.cluster is not None and self.config.redis is None:
+            await self.cluster.close()
         for kind in self.arbiter.kinds.values():
             await kind.close()
         log.info("all programs stopped, exiting")
@@ -579,6 +607,8 @@ class Node:
         }
         for kind in self.arbiter.kinds.values():
             header.update(kind.describe())
+        if self.cluster is not None:
+            header["cluster"] = self.cluster.describe()
         return {"supervisor": header, "programs": self.arbiter.status()}
 
     def status_notes(self) -> list[str]:
@@ -591,6 +621,9 @@ class Node:
             notes.append(f"kernel witness: {self.kernel_witness.state}")
         if self.metrics_problem:
             notes.append(self.metrics_problem)
+        cluster_note = self.cluster.note() if self.cluster is not None else None
+        if cluster_note:
+            notes.append(cluster_note)
         return notes
 
 

@@ -96,6 +96,13 @@ class AuditLog:
         self._failing = False
         self._dropped = 0
         self._failed_since: str | None = None
+        self._listeners: list[Callable[[dict[str, Any], bytes], None]] = []
+
+    def add_listener(self, listener: Callable[[dict[str, Any], bytes], None]) -> None:
+        """Call `listener(event, line)` for every event queued for this log (its encoded
+        line included): a copy kept elsewhere, like the cluster stream. The file stays
+        the record of truth; a listener must not block, and what it raises is reported."""
+        self._listeners.append(listener)
 
     @property
     def pending(self) -> int:
@@ -118,6 +125,11 @@ class AuditLog:
             self.on_error(f"audit log {self.path}: event {event.get('event')!r} cannot be encoded ({e}); dropped")
             return False
         self._pending.append(line)
+        for listener in self._listeners:
+            try:
+                listener(event, line)
+            except Exception as e:      # a copy's failure must not cost the record
+                self.on_error(f"audit log {self.path}: listener {listener!r} failed: {e!r}")
         return True
 
     def flush(self) -> bool:
