@@ -21,6 +21,7 @@ from typing import Any
 from relayq_supervisor import doctor, kinds
 from relayq_supervisor.audit.log import AuditLog, make_event
 from relayq_supervisor.background import start_task
+from relayq_supervisor.cluster.metrics import ClusterCollector
 from relayq_supervisor.cluster.publisher import ClusterPublisher
 from relayq_supervisor.cluster.whois import Whois
 from relayq_supervisor.config import Config, children_path, load_config
@@ -97,6 +98,7 @@ class Node:
         self.audit_log: AuditLog | None = None
         self.shutdown_done = False          # closed: no fd may be registered again
         self._flush_scheduled = False
+        self._notes_due: set[str] = set()
         self.loop = asyncio.get_running_loop()
         self.locks = OwnerLocks(config.path, lambda path, owner: self.audit("lock_conflict", path=path, owner=owner))
         self.attribution = Attribution(self, config.supervisor.audit_ignore)
@@ -134,6 +136,8 @@ class Node:
         # [supervisor] metrics_listen: read-only metrics on this loop (None: off, no lag probe either)
         self.metrics = SupervisorMetrics(lambda: self.arbiter.programs, self.loop) \
             if config.supervisor.metrics_listen is not None else None
+        if self.cluster is not None and self.metrics is not None:
+            self.metrics.registry.register(ClusterCollector(self.cluster))
         self.metrics_problem: str | None = None
         self.log_file: SupervisorLogFile | None = None     # log_dir/supervisor.log, for `relayqctl logs`
 
@@ -179,8 +183,11 @@ class Node:
         if self.cluster is not None:
             self.cluster.status_changed()
         if p.state == State.STARTING and p.pid is not None:
-            self.locks.note(program_key(p.base), children={q.name: {"pid": q.pid, "start_ticks": proc_start_ticks(q.pid)}
-                                              for q in self.arbiter.graph.instances(p.base) if q.pid})
+            # One rewrite of the program's lock per loop pass, however many instances started
+            # in it (a boot of 1000 instances would otherwise rewrite it 1000 times).
+            if not self._notes_due:
+                self.loop.call_soon(self._note_children)
+            self._notes_due.add(p.base)
             self.arbiter.kinds[p.base].record_running(p.pid)
 
     def redis_admin(self) -> Any:
@@ -202,6 +209,11 @@ class Node:
         if w is not None and w.instance is not None and destinations and w.watch_connections(destinations):
             log.info("kernel witness: recording connections to the cluster's Redis (%s)",
                      ", ".join(f"{ip}:{port}" for ip, port in destinations))
+    def _note_children(self) -> None:
+        due, self._notes_due = self._notes_due, set()
+        for base in due:
+            self.locks.note(program_key(base), children={q.name: {"pid": q.pid, "start_ticks": proc_start_ticks(q.pid)}
+                                                         for q in self.arbiter.graph.instances(base) if q.pid})
 
     def remote_ready(self, name: str) -> bool:
         """A dependency on another node (`redis` on a worker-only node) is met: its Redis answers."""

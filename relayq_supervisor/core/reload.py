@@ -19,7 +19,7 @@ class Changes:
 
     def going(self, old: Config, new: Config) -> set[str]:
         """Instance names to stop: removed and changed programs, and a resize's surplus."""
-        keep = {n for name in self.resized for n in new.program(name).instance_names()}  # type: ignore[union-attr]
+        keep = {n for spec in new.programs if spec.name in self.resized for n in spec.instance_names()}
         out = set()
         for spec in old.programs:
             for n in spec.instance_names():

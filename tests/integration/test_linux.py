@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from support.children import Children, started_children
 
 from relayq_supervisor.linux import prctl, ptrace
 from relayq_supervisor.linux.ptrace import decode_wait_status
@@ -49,50 +50,7 @@ def signal_mask() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-class Children:
-    """Pids (and traced tids) a test started; all are SIGKILLed and reaped at teardown."""
-
-    def __init__(self) -> None:
-        self.pids: list[int] = []
-
-    def add(self, pid: int) -> int:
-        self.pids.append(pid)
-        return pid
-
-    def cleanup(self) -> None:
-        for pid in self.pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        # Threads first: a traced thread-group leader is not reported until
-        # its traced threads have been reaped.
-        for pid in reversed(self.pids):
-            reap(pid)
-
-
-def reap(pid: int, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            done, status = os.waitpid(pid, ptrace.WALL | os.WNOHANG)
-        except ChildProcessError:
-            return
-        if done == pid and not os.WIFSTOPPED(status):
-            return
-        if done == pid:
-            continue
-        time.sleep(0.002)
-    raise AssertionError(f"pid {pid} was not reaped within {timeout}s")
-
-
-@pytest.fixture
-def children() -> Iterator[Children]:
-    started = Children()
-    try:
-        yield started
-    finally:
-        started.cleanup()
+children = pytest.fixture(started_children)
 
 
 def wait_event(pid: int, timeout: float = DEADLINE) -> ptrace.WaitEvent:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import support
+from support.children import Children, reap, started_children
 
 from relayq_supervisor.core import spawn as spawn_mod
 from relayq_supervisor.core.spawn import (
@@ -40,36 +41,7 @@ needs_gate = pytest.mark.skipif(spawn_mod.GATE_SHELL is None or not libc_spawn.C
                                 reason="no dash, or a libc without posix_spawn chdir: only the fork path here")
 
 
-class Children:
-    """Pids a test started; SIGKILLed and reaped at teardown (traced ones too: __WALL)."""
-
-    def __init__(self) -> None:
-        self.pids: list[int] = []
-
-    def add(self, pid: int) -> int:
-        self.pids.append(pid)
-        return pid
-
-    def cleanup(self) -> None:
-        for pid in self.pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for pid in self.pids:
-            try:
-                wait_exit(pid)
-            except ChildProcessError:
-                pass
-
-
-@pytest.fixture
-def children() -> Iterator[Children]:
-    started = Children()
-    try:
-        yield started
-    finally:
-        started.cleanup()
+children = pytest.fixture(started_children)
 
 
 @pytest.fixture
@@ -91,15 +63,9 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLI
 
 def wait_exit(pid: int, timeout: float = DEADLINE) -> int:
     """The wait status of `pid`'s end; stops of a traced child are let go on the way."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG | ptrace.WALL)
-        if done == pid and os.WIFSTOPPED(status):
-            ptrace.cont(pid, 0)
-        elif done == pid:
-            return status
-        time.sleep(0.002)
-    raise AssertionError(f"pid {pid} did not exit within {timeout}s")
+    status = reap(pid, timeout)
+    assert status is not None, f"pid {pid} was reaped elsewhere"
+    return status
 
 
 def status_field(pid: int, name: str) -> str:
