@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from relayq_supervisor import doctor, kinds
+from relayq_supervisor.audit.log import RETRY_S as AUDIT_RETRY_S
 from relayq_supervisor.audit.log import AuditLog, make_event
 from relayq_supervisor.background import start_task
 from relayq_supervisor.config import Config, children_path, load_config
@@ -197,8 +198,14 @@ class Node:
 
     def _flush_audit(self) -> None:
         self._flush_scheduled = False
-        if self.audit_log is not None and not self.audit_log.flush() and self.metrics is not None:
+        if self.audit_log is None or self.audit_log.flush():
+            return
+        if self.metrics is not None:
             self.metrics.count_audit_write_error()
+        # the disk refuses: one retry per AUDIT_RETRY_S (new events wait with the held ones),
+        # not one failing write per loop pass
+        self._flush_scheduled = True
+        self.loop.call_later(AUDIT_RETRY_S, self._flush_audit)
 
     # --- start-up --------------------------------------------------------------------
 
