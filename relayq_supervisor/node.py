@@ -84,6 +84,9 @@ class TracedClients:
         self.witness.on_client_closed = callback
 
 
+REAP_BATCH = 256        # waitpid() results per loop pass (a signal storm stops a tracee at each signal)
+
+
 class Node:
     def __init__(self, config: Config, with_control: bool = True):
         self.config = config
@@ -98,7 +101,7 @@ class Node:
         self._notes_due: set[str] = set()
         self.loop = asyncio.get_running_loop()
         self.locks = OwnerLocks(config.path, lambda path, owner: self.audit("lock_conflict", path=path, owner=owner))
-        self.attribution = Attribution(self, config.supervisor.audit_ignore)
+        self.attribution = Attribution(self, config.supervisor.audit_ignore, self.loop.call_later)
         self.tap = SignalTap(self.attribution.on_traced_signal) if config.supervisor.signal_tap else None
         self.kernel_witness = KernelWitness(self.attribution.on_kernel_signal, self.attribution.on_oom_victim,
                                             private_mount=os.path.join(config.supervisor.run_dir, "tracefs")) \
@@ -442,7 +445,7 @@ class Node:
             self.follow_children()
 
     def reap_all(self) -> None:
-        while True:
+        for _ in range(REAP_BATCH):
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG | ptrace.WALL)
             except ChildProcessError:
@@ -453,6 +456,8 @@ class Node:
                 continue
             self.reaped.set()
             self.arbiter.child_exited(pid, status)
+        # a signal storm keeps a traced child stopping: let the loop answer others between batches
+        self.loop.call_soon(self.reap)
 
     def on_notify(self) -> None:
         for pid, fields in self.notify_socket.receive():
@@ -562,6 +567,7 @@ class Node:
                 self.loop.remove_reader(self.kernel_witness.fileno())
             self.kernel_witness.close()
         self.locks.release_all()
+        self.attribution.close_bursts()
         if self.audit_log is not None:
             self.audit_log.close()
         if self.log_file is not None:

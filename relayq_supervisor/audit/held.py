@@ -34,8 +34,8 @@ def aggregate_key(event: dict[str, Any]) -> tuple[Any, ...] | None:
     kind = event.get("event")
     if kind in NEVER_AGGREGATED:
         return None
-    target = event.get("target") if isinstance(event.get("target"), dict) else {}
-    sender = event.get("sender") if isinstance(event.get("sender"), dict) else {}
+    target: dict[str, Any] = event["target"] if isinstance(event.get("target"), dict) else {}
+    sender: dict[str, Any] = event["sender"] if isinstance(event.get("sender"), dict) else {}
     parts = (kind, event.get("program"), target.get("program"), target.get("pid"), event.get("signal"),
              event.get("action"), event.get("code"), event.get("via"), sender.get("pid"))
     return tuple(p if isinstance(p, (str, int, float, bool, type(None))) else json.dumps(p, default=str)
@@ -49,7 +49,7 @@ def fold(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     if "coalesced" in into or "coalesced" in other:
         out["coalesced"] = int(into.get("coalesced") or 0) + int(other.get("coalesced") or 0)
     note = dict(into["aggregated"]) if isinstance(into.get("aggregated"), dict) else {"why": AGGREGATED_WHY}
-    other_note = other.get("aggregated") if isinstance(other.get("aggregated"), dict) else {}
+    other_note: dict[str, Any] = other["aggregated"] if isinstance(other.get("aggregated"), dict) else {}
     note["until"] = other_note.get("until") or other.get("ts")
     out["aggregated"] = note
     return out

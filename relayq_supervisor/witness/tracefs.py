@@ -59,6 +59,7 @@ OVERRUN_NOTE = "lineage incomplete (trace buffer overrun)"
 # signal_generate's `res` (enum in include/trace/events/signal.h)
 RESULTS = {0: "delivered", 1: "ignored", 2: "already-pending", 3: "queue-overflow", 4: "delivered-without-info"}
 RESULT_DELIVERED = 0
+RESULT_ALREADY_PENDING = 2
 SI_KERNEL = 0x80
 
 # --- trace_pipe lines ------------------------------------------------------------------
