@@ -584,6 +584,8 @@ class Node:
             "redis_binary": None, "redis_version": None,
             "hostname": socket.gethostname(),
             "signal_tap": self.tap.state if self.tap is not None else "off (signal_tap = false)",
+            "signal_tap_stats": {"signal_stops": self.tap.signal_stops, "recorded": dict(self.attribution.traced)}
+            if self.tap is not None else None,
             "kernel_witness": self.kernel_witness.state if self.kernel_witness is not None
             else "off (kernel_witness = false)",
             "kernel_witness_stats": self.kernel_witness.stats() if self.kernel_witness is not None else None,

@@ -287,7 +287,7 @@ def _format_signal(e: dict[str, Any]) -> str:
     elif e.get("via") == "tracefs" and e.get("action") not in (None, "delivered"):
         line += f" ({e['action']})"
     count = e.get("count")
-    if isinstance(count, int) and (count != 1 or e.get("since")):     # a burst (witness/bursts.py)
+    if isinstance(count, int) and count > 0 and (count != 1 or e.get("since")):     # a burst (witness/bursts.py)
         line += f" x {count}"
         if e.get("since"):
             line += f" since {_clock(e['since'])}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -72,6 +72,7 @@ class Attribution:
         self.schedule = schedule            # loop.call_later: closes burst windows on time
         self.bursts = Bursts(self.burst_closed)
         self.burst_timer = False
+        self.traced: Counter[str] = Counter()     # "program SIGNAL" -> deliveries the tap saw and recorded
         # signals the kernel witness saw that the tap will also stop at: its sender, for
         # the tap's record when the sender is gone by then (bounded: a stop may never come)
         self.parked: deque[KernelSignal] = deque(maxlen=64)
@@ -139,6 +140,8 @@ class Attribution:
             self.sup.request_shutdown(f"SIGTERM to {p.name} from the service manager (pid {info.pid})")
         key: Key = (p.name if p is not None else tid, info.pid if user_sent else None, info.signo)
         recorded = signal_name(info.signo) not in self.audit_ignore or not verdict.deliver
+        if recorded:
+            self.traced[f"{p.name if p is not None else tid} {signal_name(info.signo)}"] += 1
         burst = self.bursts.join(key, verdict.action) if recorded else None
         if burst is not None and burst.record is not None:
             self.judged(p, info, verdict, burst.record["sender"], burst.record["who"], user_sent, quiet=True)
