@@ -1,6 +1,6 @@
 """python -m bench [--quick] [--only NAME]... [--output PATH] [--keep]
 
-Runs the benchmarks (restart, redis, idle, scale, tap, durability, adoption, systemd, metrics) and writes BENCHMARKS.md.
+Runs the benchmarks (restart, redis, idle, scale, tap, durability, adoption, systemd, metrics, storm) and writes BENCHMARKS.md.
 A full run writes every section; `--only` replaces just the named sections of an
 existing BENCHMARKS.md; `--quick` (a smoke run) writes bench/BENCHMARKS.quick.md unless
 --output says otherwise, so it never overwrites the real numbers.
@@ -20,14 +20,25 @@ from pathlib import Path
 
 from relayq_supervisor.config import find_redis_tool
 
-from . import adoption, durability, idle_cost, metrics_cost, redis_recovery, restart_latency, scale, systemd_order, tap_cost
+from . import (
+    adoption,
+    durability,
+    idle_cost,
+    metrics_cost,
+    redis_recovery,
+    restart_latency,
+    scale,
+    storm,
+    systemd_order,
+    tap_cost,
+)
 from .contenders import REPO_DIR, RelayqSupervisor, Supervised, child_argv, install_contenders
 from .context import BenchContext, TapSupport
 from .processes import Launcher, load_average
 from .report import Document, Section, machine_line, tree_line
 
 BENCHMARKS = {m.NAME: m for m in (restart_latency, redis_recovery, idle_cost, scale, tap_cost, durability, adoption,
-                                   systemd_order, metrics_cost)}
+                                   systemd_order, metrics_cost, storm)}
 NEEDS_CONTENDERS = {restart_latency.NAME, idle_cost.NAME}
 
 

@@ -215,8 +215,10 @@ class Attribution:
 
     def wake_bursts(self) -> None:
         """A timer for the oldest open window (none without a scheduler: closed by the next signal)."""
+        if self.schedule is None or self.burst_timer:
+            return
         due = self.bursts.next_due
-        if due is None or self.schedule is None or self.burst_timer:
+        if due is None:
             return
         self.burst_timer = True
         self.schedule(due + 0.01, self.burst_tick)
@@ -245,11 +247,8 @@ class Attribution:
         p = self.sup.program_of_pid(seen.target_pid)
         if self.sup.tap_active and seen.result == RESULT_ALREADY_PENDING and seen.signo != signal.SIGKILL:
             # merged into one the tap will stop at: counted on that sender's burst
-            sender = self.name_witnessed(seen.sender) if seen.sender else None
             self.bursts.merged((p.name if p is not None else seen.target_pid, seen.sender_pid, seen.signo),
-                               {"code": seen.code_name, "sender": sender, "action": seen.result_name,
-                                "via": "tracefs", "target_pid": seen.target_pid,
-                                "who": lineage_text(sender) if sender else f"the kernel ({seen.code_name})"})
+                               lambda: self.kernel_record(seen))
             self.wake_bursts()
             return
         sender = self.name_witnessed(seen.sender) if seen.sender else None
@@ -262,6 +261,13 @@ class Attribution:
         if sender is not None:
             log.info("%s: %s from %s (kernel trace: %s)", p.name if p else f"pid {seen.target_pid}", seen.signal,
                      lineage_text(sender), seen.result_name)
+
+    def kernel_record(self, seen: KernelSignal) -> dict[str, Any]:
+        """What a burst of merges the tap never saw says, if no tap record comes for it."""
+        sender = self.name_witnessed(seen.sender) if seen.sender else None
+        return {"code": seen.code_name, "sender": sender, "action": seen.result_name, "via": "tracefs",
+                "target_pid": seen.target_pid,
+                "who": lineage_text(sender) if sender else f"the kernel ({seen.code_name})"}
 
     def on_oom_victim(self, victim: OomVictim) -> None:
         """The OOM killer chose a supervised program: its SIGKILL (just recorded) is the kernel's

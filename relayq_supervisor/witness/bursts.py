@@ -50,6 +50,9 @@ class Bursts:
         self.emit = emit
         self.clock = clock
         self.open: dict[Key, Burst] = {}
+        # no window closes before this (monotonic): never later than the oldest window's end,
+        # since a window opened later ends later
+        self.first_due = 0.0
 
     def join(self, key: Key, action: str) -> Burst | None:
         """A tap delivery: counted into the key's open window (returned), or None: record it
@@ -74,23 +77,27 @@ class Bursts:
         else:               # coalesced counts were waiting for it
             b.record = record
 
-    def merged(self, key: Key, record: dict[str, Any]) -> None:
-        """The kernel merged one into a pending signal: counted on the key's window."""
+    def merged(self, key: Key, record: Callable[[], dict[str, Any]]) -> None:
+        """The kernel merged one into a pending signal: counted on the key's window (`record`
+        is called only when no window is open for it: thousands of these come at once)."""
         self.close_due()
         b = self.open.get(key)
         if b is None:
-            b = self.open[key] = Burst(key, self.clock(), None, extra={"kernel_record": record})
+            b = self.open[key] = Burst(key, self.clock(), None, extra={"kernel_record": record()})
         b.coalesced += 1
         if b.since is None:
             b.since = time.time()
 
     def close_due(self) -> None:
         now = self.clock()
+        if now < self.first_due:
+            return
         for b in [b for b in self.open.values() if now - b.opened >= WINDOW_S]:
             self.close(b)
             if b.record is not None and (b.count or b.coalesced):
                 # a storm goes on: the next window counts without recording one alone first
                 self.open[b.key] = Burst(b.key, now, b.record)
+        self.first_due = min((b.opened for b in self.open.values()), default=now) + WINDOW_S
 
     def close(self, b: Burst) -> None:
         self.open.pop(b.key, None)
