@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from relayq_supervisor import doctor, kinds
+from relayq_supervisor.audit.log import RETRY_S as AUDIT_RETRY_S
 from relayq_supervisor.audit.log import AuditLog, make_event
 from relayq_supervisor.background import start_task
 from relayq_supervisor.cluster.metrics import ClusterCollector
@@ -87,6 +88,9 @@ class TracedClients:
         self.witness.on_client_closed = callback
 
 
+REAP_BATCH = 256        # waitpid() results per loop pass (a signal storm stops a tracee at each signal)
+
+
 class Node:
     def __init__(self, config: Config, with_control: bool = True):
         self.config = config
@@ -101,7 +105,7 @@ class Node:
         self._notes_due: set[str] = set()
         self.loop = asyncio.get_running_loop()
         self.locks = OwnerLocks(config.path, lambda path, owner: self.audit("lock_conflict", path=path, owner=owner))
-        self.attribution = Attribution(self, config.supervisor.audit_ignore)
+        self.attribution = Attribution(self, config.supervisor.audit_ignore, self.loop.call_later)
         self.tap = SignalTap(self.attribution.on_traced_signal) if config.supervisor.signal_tap else None
         self.kernel_witness = KernelWitness(self.attribution.on_kernel_signal, self.attribution.on_oom_victim,
                                             private_mount=os.path.join(config.supervisor.run_dir, "tracefs")) \
@@ -243,8 +247,14 @@ class Node:
 
     def _flush_audit(self) -> None:
         self._flush_scheduled = False
-        if self.audit_log is not None and not self.audit_log.flush() and self.metrics is not None:
+        if self.audit_log is None or self.audit_log.flush():
+            return
+        if self.metrics is not None:
             self.metrics.count_audit_write_error()
+        # the disk refuses: one retry per AUDIT_RETRY_S (new events wait with the held ones),
+        # not one failing write per loop pass
+        self._flush_scheduled = True
+        self.loop.call_later(AUDIT_RETRY_S, self._flush_audit)
 
     # --- start-up --------------------------------------------------------------------
 
@@ -489,7 +499,7 @@ class Node:
             self.follow_children()
 
     def reap_all(self) -> None:
-        while True:
+        for _ in range(REAP_BATCH):
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG | ptrace.WALL)
             except ChildProcessError:
@@ -500,6 +510,8 @@ class Node:
                 continue
             self.reaped.set()
             self.arbiter.child_exited(pid, status)
+        # a signal storm keeps a traced child stopping: let the loop answer others between batches
+        self.loop.call_soon(self.reap)
 
     def on_notify(self) -> None:
         for pid, fields in self.notify_socket.receive():
@@ -617,6 +629,7 @@ class Node:
                 self.loop.remove_reader(self.kernel_witness.fileno())
             self.kernel_witness.close()
         self.locks.release_all()
+        self.attribution.close_bursts()
         if self.audit_log is not None:
             self.audit_log.close()
         if self.log_file is not None:
@@ -633,6 +646,8 @@ class Node:
             "redis_binary": None, "redis_version": None,
             "hostname": socket.gethostname(),
             "signal_tap": self.tap.state if self.tap is not None else "off (signal_tap = false)",
+            "signal_tap_stats": {"signal_stops": self.tap.signal_stops, "recorded": dict(self.attribution.traced)}
+            if self.tap is not None else None,
             "kernel_witness": self.kernel_witness.state if self.kernel_witness is not None
             else "off (kernel_witness = false)",
             "kernel_witness_stats": self.kernel_witness.stats() if self.kernel_witness is not None else None,

@@ -12,24 +12,29 @@ only ever sees whole events or, after a power loss mid-write, one torn last
 line (which `review.iter_events` skips).
 
 A failing disk never raises into the supervisor: the failure is reported
-once through ``on_error``, events wait in memory (bounded) and are written in
-order by the next successful write; recovery is reported once too.
+once per outage through ``on_error``, events wait in memory within a budget
+(`audit.held`: aggregated, then the oldest dropped into one ``audit_gap``) and
+are written in order by the next successful flush; the end of the outage is
+reported once too, with how many events were held, aggregated and dropped.
+The caller paces the retries (the supervisor: one flush attempt per
+`RETRY_S` while failing).
 
 Rotation is by size: path -> path.1 -> path.2 ... keeping ``keep`` old files.
 """
 
 from __future__ import annotations
 
-import collections
 import errno
 import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from relayq_supervisor.audit.held import HeldEvents, Outage
 from relayq_supervisor.linux.files import FileIdentity, rotate_by_rename
 
 EVENT_KINDS = frozenset(
@@ -50,6 +55,8 @@ EVENT_KINDS = frozenset(
 )
 FILE_MODE = 0o640
 MAX_PENDING = 1000
+MAX_HELD_BYTES = 1024 * 1024
+RETRY_S = 0.5
 
 
 def utc_timestamp(when: float | None = None) -> str:
@@ -85,17 +92,15 @@ class AuditLog:
         keep: int = 5,
         on_error: Callable[[str], None] | None = None,
         max_pending: int = MAX_PENDING,
+        max_held_bytes: int = MAX_HELD_BYTES,
     ) -> None:
         self.path = os.fspath(path)
         self.max_bytes = max_bytes
         self.keep = keep
         self.on_error = on_error or _print_to_stderr
-        self.max_pending = max_pending
+        self.held = HeldEvents(max_pending, max_held_bytes, encode_event)
         self._fd: int | None = None
-        self._pending: collections.deque[bytes] = collections.deque()
-        self._failing = False
-        self._dropped = 0
-        self._failed_since: str | None = None
+        self._outage: Outage | None = None
         self._listeners: list[Callable[[dict[str, Any], bytes], None]] = []
 
     def add_listener(self, listener: Callable[[dict[str, Any], bytes], None]) -> None:
@@ -107,11 +112,11 @@ class AuditLog:
     @property
     def pending(self) -> int:
         """Events waiting in memory for the disk to accept them."""
-        return len(self._pending)
+        return len(self.held)
 
     @property
     def failing(self) -> bool:
-        return self._failing
+        return self._outage is not None
 
     def write(self, event: dict[str, Any]) -> bool:
         """Append `event` durably. False if it (or an earlier one) is still held in memory."""
@@ -124,7 +129,7 @@ class AuditLog:
         except (TypeError, ValueError) as e:
             self.on_error(f"audit log {self.path}: event {event.get('event')!r} cannot be encoded ({e}); dropped")
             return False
-        self._pending.append(line)
+        self.held.append(event, line)
         for listener in self._listeners:
             try:
                 listener(event, line)
@@ -135,42 +140,35 @@ class AuditLog:
     def flush(self) -> bool:
         """Write held events in order; True when none is left."""
         written = 0
-        lost = self._dropped
         try:
-            if self._failing and self._dropped:
-                self._append(self._gap_line())
-                self._dropped = 0
             fd = None
-            while self._pending:
-                fd = self._append(self._pending[0])
-                self._pending.popleft()
+            while self.held:
+                fd = self._append(self.held.first_line())
+                self.held.pop_first()
                 written += 1
             if fd is not None:
                 os.fsync(fd)        # one fsync for the batch
         except OSError as e:
             self._close_fd()
-            while len(self._pending) > self.max_pending:   # the disk refuses: bound what waits
-                self._pending.popleft()
-                self._dropped += 1
-            if not self._failing:
-                self._failing = True
-                self._failed_since = utc_timestamp()
+            if self._outage is None:    # one warning per outage, however many retries fail
                 reason = os.strerror(e.errno) if e.errno else str(e)
+                self._outage = Outage(time.monotonic(), self.held.aggregated, self.held.dropped)
                 self.on_error(
-                    f"audit log {self.path}: write failed ({reason}); events are kept in memory and retried"
+                    f"audit log {self.path}: write failed ({reason}); events are held in memory "
+                    f"(up to {self.held.max_events} events or {self.held.max_bytes // 1024} KiB, then aggregated, "
+                    f"then the oldest dropped) and written in order when it can write again"
                 )
+            self._outage.written += written
             return False
-        if self._failing:
-            self._failing = False
-            message = f"audit log {self.path}: writing again; {written} held events written in order"
-            if lost:
-                message += f"; {lost} older events were lost (recorded as an audit_gap event)"
-            self.on_error(message)
+        if self._outage is not None:
+            outage, self._outage = self._outage, None
+            outage.written += written
+            self.on_error(outage.resumed(self.path, self.held))
         return True
 
     def close(self) -> None:
         """Try once more to write held events, then close the file."""
-        if self._pending:
+        if self.held:
             self.flush()
         self._close_fd()
 
@@ -179,17 +177,6 @@ class AuditLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _gap_line(self) -> bytes:
-        # Said in the log itself: the reader must know events are missing here.
-        return encode_event(
-            make_event(
-                "audit_gap",
-                dropped=self._dropped,
-                since=self._failed_since,
-                reason=f"more than {self.max_pending} events waited for the disk; the oldest were dropped",
-            )
-        )
 
     def _append(self, line: bytes) -> int:
         """One whole line with one write(2); the caller fsyncs."""

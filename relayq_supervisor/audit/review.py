@@ -244,8 +244,15 @@ def format_event(event: dict[str, Any]) -> str:
     """One line for a person, times in UTC: ``23:21:26.721 redis pid 3613222 <- SIGTERM from ...``."""
     kind = event.get("event")
     formatter = _FORMATTERS.get(kind, _format_generic)
+    line = formatter(event)
+    held = event.get("aggregated")
+    if isinstance(held, dict):      # folded together while the disk was full (audit/held.py)
+        count = event.get("count")
+        if kind not in _COUNTED and isinstance(count, int):
+            line += f" x {count}"
+        line += f" (aggregated until {_clock(held.get('until'))}: {held.get('why')})"
     # escaped: a sender's command line with a newline must not break the line in two
-    return escape(f"{_clock(event.get('ts'))} {formatter(event)}")
+    return escape(f"{_clock(event.get('ts'))} {line}")
 
 
 def _clock(ts: Any) -> str:
@@ -277,6 +284,15 @@ def _format_signal(e: dict[str, Any]) -> str:
     line = f"{_subject(target.get('program'), target.get('pid'))} <- {e.get('signal')} from {sender}"
     if e.get("action") == "blocked":
         line += " BLOCKED"
+    elif e.get("via") == "tracefs" and e.get("action") not in (None, "delivered"):
+        line += f" ({e['action']})"
+    count = e.get("count")
+    if isinstance(count, int) and count > 0 and (count != 1 or e.get("since")):     # a burst (witness/bursts.py)
+        line += f" x {count}"
+        if e.get("since"):
+            line += f" since {_clock(e['since'])}"
+    if e.get("coalesced"):
+        line += f" (+{e['coalesced']} coalesced: sent while one was pending, merged by the kernel)"
     if e.get("reason"):
         line += f" ({e['reason']})"
     return line
@@ -425,6 +441,7 @@ def _value_text(value: Any) -> str:
     return str(value)
 
 
+_COUNTED = frozenset({"signal", "redis_denied"})     # their formatters show `count` themselves
 _FORMATTERS: dict[Any, Callable[[dict[str, Any]], str]] = {
     "signal": _format_signal,
     "exit": _format_exit,

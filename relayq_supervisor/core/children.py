@@ -92,6 +92,7 @@ class ProcessSpawner:
         self.before_exec = before_exec
         self.outputs: dict[str, ChildOutput] = {}
         self.pipes: dict[str, int] = {}      # instance name -> read end of its current pipe
+        self.output_lost: dict[str, int] = {}    # instance name -> output bytes dropped while its log fails
 
     def spawn(self, p: Program, argv: list[str], env: dict[str, str]) -> ChildProcess:
         sup = self.supervisor
@@ -127,7 +128,14 @@ class ProcessSpawner:
         try:
             self.outputs[p.name].write(data)
         except OSError as e:
-            log.error("%s: cannot write its log (%s)", p.name, e.strerror)
+            # once per outage (a full disk fails every read of the pipe), and once when it ends
+            if p.name not in self.output_lost:
+                log.error("%s: cannot write its log (%s); its output is dropped until it can", p.name, e.strerror)
+            self.output_lost[p.name] = self.output_lost.get(p.name, 0) + len(data)
+            return
+        lost = self.output_lost.pop(p.name, None)
+        if lost is not None:
+            log.warning("%s: writing its log again; %d bytes of its output were dropped", p.name, lost)
 
     def close_pipe(self, name: str) -> None:
         fd = self.pipes.pop(name, None)

@@ -148,6 +148,7 @@ class SupervisorLogFile(logging.Handler):
         self.file = RotatingFile(os.path.join(log_dir, f"{SUPERVISOR_LOG}.log"), max_bytes, backups,
                                  stamp_lines=True)
         self.root = root
+        self.failing = False
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -156,8 +157,16 @@ class SupervisorLogFile(logging.Handler):
             if record.exc_info:
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
             self.file.write(text.encode("utf-8", "replace") + b"\n")
-        except Exception:       # a full disk must not take logging (or the loop) down
+        except OSError as e:    # a full disk: said once per outage (on stderr, the journal), never raised
+            if not self.failing:
+                self.failing = True
+                print(f"{self.file.path}: cannot write ({e.strerror}); the supervisor's lines are dropped "
+                      "from it until it can", file=sys.stderr, flush=True)
+            return
+        except Exception:       # nothing must take logging (or the loop) down
             self.handleError(record)
+            return
+        self.failing = False
 
     def close(self) -> None:
         self.file.close()

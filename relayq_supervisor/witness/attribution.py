@@ -5,18 +5,28 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from relayq_supervisor.linux.siginfo import Siginfo, is_user_sent, sender_is_verified, signal_name
-from relayq_supervisor.witness.guard import judge
-from relayq_supervisor.witness.identity import ProcessIdentity, boottime_now
-from relayq_supervisor.witness.tracefs import RESULT_DELIVERED, KernelSignal, OomVictim, lineage_text
+from relayq_supervisor.witness.bursts import Burst, Bursts, Key, wall_time
+from relayq_supervisor.witness.guard import Verdict, judge
+from relayq_supervisor.witness.identity import Pin, ProcessIdentity, boottime_now
+from relayq_supervisor.witness.tap import Decision
+from relayq_supervisor.witness.tracefs import (
+    RESULT_ALREADY_PENDING,
+    RESULT_DELIVERED,
+    KernelSignal,
+    OomVictim,
+    lineage_text,
+)
 
 log = logging.getLogger(__name__)
 
 # Signals that ask a program to stop: an exit after one of them is its sender's doing.
 STOP_REQUESTS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP})
+COALESCED_NOTE = "sent while one was already pending: the kernel merged them into it (signal(7))"
 WITNESSED_ALIVE_NOTE = "exited before the tap could inspect it; read from /proc when the kernel traced its signal"
 
 
@@ -55,9 +65,14 @@ class Supervision(Protocol):
 
 
 class Attribution:
-    def __init__(self, sup: Supervision, audit_ignore: frozenset[str] | tuple[str, ...]):
+    def __init__(self, sup: Supervision, audit_ignore: frozenset[str] | tuple[str, ...],
+                 schedule: Callable[[float, Callable[[], None]], object] | None = None):
         self.sup = sup
         self.audit_ignore = frozenset(audit_ignore)
+        self.schedule = schedule            # loop.call_later: closes burst windows on time
+        self.bursts = Bursts(self.burst_closed)
+        self.burst_timer = False
+        self.traced: Counter[str] = Counter()     # "program SIGNAL" -> deliveries the tap saw and recorded
         # signals the kernel witness saw that the tap will also stop at: its sender, for
         # the tap's record when the sender is gone by then (bounded: a stop may never come)
         self.parked: deque[KernelSignal] = deque(maxlen=64)
@@ -110,25 +125,41 @@ class Attribution:
                        sender=self.name_sender(sender), action="delivered", via="signalfd")
         log.info("received %s from %s", name, sender.describe() if sender else "the kernel")
 
-    def on_traced_signal(self, tid: int, info: Siginfo) -> bool:
-        """A signal is about to reach a traced child: record it, and say whether to deliver."""
+    def on_traced_signal(self, tid: int, info: Siginfo) -> bool | Decision:
+        """A signal is about to reach a traced child (the tracee waits in its stop): say
+        at once whether to deliver it; recording it, and reading its sender, come after the
+        tracee is resumed (`Decision.then`), or not at all when a burst counts it."""
         p = self.sup.program_of_pid(tid)
         user_sent = is_user_sent(info.code) and info.pid > 0
         if user_sent and info.pid == os.getpid():
             return True                     # our own: recorded when sent
-        name = signal_name(info.signo)
-        sender = None
-        witnessed = None
-        if user_sent:
-            # started after this moment = a recycled pid, not the sender
-            sender = ProcessIdentity.capture(info.pid, uid_hint=info.uid, code_hint=info.code_name,
-                                             seen_boottime=boottime_now())
-            witnessed = self.take_parked(p, info.signo, info.pid)
         verdict = judge(info.signo, protected=p is not None and p.protected, user_sent=user_sent,
                         from_program_itself=p is not None and user_sent and self.sup.program_of_pid(info.pid) is p,
                         from_service_manager=info.pid in (1, os.getppid()), shutting_down=self.sup.shutting_down)
         if verdict.shutdown and p is not None:
             self.sup.request_shutdown(f"SIGTERM to {p.name} from the service manager (pid {info.pid})")
+        key: Key = (p.name if p is not None else tid, info.pid if user_sent else None, info.signo)
+        recorded = signal_name(info.signo) not in self.audit_ignore or not verdict.deliver
+        if recorded:
+            self.traced[f"{p.name if p is not None else tid} {signal_name(info.signo)}"] += 1
+        burst = self.bursts.join(key, verdict.action) if recorded else None
+        if burst is not None and burst.record is not None:
+            self.judged(p, info, verdict, burst.record["sender"], burst.record["who"], user_sent, quiet=True)
+            return Decision(verdict.deliver)
+        pin = Pin.open(info.pid) if user_sent else None     # before the resume: the sender is held
+        return Decision(verdict.deliver,
+                        then=lambda: self.record_traced(p, tid, info, verdict, pin, key, recorded, user_sent))
+
+    def record_traced(self, p: Watched | None, tid: int, info: Siginfo, verdict: Verdict, pin: Pin | None,
+                      key: Key, recorded: bool, user_sent: bool) -> None:
+        """After the resume: who sent it (read through the pin), its record, its burst."""
+        try:
+            sender = pin.capture(uid_hint=info.uid, code_hint=info.code_name,
+                                 seen_boottime=pin.seen_boottime) if pin is not None else None
+        finally:
+            if pin is not None:
+                pin.close()
+        witnessed = self.take_parked(p, info.signo, info.pid) if user_sent else None
         sender_dict = self.name_sender(sender)
         who = sender.describe() if sender else f"the kernel ({info.code_name})"
         if sender is not None and sender.comm is None and witnessed is not None and witnessed.sender:
@@ -137,25 +168,69 @@ class Attribution:
             if sender_dict.get("note") is None:     # read from /proc while it sent the signal
                 sender_dict["note"] = WITNESSED_ALIVE_NOTE
             who = lineage_text(sender_dict)
-        if name not in self.audit_ignore or not verdict.deliver:
+        if recorded:
             # SI_QUEUE and the like carry a pid the sender wrote itself; SI_USER/SI_TKILL the kernel's
-            self.record(p, tid, info.signo, code=info.code_name, sender=sender_dict, action=verdict.action,
-                        via="ptrace", sender_verified=sender_is_verified(info.code) if user_sent else None,
-                        **({"note": verdict.note} if verdict.note else {}))
+            fields: dict[str, Any] = {"code": info.code_name, "sender": sender_dict, "action": verdict.action, "via": "ptrace",
+                      "sender_verified": sender_is_verified(info.code) if user_sent else None,
+                      **({"note": verdict.note} if verdict.note else {})}
+            self.record(p, tid, info.signo, **fields)
+            self.bursts.opened(key, {**fields, "target_pid": tid, "who": who})
+            self.wake_bursts()
+        self.judged(p, info, verdict, sender_dict, who, user_sent, quiet=False)
+
+    def judged(self, p: Watched | None, info: Siginfo, verdict: Verdict, sender: dict[str, Any] | None,
+               who: str, user_sent: bool, *, quiet: bool) -> None:
+        """What a verdict means for the program: counted, logged (not for each of a burst), kept."""
         if p is None:
-            return True
+            return
+        name = signal_name(info.signo)
         if not verdict.deliver:
             self.sup.count_blocked()
-            if verdict.note is None:
+            if quiet:
+                pass
+            elif verdict.note is None:
                 log.warning("%s: blocked %s from %s; to stop %s use `relayqctl stop %s`", p.name, name, who,
                             p.name, p.name)
             else:
                 log.info("%s: blocked %s from %s (%s)", p.name, name, who, verdict.note)
-            return False
+            return
         if user_sent or info.signo not in (signal.SIGCHLD, signal.SIGWINCH):
-            p.signalled({"signal": name, "signo": info.signo, "sender": sender_dict, "describe": who})
-        return True
+            p.signalled({"signal": name, "signo": info.signo, "sender": sender, "describe": who})
 
+    # --- bursts (witness/bursts.py) --------------------------------------------------------
+
+    def burst_closed(self, b: Burst) -> None:
+        """One event for a window's worth of one sender's signal to one target."""
+        r = b.record if b.record is not None else b.extra["kernel_record"]
+        p = self.sup.program_of_pid(r["target_pid"])
+        fields = {k: v for k, v in r.items() if k not in ("target_pid", "who")}
+        fields.update(count=b.count, since=wall_time(b.since))
+        if b.coalesced:
+            fields.update(coalesced=b.coalesced, coalesced_note=COALESCED_NOTE)
+        self.record(p, r["target_pid"], b.key[2], **fields)
+        level = logging.WARNING if r.get("action") == "blocked" else logging.INFO
+        log.log(level, "%s: %s %s from %s x %d since %s%s", p.name if p else f"pid {r['target_pid']}",
+                r.get("action"), signal_name(b.key[2]), r["who"], b.count, fields["since"],
+                f" (+{b.coalesced} coalesced by the kernel)" if b.coalesced else "")
+
+    def wake_bursts(self) -> None:
+        """A timer for the oldest open window (none without a scheduler: closed by the next signal)."""
+        if self.schedule is None or self.burst_timer:
+            return
+        due = self.bursts.next_due
+        if due is None:
+            return
+        self.burst_timer = True
+        self.schedule(due + 0.01, self.burst_tick)
+
+    def burst_tick(self) -> None:
+        self.burst_timer = False
+        self.bursts.close_due()
+        self.wake_bursts()
+
+    def close_bursts(self) -> None:
+        """Record what open windows counted (at shutdown)."""
+        self.bursts.close_all()
 
     # --- the kernel witness (witness/tracefs.py) -----------------------------------------
 
@@ -170,6 +245,12 @@ class Attribution:
         if seen.signal in self.audit_ignore:
             return
         p = self.sup.program_of_pid(seen.target_pid)
+        if self.sup.tap_active and seen.result == RESULT_ALREADY_PENDING and seen.signo != signal.SIGKILL:
+            # merged into one the tap will stop at: counted on that sender's burst
+            self.bursts.merged((p.name if p is not None else seen.target_pid, seen.sender_pid, seen.signo),
+                               lambda: self.kernel_record(seen))
+            self.wake_bursts()
+            return
         sender = self.name_witnessed(seen.sender) if seen.sender else None
         extra = {"kernel_context": seen.context} if seen.context else {}
         self.record(p, seen.target_pid, seen.signo, code=seen.code_name, sender=sender, action=seen.result_name,
@@ -180,6 +261,13 @@ class Attribution:
         if sender is not None:
             log.info("%s: %s from %s (kernel trace: %s)", p.name if p else f"pid {seen.target_pid}", seen.signal,
                      lineage_text(sender), seen.result_name)
+
+    def kernel_record(self, seen: KernelSignal) -> dict[str, Any]:
+        """What a burst of merges the tap never saw says, if no tap record comes for it."""
+        sender = self.name_witnessed(seen.sender) if seen.sender else None
+        return {"code": seen.code_name, "sender": sender, "action": seen.result_name, "via": "tracefs",
+                "target_pid": seen.target_pid,
+                "who": lineage_text(sender) if sender else f"the kernel ({seen.code_name})"}
 
     def on_oom_victim(self, victim: OomVictim) -> None:
         """The OOM killer chose a supervised program: its SIGKILL (just recorded) is the kernel's

@@ -99,38 +99,33 @@ class ProcessIdentity:
         signal was read) rejects a process started after the signal: the pid
         was reused before we could open it.
         """
-        gone = cls(pid=pid, uid=uid_hint, code=code_hint, alive=False, note=EXITED_NOTE)
-        if pid <= 0:
-            return dataclasses.replace(gone, note=KERNEL_NOTE)
+        pin = Pin.open(pid)
         try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            return gone
-        except OSError as e:
-            if e.errno not in (errno.ENOSYS, errno.EINVAL):
-                return dataclasses.replace(gone, note=f"could not open pid {pid}: {e.strerror}")
-            pidfd = None  # kernel < 5.3: fall back to the start-time check alone
-        try:
-            ticks = proc_start_ticks(pid)
-            if ticks is None:
-                return gone
-            facts = _read_facts(pid)
-            if facts is None or facts.start_ticks != ticks:
-                return gone
-            if not _still_same_process(pidfd, pid, ticks, facts.start_time):
-                return gone
-            if seen_boottime is not None and ticks / CLOCK_TICKS > seen_boottime + 1.0 / CLOCK_TICKS:
-                return dataclasses.replace(
-                    gone, note=f"pid {pid} was reused by a process started after the signal; sender already gone"
-                )
-            if uid_hint is not None and facts.uid != uid_hint:
-                return dataclasses.replace(
-                    gone, note=f"pid {pid} now belongs to uid {facts.uid}, not the sender's uid {uid_hint}; sender already gone"
-                )
-            ancestry = _read_ancestry(facts.ppid, ticks) if facts.ppid else ()
+            return pin.capture(uid_hint, code_hint, seen_boottime=seen_boottime)
         finally:
-            if pidfd is not None:
-                os.close(pidfd)
+            pin.close()
+
+    @classmethod
+    def _capture_pinned(cls, pid: int, pidfd: int | None, uid_hint: int | None, code_hint: str | None,
+                        seen_boottime: float | None) -> ProcessIdentity:
+        gone = cls(pid=pid, uid=uid_hint, code=code_hint, alive=False, note=EXITED_NOTE)
+        ticks = proc_start_ticks(pid)
+        if ticks is None:
+            return gone
+        facts = _read_facts(pid)
+        if facts is None or facts.start_ticks != ticks:
+            return gone
+        if not _still_same_process(pidfd, pid, ticks, facts.start_time):
+            return gone
+        if seen_boottime is not None and ticks / CLOCK_TICKS > seen_boottime + 1.0 / CLOCK_TICKS:
+            return dataclasses.replace(
+                gone, note=f"pid {pid} was reused by a process started after the signal; sender already gone"
+            )
+        if uid_hint is not None and facts.uid != uid_hint:
+            return dataclasses.replace(
+                gone, note=f"pid {pid} now belongs to uid {facts.uid}, not the sender's uid {uid_hint}; sender already gone"
+            )
+        ancestry = _read_ancestry(facts.ppid, ticks) if facts.ppid else ()
         return cls(
             pid=pid,
             uid=facts.uid,
@@ -216,6 +211,45 @@ class ProcessIdentity:
         if not self.alive and self.note:
             text += f" [{self.note}]"
         return text
+
+
+class Pin:
+    """A process held by a pidfd, opened at once (a signal-delivery-stop: before the tracee
+    is resumed) and read later: the reading is checked against the pidfd, so what it finds
+    is the process that was there when the pin was taken, or it says the sender is gone.
+    Opening a pidfd is one syscall; reading /proc is the slow part, done after the resume."""
+
+    def __init__(self, pid: int, pidfd: int | None, failure: str | None, seen_boottime: float):
+        self.pid, self.pidfd, self.failure, self.seen_boottime = pid, pidfd, failure, seen_boottime
+
+    @classmethod
+    def open(cls, pid: int) -> Pin:
+        now = boottime_now()
+        if pid <= 0:
+            return cls(pid, None, KERNEL_NOTE, now)
+        try:
+            return cls(pid, os.pidfd_open(pid), None, now)
+        except ProcessLookupError:
+            return cls(pid, None, EXITED_NOTE, now)
+        except OSError as e:
+            if e.errno in (errno.ENOSYS, errno.EINVAL):
+                return cls(pid, None, None, now)   # kernel < 5.3: the start-time check alone
+            return cls(pid, None, f"could not open pid {pid}: {e.strerror}", now)
+
+    @property
+    def alive(self) -> bool:
+        return self.failure is None and (self.pidfd is None or _pidfd_alive(self.pidfd))
+
+    def capture(self, uid_hint: int | None = None, code_hint: str | None = None, *,
+                seen_boottime: float | None = None) -> ProcessIdentity:
+        if self.failure is not None:
+            return ProcessIdentity(pid=self.pid, uid=uid_hint, code=code_hint, alive=False, note=self.failure)
+        return ProcessIdentity._capture_pinned(self.pid, self.pidfd, uid_hint, code_hint, seen_boottime)
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 @dataclass(frozen=True)

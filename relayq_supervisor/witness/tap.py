@@ -8,7 +8,11 @@ tracees do), the former thread id it reports after an exec from a non-leader thr
 of no use to a tap that keeps no per-thread state, and with it every start would stop
 at exec until the loop answered.
 At each signal-delivery-stop the kernel's siginfo names the sender; the decision to
-deliver or suppress is the caller's (`on_signal`). Everything here is ptrace(2):
+deliver or suppress is the caller's (`on_signal`), and must be quick: the tracee is
+resumed (with the signal, or without it) before anything slow happens. Reading who the
+sender is comes after (`Decision.then`), the sender pinned by a pidfd opened in the stop:
+a storm of signals then costs the tracee one getsiginfo and one resume per signal, not
+an inspection of /proc. Everything here is ptrace(2):
 - group-stop (SIGSTOP/SIGTSTP/...) of a seized tracee is reported as PTRACE_EVENT_STOP
   and must be answered with PTRACE_LISTEN, so the process really stays stopped and a
   later SIGCONT still reaches us;
@@ -21,6 +25,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
+from typing import NamedTuple
 
 from relayq_supervisor.linux import ptrace
 from relayq_supervisor.linux.siginfo import Siginfo
@@ -28,10 +33,16 @@ from relayq_supervisor.linux.siginfo import Siginfo
 OPTIONS = ptrace.PTRACE_O_TRACECLONE
 
 
+class Decision(NamedTuple):
+    deliver: bool
+    then: Callable[[], None] | None = None      # run once the tracee is resumed
+
+
 class SignalTap:
-    def __init__(self, on_signal: Callable[[int, Siginfo], bool]):
-        self.on_signal = on_signal          # (tid, siginfo) -> deliver?
+    def __init__(self, on_signal: Callable[[int, Siginfo], bool | Decision]):
+        self.on_signal = on_signal          # (tid, siginfo) -> deliver? (and what to do after)
         self.unavailable: str | None = None
+        self.signal_stops = 0
 
     @property
     def state(self) -> str:
@@ -91,8 +102,15 @@ class SignalTap:
             info = ptrace.getsiginfo(tid)
         except ProcessLookupError:
             return
-        deliver = True
+        self.signal_stops += 1
+        decision = Decision(True)
         try:
-            deliver = self.on_signal(tid, info)
+            answer = self.on_signal(tid, info)
+            decision = answer if isinstance(answer, Decision) else Decision(bool(answer))
         finally:        # whatever the callback did, never leave a tracee stopped
-            ptrace.cont(tid, stopsig if deliver else 0)
+            try:
+                ptrace.cont(tid, stopsig if decision.deliver else 0)
+            except ProcessLookupError:
+                pass    # killed (SIGKILL) while stopped: its exit follows; the record still is made
+        if decision.then is not None:
+            decision.then()

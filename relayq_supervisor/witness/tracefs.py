@@ -62,6 +62,7 @@ OVERRUN_NOTE = "lineage incomplete (trace buffer overrun)"
 # signal_generate's `res` (enum in include/trace/events/signal.h)
 RESULTS = {0: "delivered", 1: "ignored", 2: "already-pending", 3: "queue-overflow", 4: "delivered-without-info"}
 RESULT_DELIVERED = 0
+RESULT_ALREADY_PENDING = 2
 SI_KERNEL = 0x80
 
 # --- trace_pipe lines ------------------------------------------------------------------
@@ -286,15 +287,31 @@ def _live_match(pid: int, record: ProcessRecord | None, ts: float) -> bool:
     return started <= ts + START_MATCH_S and (record is None or record.exit is None)
 
 
+SENDER_REUSE_S = 1.0
+SENDER_REUSE_MAX = 256
+
+
 class Namer:
     """Sender identities from the history, /proc where the process still lives."""
 
     def __init__(self, history: ProcessHistory):
         self.history = history
         self.lost = 0               # events the kernel dropped (buffer overrun), ever
+        # (pid, its record's start, code) -> (trace time, identity): a signal storm's sender
+        # is read from /proc once per SENDER_REUSE_S, not once per signal (issue 13)
+        self.recent: dict[tuple[int, float | None, bool, str | None], tuple[float, dict[str, Any]]] = {}
 
     def name(self, pid: int, ts: float, task: str, code: str | None) -> dict[str, Any]:
-        return self.name_record(pid, self.history.get(pid), ts, task, code)
+        record = self.history.get(pid)
+        key = (pid, record.start if record is not None else None, record is None, code)
+        hit = self.recent.get(key)
+        if hit is not None and 0 <= ts - hit[0] < SENDER_REUSE_S:
+            return dict(hit[1])                 # callers add fields to what they get
+        out = self.name_record(pid, record, ts, task, code)
+        if len(self.recent) >= SENDER_REUSE_MAX:
+            self.recent.clear()
+        self.recent[key] = (ts, dict(out))
+        return out
 
     def name_record(self, pid: int, record: ProcessRecord | None, ts: float, task: str,
                     code: str | None) -> dict[str, Any]:

@@ -144,9 +144,7 @@ def test_unwritable_path_never_raises(tmp_path):
     assert audit.write(make_event("spawn", program="b", pid=2, argv=[])) is False
 
     assert len(messages) == 1
-    assert messages[0] == (
-        f"audit log {path}: write failed (Not a directory); events are kept in memory and retried"
-    )
+    assert messages[0].startswith(f"audit log {path}: write failed (Not a directory); events are held in memory")
     assert audit.pending == 2
     audit.close()
 
@@ -165,7 +163,8 @@ def test_write_failure_then_recovery_loses_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(audit_log.os, "write", disk_full)
     results = [audit.write(make_event("spawn", program="w", pid=i, argv=[])) for i in range(1, 4)]
     assert results == [False, False, False]
-    assert messages == [f"audit log {path}: write failed (No space left on device); events are kept in memory and retried"]
+    assert len(messages) == 1
+    assert messages[0].startswith(f"audit log {path}: write failed (No space left on device); events are held")
     assert audit.failing and audit.pending == 3
 
     monkeypatch.setattr(audit_log.os, "write", real_write)
@@ -194,23 +193,89 @@ def test_partial_write_is_cut_back(tmp_path, monkeypatch):
     assert stream.corrupt_lines == 0 and stream.torn_lines == 0
 
 
-def test_memory_is_bounded_and_the_gap_is_recorded(tmp_path, monkeypatch):
+def _failing_writes(monkeypatch, allowed: list[int]):
+    """os.write that succeeds `allowed[0]` more times, then fails with ENOSPC."""
+    real_write = os.write
+
+    def write(fd, data):
+        if allowed[0] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        allowed[0] -= 1
+        return real_write(fd, data)
+
+    monkeypatch.setattr(audit_log.os, "write", write)
+
+
+def test_over_budget_alike_events_are_aggregated_first(tmp_path, monkeypatch):
     path = tmp_path / "audit.jsonl"
     messages = []
     audit = AuditLog(path, on_error=messages.append, max_pending=3)
-    real_write = os.write
-    monkeypatch.setattr(audit_log.os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    allowed = [0]
+    _failing_writes(monkeypatch, allowed)
     for i in range(5):
         audit.write(make_event("spawn", program="w", pid=i, argv=[]))
-    assert audit.pending == 3
-    monkeypatch.setattr(audit_log.os, "write", real_write)
-    assert audit.write(make_event("spawn", program="w", pid=5, argv=[]))
+    assert audit.pending == 2                   # pids 0-3 folded into one, then pid 4
+    allowed[0] = 100
+    assert audit.flush()
     audit.close()
 
     events = list(iter_events(path))
-    assert events[0]["event"] == "audit_gap" and events[0]["dropped"] == 2
-    assert [e["pid"] for e in events[1:]] == [2, 3, 4, 5]
-    assert "Input/output error" in messages[0] and "2 older events were lost" in messages[1]
+    assert [e["pid"] for e in events] == [0, 4]
+    assert events[0]["count"] == 4 and events[0]["aggregated"]["until"] <= events[1]["ts"]
+    assert all(e["event"] != "audit_gap" for e in events)
+    assert len(messages) == 2 and "3 aggregated into others, 0 dropped" in messages[1]
+
+
+def test_memory_is_bounded_and_the_gap_is_recorded_in_place(tmp_path, monkeypatch):
+    path = tmp_path / "audit.jsonl"
+    messages = []
+    audit = AuditLog(path, on_error=messages.append, max_pending=3)
+    monkeypatch.setattr(audit_log.os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    for i in range(6):      # all different: nothing to aggregate
+        audit.write(make_event("spawn", program=f"w{i}", pid=i, argv=[]))
+    assert audit.pending == 3
+    monkeypatch.undo()
+    assert audit.flush()
+    assert audit.write(make_event("spawn", program="w6", pid=6, argv=[]))
+    audit.close()
+
+    events = list(iter_events(path))
+    gap = events[0]
+    assert gap["event"] == "audit_gap" and gap["dropped"] == 4
+    assert [e["pid"] for e in events[1:]] == [4, 5, 6]
+    assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)
+    assert "Input/output error" in messages[0] and "4 dropped (recorded as an audit_gap event)" in messages[1]
+    assert len(messages) == 2
+
+
+def test_space_freed_a_little_at_a_time_writes_events_not_gap_lines(tmp_path, monkeypatch):
+    path = tmp_path / "audit.jsonl"
+    messages = []
+    audit = AuditLog(path, on_error=messages.append, max_pending=10)
+    allowed = [0]
+    _failing_writes(monkeypatch, allowed)
+    total = 0
+    for _round in range(5):
+        for _ in range(12):
+            audit.write(make_event("spawn", program=f"w{total}", pid=total, argv=[]))
+            total += 1
+        allowed[0] = 3              # a little space: three lines fit, then full again
+        audit.flush()
+    allowed[0] = 10_000
+    assert audit.flush()
+    audit.close()
+
+    events = list(iter_events(path))
+    gaps = [e for e in events if e["event"] == "audit_gap"]
+    spawned = [e["pid"] for e in events if e["event"] == "spawn"]
+    assert len(messages) == 2                           # one outage: one warning, one "writing again"
+    assert spawned == sorted(spawned)
+    assert len(spawned) + sum(g["dropped"] for g in gaps) == total
+    assert len(gaps) <= 5 and all(g["dropped"] > 1 for g in gaps)
+    assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)
+    stream = iter_events(path)
+    list(stream)
+    assert stream.torn_lines == 0 and stream.corrupt_lines == 0
 
 
 def test_unencodable_event_is_reported_not_raised(tmp_path):

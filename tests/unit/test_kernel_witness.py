@@ -275,8 +275,10 @@ def test_the_tap_names_a_gone_sender_from_the_trace():
     a = Attribution(sup, ())
     a.on_kernel_signal(kernel_signal(signal.SIGTERM, sender=gone_sender()))
     assert sup.audited == []                        # left to the tap, which will stop at it
-    deliver = a.on_traced_signal(812, Siginfo(signo=signal.SIGTERM, errno=0, code=SI_USER, pid=SH, uid=0))
-    assert deliver is False                         # the guard still blocks it
+    decision = a.on_traced_signal(812, Siginfo(signo=signal.SIGTERM, errno=0, code=SI_USER, pid=SH, uid=0))
+    assert decision.deliver is False                # the guard still blocks it
+    assert sup.audited == []                        # recorded only once the tracee is resumed
+    decision.then()
     [(kind, event)] = sup.audited
     assert (event["via"], event["action"], event["sender"]["comm"], event["sender"]["seen_by"]) == \
         ("ptrace", "blocked", "sh", "tracefs")
