@@ -393,6 +393,11 @@ def print_why(result: dict) -> None:
     p, stop = result["program"], result.get("last_stop")
     node = f"node {result['node']}: " if result.get("node") else ""
     say(f"{node}{p['name']}: {p['state']}" + (f", pid {p['pid']}" if p["pid"] else "") + f" ({p['reason']})")
+    recent = [e for e in result.get("recent_events") or [] if not stop or e not in (stop.get("events") or [])]
+    if recent:
+        say("  since (signals, denied commands):")
+        for event in recent:
+            say(f"    {review.format_event(event)}")
     if not stop:
         say("  no run of it has ended yet")
         return

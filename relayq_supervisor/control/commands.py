@@ -62,7 +62,8 @@ async def pid(sup: Supervision, args: dict[str, Any], peer: Peer) -> dict[str, A
 async def why(sup: Supervision, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
     """How the program's last run ended, with its evidence (`last_stop`, null if none yet)."""
     p = sup.arbiter.graph.resolve([args.get("name") or ""])[0]
-    return {"program": p.status(), "last_stop": p.last_stop}
+    # what touched the current run (signals, denied commands; a late answer amends in place)
+    return {"program": p.status(), "last_stop": p.last_stop, "recent_events": list(p.recent_events)}
 
 
 async def reload(sup: Supervision, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
