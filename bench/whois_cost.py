@@ -119,7 +119,7 @@ async def question_cost(tmp: Path, port: int, r: redis.Redis, questions: int) ->
     r.execute_command("MEMORY", "PURGE")
     net0, mem0 = net_and_memory(r)
     asker = whois.WhoisAsker(n1, lambda: admin, deadline=5.0)
-    answerer = whois.WhoisAnswerer(n2, lambda ip, p, rp, at: dict(IDENTITY, connection=dict(IDENTITY["connection"],
+    answerer = whois.WhoisAnswerer(n2, lambda ip, p, rp, at, ips: dict(IDENTITY, connection=dict(IDENTITY["connection"],
                                                                                             addr=f"{ip}:{p}")))
     asker.start()
     answerer.start()

@@ -17,10 +17,10 @@ The wire (the `relayq-node` user's channels, link.PREFIX):
 An answer is accepted only when Redis shows that connection (CLIENT LIST ID, the Redis
 node's admin user): logged in as the node user (node credentials), named with the answer's
 digest (the content cannot be swapped, nor another connection borrowed), and connected from
-the very address asked about: the Redis node's kernel vouches for that, so no node can
-answer for another's address. (A node that reaches Redis from one address and whose
-processes use another is not believed: its answers are rejected, with the reason, and the
-denial says so.)
+the very address asked about (the Redis node's kernel vouches for that), or from another
+address of that node when both are claimed by that node alone (IPv4 to Redis, an IPv6
+client): no node can answer for another's address, and one that also claims it only
+leaves its own answers held to the strict rule.
 """
 from __future__ import annotations
 
@@ -96,21 +96,23 @@ def pubsub_client(config: Config) -> aioredis.Redis:
     return aioredis.Redis(**options)
 
 
-async def owners_of(client: aioredis.Redis, ip: str) -> list[str]:
-    """The nodes whose last heartbeat lists `ip` among their addresses."""
+async def address_claims(client: aioredis.Redis) -> dict[str, set[str]]:
+    """ip -> the nodes whose last heartbeat lists it among their addresses."""
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in await client.zrange(link.NODES_KEY, 0, -1)]
     if not names:
-        return []
+        return {}
     docs = await client.mget([link.node_key(n) for n in names])
-    owners = []
+    claims: dict[str, set[str]] = {}
     for name, raw in zip(names, docs, strict=True):
         try:
             addresses = json.loads(raw).get("addresses") or [] if raw else []
         except ValueError:
             continue
-        if ip in {canonical_ip(a) for a in addresses if isinstance(a, str)}:
-            owners.append(name)
-    return owners
+        for a in addresses:
+            ip = canonical_ip(a) if isinstance(a, str) else None
+            if ip is not None:
+                claims.setdefault(ip, set()).add(name)
+    return claims
 
 
 # --- the asking side (the Redis node) ------------------------------------------------------
@@ -121,6 +123,7 @@ class Question:
     ip: str
     port: int
     owners: list[str]
+    claims: dict[str, set[str]]
     asked: float
     late: Callable[[dict[str, Any] | None, str], None]
     answered: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -174,7 +177,8 @@ class WhoisAsker:
             return None, f"client address {addr!r} is not an IP address and port"
         ip, port = where
         try:
-            owners = await asyncio.wait_for(owners_of(self.client, ip), self.deadline)
+            claims = await asyncio.wait_for(address_claims(self.client), self.deadline)
+            owners = sorted(claims.get(ip, ()))
         except REDIS_ERRORS as e:
             return None, f"cluster Redis unreachable, no node asked ({e or type(e).__name__})"
         if not owners:
@@ -184,11 +188,14 @@ class WhoisAsker:
                 await asyncio.wait_for(self.subscribed.wait(), self.deadline)
             except TimeoutError:
                 return None, f"node {', '.join(owners)} not asked: no answer channel yet"
-        q = Question(id=uuid.uuid4().hex[:16], ip=ip, port=port, owners=owners, asked=time.time(), late=late)
+        q = Question(id=uuid.uuid4().hex[:16], ip=ip, port=port, owners=owners, claims=claims, asked=time.time(),
+                     late=late)
         self.pending[q.id] = q
         asyncio.get_running_loop().call_later(LATE_S, self.pending.pop, q.id, None)
+        self.is_remote(addr)        # refreshes self.addresses: the ones a client may have reached us on
+        redis_ips = sorted(a for a in self.addresses if not ipaddress.ip_address(a).is_loopback)
         question = json.dumps({"id": q.id, "ip": ip, "port": port, "redis_port": redis_port, "at": at,
-                               "asker": self.node}, separators=(",", ":"))
+                               "asker": self.node, "redis_ips": redis_ips}, separators=(",", ":"))
         self.asked += 1
         try:
             listeners = 0
@@ -281,14 +288,19 @@ class WhoisAsker:
         if conn.get("user") != link.NODE_USER:
             return f"the answering connection is user {conn.get('user')!r}, not the node user {link.NODE_USER}"
         source = split_addr(conn.get("addr", ""))
-        if source is None or source[0] != q.ip:
-            return f"node {node} answered from {conn.get('addr')}, not from {q.ip}"
-        return None
+        if source is not None and source[0] == q.ip:
+            return None
+        # another of its addresses (IPv4 to Redis, IPv6 for the client): believed only when
+        # both are that node's alone, so claiming someone else's address gains nothing
+        if source is not None and q.claims.get(q.ip) == {node} and q.claims.get(source[0]) == {node}:
+            return None
+        return f"node {node} answered from {conn.get('addr')}, not from {q.ip} nor another address only it holds"
 
 
 # --- the answering side (every node) -------------------------------------------------------
 
-Resolver = Callable[[str, int, int, float | None], dict[str, Any] | None]
+# (client ip, client port, Redis port, when (epoch), the Redis node's addresses) -> identity
+Resolver = Callable[[str, int, int, float | None, frozenset[str]], dict[str, Any] | None]
 
 
 class WhoisAnswerer:
@@ -341,11 +353,12 @@ class WhoisAnswerer:
             qid, ip, port, redis_port, asker = str(q["id"]), str(q["ip"]), int(q["port"]), int(q["redis_port"]), \
                 str(q["asker"])
             at = float(q["at"]) if q.get("at") is not None else None
+            redis_ips = frozenset(str(a) for a in q.get("redis_ips") or ())
         except (ValueError, KeyError, TypeError):
             log.warning("cluster whois: an unreadable question ignored")
             return
         self.questions += 1
-        sender = self.resolve(ip, port, redis_port, at)
+        sender = self.resolve(ip, port, redis_port, at, redis_ips)
         log.info("cluster whois: %s asked who held %s:%d: %s", asker, ip, port,
                  f"pid {sender.get('pid')} ({sender.get('seen_by')})" if sender else "nobody known")
         note = None if sender is not None else \
@@ -379,7 +392,8 @@ class LocalResolver:
         self.name_process = name_process
         self.who_held = who_held
 
-    def __call__(self, ip: str, port: int, redis_port: int, at: float | None) -> dict[str, Any] | None:
+    def __call__(self, ip: str, port: int, redis_port: int, at: float | None,
+                 redis_ips: frozenset[str] = frozenset()) -> dict[str, Any] | None:
         addr = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
         pid = acl.find_client_process(addr, redis_port)
         if pid is not None:
@@ -387,7 +401,11 @@ class LocalResolver:
             # the socket check after the capture: a pid reused meanwhile is not blamed
             if identity is not None and identity.get("alive") and acl.process_holds_client_socket(pid, addr, redis_port):
                 return dict(identity, seen_by="procfs")
-        return self.who_held(ip, port, at) if self.who_held is not None else None
+        traced = self.who_held(ip, port, at) if self.who_held is not None else None
+        to = split_addr(((traced or {}).get("connection") or {}).get("to") or "")
+        if traced is not None and redis_ips and (to is None or to[0] not in redis_ips):
+            return None         # that port's connection went to another server
+        return traced
 
 
 class Whois:

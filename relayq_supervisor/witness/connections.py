@@ -172,10 +172,13 @@ class OwnConnections:
         return len(self.by_addr)
 
     def wants(self, st: SockState) -> bool:
+        """A connection to the cluster Redis' port on another host. Any of its addresses, not
+        only the configured one: the Redis node has several (IPv4, IPv6), and which one a
+        process used is checked when this node is asked (the asker says its addresses)."""
         if st.dport not in self.ports:
             return False
         key = _ip_key(st.daddr, st.dport)
-        return key in self.destinations
+        return key is not None and not ipaddress.ip_address(key[0]).is_loopback
 
     def seen(self, st: SockState, history: ProcessHistory) -> None:
         """Feed one client-side state change (call it for lines `wants` accepts)."""

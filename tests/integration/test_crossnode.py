@@ -21,6 +21,7 @@ import pytest
 from support import PYTHON, REDIS_SERVER, Supervisor, free_port, wait_for
 from support.netns import NetnsRefused, create_pair
 
+from relayq_supervisor.cluster.whois import split_addr
 from relayq_supervisor.linux import tracefs
 from relayq_supervisor.witness.tracefs import in_initial_pid_namespace
 
@@ -69,7 +70,7 @@ class Cluster:
             [redis]
             binary = "{REDIS_SERVER}"
             port = {self.port}
-            bind = ["127.0.0.1", "{hosts.a.ipv4}"]
+            bind = ["127.0.0.1", "{hosts.a.ipv4}", "{hosts.a.ipv6}"]
             dir = "data"
             # no default password here: protected mode would refuse the other hosts
             args = ["--save", "", "--protected-mode", "no"]
@@ -144,9 +145,9 @@ def cluster(tmp_path_factory):
         hosts.remove()
 
 
-def oneshot_shutdown(cluster) -> tuple[int, int]:
+def oneshot_shutdown(cluster, target: str | None = None) -> tuple[int, int]:
     """`sh -c 'redis-cli -h <n1> shutdown'` on n2: (the cli's pid, the sh's pid), both gone."""
-    script = f"{REDIS_CLI} -h {cluster.hosts.a.ipv4} -p {cluster.port} shutdown >&2 & echo $!; wait $!"
+    script = f"{REDIS_CLI} -h {target or cluster.hosts.a.ipv4} -p {cluster.port} shutdown >&2 & echo $!; wait $!"
     sh = cluster.hosts.b.popen(["sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = sh.communicate(timeout=30)
     assert "NOPERM" in err, err
@@ -168,6 +169,15 @@ def test_a_oneshot_script_on_n2_is_named_on_n1_with_its_node_pid_and_lineage(clu
     audit = cluster.n1.ctl("audit", "--program", "redis", check=True).stdout
     assert f"DENIED shutdown by user default from n2 pid {cli} redis-cli" in audit
     assert f"<- pid {sh} " in audit
+
+
+def test_over_ipv6_the_client_is_named_though_n2_reaches_redis_over_ipv4(cluster):
+    # n2 answers from 10.254.0.2: believed for fd00:254::2 because n2 alone holds both
+    cli, _ = oneshot_shutdown(cluster, cluster.hosts.a.ipv6)
+    denied = wait_for(lambda: [e for e in cluster.denials(command="shutdown") if (e.get("sender") or {}).get("pid") == cli],
+                      timeout=NAMED_WITHIN_S, what="the IPv6 client's denial named")[0]
+    assert split_addr(denied["client_addr"])[0] == cluster.hosts.b.ipv6     # Redis 7 brackets it, 6.2 does not
+    assert (denied["sender"]["node"], denied["sender"]["comm"]) == ("n2", "redis-cli")
 
 
 def test_a_worker_on_n2_sending_shutdown_on_its_connection_is_named_with_its_instance(cluster):

@@ -80,9 +80,11 @@ def test_another_namespace_is_never_recorded():
     # the process is gone and its source address is not one of ours: another host's
     own = fed(SESSION, addresses={"10.254.0.1"})
     assert len(own) == 0 and own.gate.foreign == 2     # the connect and the unclaimed close
-    # other destinations are not ours to record at all
+    # another port, or a server on loopback (this host's own), is not the cluster's Redis
     st = lines(SESSION)[0]
-    assert not OwnConnections([("10.254.0.9", 6398)], NetnsGate(set())).wants(st)
+    assert OwnConnections([("10.254.0.9", 6398)], NetnsGate(set())).wants(st)     # another address of it
+    assert not OwnConnections([("10.254.0.1", 6379)], NetnsGate(set())).wants(st)
+    assert not OwnConnections([REMOTE], NetnsGate(set())).wants(dataclasses.replace(st, daddr="127.0.0.1"))
 
 
 def test_the_gate_reads_a_live_process_namespace_and_a_gone_loopback_clients_ancestor():
