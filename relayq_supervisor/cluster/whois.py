@@ -115,6 +115,16 @@ async def address_claims(client: aioredis.Redis) -> dict[str, set[str]]:
     return claims
 
 
+def believed(asked_ip: str, node: str, source_ip: str, claims: dict[str, set[str]]) -> bool:
+    """May `node`, whose answer came over a connection from `source_ip` (as the Redis node's
+    kernel saw it), answer for `asked_ip`? From that very address, yes; from another of its
+    addresses (IPv4 to Redis, an IPv6 client) only when both are claimed by it alone, so
+    claiming someone else's address gains nothing."""
+    if source_ip == asked_ip:
+        return True
+    return claims.get(asked_ip) == {node} and claims.get(source_ip) == {node}
+
+
 # --- the asking side (the Redis node) ------------------------------------------------------
 
 @dataclass
@@ -288,11 +298,7 @@ class WhoisAsker:
         if conn.get("user") != link.NODE_USER:
             return f"the answering connection is user {conn.get('user')!r}, not the node user {link.NODE_USER}"
         source = split_addr(conn.get("addr", ""))
-        if source is not None and source[0] == q.ip:
-            return None
-        # another of its addresses (IPv4 to Redis, IPv6 for the client): believed only when
-        # both are that node's alone, so claiming someone else's address gains nothing
-        if source is not None and q.claims.get(q.ip) == {node} and q.claims.get(source[0]) == {node}:
+        if source is not None and believed(q.ip, node, source[0], q.claims):
             return None
         return f"node {node} answered from {conn.get('addr')}, not from {q.ip} nor another address only it holds"
 

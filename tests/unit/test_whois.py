@@ -4,7 +4,7 @@ answer joined to its denial."""
 from __future__ import annotations
 
 from relayq_supervisor.audit import review
-from relayq_supervisor.cluster.whois import WhoisAsker, answer_channel, ask_channel, digest, split_addr
+from relayq_supervisor.cluster.whois import WhoisAsker, answer_channel, ask_channel, believed, digest, split_addr
 
 DENIAL = {"ts": "2026-11-26T12:00:03.120Z", "event": "redis_denied", "id": "d1", "program": "redis",
           "command": "shutdown", "user": "default", "client_addr": "10.0.0.2:51234", "count": 1}
@@ -57,3 +57,14 @@ def test_a_late_answer_is_joined_to_its_denial():
     # a denial without a late answer, or of another id, is left alone
     other = dict(DENIAL, id="d2", sender=None, note="x")
     assert review.join_attribution(other, review.attributions_by_denial(events)) is other
+
+
+def test_an_answer_is_believed_from_the_address_asked_or_another_the_node_alone_holds():
+    claims = {"10.0.0.2": {"n2"}, "fd00::2": {"n2"}, "10.0.0.3": {"n3"}, "10.0.0.7": {"n2", "n3"}}
+    assert believed("10.0.0.2", "n2", "10.0.0.2", claims)
+    assert believed("fd00::2", "n2", "10.0.0.2", claims)             # n2's IPv6 client, n2's IPv4 link
+    assert not believed("10.0.0.2", "n2", "10.0.0.3", claims)        # n3's connection, saying it is n2
+    assert not believed("10.0.0.2", "n3", "10.0.0.3", claims)        # n3 answering for n2's address
+    assert not believed("10.0.0.7", "n2", "10.0.0.2", claims)        # claimed twice: only from itself
+    assert believed("10.0.0.7", "n3", "10.0.0.7", claims)
+    assert not believed("10.0.0.9", "n2", "10.0.0.2", claims)        # nobody's
