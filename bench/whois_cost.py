@@ -35,7 +35,9 @@ import redis.asyncio as aioredis
 
 from bench.context import BenchContext
 from bench.report import Section, Table, Target
-from relayq_supervisor.cluster import link, whois
+from relayq_supervisor.cluster import link
+from relayq_supervisor.cluster.whois_answer import WhoisAnswerer
+from relayq_supervisor.cluster.whois_ask import WhoisAsker
 from relayq_supervisor.config import find_redis_tool, load_config
 from relayq_supervisor.kinds.redis import acl
 from relayq_supervisor.witness.connections import NetnsGate, OwnConnections
@@ -118,8 +120,8 @@ async def question_cost(tmp: Path, port: int, r: redis.Redis, questions: int) ->
     admin = aioredis.Redis(port=port)
     r.execute_command("MEMORY", "PURGE")
     net0, mem0 = net_and_memory(r)
-    asker = whois.WhoisAsker(n1, lambda: admin, deadline=5.0)
-    answerer = whois.WhoisAnswerer(n2, lambda ip, p, rp, at, ips: dict(IDENTITY, connection=dict(IDENTITY["connection"],
+    asker = WhoisAsker(n1, lambda: admin, deadline=5.0)
+    answerer = WhoisAnswerer(n2, lambda ip, p, rp, at, ips: dict(IDENTITY, connection=dict(IDENTITY["connection"],
                                                                                             addr=f"{ip}:{p}")))
     asker.start()
     answerer.start()

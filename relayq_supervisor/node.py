@@ -24,7 +24,7 @@ from relayq_supervisor.audit.log import AuditLog, make_event
 from relayq_supervisor.background import start_task
 from relayq_supervisor.cluster.metrics import ClusterCollector
 from relayq_supervisor.cluster.publisher import ClusterPublisher
-from relayq_supervisor.cluster.whois import Whois
+from relayq_supervisor.cluster.whois_answer import Whois
 from relayq_supervisor.config import Config, children_path, load_config
 from relayq_supervisor.control.server import ControlServer
 from relayq_supervisor.core import reload as reload_diff

@@ -4,7 +4,8 @@ answer joined to its denial."""
 from __future__ import annotations
 
 from relayq_supervisor.audit import review
-from relayq_supervisor.cluster.whois import WhoisAsker, answer_channel, ask_channel, believed, digest, split_addr
+from relayq_supervisor.cluster.whois import answer_channel, ask_channel, believed, digest, split_addr
+from relayq_supervisor.cluster.whois_ask import WhoisAsker
 
 DENIAL = {"ts": "2026-11-26T12:00:03.120Z", "event": "redis_denied", "id": "d1", "program": "redis",
           "command": "shutdown", "user": "default", "client_addr": "10.0.0.2:51234", "count": 1}
