@@ -497,6 +497,7 @@ class ClientConnections:
 # is also stopped by the new connection's own ESTABLISHED replacing the record.
 CLIENT_TIME_SLACK_S = 0.1
 CLIENT_LATE_SLACK_S = 2.0
+REMOTE_CLOCK_SLACK_S = 1.0      # two nodes' clocks (NTP) may differ this much
 CLIENT_LOOKUP_READS = 128       # ~1 MiB of trace, ~4,000 lines: a lookup is rare (a denial)
 
 
@@ -794,7 +795,10 @@ class KernelWitness:
         r = self.connections.get(addr, port)
         if r is None:
             return None
-        if at is not None and not r.held_at(at - _boot_to_epoch(0.0), CLIENT_TIME_SLACK_S, CLIENT_LATE_SLACK_S):
+        # `at` comes from another host's clock: REMOTE_CLOCK_SLACK_S either way (a port reused
+        # sooner is no risk: the newer connection's record has replaced the older one)
+        if at is not None and not r.held_at(at - _boot_to_epoch(0.0), REMOTE_CLOCK_SLACK_S,
+                                            CLIENT_LATE_SLACK_S + REMOTE_CLOCK_SLACK_S):
             return None
         ts = r.connected if r.connected is not None else (r.closed or 0.0)
         out = self.namer.name_record(r.pid, r.process, ts, r.task, None)
