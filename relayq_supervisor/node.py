@@ -44,7 +44,7 @@ from relayq_supervisor.systemd import ServiceLink
 from relayq_supervisor.witness.attribution import Attribution
 from relayq_supervisor.witness.evidence import Probe
 from relayq_supervisor.witness.tap import SignalTap
-from relayq_supervisor.witness.tracefs import KernelWitness
+from relayq_supervisor.witness.tracefs import CATCH_UP_READS, KernelWitness
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +366,7 @@ class Node:
         if w is None:
             return
         if w.start():
+            self.attribution.catch_up = lambda: w.drain(CATCH_UP_READS)
             self.listen_to_kernel_trace()
             log.info("kernel witness: tracing signals to children in %s", w.instance)
             redis = self.config.redis

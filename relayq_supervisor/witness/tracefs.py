@@ -494,7 +494,7 @@ class ClientConnections:
 # is also stopped by the new connection's own ESTABLISHED replacing the record.
 CLIENT_TIME_SLACK_S = 0.1
 CLIENT_LATE_SLACK_S = 2.0
-CLIENT_LOOKUP_READS = 128       # ~1 MiB of trace, ~4,000 lines: a lookup is rare (a denial)
+CATCH_UP_READS = 128            # ~1 MiB of trace, ~4,000 lines: rare (a denial, a gone sender)
 
 
 def client_filter_expression(port: int) -> str:
@@ -751,7 +751,7 @@ class KernelWitness:
             return None
         # a connection of the last moments may still be in the buffer, behind a busy node's
         # backlog (a read gives ~8 KiB, the loop's wake-ups read 64 KiB): catch up, bounded
-        self.drain(CLIENT_LOOKUP_READS)
+        self.drain(CATCH_UP_READS)
         r = self.clients.get(addr)
         if r is None:
             return None
@@ -766,7 +766,7 @@ class KernelWitness:
         """Every traced client whose connection closed in that wall-clock window, oldest first."""
         if self.client_port is None:
             return []
-        self.drain(CLIENT_LOOKUP_READS)
+        self.drain(CATCH_UP_READS)
         offset = _boot_to_epoch(0.0)
         return [self.describe_client(r)
                 for r in self.clients.closed_between(start_epoch - offset, end_epoch - offset)]
