@@ -142,6 +142,9 @@ class Arbiter:
         for kind in self.kinds.values():
             env.update(kind.environment())
         env["RELAYQ_PROGRAM"] = p.name
+        priv = p.spec.privileges
+        if priv.user is not None:       # as login(1) and systemd's User= set them
+            env.update(HOME=priv.home, USER=priv.user, LOGNAME=priv.user, SHELL=priv.shell)
         if p.spec.watchdog_sec > 0:     # as systemd does, so sd_notify libraries ping on their own
             env["WATCHDOG_USEC"] = str(int(p.spec.watchdog_sec * 1e6))
         env.update(dict(p.spec.environment))

@@ -17,6 +17,7 @@ from relayq_supervisor.config import SupervisorSpec
 from relayq_supervisor.core.output import ChildOutput, open_child_output
 from relayq_supervisor.core.program import Program
 from relayq_supervisor.core.spawn import read_exec_result, spawn
+from relayq_supervisor.linux import credentials
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ class ProcessSpawner:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(out_r, False)
         try:
-            child = spawn(argv, env, p.spec.directory, out_w, before_exec=self.before_exec)
+            child = spawn(argv, env, p.spec.directory, out_w, before_exec=self.before_exec,
+                          child_setup=credentials.child_setup(p.spec.privileges))
         except OSError:
             os.close(out_r)
             raise

@@ -22,6 +22,7 @@ from relayq_supervisor.config import ProgramSpec, RedisSpec, redis_version
 from relayq_supervisor.errors import AclSetupError, StartupError
 from relayq_supervisor.kinds import Adoptable
 from relayq_supervisor.kinds.redis import acl, conf, server
+from relayq_supervisor.kinds.redis.data_dir import prepare_data_dir
 from relayq_supervisor.kinds.redis.health import RedisHealth
 from relayq_supervisor.kinds.redis.liveness import pinger
 from relayq_supervisor.linux.procfs import proc_start_ticks
@@ -70,7 +71,7 @@ class RedisKind:
 
     def prepare(self) -> None:
         r = self.redis
-        os.makedirs(r.dir, exist_ok=True)
+        prepare_data_dir(r.dir, self.spec.privileges)
         # what a predecessor recorded, read before our record replaces it; kept in ours
         # while that Redis lives, so a refused start cannot erase the trail to it
         recorded = (self.ctx.locks.read(self.lock_path) or {}).get("redis")
@@ -134,7 +135,8 @@ class RedisKind:
         """Checked before every start, so the file and the passwords always agree."""
         assert self.admin is not None
         return acl.write_acl_file(self.ctx.supervisor.run_dir, self.redis.denied_commands, acl.version_tuple(self.version or ""),
-                                  self.admin, default_password=server.default_password(self.spec))
+                                  self.admin, default_password=server.default_password(self.spec),
+                                  owner=self.spec.privileges.uid)
 
     def preflight(self) -> str | None:
         holder = server.port_holder(server.ping_host(self.spec), self.redis.port)
@@ -145,7 +147,7 @@ class RedisKind:
         except (AclSetupError, OSError, ValueError) as e:
             return f"cannot write the Redis ACL file: {e}"
         try:
-            conf.write_conf(self.ctx.supervisor.run_dir, self.redis)
+            conf.write_conf(self.ctx.supervisor.run_dir, self.redis, owner=self.spec.privileges.uid)
         except OSError as e:
             return f"cannot write the Redis config file in {self.ctx.supervisor.run_dir}: {e.strerror}"
         return None
