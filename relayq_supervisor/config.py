@@ -1280,7 +1280,6 @@ def _check_privileged_ground(loc: _Locator, config: Config, where_of: dict[str, 
                                f"program '{spec.name}': directory")
             continue
         r = spec.redis
-        _check_user_access(loc, where + ("dir",), r.dir, priv, os.W_OK | os.X_OK, "Redis dir")
         try:
             st = os.stat(r.dir)
         except OSError:
@@ -1289,6 +1288,7 @@ def _check_privileged_ground(loc: _Locator, config: Config, where_of: dict[str, 
             raise loc.error(where + ("dir",), f"Redis dir {r.dir} is owned by {_user_name(st.st_uid)}, not by Redis' "
                                               f"user {priv.user}: the supervisor does not take over a directory it did "
                                               f"not create; `chown -R {priv.user}: {r.dir}` or set another dir")
+        _check_user_access(loc, where + ("dir",), r.dir, priv, os.W_OK | os.X_OK, "Redis dir")
         _check_user_access(loc, ("supervisor", "run_dir"), config.supervisor.run_dir, priv, os.X_OK,
                            "run_dir (Redis reads its config and ACL files there)")
         for path in r.include:
