@@ -53,14 +53,15 @@ def describe_config(config) -> str:
     lines = [f"config {config.path} is valid", f"run_dir {config.supervisor.run_dir}",
              f"control socket {config.supervisor.control_socket}", f"audit log {config.supervisor.audit_log}"]
     for spec in config.programs:
+        user = f", as {spec.privileges.user}" if spec.privileges.user else ""
         if spec.redis is not None:
             r = spec.redis
             lines.append(f"redis: {r.binary} (version {redis_version(r.binary)}) on {','.join(r.bind)}:{r.port}, "
-                         f"dir {r.dir}, protect={'yes' if spec.protect else 'no'}")
+                         f"dir {r.dir}, protect={'yes' if spec.protect else 'no'}{user}")
         else:
             names = ", ".join(spec.instance_names())
             deps = f", after {', '.join(spec.depends_on)}" if spec.depends_on else ""
-            lines.append(f"{spec.name}: {' '.join(spec.command)} x{spec.numprocs} ({names}){deps}")
+            lines.append(f"{spec.name}: {' '.join(spec.command)} x{spec.numprocs} ({names}){deps}{user}")
     return "\n".join(lines)
 
 

@@ -1257,9 +1257,13 @@ def _user_access_problem(path: str, priv: Privileges, want: int, what: str) -> s
 
 
 def _check_user_access(loc, keys: tuple, path: str, priv: Privileges, want: int, what: str) -> None:
-    problem = _user_access_problem(path, priv, want, what)
-    if problem:
-        raise loc.error(keys, problem)
+    """The path as written and, when a symbolic link leads elsewhere, where it leads: the
+    kernel searches both (a venv's python3 links to an interpreter that may sit under /root)."""
+    real = os.path.realpath(path)
+    for candidate in (path, real) if real != os.path.normpath(path) else (path,):
+        problem = _user_access_problem(candidate, priv, want, what)
+        if problem:
+            raise loc.error(keys, problem if candidate == path else f"{problem} (where {path} leads)")
 
 
 def _check_privileged_ground(loc: _Locator, config: Config, where_of: dict[str, tuple]) -> None:
