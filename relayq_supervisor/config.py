@@ -1144,9 +1144,18 @@ def _limit_value(loc, keys: tuple, name: str, value) -> int:
     return number
 
 
+def _nr_open() -> int | None:
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def _limits(loc, keys: tuple, table: dict) -> tuple[tuple[str, int, int], ...]:
-    """Each limit sets soft and hard alike; never above the supervisor's own hard limit
-    (what systemd's Limit*= of its unit allows it)."""
+    """Each limit sets soft and hard alike. Without root, never above the supervisor's own
+    hard limit (setrlimit(2) refuses to raise one without CAP_SYS_RESOURCE); as root, which
+    may raise them, `nofile` never above fs.nr_open, the kernel's own cap."""
     import resource
     out = []
     for name, value in table.items():
@@ -1154,10 +1163,15 @@ def _limits(loc, keys: tuple, table: dict) -> tuple[tuple[str, int, int], ...]:
             raise loc.error(keys + (name,), f"unknown limit '{name}' (known limits: {', '.join(RLIMITS)})")
         number = _limit_value(loc, keys + (name,), name, value)
         hard = resource.getrlimit(getattr(resource, RLIMITS[name]))[1]
-        if hard != resource.RLIM_INFINITY and (number == RLIM_INFINITY or number > hard):
+        if os.geteuid() != 0 and hard != resource.RLIM_INFINITY and (number == RLIM_INFINITY or number > hard):
             raise loc.error(keys + (name,), f"limits.{name} = {value} is above the supervisor's own hard limit "
-                                            f"({hard}): raise it where the supervisor is started (e.g. "
-                                            f"Limit{name.upper()}= in its systemd unit) or ask for less")
+                                            f"({hard}), which only root may exceed: raise it where the supervisor "
+                                            f"is started (e.g. Limit{name.upper()}= in its systemd unit) or ask "
+                                            "for less")
+        nr_open = _nr_open() if name == "nofile" else None
+        if nr_open is not None and number > nr_open:
+            raise loc.error(keys + (name,), f"limits.nofile = {value} is above the kernel's cap on open files "
+                                            f"(fs.nr_open = {nr_open})")
         out.append((name, number, number))
     return tuple(out)
 

@@ -135,12 +135,30 @@ def test_production_config_passes_the_config_loader(tmp_path):
     redis_server.write_text("#!/bin/sh\n")
     redis_server.chmod(0o755)
     copy = tmp_path / "config.toml"
-    copy.write_text(text.replace('binary = "/usr/bin/redis-server"', f'binary = "{redis_server}"'))
+    text = text.replace('binary = "/usr/bin/redis-server"', f'binary = "{redis_server}"')
+    # Redis as `redis`, jobs as `relayq` (README's install makes them): `nobody` stands in for
+    # a user this machine lacks, since the loader refuses an unknown user
+    assert 'user = "redis"' in text and 'user = "relayq"' in text
+    for user in ("redis", "relayq"):
+        if not _user_exists(user):
+            text = text.replace(f'user = "{user}"', 'user = "nobody"')
+    copy.write_text(text)
 
     config = parse_config(copy.read_bytes(), str(copy))
+    assert config.redis.privileges.limits == (("nofile", 65535, 65535),)
+    assert config.program("worker").privileges.umask == 0o027
     assert config.redis.redis.port == 6379
     assert config.redis.redis.dir == "/var/lib/relayq/redis"
     assert config.supervisor.control_socket == "/run/relayq/relayq.sock"
     worker = config.program("worker")
     assert worker.numprocs == 2 and worker.depends_on == ("redis",)
     assert [p.name for p in config.programs] == ["redis", "worker"]
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
