@@ -5,6 +5,7 @@ in a rotating order, so drift in the machine's load is shared by all."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 
@@ -37,6 +38,10 @@ def contenders(ctx: BenchContext) -> tuple[list[Contender], list[str]]:
         out += [RelayqSupervisor(base / "relayq-tap", signal_tap=True),
                 RelayqSupervisor(base / "relayq-notap", signal_tap=False),
                 RelayqSupervisor(base / "relayq-tap-nowitness", signal_tap=True, kernel_witness=False)]
+        if os.geteuid() == 0:
+            # `user` takes spawn()'s fork path (setgroups/setresgid/setresuid/no_new_privs in the
+            # child); root keeps the child able to run the venv's interpreter, wherever it lives
+            out.append(RelayqSupervisor(base / "relayq-user", signal_tap=True, program_extra={"user": "root"}))
     else:
         out.append(RelayqSupervisor(base / "relayq"))
     missing = []

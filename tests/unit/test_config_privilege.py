@@ -157,3 +157,24 @@ def test_a_redis_dir_of_another_owner_is_refused_at_check(as_root, open_tmp: Pat
         f"does not take over a directory it did not create; `chown -R nobody: {tmp_path / 'data'}` or set another dir")
     (tmp_path / "data").rmdir()         # missing: the supervisor will make it for nobody
     assert parse_config(text.encode(), str(conf), ground=True).redis.privileges.uid == NOBODY.pw_uid
+
+
+def test_only_programs_with_a_setting_leave_the_fast_spawn_path():
+    from relayq_supervisor.linux import credentials
+    assert credentials.child_setup(Privileges()) is None
+    assert credentials.child_setup(privileges("umask = '0027'\n")) is not None
+
+
+def test_doctor_warns_about_jobs_run_as_root(as_root, monkeypatch):
+    from relayq_supervisor.doctor.privilege import root_program_warnings
+    text = program("") + "[[program]]\nname = 'safe'\ncommand = ['true']\nuser = 'nobody'\n" + \
+        "[[program]]\nname = 'root'\ncommand = ['true']\nuser = 'root'\n"
+    conf = parse_config(text.encode(), PATH)
+    assert root_program_warnings(conf, supervisor_uid=0) == [
+        "program 'w' runs jobs as root (with no 'user' set, as the supervisor): a job can read the supervisor's "
+        "secrets, kill Redis and rewrite its data; set user = \"relayq\" (or another unprivileged user) in its "
+        "[[program]] table (README: Least privilege)",
+        "program 'root' runs jobs as root (as user root): a job can read the supervisor's secrets, kill Redis and "
+        "rewrite its data; set user = \"relayq\" (or another unprivileged user) in its [[program]] table "
+        "(README: Least privilege)"]
+    assert [w.split("'")[1] for w in root_program_warnings(conf, supervisor_uid=1000)] == ["root"]
