@@ -1144,6 +1144,20 @@ def _limit_value(loc, keys: tuple, name: str, value) -> int:
     return number
 
 
+CAP_SYS_RESOURCE = 24      # linux/capability.h
+
+
+def _can_raise_limits() -> bool:
+    """Whether this process may raise a hard rlimit: CAP_SYS_RESOURCE in its effective set
+    (root has it, except in containers that drop it)."""
+    try:
+        with open("/proc/self/status") as f:
+            caps = next((line.split()[1] for line in f if line.startswith("CapEff:")), "0")
+        return bool(int(caps, 16) >> CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError):
+        return os.geteuid() == 0
+
+
 def _nr_open() -> int | None:
     try:
         with open("/proc/sys/fs/nr_open") as f:
@@ -1153,21 +1167,22 @@ def _nr_open() -> int | None:
 
 
 def _limits(loc, keys: tuple, table: dict) -> tuple[tuple[str, int, int], ...]:
-    """Each limit sets soft and hard alike. Without root, never above the supervisor's own
-    hard limit (setrlimit(2) refuses to raise one without CAP_SYS_RESOURCE); as root, which
-    may raise them, `nofile` never above fs.nr_open, the kernel's own cap."""
+    """Each limit sets soft and hard alike. Never above the supervisor's own hard limit
+    unless it may raise one (setrlimit(2): CAP_SYS_RESOURCE, which root has); `nofile`
+    never above fs.nr_open, the kernel's own cap."""
     import resource
     out = []
+    may_raise = _can_raise_limits() if table else False
     for name, value in table.items():
         if name not in RLIMITS:
             raise loc.error(keys + (name,), f"unknown limit '{name}' (known limits: {', '.join(RLIMITS)})")
         number = _limit_value(loc, keys + (name,), name, value)
         hard = resource.getrlimit(getattr(resource, RLIMITS[name]))[1]
-        if os.geteuid() != 0 and hard != resource.RLIM_INFINITY and (number == RLIM_INFINITY or number > hard):
+        if not may_raise and hard != resource.RLIM_INFINITY and (number == RLIM_INFINITY or number > hard):
             raise loc.error(keys + (name,), f"limits.{name} = {value} is above the supervisor's own hard limit "
-                                            f"({hard}), which only root may exceed: raise it where the supervisor "
-                                            f"is started (e.g. Limit{name.upper()}= in its systemd unit) or ask "
-                                            "for less")
+                                            f"({hard}), which only root (CAP_SYS_RESOURCE) may exceed: raise it "
+                                            f"where the supervisor is started (e.g. Limit{name.upper()}= in its "
+                                            "systemd unit) or ask for less")
         nr_open = _nr_open() if name == "nofile" else None
         if nr_open is not None and number > nr_open:
             raise loc.error(keys + (name,), f"limits.nofile = {value} is above the kernel's cap on open files "

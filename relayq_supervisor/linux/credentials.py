@@ -13,6 +13,7 @@ signal to the program goes unseen (tests/integration/test_privilege.py checks it
 """
 from __future__ import annotations
 
+import errno
 import os
 import resource
 from collections.abc import Callable
@@ -22,19 +23,33 @@ from relayq_supervisor.linux import prctl
 
 
 def apply(priv: Privileges) -> None:
-    """In the child: plain syscalls only (the names were resolved at config load)."""
-    for name, soft, hard in priv.limits:
-        resource.setrlimit(getattr(resource, RLIMITS[name]), (soft, hard))
-    if priv.nice is not None:
-        os.setpriority(os.PRIO_PROCESS, 0, priv.nice)
-    if priv.uid is not None and priv.gid is not None:
-        os.setgroups(list(priv.groups))
-        os.setresgid(priv.gid, priv.gid, priv.gid)
-        os.setresuid(priv.uid, priv.uid, priv.uid)
-    if priv.umask is not None:
-        os.umask(priv.umask)
-    if priv.no_new_privileges:
-        prctl.set_no_new_privs()
+    """In the child: plain syscalls only (the names were resolved at config load). A step
+    that fails is named on the child's stderr (its log, and `why`'s last output) and
+    raised as OSError, which spawn reports like an exec failure."""
+    step = ""
+    try:
+        for name, soft, hard in priv.limits:
+            step = f"limits.{name}"
+            try:
+                resource.setrlimit(getattr(resource, RLIMITS[name]), (soft, hard))
+            except ValueError as e:     # Python's word for setrlimit's EPERM (and EINVAL)
+                raise OSError(errno.EPERM, str(e)) from None
+        if priv.nice is not None:
+            step = "nice"
+            os.setpriority(os.PRIO_PROCESS, 0, priv.nice)
+        if priv.uid is not None and priv.gid is not None:
+            step = f"user {priv.user}"
+            os.setgroups(list(priv.groups))
+            os.setresgid(priv.gid, priv.gid, priv.gid)
+            os.setresuid(priv.uid, priv.uid, priv.uid)
+        if priv.umask is not None:
+            os.umask(priv.umask)
+        if priv.no_new_privileges:
+            step = "no_new_privileges"
+            prctl.set_no_new_privs()
+    except OSError as e:
+        os.write(2, f"relayq-supervisor: cannot set {step} before exec: {e.strerror or e}\n".encode())
+        raise
 
 
 def child_setup(priv: Privileges) -> Callable[[], None] | None:

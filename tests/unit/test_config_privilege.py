@@ -95,20 +95,22 @@ def test_user_groups_are_checked(as_root):
         f"{PATH}:5: group 'no-such-group-rq' is not a group on this machine")
 
 
-def test_without_root_a_limit_above_the_supervisors_hard_limit_is_refused(monkeypatch):
-    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+def test_a_limit_above_the_supervisors_hard_limit_is_refused_unless_it_may_raise_it(monkeypatch):
+    monkeypatch.setattr(config, "_can_raise_limits", lambda: False)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     assert error(program(f"limits = {{ nofile = {hard + 1} }}\n")) == (
         f"{PATH}:4: limits.nofile = {hard + 1} is above the supervisor's own hard limit ({hard}), which only "
-        "root may exceed: raise it where the supervisor is started (e.g. LimitNOFILE= in its systemd unit) "
-        "or ask for less")
-
-
-def test_as_root_nofile_is_capped_by_the_kernel_alone(as_root):
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        "root (CAP_SYS_RESOURCE) may exceed: raise it where the supervisor is started (e.g. LimitNOFILE= in "
+        "its systemd unit) or ask for less")
+    monkeypatch.setattr(config, "_can_raise_limits", lambda: True)
     nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
-    if hard < nr_open:      # root may give a program more than it has itself
+    if hard < nr_open:      # with CAP_SYS_RESOURCE a program may get more than the supervisor has
         assert privileges(f"limits = {{ nofile = {hard + 1} }}\n").limits == (("nofile", hard + 1, hard + 1),)
+
+
+def test_nofile_is_capped_by_the_kernel(monkeypatch):
+    monkeypatch.setattr(config, "_can_raise_limits", lambda: True)
+    nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
     assert error(program(f"limits = {{ nofile = {nr_open + 1} }}\n")) == (
         f"{PATH}:4: limits.nofile = {nr_open + 1} is above the kernel's cap on open files (fs.nr_open = {nr_open})")
 
