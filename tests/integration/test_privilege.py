@@ -254,3 +254,17 @@ def test_check_refuses_an_unknown_user_and_a_user_without_root(open_tmp):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr == (f"{conf}:4: user = 'root' needs the supervisor to run as root (it runs as nobody): "
                         "start it as root (the shipped unit does) or remove 'user'\n")
+
+
+def test_doctor_warns_about_a_program_that_runs_jobs_as_root(open_tmp):
+    conf = open_tmp / "config.toml"
+    conf.write_text('[[program]]\nname = "w"\ncommand = ["true"]\n'
+                    '[[program]]\nname = "safe"\ncommand = ["true"]\nuser = "nobody"\n')
+    (open_tmp / "clean").mkdir()
+    argv = [PYTHON, "-m", "relayq_supervisor.ctl", "doctor", "-c", str(conf), "--root", str(open_tmp / "clean")]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr          # a warning, not a rival
+    assert "warning: program 'w' runs jobs as root (with no 'user' set, as the supervisor)" in r.stdout
+    assert "'safe'" not in r.stdout
+    warnings = json.loads(subprocess.run([*argv, "--json"], capture_output=True, text=True, timeout=60).stdout)["warnings"]
+    assert [w.split("'")[1] for w in warnings] == ["w"]
