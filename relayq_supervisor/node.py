@@ -27,7 +27,8 @@ from relayq_supervisor.control.server import ControlServer
 from relayq_supervisor.core import reload as reload_diff
 from relayq_supervisor.core.arbiter import Arbiter
 from relayq_supervisor.core.children import AdoptedProcess, ProcessSpawner
-from relayq_supervisor.core.locks import OwnerLocks, program_key, program_lock_path
+from relayq_supervisor.core.containment import Containment
+from relayq_supervisor.core.locks import OwnerLocks, owner_key, program_key, program_lock_path
 from relayq_supervisor.core.output import SupervisorLogFile
 from relayq_supervisor.core.program import Program
 from relayq_supervisor.core.states import State
@@ -119,8 +120,11 @@ class Node:
         base_env = {k: v for k, v in os.environ.items() if k not in _NOT_FOR_CHILDREN}
         base_env["PATH"] = children_path()
         base_env["NOTIFY_SOCKET"] = self.notify_socket.address
+        # cgroups are made in prepare(), once the locks say this supervisor is the owner
+        self.containment = Containment(None, owner_key(config.path), "not set up yet")
+        self.spawner = ProcessSpawner(self.loop, config.supervisor, self.before_exec, self.containment)
         self.arbiter = Arbiter(config, {spec.name: kinds.make_kind(spec, self.kind_context) for spec in config.programs},
-                               spawner=ProcessSpawner(self.loop, config.supervisor, self.before_exec),
+                               spawner=self.spawner,
                                clock=LoopClock(self.loop), audit=self.audit, witness=self, base_env=base_env,
                                probe=Probe(), on_change=self.changed)
         self.orphans: list[tuple[Program, int]] = []   # a crashed predecessor's workers, still running
@@ -237,6 +241,8 @@ class Node:
                              if p.name in alive]
         for kind in self.arbiter.kinds.values():
             kind.prepare()
+        self.containment = self.spawner.containment = Containment.open(sup.cgroups, owner_key(self.config.path))
+        log.info("descendants of programs: %s", self.containment.state)
 
     async def take_over(self) -> None:
         """After a crash of the previous supervisor: adopt what its kinds verify (Redis,
@@ -254,7 +260,7 @@ class Node:
 
     def adopt(self, p: Program, pid: int, verified: tuple[str, ...]) -> None:
         pidfd = os.pidfd_open(pid)
-        proc = AdoptedProcess(pid, pidfd)
+        proc = AdoptedProcess(pid, pidfd, self.containment, self.containment.adopted_run(pid))
         traced = self.tap.attach_running(pid) if self.tap_active and self.tap is not None else False
         self.loop.add_reader(pidfd, self.on_adopted_exit, proc)
         self.audit("adopted", program=p.name, pid=pid, verified=list(verified), traced=traced)
@@ -521,6 +527,7 @@ class Node:
         self.service.stopping()
         await self.arbiter.shutdown()
         await self.end_leftovers()
+        await self.containment.shutdown()
         for kind in self.arbiter.kinds.values():
             await kind.close()
         log.info("all programs stopped, exiting")
@@ -567,6 +574,7 @@ class Node:
             if self.kernel_witness.fd is not None:
                 self.loop.remove_reader(self.kernel_witness.fileno())
             self.kernel_witness.close()
+        self.containment.close()
         self.locks.release_all()
         self.attribution.close_bursts()
         if self.audit_log is not None:
@@ -591,6 +599,7 @@ class Node:
             else "off (kernel_witness = false)",
             "kernel_witness_stats": self.kernel_witness.stats() if self.kernel_witness is not None else None,
             "config_changed": self.ground.config_changed,
+            "descendants_by": self.containment.state,
             "notes": self.status_notes(),
         }
         for kind in self.arbiter.kinds.values():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -65,6 +66,12 @@ class OwnerLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd, self.identity = None, None
+
+
+def owner_key(config_path: str) -> str:
+    """A short name for one configuration, the same for every supervisor started with it
+    (its real path hashed): names what must be unique per config outside run_dir."""
+    return hashlib.sha256(os.path.realpath(config_path).encode()).hexdigest()[:16]
 
 
 def program_key(name: str) -> str:
