@@ -219,10 +219,15 @@ class Node:
     def prepare(self) -> None:
         """Everything that can refuse to start, before any child is started."""
         sup = self.config.supervisor
+        # first: names no deleted directory can free (a second supervisor on this config or run_dir)
+        lock_path = os.path.join(sup.run_dir, "supervisor.lock")
+        for what, path in (("run_dir", sup.run_dir), ("config", self.config.path)):
+            claimed = self.locks.claim(what, path, lock_path)
+            self.loop.add_reader(claimed.fileno(), self.answer_claim, claimed)
         for d in (sup.run_dir, sup.log_dir, os.path.dirname(sup.audit_log), os.path.dirname(sup.control_socket)):
             os.makedirs(d, exist_ok=True)
         # the record names the socket: relayqctl finds it there when the config on disk is broken
-        self.locks.take("supervisor", os.path.join(sup.run_dir, "supervisor.lock"), sup.run_dir,
+        self.locks.take("supervisor", lock_path, sup.run_dir,
                         keep={"control_socket": sup.control_socket})
         # after the lock: a second supervisor refused here must not write into our log
         self.log_file = SupervisorLogFile(sup.log_dir, sup.log_max_bytes, sup.log_backups, __package__ or "")
@@ -243,6 +248,14 @@ class Node:
             kind.prepare()
         self.containment = self.spawner.containment = Containment.open(sup.cgroups, owner_key(self.config.path))
         log.info("descendants of programs: %s", self.containment.state)
+
+    def answer_claim(self, claimed: socket.socket) -> None:
+        """A refused rival connected to learn our pid (SO_PEERCRED at connect): close it."""
+        try:
+            conn, _ = claimed.accept()
+            conn.close()
+        except OSError:
+            pass
 
     async def take_over(self) -> None:
         """After a crash of the previous supervisor: adopt what its kinds verify (Redis,
@@ -575,6 +588,8 @@ class Node:
                 self.loop.remove_reader(self.kernel_witness.fileno())
             self.kernel_witness.close()
         self.containment.close()
+        for s in self.locks.names.values():
+            self.loop.remove_reader(s.fileno())
         self.locks.release_all()
         self.attribution.close_bursts()
         if self.audit_log is not None:
