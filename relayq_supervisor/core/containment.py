@@ -66,7 +66,8 @@ class Containment:
             cgroups.make_group(made.base)
         except OSError as e:
             return cls(None, key, f"cannot make a cgroup under {hierarchy.own}: {e.strerror}; "
-                                  "under systemd that needs Delegate=yes")
+                                  "under systemd that needs Delegate=yes and "
+                                  "ProtectControlGroups=no")
         return made
 
     @property
