@@ -300,6 +300,7 @@ class Node:
             return
         gone = asyncio.Event()
         self.loop.add_reader(pidfd, gone.set)
+        run = self.containment.adopted_run(pid)     # its cgroup: what it forked goes with it
         how = signal_name(p.spec.stop_signal)
         try:
             signal.pidfd_send_signal(pidfd, p.spec.stop_signal)
@@ -314,6 +315,8 @@ class Node:
         finally:
             self.loop.remove_reader(pidfd)
             os.close(pidfd)
+            if run is not None:
+                self.containment.end_run(run)
         self.audit("orphan_stopped", program=p.name, pid=pid, how=how)
         log.warning("%s: stopped pid %d, left running by the previous supervisor (%s); starting a fresh one",
                     p.name, pid, how)
