@@ -74,7 +74,7 @@ class Containment:
     def state(self) -> str:
         if self.hierarchy is None:
             return f"by process tree and environment ({self.why_none})"
-        kill = "cgroup.kill" if self.hierarchy.has_kill_file else "SIGKILL to each member"
+        kill = "cgroup.kill" if self.base and self.hierarchy.has_kill_file(self.base) else "SIGKILL to each member"
         return f"cgroup v{self.hierarchy.version} {self.base} ({kill})"
 
     def new_run(self, instance: str) -> Run:

@@ -40,9 +40,9 @@ class Hierarchy:
     root: str = "/"         # the group the mount shows at its top (mountinfo's root field)
     controller: str = ""    # v1: the controller (or name=) that names the hierarchy in /proc/PID/cgroup
 
-    @property
-    def has_kill_file(self) -> bool:
-        return self.version == 2 and os.path.exists(os.path.join(self.own, "cgroup.kill"))
+    def has_kill_file(self, group: str) -> bool:
+        """Whether `group` (not the root group: it has none) offers cgroup.kill (v2, Linux >= 5.14)."""
+        return self.version == 2 and os.path.exists(os.path.join(group, "cgroup.kill"))
 
 
 def _mounts(mountinfo: str) -> list[tuple[str, str, str, set[str]]]:
@@ -158,7 +158,7 @@ def kill_all(path: str, hierarchy: Hierarchy, use_kill_file: bool | None = None)
     taken after checking it is still a member (a pid read from cgroup.procs may be reused
     by the time it is signalled). Answers how many were signalled. use_kill_file=False
     takes the second way where the first is available (tests)."""
-    if hierarchy.has_kill_file if use_kill_file is None else use_kill_file:
+    if hierarchy.has_kill_file(path) if use_kill_file is None else use_kill_file:
         try:
             with open(os.path.join(path, "cgroup.kill"), "w") as f:
                 f.write("1")
