@@ -73,6 +73,10 @@ class Ground(Protocol):
 
     def doctor_target(self) -> doctor.DoctorTarget: ...
 
+    def kept_files(self) -> list[str]: ...
+
+    def restore_files(self, directory: str) -> None: ...
+
 
 class GroundWatch:
     def __init__(self, sup: Ground):
@@ -106,7 +110,7 @@ class GroundWatch:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.watcher = Watcher(loop)
         self.watcher.watch_file(self.sup.config_path, self.on_config_file)
-        for path in self.sup.locks.paths() + [self.sup.control_socket_path]:
+        for path in self.sup.locks.paths() + [self.sup.control_socket_path] + self.sup.kept_files():
             self.guarded.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
         for directory, names in self.guarded.items():
             self.watcher.watch_dir(directory, self.on_guarded_file, names=names)
@@ -135,6 +139,12 @@ class GroundWatch:
             self.restore_directory(directory)
             return
         if path == directory:
+            return
+        if path in self.sup.kept_files():
+            if what == "deleted":       # our own rewrite shows as "created": not news
+                self.sup.audit("tamper", path=path, what=what)
+                log.warning("%s was deleted: writing it again", path)
+                self.sup.restore_files(directory)
             return
         if path in self.sup.locks.paths():
             if self.sup.locks.retake_needed(path):
@@ -174,6 +184,7 @@ class GroundWatch:
             if os.path.dirname(path) == directory and self.sup.locks.retake_needed(path) \
                     and not self.sup.locks.retake(path):
                 log.error("cannot take %s again", path)
+        self.sup.restore_files(directory)
         control = self.sup.control
         if control is not None and os.path.dirname(control.path) == directory and not control.is_intact() \
                 and not self.restarting():

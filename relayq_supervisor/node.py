@@ -187,6 +187,20 @@ class Node:
             self.locks.note(program_key(base), children={q.name: {"pid": q.pid, "start_ticks": proc_start_ticks(q.pid)}
                                                          for q in self.arbiter.graph.instances(base) if q.pid})
 
+    def kept_files(self) -> list[str]:
+        return [path for kind in self.arbiter.kinds.values() for path in kind.kept_files()]
+
+    def restore_files(self, directory: str) -> None:
+        """A kept file in `directory`, or `directory` itself, was deleted under us: the
+        kinds write back what they keep there."""
+        if directory != self.config.supervisor.run_dir:
+            return
+        for name, kind in self.arbiter.kinds.items():
+            try:
+                kind.restore_files()
+            except (OSError, RelayqError, ValueError) as e:
+                log.error("%s: cannot write its files in %s again (%s)", name, directory, e)
+
     def doctor_target(self) -> doctor.DoctorTarget:
         return doctor_target(self.config, {os.getpid(), *self.arbiter.by_pid})
 

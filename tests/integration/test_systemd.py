@@ -347,3 +347,17 @@ def test_deleted_run_dir_comes_back_and_a_second_supervisor_is_still_refused(mak
     assert "Traceback" not in r.stderr
     wait_for(lambda: sup.ctl("pid").returncode == 0, timeout=10, what="control socket back again")
     assert sup.program("sleeper")["state"] == "RUNNING"
+
+
+def test_deleted_run_dir_gets_redis_admin_password_back(make_supervisor, port):
+    """A successor after a crash adopts Redis with the password in run_dir: it must survive a
+    deleted run_dir, with the same password (Redis still runs with it)."""
+    sup = make_supervisor(redis_config(None, port)).start()
+    sup.wait_state("redis", "RUNNING")
+    password = sup.dir / "run" / "redis-admin.pass"
+    before = password.read_text()
+    shutil.rmtree(sup.dir / "run", ignore_errors=True)
+    wait_for(lambda: password.exists() and password.read_text() == before, timeout=10,
+             what="the admin password file back")
+    assert password.stat().st_mode & 0o777 == 0o600
+    assert sup.program("redis")["state"] == "RUNNING"
