@@ -133,3 +133,27 @@ def test_group_emptied_by_killing_each_member(tmp_path, procs, version):
     finally:        # a failed test leaves no process and no group behind
         wait_for(lambda: cgroups.kill_all(group, hierarchy, use_kill_file=False) == 0, what="leftovers killed")
         wait_for(lambda: cgroups.remove(os.path.dirname(group)), what="the test's cgroup removed")
+
+
+@pytest.mark.parametrize("cgroups", [True, False], ids=["cgroup", "fallback"])
+def test_a_program_that_daemonizes_and_exits_leaves_no_pile_up(tmp_path, make_supervisor, cgroups):
+    """The incident's shape: each run double-forks a daemon and exits; restarts must not
+    accumulate daemons (each run's leftovers die with its main process)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: cgroups and another process' environ")
+    # the same daemon, but the program itself exits soon after
+    (tmp_path / "exits.py").write_text(DAEMONIZING.rsplit("time.sleep(1000)", 1)[0] + "time.sleep(0.3)\n")
+    text = config(tmp_path, cgroups).replace("daemonize.py", "exits.py") + textwrap.dedent("""\
+        [program.restart]
+        policy = "always"
+        backoff_initial = 0.05
+        backoff_max = 0.1
+        start_limit_burst = 0
+        """)
+    sup = make_supervisor(text).start()
+    wait_for(lambda: len(daemon_pids(tmp_path)) >= 4, timeout=30, what="four runs, each with its daemon")
+    earlier = daemon_pids(tmp_path)[:3]
+    wait_for(lambda: not any(alive(p) for p in earlier), what=f"the daemons of earlier runs {earlier} gone")
+    sup.ctl("stop", "forker", check=True)
+    everyone = daemon_pids(tmp_path)
+    wait_for(lambda: not any(alive(p) for p in everyone), what="no daemon left after stop")
