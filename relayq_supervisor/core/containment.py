@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 DRAIN_DEADLINE_S = 5.0      # killing a group's members: give up (and say so) after this long
 DRAIN_PAUSE_S = 0.02
+# Without groups, the supervisor's children are sorted by marker once for a whole status
+# call (one environ read each), not once per program: 1000 instances would read 10^6.
+MARKS_FRESH_S = 0.2
 MARKER = "RELAYQ_INSTANCE"  # "<instance>@<run>", in every program's environment
 
 
@@ -51,6 +54,8 @@ class Containment:
         self.why_none = why_none
         self.runs = 0
         self.draining: dict[str, asyncio.Task[None]] = {}
+        self._marks: dict[str, list[int]] = {}     # run id -> our children that carry it
+        self._marks_at = float("-inf")
 
     @classmethod
     def open(cls, enabled: bool, key: str) -> Containment:
@@ -106,12 +111,13 @@ class Containment:
             return None
         return Run(os.path.basename(group), group)
 
-    def descendants(self, run: Run, main_pid: int | None) -> list[int]:
-        """Every live process of this run but the main one."""
+    def descendants(self, run: Run, main_pid: int | None, *, fresh: bool = False) -> list[int]:
+        """Every live process of this run but the main one. Without a group, from our
+        children's markers as read at most MARKS_FRESH_S ago unless `fresh` (for killing)."""
         if run.group is not None:
             return sorted(p for p in cgroups.all_members(run.group) if p != main_pid)
         roots = [main_pid] if main_pid is not None else []
-        roots += [p for p in own_children() if p != main_pid and process_environ_value(p, MARKER) == run.id]
+        roots += [p for p in self._marked(fresh).get(run.id, []) if p != main_pid]
         seen = set(roots)
         stack = list(roots)
         found = []
@@ -125,12 +131,23 @@ class Containment:
                     stack.append(child)
         return sorted(found)
 
+    def _marked(self, fresh: bool) -> dict[str, list[int]]:
+        now = time.monotonic()
+        if fresh or now - self._marks_at > MARKS_FRESH_S:
+            marks: dict[str, list[int]] = {}
+            for pid in own_children():
+                mark = process_environ_value(pid, MARKER)
+                if mark is not None:
+                    marks.setdefault(mark, []).append(pid)
+            self._marks, self._marks_at = marks, now
+        return self._marks
+
     def end_run(self, run: Run) -> int:
         """After the main process is gone: SIGKILL to what it left, then (in the background)
         again to what those forked meanwhile, until none is left or DRAIN_DEADLINE_S; an
         empty group is removed. Answers how many were signalled now (-1: cgroup.kill, count
         unknown)."""
-        if not self.descendants(run, None):
+        if not self.descendants(run, None, fresh=True):
             self._remove(run)
             return 0
         killed = self._kill(run)
@@ -141,7 +158,7 @@ class Containment:
     async def drain(self, run: Run, deadline_s: float = DRAIN_DEADLINE_S) -> None:
         deadline = time.monotonic() + deadline_s
         try:
-            while left := self.descendants(run, None):
+            while left := self.descendants(run, None, fresh=True):
                 if time.monotonic() > deadline:
                     log.error("%s: processes still alive %gs after SIGKILL (pids %s)", run.id, deadline_s,
                               " ".join(map(str, left[:10])))
@@ -155,7 +172,7 @@ class Containment:
     def _kill(self, run: Run) -> int:
         if run.group is not None and self.hierarchy is not None:
             return cgroups.kill_all(run.group, self.hierarchy)
-        return _kill_pids(self.descendants(run, None))
+        return _kill_pids(self.descendants(run, None, fresh=True))
 
     @staticmethod
     def _remove(run: Run) -> None:
