@@ -83,6 +83,8 @@ def test_daemon_stopped_with_its_program(tmp_path, make_supervisor, cgroups):
 
     sup.ctl("stop", "forker", check=True)
     wait_for(lambda: not alive(second), what=f"daemon {second} killed on stop")
+    killed = wait_for(lambda: sup.audit_events("leftovers_killed"), what="leftovers_killed events")
+    assert [e["pids"] for e in killed[:2]] == [[first], [second]]
     assert sup.program("forker")["descendants"] == []
     assert sup.terminate() == 0
     for g in groups:
