@@ -161,6 +161,7 @@ class SupervisorSpec:
     kernel_witness: bool = True     # trace signals to children through tracefs where the kernel allows
     doctor_root: str = "/"          # the file system whose units/cron the rival checks read
     metrics_listen: ListenAddress | None = None     # GET /metrics; None = off
+    cgroups: bool = True            # each program run in a cgroup of its own where we may make one
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ _SUPERVISOR_KEYS: dict[str, type | tuple[type, ...]] = {
     "control_group": str, "audit_ignore": list, "log_max_bytes": int, "log_backups": int,
     "audit_max_bytes": int, "audit_backups": int, "health_interval": (int, float),
     "signal_tap": bool, "kernel_witness": bool, "doctor_root": str, "metrics_listen": str,
+    "cgroups": bool,
 }
 _RESTART_KEYS = {
     "policy": str, "backoff_initial": (int, float), "backoff_factor": (int, float),
@@ -925,6 +927,7 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
         kernel_witness=sup.get("kernel_witness", True),
         doctor_root=_resolve(base, sup.get("doctor_root", "/")),
         metrics_listen=metrics_listen,
+        cgroups=sup.get("cgroups", True),
     )
     if supervisor.control_group is not None:
         import grp

@@ -105,6 +105,8 @@ def describe_program(p: dict) -> str:
     parts = []
     if p["state"] in ("BACKOFF", "FATAL", "EXITED", "STOPPED", "STARTING", "STOPPING") and p.get("reason"):
         parts.append(p["reason"])
+    if p.get("descendants"):
+        parts.append(f"+{len(p['descendants'])} descendant{'s' if len(p['descendants']) != 1 else ''}")
     if p.get("last_exit") and p["state"] in ("RUNNING", "STARTING"):
         parts.append(f"last: {p['last_exit']['description']}")
     return "; ".join(parts)

@@ -294,9 +294,13 @@ class Arbiter:
         p = self.by_pid.pop(pid, None)
         if p is None or p.proc is None:
             return False
+        left = p.proc.descendants()
         if p.proc.kill_group():
-            # as systemd does for a service's cgroup: nothing it left behind survives it
-            log.info("%s: killed what pid %d left in its process group", p.name, pid)
+            # as systemd does for a service's cgroup: nothing it left behind survives it, a
+            # daemon that left the process group with setsid() included (core/containment.py)
+            log.info("%s: killed what pid %d left behind (its process group and other descendants)", p.name, pid)
+            if left:
+                self.audit("leftovers_killed", program=p.name, pid=pid, pids=left[:100], count=len(left))
         self.on_exit(p, status)
         return True
 

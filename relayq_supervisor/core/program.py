@@ -44,6 +44,10 @@ class ChildHandle(Protocol):
         """After its exit: why exec failed, or None if it did not."""
         ...
 
+    def descendants(self) -> list[int]:
+        """Its live processes other than the main one (daemons it forked included)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -363,4 +367,5 @@ class Program:
             "next_start_in_s": next_in, "reason": reason, "wanted": self.wanted,
             "streak": self.tracker.streak, "notify_status": self.notify_status,
             "user": run_as_name(self.spec.privileges),
+            "descendants": self.proc.descendants() if self.proc is not None and self.state in ALIVE else [],
         }

@@ -80,6 +80,8 @@ def test_unit_hardening_keeps_ptrace_and_proc_working():
     assert bounding is None or ("CAP_SYS_PTRACE" in bounding and not bounding.startswith("~"))
     assert service.get("ProtectProc", "default") == "default"
     assert service.get("PrivateUsers", "no") == "no"
+    # programs' cgroups: a delegated subtree, writable (systemd 252 keeps ProtectControlGroups=yes read-only)
+    assert service["Delegate"] == "yes" and service["ProtectControlGroups"] == "no"
     assert service.get("User", "root") == "root"
 
 

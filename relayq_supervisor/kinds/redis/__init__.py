@@ -87,6 +87,14 @@ class RedisKind:
         except (AclSetupError, ValueError) as e:
             raise StartupError(f"relayq-supervisor: cannot set up the Redis command guard: {e}") from None
 
+    def kept_files(self) -> list[str]:
+        return [self.admin.path] if self.admin is not None and self.admin.path else []
+
+    def restore_files(self) -> None:
+        if self.admin is not None:
+            acl.save_credentials(self.admin)
+            self.write_acl()
+
     async def adoptable(self) -> Adoptable | None:
         """The Redis on our port is the one our crashed predecessor started (same pid and
         start time as its record in the data-dir lock, and it takes our admin password):

@@ -112,6 +112,11 @@ class AdminCredentials:
         return cls(ADMIN_USER, password, path)
 
 
+def save_credentials(admin: AdminCredentials) -> None:
+    """Write the password we run with back to its file (its directory was deleted under us)."""
+    _write_private_file(admin.path, admin.password + "\n", replace=True)
+
+
 def _read_password_file(path: str) -> tuple[str | None, str | None]:
     """(password, None) when usable; (None, why not) when it must be replaced;
     (None, None) when it does not exist."""
