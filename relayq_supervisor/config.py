@@ -13,10 +13,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
 import tomllib
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,7 @@ class RedisSpec:
     include: tuple[str, ...] = ()       # the operator's own redis.conf files, read after ours
     supervised: str = "systemd"
     password_file: str = ""             # the `default` user's password (0600 file); "" = none
+    node_user: bool = False             # [cluster] is set: create the `relayq-node` ACL user
     # Commands the `default` user may not run (the Redis command guard).
     denied_commands: tuple[str, ...] = (
         "shutdown", "debug", "config|set", "config|rewrite", "replicaof", "slaveof",
@@ -165,10 +168,25 @@ class SupervisorSpec:
 
 
 @dataclass(frozen=True)
+class ClusterSpec:
+    """[cluster]: where this node publishes its status and audit events (cluster/)."""
+    node: str                           # this node's name (default: the host name)
+    redis_url: str = ""                 # "" = this node's own [redis]
+    password_file: str = ""             # the `relayq-node` user's password; "" = the workers' credentials
+    heartbeat_interval: float = 2.0     # seconds; silent for 3 intervals = stale
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     supervisor: SupervisorSpec
     programs: tuple[ProgramSpec, ...]   # in dependency order: dependencies first
+    cluster: ClusterSpec | None = None
+
+    @property
+    def remote_dependencies(self) -> tuple[str, ...]:
+        """Names in depends_on met by another node: `redis` on a worker-only node of a cluster."""
+        return (REDIS_NAME,) if self.cluster is not None and self.redis is None else ()
 
     @property
     def redis(self) -> ProgramSpec | None:
@@ -212,7 +230,8 @@ _REDIS_KEYS = {
     "watchdog_sec": (int, float), "watchdog_signal": (str, int), "max_rss": (str, int),
     **_PRIVILEGE_KEYS,
 }
-_TOP_KEYS = {"supervisor": dict, "redis": dict, "program": list}
+_CLUSTER_KEYS = {"node": str, "redis_url": str, "password_file": str, "heartbeat_interval": (int, float)}
+_TOP_KEYS = {"supervisor": dict, "redis": dict, "program": list, "cluster": dict}
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "a table"}
 # Upper bounds (README's config table says them). Beyond them a value is a typo or an
@@ -223,6 +242,7 @@ _MAXIMA: dict[str, int | float] = {
     "health_interval": 3600, "numprocs": 1000, "stop_timeout": 86400, "ready_after": 3600,
     "backoff_initial": 3600, "backoff_factor": 100, "backoff_max": 86400, "stable_after": 86400,
     "start_limit_burst": 10000, "start_limit_interval": 86400, "watchdog_sec": 86400,
+    "heartbeat_interval": 3600,
 }
 # Signals whose default action is to ignore or suspend: a program that does not catch
 # them would never stop. SIGKILL is what the supervisor sends after stop_timeout.
@@ -832,7 +852,8 @@ def _parse_redis(loc, table: dict, base: Path, run_dir: str) -> ProgramSpec:
     )
 
 
-def _dependency_order(loc, programs: list[ProgramSpec], wheres: list[tuple]) -> tuple[ProgramSpec, ...]:
+def _dependency_order(loc, programs: list[ProgramSpec], wheres: list[tuple],
+                      remote: tuple[str, ...] = ()) -> tuple[ProgramSpec, ...]:
     by_name = {}
     where_of: dict[str, tuple] = {}
     for p, where in zip(programs, wheres, strict=True):
@@ -842,7 +863,7 @@ def _dependency_order(loc, programs: list[ProgramSpec], wheres: list[tuple]) -> 
         where_of[p.name] = where
     for p in programs:
         for dep in p.depends_on:
-            if dep not in by_name:
+            if dep not in by_name and dep not in remote:
                 raise loc.error(where_of[p.name] + ("depends_on",),
                                 f"program '{p.name}' depends on unknown program {dep!r} (known: {', '.join(by_name)})")
     ordered: list[ProgramSpec] = []
@@ -856,13 +877,61 @@ def _dependency_order(loc, programs: list[ProgramSpec], wheres: list[tuple]) -> 
             raise loc.error(where_of[p.name] + ("depends_on",), f"depends_on cycle: {cycle}")
         state[p.name] = 1
         for dep in p.depends_on:
-            visit(by_name[dep], chain + [p.name])
+            if dep in by_name:
+                visit(by_name[dep], chain + [p.name])
         state[p.name] = 2
         ordered.append(p)
 
     for p in programs:
         visit(p, [])
     return tuple(ordered)
+
+
+def _parse_cluster(loc: _Locator, table: dict, base: Path, has_redis: bool) -> ClusterSpec:
+    where = ("cluster",)
+    _check_table(loc, where, table, _CLUSTER_KEYS)
+    node = table.get("node") or socket.gethostname()
+    if not _NAME_RE.match(node) or len(node) > 64:
+        raise loc.error(where + ("node",), f"node name {node!r} may use only letters, digits, '_', '-' and '.' "
+                                           "(at most 64)")
+    url = table.get("redis_url", "").strip()
+    if not url and not has_redis:
+        raise loc.error(where, "[cluster] needs redis_url on a node without [redis] "
+                               "(like \"redis://redis-node:6379/0\")")
+    if url:
+        problem = cluster_url_problem(url)
+        if problem:
+            raise loc.error(where + ("redis_url",), f"redis_url {url!r}: {problem}")
+    password_file = _resolve(base, table["password_file"]) if table.get("password_file") else ""
+    if password_file:
+        try:
+            read_secret(password_file)
+        except ValueError as e:
+            raise loc.error(where + ("password_file",), f"{e} (copy the Redis node's "
+                                                        "<run_dir>/redis-node.pass here)") from None
+    interval = table.get("heartbeat_interval", 2.0)
+    if interval < 0.1:
+        raise loc.error(where + ("heartbeat_interval",), "'heartbeat_interval' must be at least 0.1 (seconds)")
+    return ClusterSpec(node=node, redis_url=url, password_file=password_file, heartbeat_interval=float(interval))
+
+
+def cluster_url_problem(url: str) -> str | None:
+    """Why `url` is not a Redis URL a node can publish to, or None."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        return f"not a URL ({e})"
+    if parts.scheme not in ("redis", "rediss"):
+        return "must start with redis:// or rediss://"
+    if not parts.hostname:
+        return "names no host (like redis://redis-node:6379/0)"
+    if port is None and ":" in (parts.netloc.rpartition("@")[2].rpartition("]")[2]):
+        return "has an empty port"
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        return f"database {db!r} is not a number"
+    return None
 
 
 def _given(table: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -1027,10 +1096,14 @@ def parse_config(raw: bytes, path: str, ground: bool = False) -> Config:
     supervisor = _parse_supervisor(loc, data.get("supervisor", {}), base)
     run_dir = supervisor.run_dir
 
+    cluster = _parse_cluster(loc, data["cluster"], base, has_redis="redis" in data) if "cluster" in data else None
     programs: list[ProgramSpec] = []
     wheres: list[tuple] = []            # each program's key path, for errors
     if "redis" in data:
-        programs.append(_parse_redis(loc, data["redis"], base, run_dir))
+        redis = _parse_redis(loc, data["redis"], base, run_dir)
+        if cluster is not None and redis.redis is not None:
+            redis = dataclasses.replace(redis, redis=dataclasses.replace(redis.redis, node_user=True))
+        programs.append(redis)
         wheres.append(("redis",))
     env_path = children_path()
     for i, table in enumerate(data.get("program", [])):
@@ -1041,7 +1114,9 @@ def parse_config(raw: bytes, path: str, ground: bool = False) -> Config:
         wheres.append(where)
     if not programs:
         raise ConfigError(f"{path}: nothing to supervise: add a [redis] table or a [[program]]")
-    config = Config(path=path, supervisor=supervisor, programs=_dependency_order(loc, programs, wheres))
+    remote = (REDIS_NAME,) if cluster is not None and "redis" not in data else ()
+    config = Config(path=path, supervisor=supervisor, programs=_dependency_order(loc, programs, wheres, remote),
+                    cluster=cluster)
     if ground:      # names are unique by now: _dependency_order refused duplicates
         _check_ground(loc, config, {p.name: where for p, where in zip(programs, wheres, strict=True)})
     return config

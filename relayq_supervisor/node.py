@@ -22,6 +22,7 @@ from relayq_supervisor import doctor, kinds
 from relayq_supervisor.audit.log import RETRY_S as AUDIT_RETRY_S
 from relayq_supervisor.audit.log import AuditLog, make_event
 from relayq_supervisor.background import start_task
+from relayq_supervisor.cluster.publisher import ClusterPublisher
 from relayq_supervisor.config import Config, children_path, load_config
 from relayq_supervisor.control.server import ControlServer
 from relayq_supervisor.core import reload as reload_diff
@@ -123,10 +124,15 @@ class Node:
         # cgroups are made in prepare(), once the locks say this supervisor is the owner
         self.containment = Containment(None, owner_key(config.path), "not set up yet")
         self.spawner = ProcessSpawner(self.loop, config.supervisor, self.before_exec, self.containment)
+        if config.cluster is not None and config.redis is None:     # a worker-only node: the cluster's Redis
+            base_env["RELAYQ_REDIS_URL"] = config.cluster.redis_url
         self.arbiter = Arbiter(config, {spec.name: kinds.make_kind(spec, self.kind_context) for spec in config.programs},
                                spawner=self.spawner,
                                clock=LoopClock(self.loop), audit=self.audit, witness=self, base_env=base_env,
-                               probe=Probe(), on_change=self.changed)
+                               probe=Probe(), on_change=self.changed, remote_ready=self.remote_ready)
+        # [cluster]: this node's status and audit events in the cluster's Redis
+        self.cluster = ClusterPublisher(config, self.status, lambda: self.arbiter.programs, self.cluster_reachable) \
+            if config.cluster is not None else None
         self.orphans: list[tuple[Program, int]] = []   # a crashed predecessor's workers, still running
         # [supervisor] metrics_listen: read-only metrics on this loop (None: off, no lag probe either)
         self.metrics = SupervisorMetrics(lambda: self.arbiter.programs, self.loop) \
@@ -173,6 +179,8 @@ class Node:
         """After every transition: tell systemd; note a new process where a successor
         would look for it after a crash of this supervisor."""
         self.service.publish()
+        if self.cluster is not None:
+            self.cluster.status_changed()
         if p.state == State.STARTING and p.pid is not None:
             # One rewrite of the program's lock per loop pass, however many instances started
             # in it (a boot of 1000 instances would otherwise rewrite it 1000 times).
@@ -200,6 +208,16 @@ class Node:
                 kind.restore_files()
             except (OSError, RelayqError, ValueError) as e:
                 log.error("%s: cannot write its files in %s again (%s)", name, directory, e)
+
+    def remote_ready(self, name: str) -> bool:
+        """A dependency on another node (`redis` on a worker-only node) is met: its Redis answers."""
+        return self.cluster is not None and self.cluster.reachable is True
+
+    def cluster_reachable(self, up: bool) -> None:
+        """Programs waiting on the cluster's Redis may start; a lost Redis stops nothing (the
+        workers reconnect by themselves): it is shown in status."""
+        if up:
+            self.arbiter.reconcile()
 
     def doctor_target(self) -> doctor.DoctorTarget:
         return doctor_target(self.config, {os.getpid(), *self.arbiter.by_pid})
@@ -248,6 +266,8 @@ class Node:
         logging.getLogger(__package__).addHandler(self.log_file)
         self.audit_log = AuditLog(sup.audit_log, max_bytes=sup.audit_max_bytes, keep=sup.audit_backups,
                                   on_error=lambda msg: log.error("audit: %s", msg))
+        if self.cluster is not None:
+            self.audit_log.add_listener(self.cluster.audit_written)
         for spec in self.config.programs:
             previous = self.locks.read(program_lock_path(sup.run_dir, spec.name)) or {}
             recorded = previous["children"] if isinstance(previous.get("children"), dict) else {}
@@ -350,6 +370,8 @@ class Node:
             self.control = ControlServer(self, self.config.supervisor)
             await self.control.start()
         await self.start_metrics()
+        if self.cluster is not None:
+            self.cluster.start()
         log.info("started pid %d with %s (%d programs)", os.getpid(), self.config.path, len(self.programs))
         self.ground.warn_about_rivals()
         self.ground.start(self.loop)
@@ -512,7 +534,8 @@ class Node:
         """Re-read the config: a broken one changes nothing; otherwise only what changed
         is stopped, started or restarted. ConfigError or ReloadRefused otherwise."""
         new = load_config(self.config.path)
-        refusal = kinds.refuse_reload(self.config, new)
+        refusal = kinds.refuse_reload(self.config, new) or (
+            "a changed [cluster] needs a restart of the supervisor" if new.cluster != self.config.cluster else None)
         if refusal:
             raise ReloadRefused(f"{new.path}: {refusal}; nothing changed")
         changes = reload_diff.diff(self.config, new)
@@ -555,9 +578,14 @@ class Node:
 
     async def shutdown(self) -> None:
         self.service.stopping()
+        # the Redis node's own Redis is about to stop: its last words go first
+        if self.cluster is not None and self.config.redis is not None:
+            await self.cluster.close()
         await self.arbiter.shutdown()
         await self.end_leftovers()
         await self.containment.shutdown()
+        if self.cluster is not None and self.config.redis is None:
+            await self.cluster.close()
         for kind in self.arbiter.kinds.values():
             await kind.close()
         log.info("all programs stopped, exiting")
@@ -636,6 +664,8 @@ class Node:
         }
         for kind in self.arbiter.kinds.values():
             header.update(kind.describe())
+        if self.cluster is not None:
+            header["cluster"] = self.cluster.describe()
         return {"supervisor": header, "programs": self.arbiter.status()}
 
     def status_notes(self) -> list[str]:
@@ -648,6 +678,9 @@ class Node:
             notes.append(f"kernel witness: {self.kernel_witness.state}")
         if self.metrics_problem:
             notes.append(self.metrics_problem)
+        cluster_note = self.cluster.note() if self.cluster is not None else None
+        if cluster_note:
+            notes.append(cluster_note)
         return notes
 
 

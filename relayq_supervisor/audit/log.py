@@ -101,6 +101,13 @@ class AuditLog:
         self.held = HeldEvents(max_pending, max_held_bytes, encode_event)
         self._fd: int | None = None
         self._outage: Outage | None = None
+        self._listeners: list[Callable[[dict[str, Any], bytes], None]] = []
+
+    def add_listener(self, listener: Callable[[dict[str, Any], bytes], None]) -> None:
+        """Call `listener(event, line)` for every event queued for this log (its encoded
+        line included): a copy kept elsewhere, like the cluster stream. The file stays
+        the record of truth; a listener must not block, and what it raises is reported."""
+        self._listeners.append(listener)
 
     @property
     def pending(self) -> int:
@@ -123,6 +130,11 @@ class AuditLog:
             self.on_error(f"audit log {self.path}: event {event.get('event')!r} cannot be encoded ({e}); dropped")
             return False
         self.held.append(event, line)
+        for listener in self._listeners:
+            try:
+                listener(event, line)
+            except Exception as e:      # a copy's failure must not cost the record
+                self.on_error(f"audit log {self.path}: listener {listener!r} failed: {e!r}")
         return True
 
     def flush(self) -> bool:

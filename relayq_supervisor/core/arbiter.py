@@ -84,7 +84,8 @@ def evidence_summary(evidence: dict[str, Any]) -> str:
 class Arbiter:
     def __init__(self, config: Config, kinds: dict[str, ProgramKind], *, spawner: Spawner, clock: Clock,
                  audit: Audit, witness: Witness, base_env: dict[str, str], probe: Probe | None = None,
-                 on_change: Callable[[Program], None] | None = None):
+                 on_change: Callable[[Program], None] | None = None,
+                 remote_ready: Callable[[str], bool] | None = None):
         self.config = config
         self.kinds = kinds
         self.spawner = spawner
@@ -94,6 +95,8 @@ class Arbiter:
         self.base_env = base_env        # the supervisor's environment as children get it
         self.probe = probe
         self.on_change = on_change
+        # whether a dependency on another node (config.remote_dependencies) is met now
+        self.remote_ready = remote_ready or (lambda name: False)
         self.by_pid: dict[int, Program] = {}
         self.shutting_down = False
         self.waiters: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
@@ -131,6 +134,8 @@ class Arbiter:
             if not p.wanted or not (p.state == State.STOPPED or (p.state == State.BACKOFF and p.start_due)):
                 continue
             waiting = [d.name for d in self.graph.dependencies(p) if d.state != State.RUNNING]
+            waiting += [f"{name} (remote)" for name in p.spec.depends_on
+                        if name in self.config.remote_dependencies and not self.remote_ready(name)]
             if waiting:
                 if p.note_waiting(f"waiting for {', '.join(waiting)}"):
                     log.info("%s: %s", p.name, p.reason)

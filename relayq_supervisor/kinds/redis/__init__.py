@@ -49,12 +49,13 @@ class RedisKind:
     ready_by_notify = False     # RUNNING only after the CONFIG GET check, whatever Redis 7 notifies
 
     def __init__(self, spec: ProgramSpec, ctx: KindContext, *, admin: acl.AdminCredentials | None = None,
-                 version: str | None = None):
+                 version: str | None = None, node_user: acl.AdminCredentials | None = None):
         assert spec.redis is not None
         self.spec = spec
         self.redis: RedisSpec = spec.redis
         self.ctx = ctx
         self.admin = admin
+        self.node_user = node_user          # [cluster]: the user the nodes publish as
         self.version = version
         self.url: str | None = None         # RELAYQ_REDIS_URL
         self._clients: dict[float | None, aioredis.Redis] = {}
@@ -83,6 +84,9 @@ class RedisKind:
         try:
             self._set_url()
             self.admin = acl.AdminCredentials.load_or_create(self.ctx.supervisor.run_dir)
+            if r.node_user:     # the operator copies this file to the other nodes
+                self.node_user = acl.AdminCredentials.load_or_create(
+                    self.ctx.supervisor.run_dir, acl.NODE_USER, acl.NODE_PASSWORD_FILE)
             self.write_acl()
         except (AclSetupError, ValueError) as e:
             raise StartupError(f"relayq-supervisor: cannot set up the Redis command guard: {e}") from None
@@ -144,7 +148,8 @@ class RedisKind:
         assert self.admin is not None
         return acl.write_acl_file(self.ctx.supervisor.run_dir, self.redis.denied_commands, acl.version_tuple(self.version or ""),
                                   self.admin, default_password=server.default_password(self.spec),
-                                  owner=self.spec.privileges.uid)
+                                  owner=self.spec.privileges.uid,
+                                  node=self.node_user if self.redis.node_user else None)
 
     def preflight(self) -> str | None:
         holder = server.port_holder(server.ping_host(self.spec), self.redis.port)
@@ -279,7 +284,7 @@ class RedisKind:
         self._clients = {}
 
     def with_spec(self, spec: ProgramSpec) -> RedisKind:
-        fresh = RedisKind(spec, self.ctx, admin=self.admin, version=self.version)
+        fresh = RedisKind(spec, self.ctx, admin=self.admin, version=self.version, node_user=self.node_user)
         if self.health is not None:
             fresh.health = self.health.moved_to(fresh)
             self.health = None

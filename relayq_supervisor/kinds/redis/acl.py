@@ -30,6 +30,19 @@ log = logging.getLogger(__name__)
 
 ADMIN_USER = "relayq-admin"
 PASSWORD_FILE = "redis-admin.pass"
+# The user every node of a cluster publishes and reads the cluster view as ([cluster]):
+# its keys and channels only, and only the commands cluster/ uses, so no stop command.
+NODE_USER = "relayq-node"
+NODE_PASSWORD_FILE = "redis-node.pass"
+NODE_KEY_PATTERN = "relayq-cluster:*"
+NODE_COMMANDS = (
+    "ping", "hello", "client|setname", "client|getname", "select", "echo",
+    "get", "set", "mget", "del", "exists", "expire", "ttl", "type",
+    "hset", "hget", "hgetall", "hdel",
+    "zadd", "zrange", "zrangebyscore", "zremrangebyscore", "zrem", "zcard",
+    "xadd", "xrange", "xrevrange", "xread", "xlen", "xtrim",
+    "publish", "subscribe", "unsubscribe",
+)
 ACL_FILE = "redis-users.acl"
 PASSWORD_BYTES = 32
 
@@ -87,15 +100,16 @@ class AdminCredentials:
     path: str = ""
 
     @classmethod
-    def load_or_create(cls, run_dir: str | os.PathLike) -> AdminCredentials:
-        """Reuse `<run_dir>/redis-admin.pass` when it is ours, 0600 and well-formed;
-        otherwise (re)create it with a fresh random password and say why."""
-        path = os.path.join(os.fspath(run_dir), PASSWORD_FILE)
+    def load_or_create(cls, run_dir: str | os.PathLike, username: str = ADMIN_USER,
+                       file_name: str = PASSWORD_FILE) -> AdminCredentials:
+        """Reuse `<run_dir>/redis-admin.pass` (or `file_name`) when it is ours, 0600 and
+        well-formed; otherwise (re)create it with a fresh random password and say why."""
+        path = os.path.join(os.fspath(run_dir), file_name)
         password, problem = _read_password_file(path)
         if password is not None:
-            return cls(ADMIN_USER, password, path)
+            return cls(username, password, path)
         if problem:
-            log.warning("%s %s; creating a new admin password", path, problem)
+            log.warning("%s %s; creating a new password for %s", path, problem, username)
         password = secrets.token_hex(PASSWORD_BYTES)
         try:
             if problem:
@@ -107,9 +121,9 @@ class AdminCredentials:
                     raise AclSetupError(f"{path}: {problem or 'vanished while being created'}")
                 password = theirs
         except OSError as e:
-            raise AclSetupError(f"cannot write the Redis admin password file {path}: "
+            raise AclSetupError(f"cannot write the Redis password file {path}: "
                                 f"{e.strerror}") from None
-        return cls(ADMIN_USER, password, path)
+        return cls(username, password, path)
 
 
 def save_credentials(admin: AdminCredentials) -> None:
@@ -127,7 +141,7 @@ def _read_password_file(path: str) -> tuple[str | None, str | None]:
     except OSError as e:
         if e.errno == errno.ELOOP:
             return None, "is a symbolic link"
-        raise AclSetupError(f"cannot read the Redis admin password file {path}: {e.strerror}") from None
+        raise AclSetupError(f"cannot read the Redis password file {path}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -251,22 +265,36 @@ def _password_rule(password: str) -> str:
     return "#" + hashlib.sha256(password.encode()).hexdigest()
 
 
+def node_user_line(node: AdminCredentials, version: tuple[int, ...]) -> str:
+    """`user relayq-node ...`: the cluster's keys and channels, only the commands it uses.
+    Everything else (SHUTDOWN, CONFIG, ACL, FLUSHALL, the workers' keys) is NOPERM, and
+    ACL LOG names the node that tried it."""
+    channels = ["resetchannels", "&" + NODE_KEY_PATTERN] if tuple(version[:2]) >= CHANNEL_RULES_SINCE else []
+    words = ["user", node.username, "on", _password_rule(node.password), "resetkeys", "~" + NODE_KEY_PATTERN,
+             *channels, "-@all", *(f"+{c}" for c in NODE_COMMANDS)]
+    return " ".join(words)
+
+
 def acl_file_text(denied: tuple[str, ...], version: tuple[int, ...], creds: AdminCredentials,
-                  default_password: str | None = None) -> str:
-    """The content of the ACL file (two `user` lines)."""
+                  default_password: str | None = None, node: AdminCredentials | None = None) -> str:
+    """The content of the ACL file (two `user` lines, three with the cluster's node user)."""
     channels = ["&*"] if tuple(version[:2]) >= CHANNEL_RULES_SINCE else []
     auth = _password_rule(default_password) if default_password else "nopass"
     default = ["user", "default", "on", auth, "~*", *channels, *acl_rules(denied, version)]
     admin = ["user", creds.username, "on", _password_rule(creds.password), "~*", *channels, "+@all"]
-    return " ".join(default) + "\n" + " ".join(admin) + "\n"
+    lines = [" ".join(default), " ".join(admin)]
+    if node is not None:
+        lines.append(node_user_line(node, version))
+    return "\n".join(lines) + "\n"
 
 
 def write_acl_file(run_dir: str | os.PathLike, denied: tuple[str, ...], version: tuple[int, ...],
-                   creds: AdminCredentials, default_password: str | None = None, owner: int | None = None) -> str:
+                   creds: AdminCredentials, default_password: str | None = None, owner: int | None = None,
+                   node: AdminCredentials | None = None) -> str:
     """Write `<run_dir>/redis-users.acl` (mode 0600, atomically; owned by `owner`, Redis'
     user, when it has one) and return its path; redis-server then gets `--aclfile PATH`."""
     path = os.path.join(os.fspath(run_dir), ACL_FILE)
-    text = acl_file_text(denied, version, creds, default_password)
+    text = acl_file_text(denied, version, creds, default_password, node)
     if _holds(path, text, owner):
         return path         # a restart: skip the write and its fsync on the way to Redis
     try:

@@ -1,0 +1,98 @@
+"""Where the cluster view lives in Redis, and how a node connects to it.
+
+Every key starts with `relayq-cluster:` (the `relayq-node` ACL user may touch nothing
+else, kinds/redis/acl.py):
+- `relayq-cluster:nodes`: a sorted set, node name -> the epoch of its last publication;
+- `relayq-cluster:node:<node>`: that node's status (JSON), kept NODE_KEEP_S after its last
+  heartbeat, so its age comes from Redis' own TTL and not from the clocks of two nodes;
+- `relayq-cluster:why:<node>`: a hash, program name -> how its last run ended (JSON);
+- `relayq-cluster:audit`: one stream of every node's audit events, capped at STREAM_MAXLEN.
+Later channels between nodes (a request/answer stream per node) fit under the same prefix
+without a change of the ACL user.
+"""
+from __future__ import annotations
+
+import urllib.parse
+from typing import TYPE_CHECKING
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from relayq_supervisor.config import Config, read_secret
+from relayq_supervisor.errors import RelayqError
+from relayq_supervisor.kinds.redis import server
+
+if TYPE_CHECKING:
+    from typing import Any
+
+PREFIX = "relayq-cluster:"
+NODES_KEY = PREFIX + "nodes"
+STREAM_KEY = PREFIX + "audit"
+STREAM_MAXLEN = 1_000_000           # XADD MAXLEN ~: Redis trims whole macro nodes, so about this many
+NODE_KEEP_S = 86400                 # a node silent for a day leaves the view
+STALE_INTERVALS = 3                 # silent for this many heartbeat intervals: stale
+NODE_USER = "relayq-node"           # kinds/redis/acl.py creates it on the Redis node
+
+
+def node_key(node: str) -> str:
+    return f"{PREFIX}node:{node}"
+
+
+def why_key(node: str) -> str:
+    return f"{PREFIX}why:{node}"
+
+
+class ClusterUnreachable(RelayqError):
+    """The cluster's Redis does not answer (relayqctl exit status 1)."""
+
+
+def cluster_url(config: Config) -> str:
+    """[cluster] redis_url, else this node's own Redis as its workers reach it."""
+    assert config.cluster is not None
+    if config.cluster.redis_url:
+        return config.cluster.redis_url
+    redis_spec = config.redis           # the Redis node: its own [redis]
+    assert redis_spec is not None       # config.py refuses [cluster] without either
+    return server.client_url(redis_spec)
+
+
+def display_url(url: str) -> str:
+    """The URL without its password, for logs and status lines."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def connection_options(config: Config, timeout: float) -> dict[str, Any]:
+    """redis-py keyword arguments: host, port, db and TLS from the URL; the `relayq-node`
+    user with [cluster] password_file, else whatever credentials the URL holds."""
+    assert config.cluster is not None
+    url = cluster_url(config)
+    parts = urllib.parse.urlsplit(url)
+    options: dict[str, Any] = {
+        "host": parts.hostname, "port": parts.port or 6379,
+        "db": int(parts.path.strip("/") or 0),
+        "username": urllib.parse.unquote(parts.username) if parts.username else None,
+        "password": urllib.parse.unquote(parts.password) if parts.password else None,
+        "socket_timeout": timeout, "socket_connect_timeout": timeout, "health_check_interval": 0,
+    }
+    if parts.scheme == "rediss":
+        options["ssl"] = True
+    if config.cluster.password_file:
+        try:
+            options.update(username=NODE_USER, password=read_secret(config.cluster.password_file))
+        except ValueError as e:
+            raise ClusterUnreachable(str(e)) from None
+    return options
+
+
+def async_client(config: Config, timeout: float) -> aioredis.Redis:
+    # no retries inside redis-py: the publisher retries with its own backoff, in order
+    return aioredis.Redis(retry=AsyncRetry(NoBackoff(), 0), **connection_options(config, timeout))
+
+
+def sync_client(config: Config, timeout: float) -> redis.Redis:
+    return redis.Redis(retry=Retry(NoBackoff(), 0), **connection_options(config, timeout))

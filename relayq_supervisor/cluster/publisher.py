@@ -1,0 +1,243 @@
+"""Publishing this node to the cluster's Redis: its status at each state change and every
+heartbeat_interval, and a copy of every audit event in one capped stream.
+
+It must never block or slow supervision, and never lose the local record:
+- the local JSONL audit log stays the record of truth; the stream is a copy for review;
+- events wait in a bounded queue (MAX_BACKLOG); past it the oldest are dropped and counted
+  (status header, metrics), never the supervisor's memory;
+- one background task on the supervisor's own loop does all the talking, with redis-py's
+  asyncio client and short timeouts. Not a thread: the loop already waits on sockets for
+  Redis' health checks; a thread would need locks around the queue and the status it
+  reads, and the GIL would share the CPU all the same. What the loop pays per event (one
+  XADD packed into a pipeline) is measured in bench/cluster.py;
+- when Redis does not answer: retries with a doubling delay (RETRY_MIN_S up to
+  RETRY_MAX_S); the backlog is sent in order once it answers. A batch cut short by a
+  lost connection is sent again whole: each entry carries (node, run, seq) and readers
+  drop repeats.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import psutil
+import redis.exceptions
+
+from relayq_supervisor import __version__
+from relayq_supervisor.background import start_task
+from relayq_supervisor.cluster import link
+from relayq_supervisor.config import Config
+
+log = logging.getLogger(__name__)
+
+MAX_BACKLOG = 100_000       # events held while Redis is away (about 50 MB at 500 bytes each)
+BATCH = 500                 # XADDs per pipeline round trip
+TIMEOUT_S = 2.0             # connect and reply timeout of each call
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 5.0
+CLOSE_FLUSH_S = 1.0         # at shutdown: how long the last events may take to leave
+
+
+class Published(Protocol):
+    """A program as the publisher sees it (core.program.Program is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def last_stop(self) -> dict[str, Any] | None: ...
+
+
+def node_addresses() -> list[str]:
+    """This node's own IP addresses (not loopback nor link-local): who it is, seen from others."""
+    found = []
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            ip = a.address.split("%", 1)[0]
+            if ip.startswith(("127.", "fe80:")) or ip == "::1":
+                continue
+            found.append(ip)
+    return sorted(set(found))
+
+
+class ClusterPublisher:
+    def __init__(self, config: Config, status: Callable[[], dict[str, Any]],
+                 programs: Callable[[], Iterable[Published]],
+                 on_reachable: Callable[[bool], None] | None = None, max_backlog: int = MAX_BACKLOG):
+        assert config.cluster is not None
+        self.spec = config.cluster
+        self.url = link.display_url(link.cluster_url(config))
+        self.client = link.async_client(config, TIMEOUT_S)
+        self.status = status
+        self.programs = programs
+        self.on_reachable = on_reachable
+        self.max_backlog = max_backlog
+        self.run_id = f"{os.getpid()}.{int(time.time() * 1000)}"    # this supervisor's run
+        self.backlog: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.seq = 0
+        self.published = 0
+        self.dropped = 0
+        self.reachable: bool | None = None      # None: not tried yet
+        self.problem: str | None = None
+        self.down_since: float | None = None
+        self.closing = False
+        self.status_due = True
+        # program -> the last_stop published (held, so that `is` cannot match a new dict at its address)
+        self.why_sent: dict[str, dict[str, Any]] = {}
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.host = socket.gethostname()
+        self.key = link.node_key(self.spec.node)
+
+    # --- what the supervisor calls (never blocks) ---------------------------------------
+
+    def audit_written(self, event: dict[str, Any], line: bytes) -> None:
+        """AuditLog listener: queue the event's line for the stream."""
+        self.seq += 1
+        if len(self.backlog) >= self.max_backlog:
+            self.backlog.popleft()
+            self.dropped += 1
+        self.backlog.append((self.seq, line.rstrip(b"\n")))
+        self.wake.set()
+
+    def status_changed(self) -> None:
+        self.status_due = True
+        self.wake.set()
+
+    def start(self) -> None:
+        self.task = start_task(self.run(), "cluster publisher")
+
+    def describe(self) -> dict[str, Any]:
+        """For the status header (and metrics)."""
+        return {"node": self.spec.node, "redis": self.url, "reachable": self.reachable,
+                "published": self.published, "backlog": len(self.backlog), "dropped": self.dropped,
+                "problem": self.problem}
+
+    def note(self) -> str | None:
+        """The status header's line when something is wrong, else None."""
+        parts = []
+        if self.reachable is False:
+            since = time.strftime("%H:%M:%S", time.localtime(self.down_since)) if self.down_since else "?"
+            parts.append(f"cluster Redis {self.url} unreachable since {since} ({self.problem}); "
+                         f"{len(self.backlog)} events waiting")
+        if self.dropped:
+            parts.append(f"{self.dropped} audit events dropped from the cluster stream (backlog over "
+                         f"{self.max_backlog}; the local audit log has them)")
+        return "; ".join(parts) or None
+
+    # --- the task -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = RETRY_MIN_S
+        next_beat = 0.0
+        while not self.closing:
+            wait = next_beat - loop.time()
+            if not self.backlog and not self.status_due and wait > 0:
+                try:
+                    await asyncio.wait_for(self.wake.wait(), wait)
+                except TimeoutError:
+                    pass
+            self.wake.clear()
+            try:
+                await self.send_events()
+                if self.status_due or loop.time() >= next_beat:
+                    self.status_due = False
+                    await self.send_status()
+                    next_beat = loop.time() + self.spec.heartbeat_interval
+                self.set_reachable(True, None)
+                delay = RETRY_MIN_S
+            except (redis.exceptions.RedisError, OSError, TimeoutError) as e:
+                self.status_due = True
+                self.set_reachable(False, str(e) or type(e).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max(RETRY_MIN_S, min(RETRY_MAX_S, self.spec.heartbeat_interval)))
+
+    def set_reachable(self, up: bool, problem: str | None) -> None:
+        if up == self.reachable:
+            self.problem = problem if not up else None
+            return
+        was = self.reachable
+        self.reachable, self.problem = up, problem
+        if up:
+            self.down_since = None
+            if was is False:
+                log.info("cluster: %s answers again; sending %d held events in order", self.url, len(self.backlog))
+        else:
+            self.down_since = time.time()
+            log.error("cluster: %s does not answer (%s); events are held (at most %d) and sent when it does; "
+                      "programs keep running", self.url, problem, self.max_backlog)
+        if self.on_reachable is not None:
+            self.on_reachable(up)
+
+    async def send_events(self) -> None:
+        while self.backlog:
+            batch = list(itertools.islice(self.backlog, BATCH))
+            pipe = self.client.pipeline(transaction=False)
+            for seq, line in batch:
+                pipe.xadd(link.STREAM_KEY, {"node": self.spec.node, "run": self.run_id, "seq": seq, "event": line},
+                          maxlen=link.STREAM_MAXLEN, approximate=True)
+            await pipe.execute()
+            # what arrived while we waited went to the back: the batch is still in front
+            for _ in batch:
+                if self.backlog and self.backlog[0][0] <= batch[-1][0]:
+                    self.backlog.popleft()
+            self.published += len(batch)
+
+    def document(self, final: bool = False) -> dict[str, Any]:
+        """`status --json`'s shape, plus who and when."""
+        doc = self.status()
+        doc.update(node=self.spec.node, host=self.host, pid=os.getpid(), version=__version__,
+                   seen=time.time(), heartbeat_interval=self.spec.heartbeat_interval,
+                   addresses=node_addresses(), shut_down=final)
+        return doc
+
+    async def send_status(self, final: bool = False) -> None:
+        doc = json.dumps(self.document(final), separators=(",", ":"), default=str)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.key, doc, ex=link.NODE_KEEP_S)
+        pipe.zadd(link.NODES_KEY, {self.spec.node: time.time()})
+        pipe.zremrangebyscore(link.NODES_KEY, "-inf", time.time() - link.NODE_KEEP_S)
+        changed = {}
+        for p in self.programs():
+            stop = p.last_stop
+            if stop is not None and self.why_sent.get(p.name) is not stop:
+                changed[p.name] = (stop, json.dumps(stop, separators=(",", ":"), default=str))
+        if changed:
+            pipe.hset(link.why_key(self.spec.node), mapping={name: text for name, (_, text) in changed.items()})
+            pipe.expire(link.why_key(self.spec.node), link.NODE_KEEP_S)
+        await pipe.execute()
+        for name, (stop, _) in changed.items():
+            self.why_sent[name] = stop
+
+    async def close(self) -> None:
+        """At shutdown: the last events and a final status (all stopped), within CLOSE_FLUSH_S."""
+        self.closing = True
+        self.wake.set()
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        if self.reachable:
+            try:
+                await asyncio.wait_for(self._last_words(), CLOSE_FLUSH_S)
+            except (redis.exceptions.RedisError, OSError, TimeoutError) as e:
+                log.warning("cluster: %d events not sent at shutdown (%s); the local audit log has them",
+                            len(self.backlog), e)
+        await self.client.aclose()
+
+    async def _last_words(self) -> None:
+        await self.send_events()
+        await self.send_status(final=True)
