@@ -130,17 +130,46 @@ def print_status(status: dict, colour: bool = False) -> None:
         f"config {sup['config']}, redis {redis}")
     for note in sup.get("notes", []):
         say(f"  {note}")
+    print_programs(status["programs"], colour)
+
+
+def print_programs(programs: list[dict], colour: bool, indent: str = "", aged: float = 0.0) -> None:
+    """The program table; `aged`: seconds since the status was taken (the cluster view's)."""
     rows: list[tuple[str, ...]] = [("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "DETAIL")]
-    for p in status["programs"]:     # cells escaped before widths are measured
+    for p in programs:     # cells escaped before widths are measured
+        uptime = p["uptime_s"] + aged if p["uptime_s"] is not None else None
         rows.append(tuple(escape(cell) for cell in (
-            p["name"], p["state"], str(p["pid"] or "-"), format_duration(p["uptime_s"]),
+            p["name"], p["state"], str(p["pid"] or "-"), format_duration(uptime),
             str(p["restarts"]), describe_program(p))))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for n, r in enumerate(rows):
         cells = [r[i].ljust(widths[i]) for i in range(5)]
         if colour and n and r[1] in STATE_COLOURS:     # padded first, so the columns stay aligned
             cells[1] = f"\x1b[{STATE_COLOURS[r[1]]}m{cells[1]}\x1b[0m"
-        print("  ".join(cells) + "  " + r[5])
+        print(indent + "  ".join(cells) + "  " + r[5])
+
+
+def cluster_view(args):
+    from relayq_supervisor.cluster.view import ClusterView
+    return ClusterView(load_config(args.config or default_config_path()))
+
+
+def cluster_status(args) -> int:
+    """`status --cluster`: every node's programs, from the cluster's Redis."""
+    from relayq_supervisor.cluster.view import exit_status, node_line
+    result = cluster_view(args).status()
+    if args.json:
+        print(json.dumps({"nodes": result["nodes"]}, indent=2, default=str))
+        return exit_status(result)
+    colour = use_colour()
+    say(f"cluster Redis {result['redis']}: {len(result['nodes'])} node(s)")
+    for node in result["nodes"]:
+        say(node_line(node, format_duration))
+        for note in (node.get("supervisor") or {}).get("notes", []):
+            say(f"    {note}")
+        live = not node["stale"] and not node.get("shut_down")
+        print_programs(node.get("programs") or [], colour, "    ", node["seen_s_ago"] if live else 0.0)
+    return exit_status(result)
 
 
 def supervisor_section(config_path: str) -> tuple[SupervisorSpec, bool]:
@@ -182,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*")
     p.add_argument("--json", action="store_true")
     p.add_argument("--watch", "-w", action="store_true", help="redraw every second until interrupted")
+    p.add_argument("--cluster", action="store_true", help="every node of the cluster, from its Redis ([cluster])")
     for name, text in (("start", "start programs (and what they depend on)"), ("stop", "stop programs"),
                        ("restart", "stop then start programs")):
         p = sub.add_parser(name, parents=[common], help=text)
@@ -199,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("why", parents=[common], help="the last stop of a program, with its evidence")
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--node", help="a node of the cluster (read from the cluster's Redis)")
     p = sub.add_parser("doctor", parents=[common], help="find rival managers of Redis and the workers")
     p.add_argument("--root", help="look at this root instead of / (the config's doctor_root)")
     p.add_argument("--json", action="store_true")
@@ -212,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocked", action="store_true", help="only signals the guard blocked")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--file", help="audit log path (instead of the config's audit_log)")
+    p.add_argument("--cluster", action="store_true", help="every node's events, from the cluster's Redis stream")
+    p.add_argument("--node", help="only this node's events (implies --cluster)")
     p = sub.add_parser("logs", parents=[common], help="a program's recent output from log_dir (rotated files too)")
     p.add_argument("name", metavar="NAME", help="a program (all its instances), an instance (worker:1), "
                                                 "redis, or supervisor (its own log)")
@@ -245,7 +278,12 @@ def run_command(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.cmd == "audit":
-            return audit_timeline(args)
+            return cluster_audit(args) if args.cluster or args.node else audit_timeline(args)
+        if args.cmd == "status" and args.cluster:
+            return cluster_status(args)
+        if args.cmd == "why" and args.node:
+            show(cluster_view(args).why(args.node, args.name), args.json, print_why)
+            return EXIT_OK
         if args.cmd == "doctor":
             return run_doctor(args)
         if args.cmd == "logs":
@@ -355,7 +393,8 @@ def watch_status(args, path: str, interval: float = 1.0) -> int:
 
 def print_why(result: dict) -> None:
     p, stop = result["program"], result.get("last_stop")
-    say(f"{p['name']}: {p['state']}" + (f", pid {p['pid']}" if p["pid"] else "") + f" ({p['reason']})")
+    node = f"node {result['node']}: " if result.get("node") else ""
+    say(f"{node}{p['name']}: {p['state']}" + (f", pid {p['pid']}" if p["pid"] else "") + f" ({p['reason']})")
     if p.get("user"):
         say(f"  runs as: {p['user']}")
     if not stop:
@@ -475,14 +514,42 @@ def run_doctor(args) -> int:
     return EXIT_FAILURE if rivals else EXIT_OK
 
 
+def audit_filter(args) -> review.EventFilter:
+    now = datetime.now(UTC)
+    return review.EventFilter(program=args.program, signal=args.signal, sender=args.sender,
+                              since=review.parse_when(args.since, now) if args.since else None,
+                              until=review.parse_when(args.until, now) if args.until else None,
+                              blocked_only=args.blocked)
+
+
+def cluster_audit(args) -> int:
+    """`audit --cluster`: the merged timeline of every node, each line prefixed with its node."""
+    try:
+        wanted = audit_filter(args)
+    except ValueError as e:
+        print(f"relayqctl audit: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    view = cluster_view(args)
+
+    def emit(event: dict) -> None:
+        if (args.node is None or event["node"] == args.node) and wanted.matches(event):
+            print(json.dumps(event, default=str) if args.json else f"{escape(event['node'])} {review.format_event(event)}")
+
+    last = view.last_id()       # history up to here, then what comes after: no gap, no repeat
+    for event in view.history(wanted.since, last):
+        emit(event)
+    if args.follow:
+        sys.stdout.flush()
+        for event in view.follow(last):
+            emit(event)
+            sys.stdout.flush()
+    return EXIT_OK
+
+
 def audit_timeline(args) -> int:
     path = args.file or supervisor_section(args.config or default_config_path())[0].audit_log
     try:
-        now = datetime.now(UTC)
-        wanted = review.EventFilter(program=args.program, signal=args.signal, sender=args.sender,
-                                    since=review.parse_when(args.since, now) if args.since else None,
-                                    until=review.parse_when(args.until, now) if args.until else None,
-                                    blocked_only=args.blocked)
+        wanted = audit_filter(args)
     except ValueError as e:
         print(f"relayqctl audit: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,178 @@
+"""Reading the cluster view back, for relayqctl: every node's status, the merged audit
+timeline, one node's `why`. Straight from the cluster's Redis with the node credentials
+([cluster] in the local config), so it works on every node, with any supervisor down.
+
+Nothing here runs in the supervisor.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+import redis.exceptions
+
+from relayq_supervisor.audit import review
+from relayq_supervisor.cluster import link
+from relayq_supervisor.config import Config
+from relayq_supervisor.errors import RelayqError, UnknownProgram
+
+TIMEOUT_S = 2.0
+READ_CHUNK = 10_000             # stream entries per XRANGE
+CLOCK_SKEW_S = 300              # --since starts reading this much earlier: nodes' clocks differ
+FOLLOW_BLOCK_MS = 1000
+
+
+class UnknownNode(UnknownProgram):
+    """No node of that name published to the cluster (exit status 4)."""
+
+
+class ClusterView:
+    def __init__(self, config: Config, timeout: float = TIMEOUT_S):
+        if config.cluster is None:
+            raise RelayqError(f"{config.path} has no [cluster] table: this node is not part of a cluster view")
+        self.url = link.display_url(link.cluster_url(config))
+        self.client = link.sync_client(config, timeout)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except redis.exceptions.AuthenticationError as e:
+            raise link.ClusterUnreachable(f"cluster Redis {self.url}: {e} (is [cluster] password_file the "
+                                          "Redis node's redis-node.pass?)") from None
+        except redis.exceptions.NoPermissionError as e:
+            raise link.ClusterUnreachable(f"cluster Redis {self.url}: {what}: {e}") from None
+        except (redis.exceptions.RedisError, OSError) as e:
+            raise link.ClusterUnreachable(f"cluster Redis {self.url} does not answer: {e}") from None
+
+    # --- status ---------------------------------------------------------------------------
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """`{"node", "seen_s_ago", "stale", "shut_down", "supervisor", "programs", ...}` per node,
+        by name. The age comes from the TTL Redis keeps on each node's key: no clock of
+        any node is compared with another's."""
+        names = [n.decode() for n in self._call("ZRANGE", self.client.zrange, link.NODES_KEY, 0, -1)]
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.get(link.node_key(name))
+            pipe.pttl(link.node_key(name))
+        replies = self._call("GET", pipe.execute) if names else []
+        out = []
+        for i, name in enumerate(names):
+            raw, ttl_ms = replies[2 * i], replies[2 * i + 1]
+            if raw is None or ttl_ms is None or ttl_ms < 0:
+                continue                # expired between the two reads
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                continue
+            age = max(0.0, link.NODE_KEEP_S - ttl_ms / 1000)
+            interval = doc.get("heartbeat_interval") or 2.0
+            doc.pop("node", None)
+            entry = {"node": name, "seen_s_ago": round(age, 3),
+                     "stale": age > link.STALE_INTERVALS * interval, **doc}
+            out.append(entry)
+        return out
+
+    def status(self) -> dict[str, Any]:
+        return {"redis": self.url, "nodes": self.nodes()}
+
+    # --- why ------------------------------------------------------------------------------
+
+    def why(self, node: str, name: str) -> dict[str, Any]:
+        """The same reply as the supervisor's `why`, from what `node` published."""
+        raw = self._call("GET", self.client.get, link.node_key(node))
+        if raw is None:
+            known = ", ".join(n["node"] for n in self.nodes()) or "none"
+            raise UnknownNode(f"no node named {node!r} in the cluster view (known: {known})")
+        doc = json.loads(raw)
+        programs = doc.get("programs") or []
+        program = next((p for p in programs if p.get("name") == name), None)
+        if program is None:
+            known = ", ".join(p.get("name", "?") for p in programs)
+            raise UnknownProgram(f"node {node} has no program named {name!r} (known: {known})")
+        stop = self._call("HGET", self.client.hget, link.why_key(node), name)
+        return {"node": node, "program": program, "last_stop": json.loads(stop) if stop else None}
+
+    # --- audit ----------------------------------------------------------------------------
+
+    def last_id(self) -> str:
+        newest = self._call("XREVRANGE", self.client.xrevrange, link.STREAM_KEY, count=1)
+        return newest[0][0].decode() if newest else "0-0"
+
+    def history(self, since: datetime | None, until_id: str) -> list[dict[str, Any]]:
+        """Every event in the stream up to `until_id`, oldest first by event time (a node's
+        backlog sent after an outage joins the timeline where it happened), repeats dropped."""
+        start = "-"
+        if since is not None:     # stream ids are Redis' clock at arrival, never before the event
+            start = str(int((since - timedelta(seconds=CLOCK_SKEW_S)).timestamp() * 1000))
+        seen: set[tuple[str, str, str]] = set()
+        events: list[dict[str, Any]] = []
+        while True:
+            chunk = self._call("XRANGE", self.client.xrange, link.STREAM_KEY, start, until_id, count=READ_CHUNK)
+            for _entry_id, fields in chunk:
+                event = entry_event(fields, seen)
+                if event is not None:
+                    events.append(event)
+            if len(chunk) < READ_CHUNK:
+                break
+            start = "(" + chunk[-1][0].decode()
+        events.sort(key=lambda e: review.parse_timestamp(e.get("ts") or "") or datetime.min.replace(tzinfo=UTC))
+        return events
+
+    def follow(self, after_id: str) -> Iterator[dict[str, Any]]:
+        """New events as they arrive (until interrupted)."""
+        seen: set[tuple[str, str, str]] = set()
+        last = after_id
+        while True:
+            reply = self._call("XREAD", self.client.xread, {link.STREAM_KEY: last}, count=READ_CHUNK,
+                               block=FOLLOW_BLOCK_MS)
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    last = entry_id.decode()
+                    event = entry_event(fields, seen)
+                    if event is not None:
+                        yield event
+
+
+def entry_event(fields: dict[bytes, bytes], seen: set[tuple[str, str, str]]) -> dict[str, Any] | None:
+    """One stream entry -> its audit event with `node`; None for a repeat (a batch the
+    publisher sent again after a lost reply) or an entry that is not one of ours."""
+    node = fields.get(b"node", b"?").decode("utf-8", "replace")
+    key = (node, fields.get(b"run", b"").decode(), fields.get(b"seq", b"").decode())
+    if key in seen:
+        return None
+    seen.add(key)
+    event = review.parse_line(fields.get(b"event", b""))
+    if event is None:
+        return None
+    event["node"] = node
+    return event
+
+
+# --- printing (relayqctl) ---------------------------------------------------------------------
+
+def exit_status(result: dict[str, Any]) -> int:
+    """0: every program RUNNING on every live node; 3: something is not, or a node is stale."""
+    for node in result["nodes"]:
+        if node["stale"] or node.get("shut_down"):
+            return 3
+        if any(p.get("state") != "RUNNING" for p in node.get("programs") or ()):
+            return 3
+    return 0
+
+
+def node_line(node: dict[str, Any], format_duration) -> str:
+    sup = node.get("supervisor") or {}
+    seen = f"seen {node['seen_s_ago']:.1f}s ago"
+    if node.get("shut_down"):
+        state = "SHUT DOWN"
+    elif node["stale"]:
+        state = f"STALE (silent over {link.STALE_INTERVALS} heartbeats of {node.get('heartbeat_interval')}s)"
+    else:
+        state = "live"
+    line = (f"node {node['node']} ({node.get('host')}): {state}, {seen}; supervisor pid {node.get('pid')} "
+            f"{node.get('version')}, up {format_duration(sup.get('uptime_s'))}")
+    return line
