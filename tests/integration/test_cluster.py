@@ -1,0 +1,179 @@
+"""The cluster view with real supervisors: n1 owns Redis, n2 (and n3) are worker-only nodes
+with their own run dirs on this machine, all publishing to n1's Redis."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+
+import pytest
+import redis
+from support import PYTHON, redis_config, wait_for
+
+HEARTBEAT = 0.3
+
+
+def worker(numprocs: int = 1) -> str:
+    return textwrap.dedent(f"""
+        [[program]]
+        name = "worker"
+        command = ["{PYTHON}", "-m", "relayq_supervisor.selftest", "worker"]
+        numprocs = {numprocs}
+        depends_on = ["redis"]
+        stop_timeout = 5
+        [program.restart]
+        stable_after = 1.0
+        """)
+
+
+def redis_node(port: int) -> str:
+    return redis_config(None, port, programs=worker(), supervisor_extra="health_interval = 0.3") + textwrap.dedent(f"""
+        [cluster]
+        node = "n1"
+        heartbeat_interval = {HEARTBEAT}
+        """)
+
+
+def worker_node(name: str, port: int, password_file: str = "") -> str:
+    pw = f'password_file = "{password_file}"' if password_file else ""
+    return textwrap.dedent(f"""\
+        [supervisor]
+        run_dir = "run"
+        log_dir = "log"
+
+        [cluster]
+        node = "{name}"
+        redis_url = "redis://127.0.0.1:{port}/0"
+        {pw}
+        heartbeat_interval = {HEARTBEAT}
+        """) + worker()
+
+
+def cluster_status(sup) -> tuple[int, dict]:
+    r = sup.ctl("status", "--cluster", "--json")
+    assert r.returncode in (0, 1, 3), r.stderr
+    return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else {})
+
+
+def cluster_events(sup, *args) -> list[dict]:
+    r = sup.ctl("audit", "--cluster", "--json", *args)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port):
+    n1 = make_supervisor(redis_node(port), "n1").start()
+    n1.wait_all_running()
+    node_pass = n1.dir / "run" / "redis-node.pass"
+    assert node_pass.stat().st_mode & 0o777 == 0o600
+    n2 = make_supervisor(worker_node("n2", port, str(node_pass)), "n2").start()
+    n2.wait_all_running()
+
+    # one table for the cluster, grouped by node, every program RUNNING: exit 0
+    def both_running():
+        code, st = cluster_status(n1)
+        found = {n["node"]: n for n in st["nodes"]}
+        return (code, found) if code == 0 and set(found) == {"n1", "n2"} else None
+    code, found = wait_for(both_running, what="n1 and n2 in the cluster view")
+    assert {p["name"] for p in found["n1"]["programs"]} == {"redis", "worker"}
+    assert [p["state"] for p in found["n2"]["programs"]] == ["RUNNING"]
+    assert found["n2"]["pid"] == n2.pid and found["n2"]["stale"] is False
+    assert found["n2"]["supervisor"]["cluster"]["reachable"] is True
+    table = n1.ctl("status", "--cluster")
+    assert table.returncode == 0
+    lines = table.stdout.splitlines()
+    n2_at = next(i for i, line in enumerate(lines) if line.startswith("node n2 "))
+    assert lines[n2_at + 1].split()[:2] == ["NAME", "STATE"] and lines[n2_at + 2].split()[:2] == ["worker", "RUNNING"]
+
+    # n2's worker reached Redis through [cluster] redis_url
+    assert f"at redis://127.0.0.1:{port}/0" in (n2.dir / "log" / "worker.log").read_text()
+
+    # a signal on n2 shows in n1's merged timeline, tagged with its node
+    victim = n2.program("worker")["pid"]
+    os.kill(victim, signal.SIGTERM)
+
+    def signal_seen():
+        return [e for e in cluster_events(n1, "--node", "n2", "--signal", "SIGTERM")
+                if e["event"] in ("signal", "exit") and (e.get("target") or {}).get("pid", e.get("pid")) == victim]
+    seen = wait_for(signal_seen, 10, 0.1, "n2's SIGTERM in n1's audit --cluster")
+    assert all(e["node"] == "n2" for e in seen)
+    text = n1.ctl("audit", "--cluster", "--node", "n2")
+    assert any(line.startswith("n2 ") and f"pid {victim}" in line for line in text.stdout.splitlines())
+
+    # why NAME --node N from the other node
+    n2.wait_state("worker", "RUNNING", restarts=1)
+
+    def why_published():
+        r = n1.ctl("why", "worker", "--node", "n2", "--json")
+        return json.loads(r.stdout) if r.returncode == 0 and json.loads(r.stdout)["last_stop"] else None
+    why = wait_for(why_published, what="n2's why worker")
+    assert why["last_stop"]["exit"]["pid"] == victim
+    assert n1.ctl("why", "worker", "--node", "n9").returncode == 4
+
+    # the node user cannot stop or reconfigure Redis: denied, and audited on the Redis node
+    creds = {"username": "relayq-node", "password": node_pass.read_text().strip()}
+    with redis.Redis(port=port, client_name="rogue-node", **creds) as r:
+        for command in (("SHUTDOWN",), ("CONFIG", "SET", "maxmemory", "1")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                r.execute_command(*command)
+    def denials():
+        found = {e["command"].split("|")[0] for e in n1.audit_events("redis_denied") if e["user"] == "relayq-node"}
+        return found if found >= {"shutdown", "config"} else None
+    wait_for(denials, what="the node user's SHUTDOWN and CONFIG SET audited as denied")
+    assert n1.program("redis")["restarts"] == 0
+
+    # a killed node goes stale and the cluster's status says so: exit 3
+    n2.status()         # its worker's pid is noted for cleanup
+    n2.proc.kill()
+    n2.proc.wait()
+    def n2_stale():
+        code, st = cluster_status(n1)
+        found = {n["node"]: n for n in st["nodes"]}
+        return (code, found) if found["n2"]["stale"] else None
+    code, found = wait_for(n2_stale, what="n2 stale")
+    assert code == 3 and found["n1"]["stale"] is False
+    assert "STALE" in n1.ctl("status", "--cluster").stdout
+
+
+def test_worker_node_waits_for_the_cluster_redis_and_its_backlog_arrives_in_order(make_supervisor, port):
+    # n2 first: the cluster's Redis is not there yet, so its worker waits (workers' credentials)
+    n2 = make_supervisor(worker_node("n2", port), "n2").start()
+    w = n2.wait_state("worker", "STOPPED")
+    assert "waiting for redis (remote)" in w["reason"]
+    assert any("unreachable" in note for note in n2.status()["supervisor"]["notes"])
+    n1 = make_supervisor(redis_node(port), "n1").start()
+    n1.wait_all_running()
+    first = n2.wait_state("worker", "RUNNING")
+
+    # the cluster's Redis stopped by its supervisor: n2 keeps its worker and holds its events
+    assert n1.ctl("stop", "redis").returncode == 0
+    wait_for(lambda: n2.status()["supervisor"]["cluster"]["reachable"] is False, what="n2 sees Redis gone")
+    assert n2.program("worker")["pid"] == first["pid"]      # a lost Redis restarts nothing
+    # events made while Redis is away; the restarted worker waits for it, as at start
+    assert n2.ctl("restart", "--no-wait", "worker").returncode == 0
+    assert "waiting for redis (remote)" in n2.wait_state("worker", "STOPPED")["reason"]
+    held = n2.status()["supervisor"]["cluster"]
+    assert held["backlog"] > 0 and held["dropped"] == 0
+    assert n1.ctl("start", "redis").returncode == 0
+
+    n2.wait_state("worker", "RUNNING", restarts=0)
+
+    def stream_copy() -> list[dict]:
+        # stream order, not the timeline's; a batch resent after a lost reply may repeat
+        # entries (same run and seq), never reorder them
+        with redis.Redis(port=port) as r:
+            entries = r.xrange("relayq-cluster:audit")
+        unique: dict[tuple, dict] = {}
+        for _, f in entries:
+            if f[b"node"] == b"n2":
+                unique.setdefault((f[b"run"], int(f[b"seq"])), json.loads(f[b"event"]))
+        return list(unique.values())
+    wait_for(lambda: n2.status()["supervisor"]["cluster"]["backlog"] == 0, what="n2's backlog sent")
+    local = n2.audit_events()
+    assert [e["event"] for e in local].count("spawn") == 2
+    wait_for(lambda: stream_copy() == local, what="n2's stream copy equal to its audit log, in order")
+    assert n2.status()["supervisor"]["cluster"]["dropped"] == 0
+    # the merged timeline drops the repeats
+    timeline = [e for e in cluster_events(n1, "--node", "n2")]
+    assert [{k: v for k, v in e.items() if k != "node"} for e in timeline] == local
