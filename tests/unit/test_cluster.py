@@ -1,0 +1,174 @@
+"""[cluster] without processes: its config, the node ACL user, the publisher's bounded
+queue, the view's repeat filter and exit status."""
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from relayq_supervisor.audit.log import AuditLog, make_event
+from relayq_supervisor.cluster import link
+from relayq_supervisor.cluster.publisher import ClusterPublisher
+from relayq_supervisor.cluster.view import entry_event, exit_status
+from relayq_supervisor.config import ConfigError, parse_config
+from relayq_supervisor.kinds.redis.acl import AdminCredentials, acl_file_text
+
+PATH = "/etc/relayq/config.toml"
+WORKER = "[[program]]\nname = 'worker'\ncommand = ['true']\ndepends_on = ['redis']\n"
+
+
+def parse(text: str):
+    return parse_config(textwrap.dedent(text).encode(), PATH)
+
+
+def error(text: str) -> str:
+    with pytest.raises(ConfigError) as failed:
+        parse(text)
+    return str(failed.value)
+
+
+def redis_table(tmp_path: Path) -> str:
+    binary = tmp_path / "redis-server"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    return f"[redis]\nbinary = '{binary}'\n"
+
+
+def test_worker_only_node_depends_on_the_cluster_redis():
+    config = parse("[cluster]\nnode = 'n2'\nredis_url = 'redis://redis-node:6379/0'\n" + WORKER)
+    assert config.redis is None
+    assert config.cluster is not None and config.cluster.node == "n2" and config.cluster.heartbeat_interval == 2.0
+    assert config.remote_dependencies == ("redis",)
+    assert config.programs[0].depends_on == ("redis",)
+
+
+def test_without_cluster_redis_stays_an_unknown_dependency():
+    assert "depends on unknown program 'redis'" in error(WORKER)
+
+
+def test_worker_only_node_needs_a_redis_url():
+    assert error("[cluster]\nnode = 'n2'\n" + WORKER) == (
+        f"{PATH}:1: [cluster] needs redis_url on a node without [redis] (like \"redis://redis-node:6379/0\")")
+
+
+@pytest.mark.parametrize("url, says", [
+    ("http://x:6379", "must start with redis:// or rediss://"),
+    ("redis://:6379/0", "names no host"),
+    ("redis://x:99999/0", "not a URL"),
+    ("redis://x:6379/db", "database 'db' is not a number"),
+])
+def test_bad_redis_url_is_named_with_its_line(url, says):
+    text = error(f"[cluster]\nnode = 'n2'\nredis_url = '{url}'\n" + WORKER)
+    assert text.startswith(f"{PATH}:3: redis_url {url!r}: ") and says in text, text
+
+
+def test_cluster_keys_are_checked(tmp_path):
+    assert "unknown key 'nodes'" in error("[cluster]\nnodes = 'n2'\nredis_url = 'redis://x'\n" + WORKER)
+    assert "'heartbeat_interval' must be at least 0.1" in error(
+        "[cluster]\nredis_url = 'redis://x'\nheartbeat_interval = 0.01\n" + WORKER)
+    assert "node name 'n 2'" in error("[cluster]\nnode = 'n 2'\nredis_url = 'redis://x'\n" + WORKER)
+    missing = tmp_path / "nope.pass"
+    text = error(f"[cluster]\nredis_url = 'redis://x'\npassword_file = '{missing}'\n" + WORKER)
+    assert "cannot read password file" in text and "redis-node.pass" in text
+
+
+def test_redis_node_gets_the_node_user_and_a_default_url(tmp_path):
+    config = parse(redis_table(tmp_path) + "[cluster]\nnode = 'n1'\n")
+    assert config.redis is not None and config.redis.redis is not None and config.redis.redis.node_user
+    assert config.remote_dependencies == ()
+    assert link.cluster_url(config) == "redis://127.0.0.1:6379/0"
+    plain = parse(redis_table(tmp_path))
+    assert plain.redis is not None and plain.redis.redis is not None and not plain.redis.redis.node_user
+
+
+def test_connection_uses_the_node_user_with_password_file(tmp_path):
+    secret = tmp_path / "redis-node.pass"
+    secret.write_text("s3cret\n")
+    config = parse(f"[cluster]\nredis_url = 'redis://:workerpw@h:7000/2'\npassword_file = '{secret}'\n" + WORKER)
+    options = link.connection_options(config, 1.0)
+    assert (options["host"], options["port"], options["db"]) == ("h", 7000, 2)
+    assert (options["username"], options["password"]) == ("relayq-node", "s3cret")
+    assert link.display_url(link.cluster_url(config)) == "redis://h:7000/2"
+
+
+@pytest.mark.parametrize("version, channels", [((7, 2, 4), True), ((6, 2, 6), True), ((6, 0, 16), False)])
+def test_node_user_acl_line(version, channels):
+    admin = AdminCredentials("relayq-admin", "a" * 64)
+    node = AdminCredentials("relayq-node", "b" * 64)
+    lines = acl_file_text(("shutdown",), version, admin, node=node).splitlines()
+    assert len(lines) == 3
+    words = lines[2].split()
+    assert words[:3] == ["user", "relayq-node", "on"] and "b" * 64 not in lines[2]
+    assert "~relayq-cluster:*" in words and "-@all" in words and "+xadd" in words
+    assert ("&relayq-cluster:*" in words) is channels
+    assert not {"+shutdown", "+config", "+acl", "+@all", "~*", "+flushall"} & set(words)
+    assert len(acl_file_text(("shutdown",), version, admin).splitlines()) == 2
+
+
+def publisher(tmp_path: Path, max_backlog: int) -> ClusterPublisher:
+    config = parse("[cluster]\nnode = 'n2'\nredis_url = 'redis://127.0.0.1:1/0'\n" + WORKER)
+    return ClusterPublisher(config, lambda: {}, lambda: [], max_backlog=max_backlog)
+
+
+def test_audit_log_listener_feeds_a_bounded_backlog(tmp_path):
+    async def run():
+        pub = publisher(tmp_path, max_backlog=3)
+        with AuditLog(tmp_path / "audit.jsonl") as log:
+            log.add_listener(pub.audit_written)
+            for i in range(5):
+                log.write(make_event("spawn", pid=i))
+        await pub.client.aclose()
+        return pub
+    pub = asyncio.run(run())
+    assert [json.loads(line)["pid"] for _, line in pub.backlog] == [2, 3, 4]   # the oldest dropped
+    assert [seq for seq, _ in pub.backlog] == [3, 4, 5]
+    assert pub.dropped == 2 and "2 audit events dropped" in (pub.note() or "")
+    assert len((tmp_path / "audit.jsonl").read_text().splitlines()) == 5       # the record keeps all
+
+
+def test_a_failing_listener_costs_the_record_nothing(tmp_path):
+    errors = []
+
+    def broken(event, line):
+        raise RuntimeError("boom")
+    with AuditLog(tmp_path / "audit.jsonl", on_error=errors.append) as log:
+        log.add_listener(broken)
+        assert log.write(make_event("spawn", pid=1))
+    assert len((tmp_path / "audit.jsonl").read_text().splitlines()) == 1
+    assert "boom" in errors[0]
+
+
+def test_repeated_stream_entries_are_shown_once():
+    seen: set = set()
+    fields = {b"node": b"n2", b"run": b"1.2", b"seq": b"7", b"event": b'{"event":"spawn","pid":3}'}
+    assert entry_event(fields, seen) == {"event": "spawn", "pid": 3, "node": "n2"}
+    assert entry_event(dict(fields), seen) is None
+    assert entry_event({**fields, b"seq": b"8", b"event": b"not json"}, seen) is None
+
+
+def test_cluster_exit_status():
+    running = {"node": "n1", "stale": False, "programs": [{"state": "RUNNING"}]}
+    assert exit_status({"nodes": [running]}) == 0
+    assert exit_status({"nodes": [running, {**running, "stale": True}]}) == 3
+    assert exit_status({"nodes": [{**running, "programs": [{"state": "BACKOFF"}]}]}) == 3
+    assert exit_status({"nodes": [{**running, "shut_down": True}]}) == 3
+
+
+def test_a_remote_redis_gates_the_start_and_its_loss_stops_nothing():
+    from support.fakes import Rig
+    rig = Rig("[cluster]\nnode = 'n2'\nredis_url = 'redis://h:6379/0'\n" + WORKER.replace("'true'", "'sleep'"))
+    up = False
+    rig.arbiter.remote_ready = lambda name: up
+    rig.arbiter.reconcile()
+    assert rig.state("worker") == "STOPPED" and rig.program("worker").reason == "waiting for redis (remote)"
+    up = True
+    rig.arbiter.reconcile()
+    assert rig.state("worker") == "STARTING"
+    rig.clock.advance(1.0)
+    assert rig.state("worker") == "RUNNING"
+    up = False                      # lost: shown in status by the node, nothing is stopped
+    rig.arbiter.reconcile()
+    assert rig.state("worker") == "RUNNING" and not rig.events_of("exit")
