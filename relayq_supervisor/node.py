@@ -22,6 +22,7 @@ from relayq_supervisor import doctor, kinds
 from relayq_supervisor.audit.log import RETRY_S as AUDIT_RETRY_S
 from relayq_supervisor.audit.log import AuditLog, make_event
 from relayq_supervisor.background import start_task
+from relayq_supervisor.cluster.metrics import ClusterCollector
 from relayq_supervisor.cluster.publisher import ClusterPublisher
 from relayq_supervisor.config import Config, children_path, load_config
 from relayq_supervisor.control.server import ControlServer
@@ -137,6 +138,8 @@ class Node:
         # [supervisor] metrics_listen: read-only metrics on this loop (None: off, no lag probe either)
         self.metrics = SupervisorMetrics(lambda: self.arbiter.programs, self.loop) \
             if config.supervisor.metrics_listen is not None else None
+        if self.cluster is not None and self.metrics is not None:
+            self.metrics.registry.register(ClusterCollector(self.cluster))
         self.metrics_problem: str | None = None
         self.log_file: SupervisorLogFile | None = None     # log_dir/supervisor.log, for `relayqctl logs`
 

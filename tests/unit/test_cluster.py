@@ -172,3 +172,21 @@ def test_a_remote_redis_gates_the_start_and_its_loss_stops_nothing():
     up = False                      # lost: shown in status by the node, nothing is stopped
     rig.arbiter.reconcile()
     assert rig.state("worker") == "RUNNING" and not rig.events_of("exit")
+
+
+def test_cluster_metrics_read_the_publisher(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from relayq_supervisor.cluster.metrics import ClusterCollector
+
+    async def run():
+        pub = publisher(tmp_path, max_backlog=2)
+        for i in range(3):
+            pub.audit_written({}, b'{"event":"spawn"}\n')
+        await pub.client.aclose()
+        return pub
+    registry = CollectorRegistry()
+    registry.register(ClusterCollector(asyncio.run(run())))
+    text = generate_latest(registry).decode()
+    assert "relayq_cluster_events_dropped_total 1.0" in text
+    assert "relayq_cluster_backlog_events 2.0" in text and "relayq_cluster_redis_up 0.0" in text
