@@ -108,7 +108,7 @@ class ClusterView:
         start = "-"
         if since is not None:     # stream ids are Redis' clock at arrival, never before the event
             start = str(int((since - timedelta(seconds=CLOCK_SKEW_S)).timestamp() * 1000))
-        seen: set[tuple[str, str, str]] = set()
+        seen: set[tuple[str, str]] = set()
         events: list[dict[str, Any]] = []
         while True:
             chunk = self._call("XRANGE", self.client.xrange, link.STREAM_KEY, start, until_id, count=READ_CHUNK)
@@ -124,7 +124,7 @@ class ClusterView:
 
     def follow(self, after_id: str) -> Iterator[dict[str, Any]]:
         """New events as they arrive (until interrupted)."""
-        seen: set[tuple[str, str, str]] = set()
+        seen: set[tuple[str, str]] = set()
         last = after_id
         while True:
             reply = self._call("XREAD", self.client.xread, {link.STREAM_KEY: last}, count=READ_CHUNK,
@@ -137,11 +137,11 @@ class ClusterView:
                         yield event
 
 
-def entry_event(fields: dict[bytes, bytes], seen: set[tuple[str, str, str]]) -> dict[str, Any] | None:
+def entry_event(fields: dict[bytes, bytes], seen: set[tuple[str, str]]) -> dict[str, Any] | None:
     """One stream entry -> its audit event with `node`; None for a repeat (a batch the
     publisher sent again after a lost reply) or an entry that is not one of ours."""
     node = fields.get(b"node", b"?").decode("utf-8", "replace")
-    key = (node, fields.get(b"run", b"").decode(), fields.get(b"seq", b"").decode())
+    key = (node, fields.get(b"id", b"").decode("utf-8", "replace"))
     if key in seen:
         return None
     seen.add(key)

@@ -161,13 +161,13 @@ def test_worker_node_waits_for_the_cluster_redis_and_its_backlog_arrives_in_orde
 
     def stream_copy() -> list[dict]:
         # stream order, not the timeline's; a batch resent after a lost reply may repeat
-        # entries (same run and seq), never reorder them
+        # entries (same id: run and sequence number), never reorder them
         with redis.Redis(port=port) as r:
             entries = r.xrange("relayq-cluster:audit")
-        unique: dict[tuple, dict] = {}
+        unique: dict[bytes, dict] = {}
         for _, f in entries:
             if f[b"node"] == b"n2":
-                unique.setdefault((f[b"run"], int(f[b"seq"])), json.loads(f[b"event"]))
+                unique.setdefault(f[b"id"], json.loads(f[b"event"]))
         return list(unique.values())
     wait_for(lambda: n2.status()["supervisor"]["cluster"]["backlog"] == 0, what="n2's backlog sent")
     local = n2.audit_events()

@@ -143,10 +143,10 @@ def test_a_failing_listener_costs_the_record_nothing(tmp_path):
 
 def test_repeated_stream_entries_are_shown_once():
     seen: set = set()
-    fields = {b"node": b"n2", b"run": b"1.2", b"seq": b"7", b"event": b'{"event":"spawn","pid":3}'}
+    fields = {b"node": b"n2", b"id": b"1.2:7", b"event": b'{"event":"spawn","pid":3}'}
     assert entry_event(fields, seen) == {"event": "spawn", "pid": 3, "node": "n2"}
     assert entry_event(dict(fields), seen) is None
-    assert entry_event({**fields, b"seq": b"8", b"event": b"not json"}, seen) is None
+    assert entry_event({**fields, b"id": b"1.2:8", b"event": b"not json"}, seen) is None
 
 
 def test_cluster_exit_status():
@@ -181,7 +181,7 @@ def test_cluster_metrics_read_the_publisher(tmp_path):
 
     async def run():
         pub = publisher(tmp_path, max_backlog=2)
-        for i in range(3):
+        for _ in range(3):
             pub.audit_written({}, b'{"event":"spawn"}\n')
         await pub.client.aclose()
         return pub

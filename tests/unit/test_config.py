@@ -163,7 +163,7 @@ def test_load_config_errors_carry_the_absolute_path(tmp_path, monkeypatch):
 # --- top level -----------------------------------------------------------------------------
 
 def test_unknown_top_level_table():
-    assert error("[bogus]\n") == f"{PATH}:1: unknown key 'bogus' (known keys: program, redis, supervisor)"
+    assert error("[bogus]\n") == f"{PATH}:1: unknown key 'bogus' (known keys: cluster, program, redis, supervisor)"
 
 
 @pytest.mark.parametrize("text, message", [

@@ -41,6 +41,7 @@ NODE_COMMANDS = (
     "hset", "hget", "hgetall", "hdel",
     "zadd", "zrange", "zrangebyscore", "zremrangebyscore", "zrem", "zcard",
     "xadd", "xrange", "xrevrange", "xread", "xlen", "xtrim",
+    "eval",         # the publisher's batch of XADDs in one round trip (the ACL applies inside)
     "publish", "subscribe", "unsubscribe",
 )
 ACL_FILE = "redis-users.acl"
@@ -121,7 +122,8 @@ class AdminCredentials:
                     raise AclSetupError(f"{path}: {problem or 'vanished while being created'}")
                 password = theirs
         except OSError as e:
-            raise AclSetupError(f"cannot write the Redis password file {path}: "
+            label = "admin" if username == ADMIN_USER else username
+            raise AclSetupError(f"cannot write the Redis {label} password file {path}: "
                                 f"{e.strerror}") from None
         return cls(username, password, path)
 
