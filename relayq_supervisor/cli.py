@@ -62,6 +62,14 @@ def describe_config(config) -> str:
             names = ", ".join(spec.instance_names())
             deps = f", after {', '.join(spec.depends_on)}" if spec.depends_on else ""
             lines.append(f"{spec.name}: {' '.join(spec.command)} x{spec.numprocs} ({names}){deps}{user}")
+    c = config.cluster
+    if c is not None:
+        from relayq_supervisor.cluster.link import display_url
+        where = display_url(c.redis_url) if c.redis_url else "this node's [redis]"
+        who = "relayq-node" if c.password_file else "the workers' credentials"
+        remote = " (redis is remote: workers wait for it)" if config.remote_dependencies else ""
+        lines.append(f"cluster: node {c.node} publishes to {where} as {who} every "
+                     f"{c.heartbeat_interval:g}s{remote}")
     return "\n".join(lines)
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import subprocess
 import textwrap
+import time
 
 import pytest
 import redis
@@ -62,7 +65,22 @@ def cluster_events(sup, *args) -> list[dict]:
     return [json.loads(line) for line in r.stdout.splitlines()]
 
 
-def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port):
+def read_until(proc: subprocess.Popen, match, timeout: float = 15.0) -> dict:
+    """The first JSON line of `proc` that `match`es, within `timeout`."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        line = proc.stdout.readline() if ready else b""
+        if not line:
+            break
+        seen.append(json.loads(line))
+        if match(seen[-1]):
+            return seen[-1]
+    raise AssertionError(f"audit --follow did not show it within {timeout}s; it showed {seen}")
+
+
+def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port, procs):
     n1 = make_supervisor(redis_node(port), "n1").start()
     n1.wait_all_running()
     node_pass = n1.dir / "run" / "redis-node.pass"
@@ -89,8 +107,12 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port)
     # n2's worker reached Redis through [cluster] redis_url
     assert f"at redis://127.0.0.1:{port}/0" in (n2.dir / "log" / "worker.log").read_text()
 
-    # a signal on n2 shows in n1's merged timeline, tagged with its node
+    # a signal on n2 shows in n1's merged timeline, tagged with its node (and in --follow)
+    follow = subprocess.Popen([PYTHON, "-m", "relayq_supervisor.ctl", "audit", "--cluster", "--follow", "--json",
+                               "--node", "n2", "-c", str(n1.config)], stdout=subprocess.PIPE, bufsize=0)
+    procs.append(follow)
     victim = n2.program("worker")["pid"]
+    read_until(follow, lambda e: e["event"] == "spawn")     # the history read: it waits on the stream now
     os.kill(victim, signal.SIGTERM)
 
     def signal_seen():
@@ -100,6 +122,7 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port)
     assert all(e["node"] == "n2" for e in seen)
     text = n1.ctl("audit", "--cluster", "--node", "n2")
     assert any(line.startswith("n2 ") and f"pid {victim}" in line for line in text.stdout.splitlines())
+    assert read_until(follow, lambda e: e["event"] == "exit")["pid"] == victim
 
     # why NAME --node N from the other node
     n2.wait_state("worker", "RUNNING", restarts=1)
