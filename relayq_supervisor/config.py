@@ -1042,14 +1042,16 @@ def _check_supervisor_ground(loc: _Locator, supervisor: SupervisorSpec) -> None:
                         f"control_socket {supervisor.control_socket} is a directory")
 
 
-def load_config(path: str | os.PathLike) -> Config:
+def load_config(path: str | os.PathLike, ground: bool = True) -> Config:
+    """The config at `path`; with `ground`, checked against this machine too (start-up,
+    --check, reload); relayqctl reading [cluster] does without (it runs as an operator)."""
     path = os.path.abspath(os.fspath(path))
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
-    return parse_config(raw, path, ground=True)
+    return parse_config(raw, path, ground=ground)
 
 
 def _not_utf8(path: str, raw: bytes, e: UnicodeDecodeError) -> ConfigError:

@@ -151,7 +151,7 @@ def print_programs(programs: list[dict], colour: bool, indent: str = "", aged: f
 
 def cluster_view(args):
     from relayq_supervisor.cluster.view import ClusterView
-    return ClusterView(load_config(args.config or default_config_path()))
+    return ClusterView(load_config(args.config or default_config_path(), ground=False))
 
 
 def cluster_status(args) -> int:

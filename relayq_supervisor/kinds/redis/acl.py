@@ -37,7 +37,7 @@ NODE_PASSWORD_FILE = "redis-node.pass"
 NODE_KEY_PATTERN = "relayq-cluster:*"
 NODE_COMMANDS = (
     "ping", "hello", "client|setname", "client|getname", "select", "echo",
-    "get", "set", "mget", "del", "exists", "expire", "ttl", "type",
+    "get", "set", "mget", "del", "exists", "expire", "ttl", "pttl", "type",
     "hset", "hget", "hgetall", "hdel",
     "zadd", "zrange", "zrangebyscore", "zremrangebyscore", "zrem", "zcard",
     "xadd", "xrange", "xrevrange", "xread", "xlen", "xtrim",
