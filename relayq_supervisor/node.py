@@ -216,6 +216,9 @@ class Node:
         """A dependency on another node (`redis` on a worker-only node) is met: its Redis answers."""
         return self.cluster is not None and self.cluster.reachable is True
 
+    def awaits_other_node(self, p: Program) -> bool:
+        return self.arbiter.awaits_other_node(p)
+
     def cluster_reachable(self, up: bool) -> None:
         """Programs waiting on the cluster's Redis may start; a lost Redis stops nothing (the
         workers reconnect by themselves): it is shown in status."""

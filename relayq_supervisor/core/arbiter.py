@@ -142,6 +142,12 @@ class Arbiter:
                 continue
             self.start(p)
 
+    def awaits_other_node(self, p: Program) -> bool:
+        """p is held only by a dependency on another node that is not met (a worker-only node's
+        `redis`): systemd's start-up does not wait for it (it may take as long as that node)."""
+        return p.state == State.STOPPED and any(name in self.config.remote_dependencies and not self.remote_ready(name)
+                                                for name in p.spec.depends_on)
+
     def environment(self, p: Program) -> dict[str, str]:
         env = dict(self.base_env)
         for kind in self.kinds.values():
