@@ -184,6 +184,10 @@ class ClusterPublisher:
                 self.set_reachable(False, str(e) or type(e).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max(RETRY_MIN_S, min(RETRY_MAX_S, self.spec.heartbeat_interval)))
+            except Exception:       # a bug here must end neither supervision nor, for good, the view
+                log.exception("cluster: publishing failed; trying again in %gs", RETRY_MAX_S)
+                self.status_due = True
+                await asyncio.sleep(RETRY_MAX_S)
 
     def set_reachable(self, up: bool, problem: str | None) -> None:
         if up == self.reachable:
