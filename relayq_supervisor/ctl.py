@@ -125,7 +125,8 @@ def use_colour(stream=None) -> bool:
 
 def print_status(status: dict, colour: bool = False) -> None:
     sup = status["supervisor"]
-    redis = f"{sup.get('redis_binary')} {sup.get('redis_version')}" if sup.get("redis_binary") else "no redis"
+    redis = f"{sup.get('redis_binary')} {sup.get('redis_version')}" if sup.get("redis_binary") else \
+        f"the cluster's at {sup['cluster']['redis']}" if sup.get("cluster") else "no redis"
     say(f"relayq-supervisor pid {sup['pid']}, up {format_duration(sup['uptime_s'])}, "
         f"config {sup['config']}, redis {redis}")
     for note in sup.get("notes", []):
