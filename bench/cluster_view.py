@@ -1,4 +1,4 @@
-"""10. The cluster view: heartbeat traffic of 3, 10 and 50 nodes against one Redis, the
+"""11. The cluster view: heartbeat traffic of 3, 10 and 50 nodes against one Redis, the
 stream's memory, `status --cluster` at 50 nodes, audit publishing throughput and what it
 costs the supervisor's loop, and how soon an event reaches another node."""
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .records import kill_and_time_restart, record_file, wait_first_start
 from .report import Section, Table, Target, mib, ms
 
 NAME = "cluster"
-TITLE = "10. Cluster view (heartbeats, stream memory, status --cluster, audit publishing)"
+TITLE = "11. Cluster view (heartbeats, stream memory, status --cluster, audit publishing)"
 NODE_COUNTS = (3, 10, 50)
 HEARTBEAT_S = 2.0
 TARGET_RATE = 5000          # audit events per second from one node

@@ -92,11 +92,13 @@ class RedisKind:
             raise StartupError(f"relayq-supervisor: cannot set up the Redis command guard: {e}") from None
 
     def kept_files(self) -> list[str]:
-        return [self.admin.path] if self.admin is not None and self.admin.path else []
+        return [c.path for c in (self.admin, self.node_user) if c is not None and c.path]
 
     def restore_files(self) -> None:
         if self.admin is not None:
             acl.save_credentials(self.admin)
+            if self.node_user is not None:      # the other nodes hold a copy: the same password again
+                acl.save_credentials(self.node_user)
             self.write_acl()
 
     async def adoptable(self) -> Adoptable | None:
