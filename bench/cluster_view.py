@@ -1,4 +1,4 @@
-"""10. The cluster view: heartbeat traffic of 3, 10 and 50 nodes against one Redis, the
+"""11. The cluster view: heartbeat traffic of 3, 10 and 50 nodes against one Redis, the
 stream's memory, `status --cluster` at 50 nodes, audit publishing throughput and what it
 costs the supervisor's loop, and how soon an event reaches another node."""
 from __future__ import annotations
@@ -20,12 +20,14 @@ from relayq_supervisor.cluster.publisher import ClusterPublisher
 from relayq_supervisor.cluster.view import ClusterView
 from relayq_supervisor.config import Config, parse_config
 
+from .contenders import RelayqSupervisor, Supervised, child_argv
 from .context import BenchContext
-from .processes import free_port, poll_until
+from .processes import BenchError, free_port, poll_until
+from .records import kill_and_time_restart, record_file, wait_first_start
 from .report import Section, Table, Target, mib, ms
 
 NAME = "cluster"
-TITLE = "10. Cluster view (heartbeats, stream memory, status --cluster, audit publishing)"
+TITLE = "11. Cluster view (heartbeats, stream memory, status --cluster, audit publishing)"
 NODE_COUNTS = (3, 10, 50)
 HEARTBEAT_S = 2.0
 TARGET_RATE = 5000          # audit events per second from one node
@@ -202,6 +204,42 @@ async def publishing(config: Config, duration: float) -> dict[str, Any]:
             "cpu": cpu / rounds, "base_cpu": base_cpu / rounds}
 
 
+class ClusterSupervisor(RelayqSupervisor):
+    """relayq-supervisor as a worker-only node publishing to the bench Redis (None: no [cluster])."""
+
+    def __init__(self, workdir: Path, port: int | None):
+        super().__init__(workdir)
+        self.port = port
+        self.label = f"relayq-supervisor ({'[cluster] publishing' if port else 'no [cluster]'})"
+
+    def config_text(self, programs: list[Supervised]) -> str:
+        text = super().config_text(programs)
+        if self.port is None:
+            return text
+        return text + (f'\n[cluster]\nnode = "restart-bench"\nredis_url = "redis://127.0.0.1:{self.port}/0"\n'
+                       f"heartbeat_interval = {HEARTBEAT_S}\n")
+
+
+def restarts(ctx: BenchContext, port: int, rounds: int) -> dict[str, list[float]]:
+    """kill -9 to new start of a child, under a real supervisor with and without [cluster],
+    alternating: each restart writes (and so publishes) its exit, backoff and spawn events."""
+    field = [ClusterSupervisor(ctx.dir(NAME, "with"), port), ClusterSupervisor(ctx.dir(NAME, "without"), None)]
+    for c in field:
+        c.launch(ctx.launcher, [Supervised("child", child_argv(record_file(c.workdir)))])
+    for c in field:
+        wait_first_start(record_file(c.workdir), timeout=30, proc=c.proc)
+    samples: dict[str, list[float]] = {c.label: [] for c in field}
+    for r in range(rounds):
+        for c in field if r % 2 else reversed(field):
+            try:
+                samples[c.label].append(kill_and_time_restart(record_file(c.workdir), timeout=15.0))
+            except BenchError as e:
+                raise BenchError(f"{c.label}: {e}; its output: {ctx.launcher.output_of(c.log_name)}") from None
+    for c in field:
+        c.stop(ctx.launcher)
+    return samples
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(len(s) * q))]
@@ -260,6 +298,10 @@ def run(ctx: BenchContext) -> Section:
     pub_config = node_config(ctx.dir(NAME, "pub"), port, "bench", interval=HEARTBEAT_S)
     drain_rate, reach = asyncio.run(throughput(pub_config, 20_000 if ctx.quick else 100_000))
     loaded = asyncio.run(publishing(pub_config, 3.0 if ctx.quick else 10.0))
+    r.delete(link.STREAM_KEY)
+    restart = restarts(ctx, port, 6 if ctx.quick else 30)
+    with_c, without_c = (statistics.median(v) for v in restart.values())
+    published_restarts = r.xlen(link.STREAM_KEY)
     r.close()
     q_median = statistics.median(query)
     w_median = statistics.median(whole)
@@ -276,7 +318,9 @@ def run(ctx: BenchContext) -> Section:
                 f"extrapolated linearly to 1,000,000 (a stream's radix tree grows linearly: macro nodes of ~100 "
                 f"entries). Publishing: a backlog of events drained as fast as Redis takes them; then "
                 f"{TARGET_RATE:,} events/s fed to a publisher on an asyncio loop while a 10 ms timer measures "
-                f"the loop's lateness (what a due restart would wait), against the same loop without publishing."),
+                f"the loop's lateness (what a due restart would wait), against the same loop without publishing, "
+                f"in alternating one-second rounds. Restarts: bench/restart_latency.py's kill -9 measurement on two "
+                f"real supervisors side by side, one a worker-only node publishing to this Redis, alternating."),
         tables=(
             Table("Heartbeat traffic (status documents only, no audit events)",
                   ("nodes", "Redis commands/s", "bytes in", "per node", "Redis CPU"), tuple(beat_rows)),
@@ -284,6 +328,9 @@ def run(ctx: BenchContext) -> Section:
                   ("Redis reads (in-process), median", "p95", "whole relayqctl command, median",
                    "of which Python start + imports"),
                   ((ms(q_median), ms(pct(query, 0.95)), ms(w_median), ms(statistics.median(startup))),)),
+            Table("Restart latency (kill -9 to new start) of a real supervisor",
+                  ("supervisor", "median", "max"),
+                  tuple((label, ms(statistics.median(v)), ms(max(v))) for label, v in restart.items())),
             Table("The audit stream in Redis",
                   ("bytes per entry", "used_memory per entry", "1,000,000 entries (extrapolated)"),
                   ((f"{per_entry:.0f}", f"{per_entry_rss:.0f}", mib(per_entry * 1_000_000)),)),
@@ -307,6 +354,9 @@ def run(ctx: BenchContext) -> Section:
                    drain_rate >= TARGET_RATE and loaded["dropped"] == 0),
             Target("publishing does not slow restarts (timer lateness p99 within 5 ms of the loop without it)",
                    f"{ms(lag99)} vs {ms(lag_base99)}", lag99 - lag_base99 < 0.005),
+            Target("a real supervisor's restarts are as fast with [cluster] publishing (median within 10 %)",
+                   f"{ms(with_c)} vs {ms(without_c)} ({published_restarts} events in the stream)",
+                   with_c <= without_c * 1.10),
         ),
         notes=(
             "Heartbeats cost each node one pipeline (SET with expiry, ZADD, ZREMRANGEBYSCORE) per interval and "

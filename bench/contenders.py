@@ -155,6 +155,7 @@ class RelayqSupervisor(Contender):
         settings = [f"{key} = {'true' if value else 'false'}"
                     for key, value in (("signal_tap", signal_tap), ("kernel_witness", kernel_witness))
                     if value is not None]
+        settings += [f"{key} = {json.dumps(value)}" for key, value in self.program_extra.items() if key == "user"]
         self.label = "relayq-supervisor" + (f" ({', '.join(settings)})" if settings else "")
 
     @property

@@ -5,6 +5,7 @@ in a rotating order, so drift in the machine's load is shared by all."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 
@@ -37,6 +38,10 @@ def contenders(ctx: BenchContext) -> tuple[list[Contender], list[str]]:
         out += [RelayqSupervisor(base / "relayq-tap", signal_tap=True),
                 RelayqSupervisor(base / "relayq-notap", signal_tap=False),
                 RelayqSupervisor(base / "relayq-tap-nowitness", signal_tap=True, kernel_witness=False)]
+        if os.geteuid() == 0:
+            # `user` takes spawn()'s fork path (setgroups/setresgid/setresuid/no_new_privs in the
+            # child); root keeps the child able to run the venv's interpreter, wherever it lives
+            out.append(RelayqSupervisor(base / "relayq-user", signal_tap=True, program_extra={"user": "root"}))
     else:
         out.append(RelayqSupervisor(base / "relayq"))
     missing = []
@@ -176,7 +181,8 @@ SPAWN_PATH = (
 def judge(field, samples, raw: Samples | None, mechanism: dict | None) -> tuple[list[Target], list[str]]:
     targets, notes = [], []
     runs = [c for c in field if isinstance(c, RelayqSupervisor) and samples[c.label]]
-    relayq = [c for c in runs if c.kernel_witness is None]      # the default config: these have targets
+    # the default config: these have targets (not the witness-less row, nor the `user` row)
+    relayq = [c for c in runs if c.kernel_witness is None and not c.program_extra]
     sd = next((Samples.of(samples[c.label]) for c in field if isinstance(c, Supervisord) and samples[c.label]), None)
     for c in relayq:
         s = Samples.of(samples[c.label])
@@ -227,6 +233,15 @@ def judge(field, samples, raw: Samples | None, mechanism: dict | None) -> tuple[
                      "(no tap) spawn() posix_spawns the program itself; the supervisor passes before_exec whether "
                      "or not the tap is on (the kernel witness starts watching the pid there too), so the tap-off "
                      "row above goes through the gate as well.")
+    as_user = next((c for c in runs if c.program_extra.get("user")), None)
+    if as_user is not None and with_tap is not None and raw is not None:
+        u, gate = Samples.of(samples[as_user.label]), Samples.of(samples[with_tap.label])
+        notes.append(f"A program with `user` (or `umask`, `nice`, `limits`, `no_new_privileges`) takes the fork "
+                     "path: its credentials are set in the child between the tap's seize and exec "
+                     f"(linux/credentials.py). With `user = \"root\"` (setgroups, setresgid, setresuid and "
+                     f"no_new_privs, the same calls as for any user) a restart took {ms(u.median)} "
+                     f"({u.median / raw.median:.2f}x raw), {ms(u.median - gate.median)} more than the gate's "
+                     "row above. Programs without those keys keep the gate.")
     if raw is not None:
         notes.append(f"The raw loop's {ms(raw.median)} is posix_spawn/exec plus the child's Python start-up until "
                      "it records its time: the floor for every contender.")

@@ -53,21 +53,22 @@ def describe_config(config) -> str:
     lines = [f"config {config.path} is valid", f"run_dir {config.supervisor.run_dir}",
              f"control socket {config.supervisor.control_socket}", f"audit log {config.supervisor.audit_log}"]
     for spec in config.programs:
+        user = f", as {spec.privileges.user}" if spec.privileges.user else ""
         if spec.redis is not None:
             r = spec.redis
             lines.append(f"redis: {r.binary} (version {redis_version(r.binary)}) on {','.join(r.bind)}:{r.port}, "
-                         f"dir {r.dir}, protect={'yes' if spec.protect else 'no'}")
+                         f"dir {r.dir}, protect={'yes' if spec.protect else 'no'}{user}")
         else:
             names = ", ".join(spec.instance_names())
             deps = f", after {', '.join(spec.depends_on)}" if spec.depends_on else ""
-            lines.append(f"{spec.name}: {' '.join(spec.command)} x{spec.numprocs} ({names}){deps}")
+            lines.append(f"{spec.name}: {' '.join(spec.command)} x{spec.numprocs} ({names}){deps}{user}")
     c = config.cluster
     if c is not None:
         from relayq_supervisor.cluster.link import display_url
         where = display_url(c.redis_url) if c.redis_url else "this node's [redis]"
-        user = "relayq-node" if c.password_file else "the workers' credentials"
+        who = "relayq-node" if c.password_file else "the workers' credentials"
         remote = " (redis is remote: workers wait for it)" if config.remote_dependencies else ""
-        lines.append(f"cluster: node {c.node} publishes to {where} as {user} every "
+        lines.append(f"cluster: node {c.node} publishes to {where} as {who} every "
                      f"{c.heartbeat_interval:g}s{remote}")
     return "\n".join(lines)
 

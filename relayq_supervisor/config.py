@@ -73,6 +73,36 @@ class RedisSpec:
     )
 
 
+# [redis] and [[program]] `limits`: rlimit names as systemd's Limit*= and setrlimit(2) call them.
+RLIMITS = {"nofile": "RLIMIT_NOFILE", "nproc": "RLIMIT_NPROC", "core": "RLIMIT_CORE",
+           "memlock": "RLIMIT_MEMLOCK", "as": "RLIMIT_AS"}
+RLIM_INFINITY = -1                      # resource.RLIM_INFINITY on Linux
+_SIZE_LIMITS = ("core", "memlock", "as")   # bytes: "64MiB" as well as integers
+
+
+@dataclass(frozen=True)
+class Privileges:
+    """Who a program runs as, and its limits: applied in the child before exec
+    (linux/credentials.py). Names were resolved here, at load, so the child makes
+    plain syscalls only (no NSS lookup after fork)."""
+    user: str | None = None             # None: the supervisor's own user
+    uid: int | None = None              # set only when the child must change user (the supervisor is root)
+    gid: int | None = None
+    groups: tuple[int, ...] = ()        # supplementary groups (with uid)
+    home: str = ""                      # HOME, USER, LOGNAME, SHELL for the child, as systemd's User= does
+    shell: str = ""
+    umask: int | None = None
+    nice: int | None = None
+    limits: tuple[tuple[str, int, int], ...] = ()     # (name, soft, hard); RLIM_INFINITY = unlimited
+    no_new_privileges: bool = False
+
+    @property
+    def in_child(self) -> bool:
+        """Whether anything must be done in the child before exec."""
+        return (self.uid is not None or self.umask is not None or self.nice is not None
+                or bool(self.limits) or self.no_new_privileges)
+
+
 @dataclass(frozen=True)
 class ProgramSpec:
     name: str
@@ -92,6 +122,7 @@ class ProgramSpec:
     watchdog_sec: float = 0.0           # silence allowed after READY (0 = off)
     watchdog_signal: int = int(signal.SIGABRT)
     max_rss: int = 0                    # bytes, whole process group (0 = off)
+    privileges: Privileges = Privileges()
 
     @property
     def watched(self) -> bool:
@@ -133,6 +164,7 @@ class SupervisorSpec:
     kernel_witness: bool = True     # trace signals to children through tracefs where the kernel allows
     doctor_root: str = "/"          # the file system whose units/cron the rival checks read
     metrics_listen: ListenAddress | None = None     # GET /metrics; None = off
+    cgroups: bool = True            # each program run in a cgroup of its own where we may make one
 
 
 @dataclass(frozen=True)
@@ -171,6 +203,7 @@ _SUPERVISOR_KEYS: dict[str, type | tuple[type, ...]] = {
     "control_group": str, "audit_ignore": list, "log_max_bytes": int, "log_backups": int,
     "audit_max_bytes": int, "audit_backups": int, "health_interval": (int, float),
     "signal_tap": bool, "kernel_witness": bool, "doctor_root": str, "metrics_listen": str,
+    "cgroups": bool,
 }
 _RESTART_KEYS = {
     "policy": str, "backoff_initial": (int, float), "backoff_factor": (int, float),
@@ -183,12 +216,19 @@ _PROGRAM_KEYS = {
     "ready_after": (int, float), "autostart": bool, "log": str, "protect": bool, "restart": dict,
     "watchdog_sec": (int, float), "watchdog_signal": (str, int), "max_rss": (str, int),
 }
+# Who a program runs as (the same keys in [redis] and each [[program]]).
+_PRIVILEGE_KEYS = {
+    "user": str, "group": str, "supplementary_groups": list, "umask": str, "nice": int, "limits": dict,
+    "no_new_privileges": bool,
+}
+_PROGRAM_KEYS.update(_PRIVILEGE_KEYS)
 _REDIS_KEYS = {
     "binary": str, "port": int, "bind": list, "dir": str, "args": list, "config": dict, "include": (str, list),
     "protect": bool,
     "restart": dict, "stop_timeout": (int, float), "log": str, "autostart": bool,
     "environment": dict, "denied_commands": list, "password_file": str,
     "watchdog_sec": (int, float), "watchdog_signal": (str, int), "max_rss": (str, int),
+    **_PRIVILEGE_KEYS,
 }
 _CLUSTER_KEYS = {"node": str, "redis_url": str, "password_file": str, "heartbeat_interval": (int, float)}
 _TOP_KEYS = {"supervisor": dict, "redis": dict, "program": list, "cluster": dict}
@@ -627,6 +667,7 @@ def _parse_program(loc, where, table: dict, base: Path, env_path: str, log_backu
         autostart=table.get("autostart", True), log=log, protect=table.get("protect", False),
         restart=_restart(loc, where + ("restart",), table.get("restart", {}), RestartPolicy()),
         **_watchdog_settings(loc, where, table),
+        privileges=_privileges(loc, where, table),
     )
 
 
@@ -807,6 +848,7 @@ def _parse_redis(loc, table: dict, base: Path, run_dir: str) -> ProgramSpec:
                          RestartPolicy(backoff_initial=0.2, backoff_max=30.0, start_limit_burst=0)),
         redis=spec,
         **_watchdog_settings(loc, where, {"watchdog_sec": REDIS_WATCHDOG_SEC, **table}),
+        privileges=_privileges(loc, where, table),
     )
 
 
@@ -954,6 +996,7 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
         kernel_witness=sup.get("kernel_witness", True),
         doctor_root=_resolve(base, sup.get("doctor_root", "/")),
         metrics_listen=metrics_listen,
+        cgroups=sup.get("cgroups", True),
     )
     if supervisor.control_group is not None:
         import grp
@@ -985,6 +1028,7 @@ def _check_ground(loc: _Locator, config: Config, where_of: dict[str, tuple]) -> 
             # a missing directory must not read as `exec of python3 failed: No such file or directory`
             _check_directory(loc, where + ("directory",), f"program '{spec.name}': directory", spec.directory,
                              create=False)
+    _check_privileged_ground(loc, config, where_of)
 
 
 def _check_supervisor_ground(loc: _Locator, supervisor: SupervisorSpec) -> None:
@@ -998,14 +1042,16 @@ def _check_supervisor_ground(loc: _Locator, supervisor: SupervisorSpec) -> None:
                         f"control_socket {supervisor.control_socket} is a directory")
 
 
-def load_config(path: str | os.PathLike) -> Config:
+def load_config(path: str | os.PathLike, ground: bool = True) -> Config:
+    """The config at `path`; with `ground`, checked against this machine too (start-up,
+    --check, reload); relayqctl reading [cluster] does without (it runs as an operator)."""
     path = os.path.abspath(os.fspath(path))
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
-    return parse_config(raw, path, ground=True)
+    return parse_config(raw, path, ground=ground)
 
 
 def _not_utf8(path: str, raw: bytes, e: UnicodeDecodeError) -> ConfigError:
@@ -1131,3 +1177,238 @@ def salvage_supervisor_section(path: str | os.PathLike) -> SupervisorSpec:
 
 def default_config_path() -> str:
     return os.environ.get("RELAYQ_CONFIG") or DEFAULT_CONFIG
+
+
+# --- who a program runs as ----------------------------------------------------
+
+def _user_name(uid: int) -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+_own_user: list[str] = []
+
+
+def run_as_name(priv: Privileges) -> str:
+    """The user a program runs as, for status and `why`: its `user`, else the supervisor's."""
+    if priv.user is not None:
+        return priv.user
+    if not _own_user:
+        _own_user.append(_user_name(os.geteuid()))
+    return _own_user[0]
+
+
+def _umask(loc, keys: tuple, value: str) -> int:
+    if not re.fullmatch(r"[0-7]{1,4}", value) or int(value, 8) > 0o777:
+        raise loc.error(keys, f"'umask' must be octal digits like \"0027\" (at most 0777), not {value!r}")
+    return int(value, 8)
+
+
+def _limit_value(loc, keys: tuple, name: str, value) -> int:
+    if value == "unlimited":
+        if name == "nofile":    # setrlimit(2): RLIMIT_NOFILE cannot exceed fs.nr_open, never infinity
+            raise loc.error(keys, "limits.nofile cannot be \"unlimited\": the kernel caps it at fs.nr_open; "
+                                  "write a number like 65535")
+        return RLIM_INFINITY
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or \
+                (isinstance(value, str) and name not in _SIZE_LIMITS):
+            raise ValueError(f"{value!r} is not a number")
+        number = parse_size(value)
+    except ValueError as e:
+        what = "a number of bytes (or \"64MiB\")" if name in _SIZE_LIMITS else "a number"
+        raise loc.error(keys, f"limits.{name}: {e}: write {what} or \"unlimited\"") from None
+    return number
+
+
+CAP_SYS_RESOURCE = 24      # linux/capability.h
+
+
+def _can_raise_limits() -> bool:
+    """Whether this process may raise a hard rlimit: CAP_SYS_RESOURCE in its effective set
+    (root has it, except in containers that drop it)."""
+    try:
+        with open("/proc/self/status") as f:
+            caps = next((line.split()[1] for line in f if line.startswith("CapEff:")), "0")
+        return bool(int(caps, 16) >> CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError):
+        return os.geteuid() == 0
+
+
+def _nr_open() -> int | None:
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _limits(loc, keys: tuple, table: dict) -> tuple[tuple[str, int, int], ...]:
+    """Each limit sets soft and hard alike. Never above the supervisor's own hard limit
+    unless it may raise one (setrlimit(2): CAP_SYS_RESOURCE, which root has); `nofile`
+    never above fs.nr_open, the kernel's own cap."""
+    import resource
+    out = []
+    may_raise = _can_raise_limits() if table else False
+    for name, value in table.items():
+        if name not in RLIMITS:
+            raise loc.error(keys + (name,), f"unknown limit '{name}' (known limits: {', '.join(RLIMITS)})")
+        number = _limit_value(loc, keys + (name,), name, value)
+        hard = resource.getrlimit(getattr(resource, RLIMITS[name]))[1]
+        if not may_raise and hard != resource.RLIM_INFINITY and (number == RLIM_INFINITY or number > hard):
+            raise loc.error(keys + (name,), f"limits.{name} = {value} is above the supervisor's own hard limit "
+                                            f"({hard}), which only root (CAP_SYS_RESOURCE) may exceed: raise it "
+                                            f"where the supervisor is started (e.g. Limit{name.upper()}= in its "
+                                            "systemd unit) or ask for less")
+        nr_open = _nr_open() if name == "nofile" else None
+        if nr_open is not None and number > nr_open:
+            raise loc.error(keys + (name,), f"limits.nofile = {value} is above the kernel's cap on open files "
+                                            f"(fs.nr_open = {nr_open})")
+        out.append((name, number, number))
+    return tuple(out)
+
+
+def _privileges(loc, where: tuple, table: dict) -> Privileges:
+    """`user`, `group`, `supplementary_groups`, `umask`, `nice`, `limits`, `no_new_privileges`.
+    Changing user takes root: a supervisor that is not root may name only its own user."""
+    import grp
+    import pwd
+    user = table.get("user")
+    for key in ("group", "supplementary_groups"):
+        if key in table and user is None:
+            raise loc.error(where + (key,), f"'{key}' needs 'user' too (the group of a program's user)")
+    fields: dict[str, Any] = {}
+    if user is not None:
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            raise loc.error(where + ("user",), f"user {user!r} is not a user on this machine "
+                                               f"(create it: useradd --system {user}, or fix the name)") from None
+        gid = pw.pw_gid
+        if "group" in table:
+            try:
+                gid = grp.getgrnam(table["group"]).gr_gid
+            except KeyError:
+                raise loc.error(where + ("group",), f"group {table['group']!r} is not a group on this machine") \
+                    from None
+        if "supplementary_groups" in table:
+            groups = []
+            for name in _str_list(loc, where + ("supplementary_groups",), table["supplementary_groups"]):
+                try:
+                    groups.append(grp.getgrnam(name).gr_gid)
+                except KeyError:
+                    raise loc.error(where + ("supplementary_groups",),
+                                    f"group {name!r} is not a group on this machine") from None
+        else:       # as login(1) and systemd's User= do: the groups /etc/group gives the user
+            groups = [g for g in os.getgrouplist(user, pw.pw_gid) if g != gid]
+        fields.update(user=user, home=pw.pw_dir, shell=pw.pw_shell)
+        if os.geteuid() == 0:
+            fields.update(uid=pw.pw_uid, gid=gid, groups=tuple(sorted(set(groups))))
+        elif pw.pw_uid != os.geteuid() or gid != os.getegid() or "supplementary_groups" in table:
+            raise loc.error(where + ("user",), f"user = {user!r} needs the supervisor to run as root (it runs "
+                                               f"as {_user_name(os.geteuid())}): start it as root (the shipped "
+                                               "unit does) or remove 'user'")
+    if "umask" in table:
+        fields["umask"] = _umask(loc, where + ("umask",), table["umask"])
+    if "nice" in table:
+        nice = table["nice"]
+        if not -20 <= nice <= 19:
+            raise loc.error(where + ("nice",), f"'nice' must be between -20 and 19, not {nice}")
+        if os.geteuid() != 0 and nice < os.getpriority(os.PRIO_PROCESS, 0):
+            raise loc.error(where + ("nice",), f"nice = {nice} is below the supervisor's own niceness: only root "
+                                               "may raise a program's priority")
+        fields["nice"] = nice
+    fields["limits"] = _limits(loc, where + ("limits",), table.get("limits", {}))
+    # default true with a user, as systemd's NoNewPrivileges= would be wished: a job cannot
+    # regain what the change of user took (no set-uid binary, no file capability)
+    fields["no_new_privileges"] = table.get("no_new_privileges", user is not None)
+    return Privileges(**fields)
+
+
+def _mode_allows(st: os.stat_result, uid: int, gids: tuple[int, ...], want: int) -> bool:
+    if st.st_uid == uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid in gids:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & want == want
+
+
+def _user_access_problem(path: str, priv: Privileges, want: int, what: str) -> str | None:
+    """Why the program's user could not use `path` (`want`: os.R_OK, W_OK, X_OK bits) by
+    the mode bits of it and of every directory above it, or None. A missing `path` (and
+    missing parents) is judged by what exists above it. ACLs are not read."""
+    if priv.uid is None or priv.uid == 0:
+        return None
+    gids = (priv.gid if priv.gid is not None else -1, *priv.groups)
+    parts = os.path.normpath(path).split("/")[1:]
+    current = "/"
+    for i, part in enumerate(["", *parts]):
+        current = os.path.join(current, part) if part else current
+        try:
+            st = os.stat(current)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            return f"{current}: {e.strerror}"
+        last = i == len(parts)
+        need = want if last else os.X_OK
+        if not _mode_allows(st, priv.uid, gids, need):
+            kind = "not " + {os.X_OK: "searchable", os.R_OK: "readable", os.W_OK: "writable",
+                              os.W_OK | os.X_OK: "writable"}.get(need, "usable")
+            return (f"{what} {path} is not usable by user {priv.user}: {current} (owner {_user_name(st.st_uid)}, "
+                    f"mode {stat.S_IMODE(st.st_mode):04o}) is {kind} by it")
+    return None
+
+
+def _check_user_access(loc, keys: tuple, path: str, priv: Privileges, want: int, what: str) -> None:
+    """The path as written and, when a symbolic link leads elsewhere, where it leads: the
+    kernel searches both (a venv's python3 links to an interpreter that may sit under /root)."""
+    real = os.path.realpath(path)
+    for candidate in (path, real) if real != os.path.normpath(path) else (path,):
+        problem = _user_access_problem(candidate, priv, want, what)
+        if problem:
+            raise loc.error(keys, problem if candidate == path else f"{problem} (where {path} leads)")
+
+
+def _check_privileged_ground(loc: _Locator, config: Config, where_of: dict[str, tuple]) -> None:
+    """What a program's user must reach: its executable and directory; for Redis its data
+    dir (the supervisor creates a missing one for it, but never takes over one another
+    user owns), run_dir (its config and ACL files) and any log file or included file."""
+    for spec in config.programs:
+        priv = spec.privileges
+        if priv.uid is None or priv.uid == 0:
+            continue
+        where = where_of[spec.name]
+        exe = shutil.which(spec.command[0], path=dict(spec.environment).get("PATH", children_path())) \
+            if "/" not in spec.command[0] else os.path.join(spec.directory, spec.command[0])
+        if exe:
+            _check_user_access(loc, where + ("user",), exe, priv, os.X_OK, f"program '{spec.name}': command")
+        if spec.redis is None:
+            _check_user_access(loc, where + ("directory",), spec.directory, priv, os.X_OK,
+                               f"program '{spec.name}': directory")
+            continue
+        r = spec.redis
+        try:
+            st = os.stat(r.dir)
+        except OSError:
+            st = None
+        if st is not None and st.st_uid != priv.uid:
+            raise loc.error(where + ("dir",), f"Redis dir {r.dir} is owned by {_user_name(st.st_uid)}, not by Redis' "
+                                              f"user {priv.user}: the supervisor does not take over a directory it did "
+                                              f"not create; `chown -R {priv.user}: {r.dir}` or set another dir")
+        _check_user_access(loc, where + ("dir",), r.dir, priv, os.W_OK | os.X_OK, "Redis dir")
+        _check_user_access(loc, ("supervisor", "run_dir"), config.supervisor.run_dir, priv, os.X_OK,
+                           "run_dir (Redis reads its config and ACL files there)")
+        for path in r.include:
+            _check_user_access(loc, where + ("include",), path, priv, os.R_OK, "included redis config file")
+        for name, words in r.directives:
+            if name == "logfile" and words and words[0]:
+                logfile = words[0] if os.path.isabs(words[0]) else os.path.join(r.dir, words[0])
+                target = logfile if os.path.exists(logfile) else os.path.dirname(logfile)
+                _check_user_access(loc, where + ("config",), target, priv,
+                                   os.W_OK if target == logfile else os.W_OK | os.X_OK, "Redis logfile")

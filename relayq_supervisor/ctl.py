@@ -105,6 +105,8 @@ def describe_program(p: dict) -> str:
     parts = []
     if p["state"] in ("BACKOFF", "FATAL", "EXITED", "STOPPED", "STARTING", "STOPPING") and p.get("reason"):
         parts.append(p["reason"])
+    if p.get("descendants"):
+        parts.append(f"+{len(p['descendants'])} descendant{'s' if len(p['descendants']) != 1 else ''}")
     if p.get("last_exit") and p["state"] in ("RUNNING", "STARTING"):
         parts.append(f"last: {p['last_exit']['description']}")
     return "; ".join(parts)
@@ -123,7 +125,8 @@ def use_colour(stream=None) -> bool:
 
 def print_status(status: dict, colour: bool = False) -> None:
     sup = status["supervisor"]
-    redis = f"{sup.get('redis_binary')} {sup.get('redis_version')}" if sup.get("redis_binary") else "no redis"
+    redis = f"{sup.get('redis_binary')} {sup.get('redis_version')}" if sup.get("redis_binary") else \
+        f"the cluster's at {sup['cluster']['redis']}" if sup.get("cluster") else "no redis"
     say(f"relayq-supervisor pid {sup['pid']}, up {format_duration(sup['uptime_s'])}, "
         f"config {sup['config']}, redis {redis}")
     for note in sup.get("notes", []):
@@ -149,7 +152,7 @@ def print_programs(programs: list[dict], colour: bool, indent: str = "", aged: f
 
 def cluster_view(args):
     from relayq_supervisor.cluster.view import ClusterView
-    return ClusterView(load_config(args.config or default_config_path()))
+    return ClusterView(load_config(args.config or default_config_path(), ground=False))
 
 
 def cluster_status(args) -> int:
@@ -393,6 +396,8 @@ def print_why(result: dict) -> None:
     p, stop = result["program"], result.get("last_stop")
     node = f"node {result['node']}: " if result.get("node") else ""
     say(f"{node}{p['name']}: {p['state']}" + (f", pid {p['pid']}" if p["pid"] else "") + f" ({p['reason']})")
+    if p.get("user"):
+        say(f"  runs as: {p['user']}")
     recent = [e for e in result.get("recent_events") or [] if not stop or e not in (stop.get("events") or [])]
     if recent:
         say("  since (signals, denied commands):")
@@ -492,20 +497,26 @@ def show_logs(args) -> int:
 
 def run_doctor(args) -> int:
     from relayq_supervisor import doctor
+    from relayq_supervisor.doctor.privilege import root_program_warnings
     from relayq_supervisor.node import doctor_target
     config = load_config(args.config or default_config_path())
     own = set()
+    supervisor_uid = os.geteuid()       # not running: as whoever would start it now
     try:        # what the running supervisor owns is not a rival
         pid = checked(call(args.socket or config.supervisor.control_socket, "pid", 5.0))["pid"]
         own = {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
+        supervisor_uid = psutil.Process(pid).uids().effective
     except (RelayqError, psutil.Error):
         pass
     root = args.root or config.supervisor.doctor_root
     rivals = doctor.find_rivals(doctor_target(config, own), root=root, scan_processes=root == "/")
+    warnings = root_program_warnings(config, supervisor_uid)
     if args.json:
-        print(json.dumps({"root": root, "rivals": [r.to_dict() for r in rivals]}, indent=2))
+        print(json.dumps({"root": root, "rivals": [r.to_dict() for r in rivals], "warnings": warnings}, indent=2))
     else:
         print(doctor.format_report(rivals))
+        for warning in warnings:
+            say(f"warning: {warning}")
     return EXIT_FAILURE if rivals else EXIT_OK
 
 

@@ -30,7 +30,8 @@ from relayq_supervisor.control.server import ControlServer
 from relayq_supervisor.core import reload as reload_diff
 from relayq_supervisor.core.arbiter import Arbiter
 from relayq_supervisor.core.children import AdoptedProcess, ProcessSpawner
-from relayq_supervisor.core.locks import OwnerLocks, program_key, program_lock_path
+from relayq_supervisor.core.containment import Containment
+from relayq_supervisor.core.locks import OwnerLocks, owner_key, program_key, program_lock_path
 from relayq_supervisor.core.output import SupervisorLogFile
 from relayq_supervisor.core.program import Program
 from relayq_supervisor.core.states import State
@@ -48,7 +49,7 @@ from relayq_supervisor.systemd import ServiceLink
 from relayq_supervisor.witness.attribution import Attribution
 from relayq_supervisor.witness.evidence import Probe
 from relayq_supervisor.witness.tap import SignalTap
-from relayq_supervisor.witness.tracefs import KernelWitness
+from relayq_supervisor.witness.tracefs import CATCH_UP_READS, KernelWitness
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +128,13 @@ class Node:
         base_env = {k: v for k, v in os.environ.items() if k not in _NOT_FOR_CHILDREN}
         base_env["PATH"] = children_path()
         base_env["NOTIFY_SOCKET"] = self.notify_socket.address
+        # cgroups are made in prepare(), once the locks say this supervisor is the owner
+        self.containment = Containment(None, owner_key(config.path), "not set up yet")
+        self.spawner = ProcessSpawner(self.loop, config.supervisor, self.before_exec, self.containment)
         if config.cluster is not None and config.redis is None:     # a worker-only node: the cluster's Redis
             base_env["RELAYQ_REDIS_URL"] = config.cluster.redis_url
         self.arbiter = Arbiter(config, {spec.name: kinds.make_kind(spec, self.kind_context) for spec in config.programs},
-                               spawner=ProcessSpawner(self.loop, config.supervisor, self.before_exec),
+                               spawner=self.spawner,
                                clock=LoopClock(self.loop), audit=self.audit, witness=self, base_env=base_env,
                                probe=Probe(), on_change=self.changed, remote_ready=self.remote_ready)
         # [cluster]: this node's status and audit events in the cluster's Redis
@@ -194,6 +198,26 @@ class Node:
             self._notes_due.add(p.base)
             self.arbiter.kinds[p.base].record_running(p.pid)
 
+    def _note_children(self) -> None:
+        due, self._notes_due = self._notes_due, set()
+        for base in due:
+            self.locks.note(program_key(base), children={q.name: {"pid": q.pid, "start_ticks": proc_start_ticks(q.pid)}
+                                                         for q in self.arbiter.graph.instances(base) if q.pid})
+
+    def kept_files(self) -> list[str]:
+        return [path for kind in self.arbiter.kinds.values() for path in kind.kept_files()]
+
+    def restore_files(self, directory: str) -> None:
+        """A kept file in `directory`, or `directory` itself, was deleted under us: the
+        kinds write back what they keep there."""
+        if directory != self.config.supervisor.run_dir:
+            return
+        for name, kind in self.arbiter.kinds.items():
+            try:
+                kind.restore_files()
+            except (OSError, RelayqError, ValueError) as e:
+                log.error("%s: cannot write its files in %s again (%s)", name, directory, e)
+
     def redis_admin(self) -> Any:
         """The Redis node's admin client (whois checks an answer's connection with CLIENT LIST)."""
         assert self.config.redis is not None
@@ -213,15 +237,13 @@ class Node:
         if w is not None and w.instance is not None and destinations and w.watch_connections(destinations):
             log.info("kernel witness: recording connections to the cluster's Redis (%s)",
                      ", ".join(f"{ip}:{port}" for ip, port in destinations))
-    def _note_children(self) -> None:
-        due, self._notes_due = self._notes_due, set()
-        for base in due:
-            self.locks.note(program_key(base), children={q.name: {"pid": q.pid, "start_ticks": proc_start_ticks(q.pid)}
-                                                         for q in self.arbiter.graph.instances(base) if q.pid})
 
     def remote_ready(self, name: str) -> bool:
         """A dependency on another node (`redis` on a worker-only node) is met: its Redis answers."""
         return self.cluster is not None and self.cluster.reachable is True
+
+    def awaits_other_node(self, p: Program) -> bool:
+        return self.arbiter.awaits_other_node(p)
 
     def cluster_reachable(self, up: bool) -> None:
         """Programs waiting on the cluster's Redis may start; a lost Redis stops nothing (the
@@ -261,10 +283,15 @@ class Node:
     def prepare(self) -> None:
         """Everything that can refuse to start, before any child is started."""
         sup = self.config.supervisor
+        # first: names no deleted directory can free (a second supervisor on this config or run_dir)
+        lock_path = os.path.join(sup.run_dir, "supervisor.lock")
+        for what, path in (("run_dir", sup.run_dir), ("config", self.config.path)):
+            claimed = self.locks.claim(what, path, lock_path)
+            self.loop.add_reader(claimed.fileno(), self.answer_claim, claimed)
         for d in (sup.run_dir, sup.log_dir, os.path.dirname(sup.audit_log), os.path.dirname(sup.control_socket)):
             os.makedirs(d, exist_ok=True)
         # the record names the socket: relayqctl finds it there when the config on disk is broken
-        self.locks.take("supervisor", os.path.join(sup.run_dir, "supervisor.lock"), sup.run_dir,
+        self.locks.take("supervisor", lock_path, sup.run_dir,
                         keep={"control_socket": sup.control_socket})
         # after the lock: a second supervisor refused here must not write into our log
         self.log_file = SupervisorLogFile(sup.log_dir, sup.log_max_bytes, sup.log_backups, __package__ or "")
@@ -285,6 +312,16 @@ class Node:
                              if p.name in alive]
         for kind in self.arbiter.kinds.values():
             kind.prepare()
+        self.containment = self.spawner.containment = Containment.open(sup.cgroups, owner_key(self.config.path))
+        log.info("descendants of programs: %s", self.containment.state)
+
+    def answer_claim(self, claimed: socket.socket) -> None:
+        """A refused rival connected to learn our pid (SO_PEERCRED at connect): close it."""
+        try:
+            conn, _ = claimed.accept()
+            conn.close()
+        except OSError:
+            pass
 
     async def take_over(self) -> None:
         """After a crash of the previous supervisor: adopt what its kinds verify (Redis,
@@ -302,7 +339,7 @@ class Node:
 
     def adopt(self, p: Program, pid: int, verified: tuple[str, ...]) -> None:
         pidfd = os.pidfd_open(pid)
-        proc = AdoptedProcess(pid, pidfd)
+        proc = AdoptedProcess(pid, pidfd, self.containment, self.containment.adopted_run(pid))
         traced = self.tap.attach_running(pid) if self.tap_active and self.tap is not None else False
         self.loop.add_reader(pidfd, self.on_adopted_exit, proc)
         self.audit("adopted", program=p.name, pid=pid, verified=list(verified), traced=traced)
@@ -329,6 +366,7 @@ class Node:
             return
         gone = asyncio.Event()
         self.loop.add_reader(pidfd, gone.set)
+        run = self.containment.adopted_run(pid)     # its cgroup: what it forked goes with it
         how = signal_name(p.spec.stop_signal)
         try:
             signal.pidfd_send_signal(pidfd, p.spec.stop_signal)
@@ -343,6 +381,8 @@ class Node:
         finally:
             self.loop.remove_reader(pidfd)
             os.close(pidfd)
+            if run is not None:
+                self.containment.end_run(run)
         self.audit("orphan_stopped", program=p.name, pid=pid, how=how)
         log.warning("%s: stopped pid %d, left running by the previous supervisor (%s); starting a fresh one",
                     p.name, pid, how)
@@ -420,6 +460,7 @@ class Node:
         if w is None:
             return
         if w.start():
+            self.attribution.catch_up = lambda: w.drain(CATCH_UP_READS)
             self.listen_to_kernel_trace()
             log.info("kernel witness: tracing signals to children in %s", w.instance)
             redis = self.config.redis
@@ -578,6 +619,7 @@ class Node:
             await self.cluster.close()
         await self.arbiter.shutdown()
         await self.end_leftovers()
+        await self.containment.shutdown()
         if self.cluster is not None and self.config.redis is None:
             await self.cluster.close()
         if self.whois is not None:
@@ -628,6 +670,9 @@ class Node:
             if self.kernel_witness.fd is not None:
                 self.loop.remove_reader(self.kernel_witness.fileno())
             self.kernel_witness.close()
+        self.containment.close()
+        for s in self.locks.names.values():
+            self.loop.remove_reader(s.fileno())
         self.locks.release_all()
         self.attribution.close_bursts()
         if self.audit_log is not None:
@@ -652,6 +697,7 @@ class Node:
             else "off (kernel_witness = false)",
             "kernel_witness_stats": self.kernel_witness.stats() if self.kernel_witness is not None else None,
             "config_changed": self.ground.config_changed,
+            "descendants_by": self.containment.state,
             "notes": self.status_notes(),
         }
         for kind in self.arbiter.kinds.values():

@@ -75,6 +75,10 @@ class Supervised(Protocol):
     @property
     def shutting_down(self) -> bool: ...
 
+    def awaits_other_node(self, p: Any) -> bool:
+        """p waits for another node only (the cluster's Redis): start-up is not held for it."""
+        ...
+
 
 class ServiceLink:
     def __init__(self, sup: Supervised, notifier: ServiceNotifier | None = None):
@@ -120,7 +124,7 @@ class ServiceLink:
             return
         programs = self.sup.programs
         if not self.ready_sent and not any(p.wanted and p.state not in (State.RUNNING, State.FATAL)
-                                           for p in programs):
+                                           and not self.sup.awaits_other_node(p) for p in programs):
             self.ready_sent = True
             gave_up = [p.name for p in programs if p.state == State.FATAL]
             self.notifier.send(READY=1, STATUS=self.status_line() + (f"; gave up: {', '.join(gave_up)}" if gave_up else ""))

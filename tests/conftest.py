@@ -1,7 +1,11 @@
 """Fixtures: real supervisors, real Redis, free ports, cleanup by pid (helpers in tests/support)."""
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 from support import Supervisor, free_port, kill_and_reap
@@ -49,3 +53,13 @@ def hosts():
         pytest.skip(str(e))
     yield pair
     pair.remove()
+
+
+@pytest.fixture
+def open_tmp():
+    """A temp dir every user can search (0755; pytest's own sit under a 0700 folder), for
+    tests whose programs run as another user. Removed at teardown."""
+    path = Path(tempfile.mkdtemp(prefix="relayq-test-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

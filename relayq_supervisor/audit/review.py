@@ -426,6 +426,11 @@ def _format_audit_gap(e: dict[str, Any]) -> str:
     return f"AUDIT GAP: {e.get('dropped')} events lost since {e.get('since')} ({e.get('reason')})"
 
 
+def _format_leftovers_killed(e: dict[str, Any]) -> str:
+    pids = " ".join(str(p) for p in e.get("pids") or [])
+    return f"{_subject(e.get('program'), e.get('pid'))} left {e.get('count')} process(es) running: SIGKILL ({pids})"
+
+
 def _format_generic(e: dict[str, Any]) -> str:
     fields = " ".join(f"{k}={_value_text(v)}" for k, v in e.items() if k not in ("ts", "host", "event"))
     return f"{e.get('event')}: {fields}" if fields else str(e.get("event"))
@@ -455,6 +460,7 @@ _FORMATTERS: dict[Any, Callable[[dict[str, Any]], str]] = {
     "tamper": _format_tamper,
     "rival_manager": _format_rival_manager,
     "audit_gap": _format_audit_gap,
+    "leftovers_killed": _format_leftovers_killed,
 }
 
 

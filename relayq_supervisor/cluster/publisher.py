@@ -112,6 +112,8 @@ class ClusterPublisher:
         self.task: asyncio.Task[None] | None = None
         self.host = socket.gethostname()
         self.key = link.node_key(self.spec.node)
+        self.name_checked = False
+        self.name_clash: str | None = None      # another host publishes under our node name
 
     # --- what the supervisor calls (never blocks) ---------------------------------------
 
@@ -144,6 +146,8 @@ class ClusterPublisher:
             since = time.strftime("%H:%M:%S", time.localtime(self.down_since)) if self.down_since else "?"
             parts.append(f"cluster Redis {self.url} unreachable since {since} ({self.problem}); "
                          f"{len(self.backlog)} events waiting")
+        if self.name_clash:
+            parts.append(self.name_clash)
         if self.dropped:
             parts.append(f"{self.dropped} audit events dropped from the cluster stream (backlog over "
                          f"{self.max_backlog}; the local audit log has them)")
@@ -180,6 +184,10 @@ class ClusterPublisher:
                 self.set_reachable(False, str(e) or type(e).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max(RETRY_MIN_S, min(RETRY_MAX_S, self.spec.heartbeat_interval)))
+            except Exception:       # a bug here must end neither supervision nor, for good, the view
+                log.exception("cluster: publishing failed; trying again in %gs", RETRY_MAX_S)
+                self.status_due = True
+                await asyncio.sleep(RETRY_MAX_S)
 
     def set_reachable(self, up: bool, problem: str | None) -> None:
         if up == self.reachable:
@@ -222,7 +230,31 @@ class ClusterPublisher:
                    addresses=node_addresses(), shut_down=final)
         return doc
 
+    async def check_name(self) -> None:
+        """Before our first publication: is another host live under our node name (a cloned
+        machine keeps its host name, the default node name)? Said in status, not refused:
+        the cluster view of that name is wrong, supervision is not."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.key)
+        pipe.pttl(self.key)
+        raw, ttl_ms = await pipe.execute()
+        self.name_checked = True
+        try:
+            other = json.loads(raw) if raw else None
+        except ValueError:
+            other = None
+        if not isinstance(other, dict) or other.get("shut_down") or other.get("host") == self.host:
+            return          # nobody, a clean stop, or this host's own previous supervisor
+        age = link.NODE_KEEP_S - (ttl_ms or 0) / 1000
+        interval = other.get("heartbeat_interval") or self.spec.heartbeat_interval
+        if age <= link.STALE_INTERVALS * interval:
+            self.name_clash = (f"node name {self.spec.node!r} is also published by host {other.get('host')} "
+                               f"(pid {other.get('pid')}): give each node its own [cluster] node")
+            log.error("cluster: %s", self.name_clash)
+
     async def send_status(self, final: bool = False) -> None:
+        if not self.name_checked:
+            await self.check_name()
         doc = json.dumps(self.document(final), separators=(",", ":"), default=str)
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self.key, doc, ex=link.NODE_KEEP_S)

@@ -77,8 +77,9 @@ class ControlServer:
         return self.identity is not None and self.identity.still_at(self.path)
 
     async def restart(self) -> None:
-        """Listen again (the socket file was deleted or replaced)."""
+        """Listen again (the socket file, or its directory, was deleted or replaced)."""
         self.close()
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         await self.start()
 
     def close(self) -> None:

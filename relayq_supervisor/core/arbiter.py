@@ -142,11 +142,20 @@ class Arbiter:
                 continue
             self.start(p)
 
+    def awaits_other_node(self, p: Program) -> bool:
+        """p is held only by a dependency on another node that is not met (a worker-only node's
+        `redis`): systemd's start-up does not wait for it (it may take as long as that node)."""
+        return p.state == State.STOPPED and any(name in self.config.remote_dependencies and not self.remote_ready(name)
+                                                for name in p.spec.depends_on)
+
     def environment(self, p: Program) -> dict[str, str]:
         env = dict(self.base_env)
         for kind in self.kinds.values():
             env.update(kind.environment())
         env["RELAYQ_PROGRAM"] = p.name
+        priv = p.spec.privileges
+        if priv.user is not None:       # as login(1) and systemd's User= set them
+            env.update(HOME=priv.home, USER=priv.user, LOGNAME=priv.user, SHELL=priv.shell)
         if p.spec.watchdog_sec > 0:     # as systemd does, so sd_notify libraries ping on their own
             env["WATCHDOG_USEC"] = str(int(p.spec.watchdog_sec * 1e6))
         env.update(dict(p.spec.environment))
@@ -296,9 +305,13 @@ class Arbiter:
         p = self.by_pid.pop(pid, None)
         if p is None or p.proc is None:
             return False
+        left = p.proc.descendants()
         if p.proc.kill_group():
-            # as systemd does for a service's cgroup: nothing it left behind survives it
-            log.info("%s: killed what pid %d left in its process group", p.name, pid)
+            # as systemd does for a service's cgroup: nothing it left behind survives it, a
+            # daemon that left the process group with setsid() included (core/containment.py)
+            log.info("%s: killed what pid %d left behind (its process group and other descendants)", p.name, pid)
+            if left:
+                self.audit("leftovers_killed", program=p.name, pid=pid, pids=left[:100], count=len(left))
         self.on_exit(p, status)
         return True
 

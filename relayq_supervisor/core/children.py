@@ -14,22 +14,28 @@ import signal
 from collections.abc import Callable
 
 from relayq_supervisor.config import SupervisorSpec
+from relayq_supervisor.core.containment import MARKER, Containment, Run
 from relayq_supervisor.core.output import ChildOutput, open_child_output
 from relayq_supervisor.core.program import Program
 from relayq_supervisor.core.spawn import read_exec_result, spawn
+from relayq_supervisor.linux import credentials
 
 log = logging.getLogger(__name__)
 
 
 class ChildProcess:
-    """One started child: pid, pidfd, and the pipe that reports a failed exec."""
+    """One started child: pid, pidfd, the pipe that reports a failed exec, and its run
+    (its cgroup, or the marker its descendants carry)."""
 
-    def __init__(self, pid: int, pidfd: int, exec_result_fd: int, command: str):
+    def __init__(self, pid: int, pidfd: int, exec_result_fd: int, command: str,
+                 containment: Containment | None = None, run: Run | None = None):
         self.pid = pid
         self.pidfd: int | None = pidfd
         self.exec_result_fd: int | None = exec_result_fd
         self.command = command
         self._exec_error: str | None = None
+        self.containment = containment
+        self.run = run
 
     def send_signal(self, signo: int) -> bool:
         """Through the pidfd, so a recycled pid can never be hit."""
@@ -42,13 +48,24 @@ class ChildProcess:
             return False
 
     def kill_group(self) -> bool:
+        """SIGKILL to its process group and to every other descendant (its cgroup, or what
+        carries its run's marker): a daemon that left the group with setsid() goes too."""
         # The group id stays allocated while the group has members, so the number
         # still names our group, even after the leader is reaped; empty: ESRCH.
         try:
             os.killpg(self.pid, signal.SIGKILL)
-            return True
+            killed = True
         except (ProcessLookupError, PermissionError):
-            return False
+            killed = False
+        if self.containment is not None and self.run is not None:
+            killed = self.containment.end_run(self.run) != 0 or killed
+        return killed
+
+    def descendants(self) -> list[int]:
+        """Its live processes other than the main one."""
+        if self.containment is None or self.run is None:
+            return []
+        return self.containment.descendants(self.run, self.pid)
 
     def exec_error(self) -> str | None:
         """Read once the child has exited: its end of the pipe is closed by then (by exec
@@ -73,8 +90,8 @@ class AdoptedProcess(ChildProcess):
     """A process a crashed predecessor started: not our child, so its exit comes through
     the tap (waitpid as its tracer) or, untraced, only as its pidfd turning readable."""
 
-    def __init__(self, pid: int, pidfd: int):
-        super().__init__(pid, pidfd, -1, "")
+    def __init__(self, pid: int, pidfd: int, containment: Containment | None = None, run: Run | None = None):
+        super().__init__(pid, pidfd, -1, "", containment, run)
         self.exec_result_fd = None
 
     def exec_error(self) -> str | None:
@@ -83,13 +100,15 @@ class AdoptedProcess(ChildProcess):
 
 class ProcessSpawner:
     """The arbiter's Spawner: core/spawn.py's spawn(), whose exec gate is where
-    `before_exec(pid)` runs (the signal tap seizes the child there)."""
+    `before_exec(pid)` runs (the signal tap seizes the child there) and where the child
+    enters its run's cgroup."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, supervisor: SupervisorSpec,
-                 before_exec: Callable[[int], None] | None = None):
+                 before_exec: Callable[[int], None] | None = None, containment: Containment | None = None):
         self.loop = loop
         self.supervisor = supervisor
         self.before_exec = before_exec
+        self.containment = containment or Containment(None, "", "not set up")
         self.outputs: dict[str, ChildOutput] = {}
         self.pipes: dict[str, int] = {}      # instance name -> read end of its current pipe
         self.output_lost: dict[str, int] = {}    # instance name -> output bytes dropped while its log fails
@@ -102,17 +121,37 @@ class ProcessSpawner:
         # only our end non-blocking: O_NONBLOCK on the child's stdout would hand it EAGAIN
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(out_r, False)
+        run = self.containment.new_run(p.name)
+        placed = [run]
+
+        def at_gate(pid: int) -> None:
+            placed[0] = self.place(p, run, pid)
+            if self.before_exec is not None:
+                self.before_exec(pid)
         try:
-            child = spawn(argv, env, p.spec.directory, out_w, before_exec=self.before_exec)
+            child = spawn(argv, {**env, MARKER: run.id}, p.spec.directory, out_w, before_exec=at_gate,
+                          child_setup=credentials.child_setup(p.spec.privileges))
         except OSError:
             os.close(out_r)
+            self.containment.end_run(run)
             raise
         finally:
             os.close(out_w)
         self.close_pipe(p.name)
         self.pipes[p.name] = out_r
         self.loop.add_reader(out_r, self.on_output, p, out_r)
-        return ChildProcess(child.pid, child.pidfd, child.exec_result_fd, argv[0])
+        return ChildProcess(child.pid, child.pidfd, child.exec_result_fd, argv[0], self.containment, placed[0])
+
+    def place(self, p: Program, run: Run, pid: int) -> Run:
+        """Into its group before exec; if the kernel refuses, this run is followed by marker."""
+        try:
+            self.containment.place(run, pid)
+            return run
+        except OSError as e:
+            log.warning("%s: cannot enter cgroup %s (%s); its descendants are found by process tree",
+                        p.name, run.group, e.strerror)
+            self.containment.end_run(run)
+            return Run(run.id, None)
 
     def on_output(self, p: Program, fd: int) -> None:
         try:

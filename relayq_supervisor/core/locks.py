@@ -1,15 +1,27 @@
-"""Exclusive ownership with flock(2) lock files, each holding a JSON owner record.
+"""Exclusive ownership with flock(2) lock files, each holding a JSON owner record, and
+with abstract unix socket names that no file operation can take away.
 
 Other tools can ask whether something is owned with `flock -n FILE true` (exit 1 =
 owned) and read the record with `cat FILE`. A lock file is never unlinked on release:
 unlinking a locked file lets a second owner lock a fresh inode under the same name.
+
+But a lock file is only as good as its directory: delete run_dir (a cleanup script, a
+tmpfiles rule) and a second supervisor locks fresh files. So the supervisor also binds
+`@relayq-supervisor/<hash>` names for its config and its run_dir in the abstract
+namespace (unix(7): "an abstract socket address ... has no connection with filesystem
+pathnames"); the kernel frees a name only when its socket closes, at our exit or crash.
+Abstract names are per network namespace: supervisors in different ones are not kept
+apart by them (their lock files still are, while run_dir stands).
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
+import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +79,12 @@ class OwnerLock:
             self.fd, self.identity = None, None
 
 
+def owner_key(config_path: str) -> str:
+    """A short name for one configuration, the same for every supervisor started with it
+    (its real path hashed): names what must be unique per config outside run_dir."""
+    return hashlib.sha256(os.path.realpath(config_path).encode()).hexdigest()[:16]
+
+
 def program_key(name: str) -> str:
     """Programs' locks in a key space of their own: a program may be called `redis-dir`."""
     return f"program:{name}"
@@ -85,6 +103,41 @@ def read_owner(path: str) -> dict[str, Any] | None:
         return None
 
 
+ABSTRACT_PREFIX = "relayq-supervisor/"
+
+
+def abstract_name(what: str, path: str) -> str:
+    """The abstract socket name (without its leading NUL) that stands for owning `path`."""
+    return f"{ABSTRACT_PREFIX}{what}/{hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]}"
+
+
+def holder_of(name: str) -> int | None:
+    """The pid that bound abstract stream socket `name` (SO_PEERCRED of a connection), or None."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect("\0" + name)
+            pid, _, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            return pid or None
+        except OSError:
+            return None
+
+
+def claim_name(name: str) -> socket.socket | None:
+    """Bind and listen on abstract `name`: the socket, or None when another process holds it.
+    The caller accepts and closes connections (refused rivals connect to learn the pid)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    try:
+        s.bind("\0" + name)
+        s.listen(8)
+        return s
+    except OSError as e:
+        s.close()
+        if e.errno == errno.EADDRINUSE:
+            return None
+        raise
+
+
 class OwnerLocks:
     """Every lock this supervisor holds, by key (`supervisor`, a program name, `redis-dir`),
     each recording this process as owner."""
@@ -93,6 +146,25 @@ class OwnerLocks:
         self.config_path = config_path
         self.on_conflict = on_conflict      # (path, owner record): audited as lock_conflict
         self.held: dict[str, OwnerLock] = {}
+        self.names: dict[str, socket.socket] = {}      # abstract socket names we hold
+
+    def claim(self, what: str, path: str, record_path: str) -> socket.socket:
+        """Hold the abstract name standing for `path` (a config, a run_dir), or StartupError
+        `relayq-supervisor: PATH is owned by pid N (...)`, with the holder's lock record at
+        `record_path` when it is still there and names that pid."""
+        name = abstract_name(what, path)
+        s = claim_name(name)
+        if s is None:
+            pid = holder_of(name)
+            record = read_owner(record_path) or {}
+            owner = record if pid and record.get("pid") == pid else ({"pid": pid} if pid else {})
+            self.on_conflict("@" + name, owner)
+            described = describe_owner(owner) if owner.get("taken_at") else \
+                f"pid {pid}" if pid else "another process"
+            raise StartupError(f"relayq-supervisor: {path} is owned by {described} (it holds the abstract "
+                               f"socket @{name})") from None
+        self.names[name] = s
+        return s
 
     def owner_record(self) -> dict[str, Any]:
         pid = os.getpid()
@@ -138,6 +210,9 @@ class OwnerLocks:
     def release_all(self) -> None:
         for key in list(self.held):
             self.release(key)
+        for s in self.names.values():
+            s.close()
+        self.names.clear()
 
     def paths(self) -> list[str]:
         return [lock.path for lock in self.held.values()]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from relayq_supervisor.config import ProgramSpec
+from relayq_supervisor.config import ProgramSpec, run_as_name
 from relayq_supervisor.core.policy import RestartTracker
 from relayq_supervisor.core.states import ALIVE, ENDED, State, check_transition
 from relayq_supervisor.core.watchdog import Watchdog
@@ -42,6 +42,10 @@ class ChildHandle(Protocol):
 
     def exec_error(self) -> str | None:
         """After its exit: why exec failed, or None if it did not."""
+        ...
+
+    def descendants(self) -> list[int]:
+        """Its live processes other than the main one (daemons it forked included)."""
         ...
 
     def close(self) -> None: ...
@@ -362,4 +366,6 @@ class Program:
             "last_exit": self.last_exit.to_dict() if self.last_exit else None,
             "next_start_in_s": next_in, "reason": reason, "wanted": self.wanted,
             "streak": self.tracker.streak, "notify_status": self.notify_status,
+            "user": run_as_name(self.spec.privileges),
+            "descendants": self.proc.descendants() if self.proc is not None and self.state in ALIVE else [],
         }

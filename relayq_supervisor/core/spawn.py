@@ -18,9 +18,8 @@ direct (no before_exec): posix_spawn of the program itself.
 fork: os.fork() of the supervisor, Python in the child up to the same kind of gate, then
     os.execvpe. Taken
     - when `child_setup` is given: the only way to run code in the child between the gate
-      and exec. Issue 17's setgroups/setgid/setuid, umask and PR_SET_NO_NEW_PRIVS belong
-      there (rlimits and nice could keep the fast way: the parent can set them at the gate
-      with prlimit(2) and setpriority(2));
+      and exec: linux/credentials.py's user, groups, rlimits, nice, umask and
+      PR_SET_NO_NEW_PRIVS for a program that sets any of them (issue 17);
     - when the fast ways cannot keep the contract: no dash, a libc without posix_spawn
       chdir (glibc < 2.29), or an environment or argv[0] dash would alter (gate_is_exact);
     - when the program cannot be started: nothing executable on PATH, or posix_spawn

@@ -144,11 +144,7 @@ def _config_mentions(view: ProcessView, config: str,
                      target: DoctorTarget) -> tuple[list[tuple[str, int, str]], bool]:
     """((path, line number, text) of lines that mention Redis or a program, readable?) for a supervisor's
     config and the files its [include] section names."""
-    if not os.path.isabs(config):
-        try:
-            config = os.path.join(psutil.Process(view.pid).cwd(), config)
-        except (psutil.Error, OSError):
-            pass
+    config = _from_its_cwd(view.pid, config)
     found: list[tuple[str, int, str]] = []
     readable, queue, seen = False, [config], set[str]()
     while queue and len(seen) < 64:
@@ -179,8 +175,21 @@ def _config_mentions(view: ProcessView, config: str,
     return found, readable
 
 
+def _from_its_cwd(pid: int, path: str) -> str:
+    """A relative path from another process' command line, as that process resolves it: from
+    its own working directory (/proc/PID/cwd), not ours. Unchanged if that cannot be read."""
+    if os.path.isabs(path):
+        return path
+    try:
+        return os.path.normpath(os.path.join(os.readlink(f"/proc/{pid}/cwd"), path))
+    except OSError:
+        return path
+
+
 def _supervisor_rival(view: ProcessView, program: str, views, target: DoctorTarget) -> Rival:
     config = _supervisor_config(view, program)
+    if config is not None:
+        config = _from_its_cwd(view.pid, config)
     evidence = [_process_evidence(view, views)]
     disable = _process_disable(view, views)
     if config is None:

@@ -136,6 +136,16 @@ class ProgramKind(Protocol):
         """At start-up, before any child starts: StartupError to refuse to start at all."""
         ...
 
+    def kept_files(self) -> list[str]:
+        """Files the kind keeps in run_dir that must not go missing while it runs (Redis: its
+        admin password, which a successor after a crash needs to adopt it)."""
+        ...
+
+    def restore_files(self) -> None:
+        """A kept file (or run_dir itself) was deleted under us: write them back. OSError
+        or RelayqError if it cannot."""
+        ...
+
     async def adoptable(self) -> Adoptable | None:
         """At start-up, after prepare: the process of this program a crashed predecessor
         left running, verified, to be adopted instead of started; StartupError when

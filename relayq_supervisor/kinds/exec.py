@@ -24,6 +24,12 @@ class ExecKind:
     def prepare(self) -> None:
         pass
 
+    def kept_files(self) -> list[str]:
+        return []
+
+    def restore_files(self) -> None:
+        pass
+
     def preflight(self) -> str | None:
         return None
 

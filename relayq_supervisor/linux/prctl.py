@@ -1,4 +1,4 @@
-"""prctl(2) calls the supervisor needs: child subreaper, parent-death signal, thread name.
+"""prctl(2) calls the supervisor needs: child subreaper, parent-death signal, thread name, no_new_privs.
 
 All raise OSError(errno, message) on failure.
 """
@@ -14,6 +14,8 @@ PR_SET_NAME = 15
 PR_GET_NAME = 16
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
 
 # The kernel keeps a thread's name in 16 bytes, NUL included.
 TASK_COMM_LEN = 16
@@ -25,6 +27,8 @@ _REQUEST_NAMES = {
     PR_GET_NAME: "PR_GET_NAME",
     PR_SET_CHILD_SUBREAPER: "PR_SET_CHILD_SUBREAPER",
     PR_GET_CHILD_SUBREAPER: "PR_GET_CHILD_SUBREAPER",
+    PR_SET_NO_NEW_PRIVS: "PR_SET_NO_NEW_PRIVS",
+    PR_GET_NO_NEW_PRIVS: "PR_GET_NO_NEW_PRIVS",
 }
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -87,3 +91,13 @@ def get_name() -> str:
     buf = ctypes.create_string_buffer(TASK_COMM_LEN)
     _prctl(PR_GET_NAME, ctypes.addressof(buf))
     return buf.value.decode("utf-8", "replace")
+
+
+def set_no_new_privs() -> None:
+    """From now on execve(2) grants nothing: no set-user-ID bit, no file capability.
+    One way only (it cannot be unset), inherited by fork(2) and kept across execve(2)."""
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def get_no_new_privs() -> bool:
+    return bool(_prctl(PR_GET_NO_NEW_PRIVS))

@@ -159,3 +159,46 @@ def own_children() -> list[int]:
         except (OSError, ValueError):
             continue
     return pids
+
+
+def process_children(pid: int) -> list[int]:
+    """Direct children of `pid` (every thread's), from /proc; empty when it is gone."""
+    pids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return pids
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                pids.extend(int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def process_environ_value(pid: int, name: str) -> str | None:
+    """The value of `name` in the environment `pid` was exec'd with (/proc/PID/environ), or
+    None (not set, gone, not ours to read). A process may change it in its own memory; this
+    is what the kernel kept from its exec."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    prefix = name.encode() + b"="
+    for entry in data.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix):].decode("utf-8", "replace")
+    return None
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of /proc/PID/stat (R, S, D, Z, ...), or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    rest = text[text.rfind(")") + 1:].split()
+    return rest[0] if rest else None

@@ -71,6 +71,10 @@ class Attribution:
         self.audit_ignore = frozenset(audit_ignore)
         self.schedule = schedule            # loop.call_later: closes burst windows on time
         self.bursts = Bursts(self.burst_closed)
+        # reads the kernel witness's backlog now (set when it runs): a sender gone before the
+        # tap could look was traced before its signal stopped the tracee, but the loop reads
+        # the trace in bounded batches and may not have reached that line yet
+        self.catch_up: Callable[[], None] | None = None
         self.burst_timer = False
         self.traced: Counter[str] = Counter()     # "program SIGNAL" -> deliveries the tap saw and recorded
         # signals the kernel witness saw that the tap will also stop at: its sender, for
@@ -160,6 +164,9 @@ class Attribution:
             if pin is not None:
                 pin.close()
         witnessed = self.take_parked(p, info.signo, info.pid) if user_sent else None
+        if witnessed is None and user_sent and sender is not None and sender.comm is None and self.catch_up is not None:
+            self.catch_up()
+            witnessed = self.take_parked(p, info.signo, info.pid)
         sender_dict = self.name_sender(sender)
         who = sender.describe() if sender else f"the kernel ({info.code_name})"
         if sender is not None and sender.comm is None and witnessed is not None and witnessed.sender:

@@ -498,7 +498,7 @@ class ClientConnections:
 CLIENT_TIME_SLACK_S = 0.1
 CLIENT_LATE_SLACK_S = 2.0
 REMOTE_CLOCK_SLACK_S = 1.0      # two nodes' clocks (NTP) may differ this much
-CLIENT_LOOKUP_READS = 128       # ~1 MiB of trace, ~4,000 lines: a lookup is rare (a denial)
+CATCH_UP_READS = 128            # ~1 MiB of trace, ~4,000 lines: rare (a denial, a gone sender)
 
 
 def client_filter_expression(*ports: int, server: int | None = None) -> str:
@@ -791,7 +791,7 @@ class KernelWitness:
         `connection`; None when the trace never saw one then."""
         if self.connections is None:
             return None
-        self.drain(CLIENT_LOOKUP_READS)
+        self.drain(CATCH_UP_READS)
         r = self.connections.get(addr, port)
         if r is None:
             return None
@@ -819,7 +819,7 @@ class KernelWitness:
             return None
         # a connection of the last moments may still be in the buffer, behind a busy node's
         # backlog (a read gives ~8 KiB, the loop's wake-ups read 64 KiB): catch up, bounded
-        self.drain(CLIENT_LOOKUP_READS)
+        self.drain(CATCH_UP_READS)
         r = self.clients.get(addr)
         if r is None:
             return None
@@ -834,7 +834,7 @@ class KernelWitness:
         """Every traced client whose connection closed in that wall-clock window, oldest first."""
         if self.client_port is None:
             return []
-        self.drain(CLIENT_LOOKUP_READS)
+        self.drain(CATCH_UP_READS)
         offset = _boot_to_epoch(0.0)
         return [self.describe_client(r)
                 for r in self.clients.closed_between(start_epoch - offset, end_epoch - offset)]

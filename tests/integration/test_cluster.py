@@ -85,19 +85,30 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port,
     n1.wait_all_running()
     node_pass = n1.dir / "run" / "redis-node.pass"
     assert node_pass.stat().st_mode & 0o777 == 0o600
+    # a cloned machine that kept its name, n3, is live: a second n3 says so
+    with redis.Redis(port=port) as r:
+        r.set("relayq-cluster:node:n3", json.dumps({"host": "clone-host", "pid": 7, "heartbeat_interval": 60}),
+              ex=86400)
     n2 = make_supervisor(worker_node("n2", port, str(node_pass)), "n2").start()
+    n3 = make_supervisor(worker_node("n3", port, str(node_pass)), "n3").start()
     n2.wait_all_running()
+    n3.wait_all_running()
+    wait_for(lambda: any("'n3' is also published by host clone-host" in note
+                         for note in n3.status()["supervisor"]["notes"]), what="n3's name clash in its status")
 
     # one table for the cluster, grouped by node, every program RUNNING: exit 0
     def both_running():
         code, st = cluster_status(n1)
         found = {n["node"]: n for n in st["nodes"]}
-        return (code, found) if code == 0 and set(found) == {"n1", "n2"} else None
-    code, found = wait_for(both_running, what="n1 and n2 in the cluster view")
+        return (code, found) if code == 0 and set(found) == {"n1", "n2", "n3"} else None
+    code, found = wait_for(both_running, what="n1, n2 and n3 in the cluster view")
     assert {p["name"] for p in found["n1"]["programs"]} == {"redis", "worker"}
     assert [p["state"] for p in found["n2"]["programs"]] == ["RUNNING"]
     assert found["n2"]["pid"] == n2.pid and found["n2"]["stale"] is False
     assert found["n2"]["supervisor"]["cluster"]["reachable"] is True
+    # read with the node user's credentials from a worker node, with the workers' on the Redis node
+    code, seen_from_n2 = cluster_status(n2)
+    assert code == 0 and {n["node"] for n in seen_from_n2["nodes"]} == {"n1", "n2", "n3"}
     table = n1.ctl("status", "--cluster")
     assert table.returncode == 0
     lines = table.stdout.splitlines()

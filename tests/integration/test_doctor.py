@@ -112,3 +112,24 @@ def test_other_supervisors_are_reported_with_what_their_config_says(tmp_path, pr
     assert not [r for r in find_rivals(ours, use_systemctl=False) if r.pid in (managing.pid, quiet.pid)]
 
 
+
+
+def test_another_supervisors_relative_config_is_read_from_its_own_directory(tmp_path, procs, monkeypatch):
+    """`relayq-supervisor -c config.toml` started in A is not "the same config" as our A/../B/config.toml,
+    however the doctor's own working directory lies."""
+    fake = write(tmp_path / "bin/relayq-supervisor", f"#!{sys.executable}\nimport time\ntime.sleep(60)\n", 0o755)
+    for d in ("a", "b"):
+        write(tmp_path / d / "config.toml", "[supervisor]\nrun_dir = 'run'\n")
+    other = subprocess.Popen([str(fake), "-c", "config.toml"], cwd=tmp_path / "a")
+    procs.append(other)
+    wait_for(lambda: psutil.Process(other.pid).name().startswith("relayq-supervis"), what="the fake supervisor to exec")
+    monkeypatch.chdir(tmp_path / "b")       # where a relative path would wrongly resolve to our own config
+
+    def rival(own: str):
+        found = [r for r in find_rivals(DoctorTarget(own_config=own), use_systemctl=False) if r.pid == other.pid]
+        assert len(found) == 1
+        return found[0]
+    different = rival(str(tmp_path / "b" / "config.toml"))
+    assert different.path == str(tmp_path / "a" / "config.toml")
+    assert different.reason != "another relayq-supervisor with the same config"
+    assert rival(str(tmp_path / "a" / "config.toml")).reason == "another relayq-supervisor with the same config"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -313,3 +314,50 @@ def test_reload_adding_a_program_owned_elsewhere_changes_nothing(make_supervisor
     r = sup.ctl("reload")
     assert r.returncode == 1 and "program late is owned by" in r.stderr and "nothing changed" in r.stderr
     assert {p["name"]: p["pid"] for p in sup.status()["programs"]} == before
+
+
+def test_deleted_run_dir_comes_back_and_a_second_supervisor_is_still_refused(make_supervisor):
+    sup = make_supervisor(textwrap.dedent("""\
+        [supervisor]
+        run_dir = "run"
+        log_dir = "log"
+        [[program]]
+        name = "sleeper"
+        command = ["sleep", "300"]
+        """)).start()
+    sup.wait_state("sleeper", "RUNNING")
+    run = sup.dir / "run"
+    # moved away whole (then deleted): the directory, not file by file
+    run.rename(sup.dir / "run.old")
+    shutil.rmtree(sup.dir / "run.old")
+    wait_for(lambda: sup.ctl("pid").returncode == 0, timeout=10, what="control socket back")
+    for lock in (run / "supervisor.lock", run / "sleeper.lock"):
+        wait_for(lambda lock=lock: lock.exists() and subprocess.run(["flock", "-n", str(lock), "true"]).returncode
+                 == 1, timeout=5, what=f"{lock} held again")
+        assert f'"pid": {sup.pid}' in lock.read_text()
+    assert str(run) in [e["path"] for e in audit_events(sup, "tamper")]
+    assert sup.program("sleeper")["state"] == "RUNNING"
+    # rm -rf: the supervisor takes its files again as they go (rm may then find the directory
+    # not empty); a second supervisor started at once is refused by the abstract socket names
+    shutil.rmtree(run, ignore_errors=True)
+    r = subprocess.run([PYTHON, "-m", "relayq_supervisor", "-c", str(sup.config)], capture_output=True, text=True,
+                       timeout=30, cwd=sup.dir)
+    assert r.returncode == 2, r.stderr
+    assert f"is owned by pid {sup.pid}" in r.stderr and "abstract socket @relayq-supervisor/" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    wait_for(lambda: sup.ctl("pid").returncode == 0, timeout=10, what="control socket back again")
+    assert sup.program("sleeper")["state"] == "RUNNING"
+
+
+def test_deleted_run_dir_gets_redis_admin_password_back(make_supervisor, port):
+    """A successor after a crash adopts Redis with the password in run_dir: it must survive a
+    deleted run_dir, with the same password (Redis still runs with it)."""
+    sup = make_supervisor(redis_config(None, port)).start()
+    sup.wait_state("redis", "RUNNING")
+    password = sup.dir / "run" / "redis-admin.pass"
+    before = password.read_text()
+    shutil.rmtree(sup.dir / "run", ignore_errors=True)
+    wait_for(lambda: password.exists() and password.read_text() == before, timeout=10,
+             what="the admin password file back")
+    assert password.stat().st_mode & 0o777 == 0o600
+    assert sup.program("redis")["state"] == "RUNNING"

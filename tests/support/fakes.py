@@ -77,6 +77,9 @@ class FakeChild:
         self.group_killed = True
         return False
 
+    def descendants(self) -> list[int]:
+        return []
+
     def exec_error(self) -> str | None:
         return self.exec_failure
 

@@ -28,7 +28,29 @@ def installed_files(*, wanted_by_target: tuple[str, ...] = ()) -> dict[str, str]
     }
     for unit in wanted_by_target:
         files[f"/etc/systemd/system/{TARGET}.wants/{unit}"] = f"->/etc/systemd/system/{unit}"
+    files.update(system_users(("redis", "relayq")))
     return files
+
+
+def system_users(names: tuple[str, ...]) -> dict[str, str]:
+    """README's `useradd --system` for the users the production config runs Redis and the
+    workers as, where the host lacks them: /etc/passwd and /etc/group of the machine's root
+    (an overlay: the host's own files stay untouched). {} when the host has them all."""
+    passwd, group = Path("/etc/passwd").read_text(), Path("/etc/group").read_text()
+    taken_uids = {int(line.split(":")[2]) for line in passwd.splitlines() if line.count(":") >= 6}
+    taken_gids = {int(line.split(":")[2]) for line in group.splitlines() if line.count(":") >= 3}
+    users = {line.split(":")[0] for line in passwd.splitlines()}
+    added = False
+    for name in names:
+        if name in users:
+            continue
+        uid = next(i for i in range(999, 99, -1) if i not in taken_uids and i not in taken_gids)
+        taken_uids.add(uid)
+        taken_gids.add(uid)
+        passwd += f"{name}:x:{uid}:{uid}::/nonexistent:/usr/sbin/nologin\n"
+        group += f"{name}:x:{uid}:\n"
+        added = True
+    return {"/etc/passwd": passwd, "/etc/group": group} if added else {}
 
 
 @contextlib.contextmanager

@@ -276,3 +276,21 @@ def test_a_watchdog_abort_spares_redis_and_the_restart_adopts_it(clean):
     m.systemctl("stop", UNIT)
     assert_ordered_stop(m)
     assert m.unit_pids(UNIT) == [] and not alive(m, redis_pid)
+
+
+def test_programs_run_in_cgroups_of_their_own_below_the_unit(clean):
+    """Delegate=yes with ProtectControlGroups=no (the unit's comments say why): each program run
+    gets a cgroup below the unit's, and the supervisor removes them all when it stops."""
+    m = clean
+    m.systemctl("start", UNIT)
+    group = m.show(UNIT, "ControlGroup")["ControlGroup"]
+    st = status(m)
+    by = st["supervisor"]["descendants_by"]
+    assert by.startswith(f"cgroup v2 /sys/fs/cgroup{group}/relayq-"), by
+    base = by.split()[2]
+    for name, pid in pids_by_name(st).items():
+        cgroup = m.run("cat", f"/proc/{pid}/cgroup").stdout
+        assert f"{group}/{base.rsplit('/', 1)[1]}/{name}@" in cgroup, (name, cgroup)
+    m.systemctl("stop", UNIT)
+    left = m.run("find", f"/sys/fs/cgroup{group}", "-mindepth", "1", "-type", "d", check=False).stdout.split()
+    assert left == [], left

@@ -256,6 +256,9 @@ def test_format_redis_denied():
          "01:02:03.004 operator: action=stop program=redis"),
         (make_event("audit_gap", ts="2026-11-25T01:02:03.004Z", dropped=7, since="2026-11-25T01:00:00.000Z", reason="disk full"),
          "01:02:03.004 AUDIT GAP: 7 events lost since 2026-11-25T01:00:00.000Z (disk full)"),
+        (make_event("leftovers_killed", ts="2026-11-25T01:02:03.004Z", program="worker:1", pid=812, pids=[901, 905],
+                    count=2),
+         "01:02:03.004 worker:1 pid 812 left 2 process(es) running: SIGKILL (901 905)"),
     ],
 )
 def test_format_other_kinds(event, text):

@@ -164,9 +164,10 @@ def test_a_remote_redis_gates_the_start_and_its_loss_stops_nothing():
     rig.arbiter.remote_ready = lambda name: up
     rig.arbiter.reconcile()
     assert rig.state("worker") == "STOPPED" and rig.program("worker").reason == "waiting for redis (remote)"
+    assert rig.arbiter.awaits_other_node(rig.program("worker"))     # systemd's READY=1 is not held for it
     up = True
     rig.arbiter.reconcile()
-    assert rig.state("worker") == "STARTING"
+    assert rig.state("worker") == "STARTING" and not rig.arbiter.awaits_other_node(rig.program("worker"))
     rig.clock.advance(1.0)
     assert rig.state("worker") == "RUNNING"
     up = False                      # lost: shown in status by the node, nothing is stopped

@@ -82,7 +82,7 @@ def test_invalid_toml_at_end_of_document_has_no_line():
 def test_unknown_key_lists_the_known_ones():
     assert error("[supervisor]\nrun_dir = 'r'\nbogus = 1\n") == (
         f"{PATH}:3: unknown key 'bogus' (known keys: audit_backups, audit_ignore, audit_log, audit_max_bytes, "
-        "control_group, control_socket, doctor_root, health_interval, kernel_witness, log_backups, log_dir, "
+        "cgroups, control_group, control_socket, doctor_root, health_interval, kernel_witness, log_backups, log_dir, "
         "log_max_bytes, metrics_listen, run_dir, signal_tap)")
 
 
@@ -186,11 +186,12 @@ def test_programs_in_an_inline_array_are_located_on_its_line():
 
 @pytest.mark.parametrize("text, line, key, known", [
     ("[supervisor]\nrunDir = 'x'\n" + PROGRAM, 2, "runDir",
-     "audit_backups, audit_ignore, audit_log, audit_max_bytes, control_group, control_socket, doctor_root, "
+     "audit_backups, audit_ignore, audit_log, audit_max_bytes, cgroups, control_group, control_socket, doctor_root, "
      "health_interval, kernel_witness, log_backups, log_dir, log_max_bytes, metrics_listen, run_dir, signal_tap"),
     (PROGRAM + "nmprocs = 2\n", 4, "nmprocs",
-     "autostart, command, depends_on, directory, environment, log, max_rss, name, numprocs, protect, ready_after, "
-     "restart, stop_signal, stop_timeout, watchdog_sec, watchdog_signal"),
+     "autostart, command, depends_on, directory, environment, group, limits, log, max_rss, name, nice, "
+     "no_new_privileges, numprocs, protect, ready_after, restart, stop_signal, stop_timeout, "
+     "supplementary_groups, umask, user, watchdog_sec, watchdog_signal"),
     (PROGRAM + "[program.restart]\nbackof_max = 2\n", 5, "backof_max",
      "backoff_factor, backoff_initial, backoff_max, jitter, policy, stable_after, start_limit_burst, "
      "start_limit_interval"),
@@ -202,8 +203,8 @@ def test_unknown_keys_in_each_table(text, line, key, known):
 def test_unknown_keys_in_redis_tables(redis_bin):
     assert error(redis(redis_bin, "maxmemory = '1gb'\n")) == (
         f"{PATH}:3: unknown key 'maxmemory' (known keys: args, autostart, binary, bind, config, denied_commands, "
-        "dir, environment, include, log, max_rss, password_file, port, protect, restart, stop_timeout, "
-        "watchdog_sec, watchdog_signal)")
+        "dir, environment, group, include, limits, log, max_rss, nice, no_new_privileges, password_file, port, "
+        "protect, restart, stop_timeout, supplementary_groups, umask, user, watchdog_sec, watchdog_signal)")
     assert error(redis(redis_bin, "[redis.restart]\nretries = 3\n")).startswith(
         f"{PATH}:4: unknown key 'retries' (known keys: backoff_factor, ")
 
@@ -878,7 +879,7 @@ def test_supervisor_section_of_a_file_without_one(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("[supervisor]\nrun_dir = 'r'\nhealth_interval = 0\n", "{path}:3: 'health_interval' must be positive"),
     ("[supervisor]\nbogus = 1\n", "{path}:2: unknown key 'bogus' (known keys: audit_backups, audit_ignore, "
-     "audit_log, audit_max_bytes, control_group, control_socket, doctor_root, health_interval, kernel_witness, "
+     "audit_log, audit_max_bytes, cgroups, control_group, control_socket, doctor_root, health_interval, kernel_witness, "
      "log_backups, log_dir, log_max_bytes, metrics_listen, run_dir, signal_tap)"),
     ("supervisor = 'here'\n", "{path}: supervisor: must be a table"),
 ])

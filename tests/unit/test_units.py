@@ -80,6 +80,8 @@ def test_unit_hardening_keeps_ptrace_and_proc_working():
     assert bounding is None or ("CAP_SYS_PTRACE" in bounding and not bounding.startswith("~"))
     assert service.get("ProtectProc", "default") == "default"
     assert service.get("PrivateUsers", "no") == "no"
+    # programs' cgroups: a delegated subtree, writable (systemd 252 keeps ProtectControlGroups=yes read-only)
+    assert service["Delegate"] == "yes" and service["ProtectControlGroups"] == "no"
     assert service.get("User", "root") == "root"
 
 
@@ -135,12 +137,30 @@ def test_production_config_passes_the_config_loader(tmp_path):
     redis_server.write_text("#!/bin/sh\n")
     redis_server.chmod(0o755)
     copy = tmp_path / "config.toml"
-    copy.write_text(text.replace('binary = "/usr/bin/redis-server"', f'binary = "{redis_server}"'))
+    text = text.replace('binary = "/usr/bin/redis-server"', f'binary = "{redis_server}"')
+    # Redis as `redis`, jobs as `relayq` (README's install makes them): `nobody` stands in for
+    # a user this machine lacks, since the loader refuses an unknown user
+    assert 'user = "redis"' in text and 'user = "relayq"' in text
+    for user in ("redis", "relayq"):
+        if not _user_exists(user):
+            text = text.replace(f'user = "{user}"', 'user = "nobody"')
+    copy.write_text(text)
 
     config = parse_config(copy.read_bytes(), str(copy))
+    assert config.redis.privileges.user in ("redis", "nobody") and config.redis.privileges.no_new_privileges
+    assert config.program("worker").privileges.umask == 0o027
     assert config.redis.redis.port == 6379
     assert config.redis.redis.dir == "/var/lib/relayq/redis"
     assert config.supervisor.control_socket == "/run/relayq/relayq.sock"
     worker = config.program("worker")
     assert worker.numprocs == 2 and worker.depends_on == ("redis",)
     assert [p.name for p in config.programs] == ["redis", "worker"]
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True

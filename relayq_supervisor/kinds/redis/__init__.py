@@ -22,6 +22,7 @@ from relayq_supervisor.config import ProgramSpec, RedisSpec, redis_version
 from relayq_supervisor.errors import AclSetupError, StartupError
 from relayq_supervisor.kinds import Adoptable
 from relayq_supervisor.kinds.redis import acl, conf, server
+from relayq_supervisor.kinds.redis.data_dir import prepare_data_dir
 from relayq_supervisor.kinds.redis.health import RedisHealth
 from relayq_supervisor.kinds.redis.liveness import pinger
 from relayq_supervisor.linux.procfs import proc_start_ticks
@@ -71,7 +72,7 @@ class RedisKind:
 
     def prepare(self) -> None:
         r = self.redis
-        os.makedirs(r.dir, exist_ok=True)
+        prepare_data_dir(r.dir, self.spec.privileges)
         # what a predecessor recorded, read before our record replaces it; kept in ours
         # while that Redis lives, so a refused start cannot erase the trail to it
         recorded = (self.ctx.locks.read(self.lock_path) or {}).get("redis")
@@ -89,6 +90,16 @@ class RedisKind:
             self.write_acl()
         except (AclSetupError, ValueError) as e:
             raise StartupError(f"relayq-supervisor: cannot set up the Redis command guard: {e}") from None
+
+    def kept_files(self) -> list[str]:
+        return [c.path for c in (self.admin, self.node_user) if c is not None and c.path]
+
+    def restore_files(self) -> None:
+        if self.admin is not None:
+            acl.save_credentials(self.admin)
+            if self.node_user is not None:      # the other nodes hold a copy: the same password again
+                acl.save_credentials(self.node_user)
+            self.write_acl()
 
     async def adoptable(self) -> Adoptable | None:
         """The Redis on our port is the one our crashed predecessor started (same pid and
@@ -139,6 +150,7 @@ class RedisKind:
         assert self.admin is not None
         return acl.write_acl_file(self.ctx.supervisor.run_dir, self.redis.denied_commands, acl.version_tuple(self.version or ""),
                                   self.admin, default_password=server.default_password(self.spec),
+                                  owner=self.spec.privileges.uid,
                                   node=self.node_user if self.redis.node_user else None)
 
     def preflight(self) -> str | None:
@@ -150,7 +162,7 @@ class RedisKind:
         except (AclSetupError, OSError, ValueError) as e:
             return f"cannot write the Redis ACL file: {e}"
         try:
-            conf.write_conf(self.ctx.supervisor.run_dir, self.redis)
+            conf.write_conf(self.ctx.supervisor.run_dir, self.redis, owner=self.spec.privileges.uid)
         except OSError as e:
             return f"cannot write the Redis config file in {self.ctx.supervisor.run_dir}: {e.strerror}"
         return None

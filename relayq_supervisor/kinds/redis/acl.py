@@ -37,7 +37,7 @@ NODE_PASSWORD_FILE = "redis-node.pass"
 NODE_KEY_PATTERN = "relayq-cluster:*"
 NODE_COMMANDS = (
     "ping", "hello", "client|setname", "client|getname", "client|id", "select", "echo",
-    "get", "set", "mget", "del", "exists", "expire", "ttl", "type",
+    "get", "set", "mget", "del", "exists", "expire", "ttl", "pttl", "type",
     "hset", "hget", "hgetall", "hdel",
     "zadd", "zrange", "zrangebyscore", "zremrangebyscore", "zrem", "zcard",
     "xadd", "xrange", "xrevrange", "xread", "xlen", "xtrim",
@@ -128,6 +128,11 @@ class AdminCredentials:
         return cls(username, password, path)
 
 
+def save_credentials(admin: AdminCredentials) -> None:
+    """Write the password we run with back to its file (its directory was deleted under us)."""
+    _write_private_file(admin.path, admin.password + "\n", replace=True)
+
+
 def _read_password_file(path: str) -> tuple[str | None, str | None]:
     """(password, None) when usable; (None, why not) when it must be replaced;
     (None, None) when it does not exist."""
@@ -155,24 +160,26 @@ def _read_password_file(path: str) -> tuple[str | None, str | None]:
     return text, None
 
 
-def _holds(path: str, text: str) -> bool:
-    """True when `path` is our own 0600 regular file with exactly `text`."""
+def _holds(path: str, text: str, owner: int | None = None) -> bool:
+    """True when `path` is a 0600 regular file of `owner` (default: us) with exactly `text`."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o777 != 0o600 or st.st_uid != os.getuid():
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o777 != 0o600 or \
+                st.st_uid != (os.getuid() if owner is None else owner):
             return False
         return os.read(fd, len(text.encode()) + 1) == text.encode()
     finally:
         os.close(fd)
 
 
-def _write_private_file(path: str, text: str, replace: bool) -> bool:
+def _write_private_file(path: str, text: str, replace: bool, owner: int | None = None) -> bool:
     """Write `text` to `path` with mode 0600, complete or not at all: a temporary file
     in the same directory, then rename (replace) or link (create only if absent).
+    `owner`: the uid it is given (Redis' user, the only one who may read it).
     Returns False when `replace` is False and `path` already existed."""
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -180,6 +187,8 @@ def _write_private_file(path: str, text: str, replace: bool) -> bool:
     try:
         try:
             os.fchmod(fd, 0o600)        # the umask could only narrow it; make it exact anyway
+            if owner is not None:
+                os.fchown(fd, owner, -1)
             os.write(fd, text.encode())
             os.fsync(fd)
         finally:
@@ -282,16 +291,16 @@ def acl_file_text(denied: tuple[str, ...], version: tuple[int, ...], creds: Admi
 
 
 def write_acl_file(run_dir: str | os.PathLike, denied: tuple[str, ...], version: tuple[int, ...],
-                   creds: AdminCredentials, default_password: str | None = None,
+                   creds: AdminCredentials, default_password: str | None = None, owner: int | None = None,
                    node: AdminCredentials | None = None) -> str:
-    """Write `<run_dir>/redis-users.acl` (mode 0600, atomically) and return its path;
-    redis-server then gets `--aclfile PATH`."""
+    """Write `<run_dir>/redis-users.acl` (mode 0600, atomically; owned by `owner`, Redis'
+    user, when it has one) and return its path; redis-server then gets `--aclfile PATH`."""
     path = os.path.join(os.fspath(run_dir), ACL_FILE)
     text = acl_file_text(denied, version, creds, default_password, node)
-    if _holds(path, text):
+    if _holds(path, text, owner):
         return path         # a restart: skip the write and its fsync on the way to Redis
     try:
-        _write_private_file(path, text, replace=True)
+        _write_private_file(path, text, replace=True, owner=owner)
     except OSError as e:
         raise AclSetupError(f"cannot write the Redis ACL file {path}: {e.strerror}") from None
     return path

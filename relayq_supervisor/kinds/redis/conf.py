@@ -1,10 +1,11 @@
 """The redis.conf the supervisor writes, and the check that Redis took it.
 
-Redis reads its settings from `<run_dir>/redis.conf` (0600: it may hold secrets such as
-masterauth), generated before every start from `[redis] args` and `[redis.config]`, with
-the operator's own files included last. Only what must win goes on argv. After each
-start, `CONFIG GET` as the admin user shows what Redis actually took: a persistence
-setting that differs from what the config asks keeps Redis from being called RUNNING.
+Redis reads its settings from `<run_dir>/redis.conf` (0600, owned by Redis' user when
+`[redis] user` is set: it may hold secrets such as masterauth), generated before every
+start from `[redis] args` and `[redis.config]`, with the operator's own files included last.
+Only what must win goes on argv. After each start, `CONFIG GET` as the admin user shows
+what Redis actually took: a persistence setting that differs from what the config asks
+keeps Redis from being called RUNNING.
 """
 from __future__ import annotations
 
@@ -33,13 +34,16 @@ def conf_text(r: RedisSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_conf(run_dir: str, r: RedisSpec) -> str:
-    """Write the file (0600, replaced atomically so a starting Redis never reads half of it)."""
+def write_conf(run_dir: str, r: RedisSpec, owner: int | None = None) -> str:
+    """Write the file (0600, replaced atomically so a starting Redis never reads half of it);
+    `owner`: Redis' user when it runs as one, the only user besides root that may read it."""
     path = os.path.join(run_dir, CONF_FILE)
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)        # O_CREAT's mode does not apply to a file that existed
+        if owner is not None:
+            os.fchown(fd, owner, -1)
         os.write(fd, conf_text(r).encode())
         os.fsync(fd)
     finally:
