@@ -126,8 +126,10 @@ class WhoisAnswerer:
 
 class LocalResolver:
     """Who on this node held ip:port in a connection to the cluster's Redis at `at`: the
-    live holder of the socket (pinned, its supervised instance named), else the kernel
-    witness's record of a connection that has closed."""
+    kernel witness's record first (a closed connection needs nothing else; an open one, its
+    holder checked in /proc), else a /proc scan for the live holder of the socket (a
+    connection opened before the witness looked). The scan reads every process' sockets
+    (tens of ms on a busy node, on the loop): only when the trace has no answer."""
 
     def __init__(self, name_process: Callable[[int], dict[str, Any] | None],
                  who_held: Callable[[str, int, float | None], dict[str, Any] | None] | None):
@@ -137,17 +139,22 @@ class LocalResolver:
     def __call__(self, ip: str, port: int, redis_port: int, at: float | None,
                  redis_ips: frozenset[str] = frozenset()) -> dict[str, Any] | None:
         addr = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        traced = self.who_held(ip, port, at) if self.who_held is not None else None
+        if traced is not None:
+            to = split_addr((traced.get("connection") or {}).get("to") or "")
+            if redis_ips and (to is None or to[0] not in redis_ips):
+                traced = None       # that port's connection went to another server
+            elif not traced.get("alive") or (traced.get("connection") or {}).get("closed") is not None:
+                return traced
+            elif acl.process_holds_client_socket(traced["pid"], addr, redis_port):
+                return traced       # still open, still its (pinned by the capture before the check)
         pid = acl.find_client_process(addr, redis_port)
         if pid is not None:
             identity = self.name_process(pid)
             # the socket check after the capture: a pid reused meanwhile is not blamed
             if identity is not None and identity.get("alive") and acl.process_holds_client_socket(pid, addr, redis_port):
                 return dict(identity, seen_by="procfs")
-        traced = self.who_held(ip, port, at) if self.who_held is not None else None
-        to = split_addr(((traced or {}).get("connection") or {}).get("to") or "")
-        if traced is not None and redis_ips and (to is None or to[0] not in redis_ips):
-            return None         # that port's connection went to another server
-        return traced
+        return None
 
 
 class Whois:
