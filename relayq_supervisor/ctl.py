@@ -542,8 +542,8 @@ def cluster_audit(args) -> int:
             print(json.dumps(event, default=str) if args.json else f"{escape(event['node'])} {review.format_event(event)}")
 
     last = view.last_id()       # history up to here, then what comes after: no gap, no repeat
-    for event in view.history(wanted.since, last):
-        emit(event)
+    for _, shown in review.with_late_answers(view.history(wanted.since, last)):
+        emit(shown)
     if args.follow:
         sys.stdout.flush()
         for event in view.follow(last):
@@ -564,13 +564,12 @@ def audit_timeline(args) -> int:
     # what both see is shown once
     live = review.follow(path) if args.follow else None
     recent: collections.deque[str] = collections.deque(maxlen=200)
-    # late answers from other nodes, joined to the denials they amend
-    late = review.attributions_by_denial(review.iter_events(path))
     stream = review.iter_events(path)
-    for event in stream:
+    # late answers from other nodes shown with the denials they amend
+    for event, shown in review.with_late_answers(stream):
         recent.append(json.dumps(event, sort_keys=True, default=str))
         if wanted.matches(event):
-            emit(review.join_attribution(event, late))
+            emit(shown)
     if not stream.files and not args.follow:
         print(f"relayqctl audit: {path}: no audit log yet", file=sys.stderr)
         return EXIT_FAILURE

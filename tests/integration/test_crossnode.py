@@ -265,6 +265,9 @@ def test_an_n2_that_does_not_answer_is_said_so_and_its_late_answer_amends_the_ev
     assert (late["sender"]["node"], late["sender"]["pid"]) == ("n2", cli)
     audit = cluster.n1.ctl("audit", "--program", "redis", check=True).stdout
     assert f"(node n2 did not answer within 1 s; answered later: n2 pid {cli} redis-cli" in audit
+    # the cluster's timeline too (n1's copy of its events, in the cluster's Redis)
+    wait_for(lambda: f"answered later: n2 pid {cli} redis-cli" in cluster.n1.ctl("audit", "--cluster").stdout,
+             what="the joined denial in audit --cluster")
     # `why redis` shows the denial amended in place
     why = cluster.n1.ctl("why", "redis", check=True).stdout
     assert f"DENIED shutdown by user default from n2 pid {cli} redis-cli" in why

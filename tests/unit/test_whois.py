@@ -69,3 +69,19 @@ def test_an_answer_is_believed_from_the_address_asked_or_another_the_node_alone_
     assert not believed("10.0.0.7", "n2", "10.0.0.2", claims)        # claimed twice: only from itself
     assert believed("10.0.0.7", "n3", "10.0.0.7", claims)
     assert not believed("10.0.0.9", "n2", "10.0.0.2", claims)        # nobody's
+
+
+def test_late_answers_are_joined_in_one_pass_within_their_window():
+    def at(second, **fields):
+        return {"ts": f"2026-11-26T12:00:{second:02d}.000Z", **fields}
+    events = [at(0, event="redis_denied", id="d1", sender=None, note="node n2 did not answer within 1 s"),
+              at(1, event="spawn", program="rqworker"),
+              at(5, event="attribution", denial="d1", sender=SENDER),
+              at(6, event="redis_denied", id="d2", sender=None, note="x")]
+    shown = list(review.with_late_answers(events, window_s=10))
+    assert [original for original, _ in shown] == events           # order kept, originals untouched
+    assert shown[0][1]["sender"]["node"] == "n2" and shown[0][1]["attributed"]["denial"] == "d1"
+    assert shown[3][1] is events[3]
+    # an answer later than the window is not joined (the denial was already shown)
+    far = [events[0], at(59, event="attribution", denial="d1", sender=SENDER)]
+    assert list(review.with_late_answers(far, window_s=10))[0][1] is events[0]
