@@ -125,3 +125,22 @@ def test_who_held_names_a_gone_process_within_its_connection_life():
 def w_epoch_offset():
     from relayq_supervisor.witness.tracefs import _boot_to_epoch
     return _boot_to_epoch(0.0)
+
+
+def test_the_witness_records_local_redis_clients_of_its_own_namespace_only():
+    """The local-client path (Redis node) passes through the same gate: a client on a
+    loopback of another namespace (another container's Redis on the same port) is dropped."""
+    syn, est = (line.replace("dport=6398", "dport=16399").replace("saddr=10.254.0.2", "saddr=127.0.0.1")
+                .replace("daddr=10.254.0.1", "daddr=127.0.0.1") for line in SESSION.splitlines()[:2])
+    now = time.clock_gettime(time.CLOCK_BOOTTIME)
+    stamp = f"{now:.6f}"
+    syn, est = (line.replace("10857.266182", stamp).replace("10857.266285", stamp) for line in (syn, est))
+    for parent, recorded in ((4_200_100, False), (os.getpid(), True)):
+        w = KernelWitness(lambda s: None)
+        w.client_port = 16399
+        w.gate = NetnsGate(set())
+        w.history.forked(now - 0.01, parent, GONE, "python3")
+        w.handle(syn)
+        w.handle(est)
+        assert (w.clients.get("127.0.0.1:56626") is not None) == recorded
+        assert w.gate.foreign == (0 if recorded else 1)
