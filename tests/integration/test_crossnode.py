@@ -271,3 +271,12 @@ def test_an_n2_that_does_not_answer_is_said_so_and_its_late_answer_amends_the_ev
     # `why redis` shows the denial amended in place
     why = cluster.n1.ctl("why", "redis", check=True).stdout
     assert f"DENIED shutdown by user default from n2 pid {cli} redis-cli" in why
+
+
+def test_an_n2_that_is_gone_is_said_so_at_once(cluster):
+    assert cluster.n2.terminate() == 0      # its heartbeat (and addresses) stay in the cluster's Redis
+    cli, _ = oneshot_shutdown(cluster)
+    denied = wait_for(lambda: [e for e in cluster.denials(command="shutdown")
+                               if e.get("note") == "node n2 did not answer (not listening)"],
+                      timeout=NAMED_WITHIN_S + 5, what="the denial of a client of a node that is gone")[-1]
+    assert denied["sender"] is None
