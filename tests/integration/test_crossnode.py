@@ -7,7 +7,7 @@ process on n2 by asking n2 (cluster/whois.py): n1's witness sees only its own na
 as it would on a separate kernel.
 
 Needs root, tracefs and `ip netns`; skipped with the reason elsewhere. One pair of hosts
-and supervisors for the module: the scenarios run in order (the last one stops n2).
+and supervisors for the module: the scenarios run in order (the last two stop n2).
 """
 from __future__ import annotations
 
