@@ -192,7 +192,9 @@ class OwnConnections:
                 self.pending.popitem(last=False)
         elif st.oldstate == "TCP_SYN_SENT":
             self._established(st)
-        elif st.oldstate in CLOSED_BY_CLIENT and not st.softirq:
+        elif st.oldstate in CLOSED_BY_CLIENT and st.newstate != "TCP_CLOSE_WAIT" and not st.softirq:
+            # (ESTABLISHED -> CLOSE_WAIT is the server's close, even when the FIN is handled in
+            # the client's context: the client still holds the socket)
             self._closed_by(st, history)
         self.prune(st.ts)
 

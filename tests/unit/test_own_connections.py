@@ -69,6 +69,16 @@ def test_a_softirq_established_claims_only_the_one_pending_connect_from_that_sou
     assert own.get("10.254.0.2", 56626) is None and own.unclaimed == 1
 
 
+def test_the_servers_close_is_not_the_clients():
+    # Redis closed first; its FIN handled in the client's context: the client still holds it
+    fin = SESSION.splitlines()[2].replace("newstate=TCP_FIN_WAIT1", "newstate=TCP_CLOSE_WAIT")
+    own = fed("\n".join(SESSION.splitlines()[:2] + [fin]))
+    assert own.get("10.254.0.2", 56626).closed is None
+    last_ack = fin.replace("oldstate=TCP_ESTABLISHED newstate=TCP_CLOSE_WAIT", "oldstate=TCP_CLOSE_WAIT newstate=TCP_LAST_ACK")
+    own = fed("\n".join(SESSION.splitlines()[:2] + [fin, last_ack]))
+    assert own.get("10.254.0.2", 56626).closed == 10857.466549
+
+
 def test_a_close_alone_names_its_closer():
     own = fed(SESSION.splitlines()[2])      # connected before the witness started
     r = own.get("10.254.0.2", 56626)
