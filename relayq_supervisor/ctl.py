@@ -157,11 +157,35 @@ def cluster_view(args):
 
 def cluster_status(args) -> int:
     """`status --cluster`: every node's programs, from the cluster's Redis."""
-    from relayq_supervisor.cluster.view import exit_status, node_line
-    result = cluster_view(args).status()
-    if args.json:
-        print(json.dumps({"nodes": result["nodes"]}, indent=2, default=str))
+    from relayq_supervisor.cluster.link import ClusterUnreachable
+    from relayq_supervisor.cluster.view import exit_status
+    view = cluster_view(args)
+    if not args.watch:
+        result = view.status()
+        if args.json:
+            print(json.dumps({"nodes": result["nodes"]}, indent=2, default=str))
+        else:
+            print_cluster(result)
         return exit_status(result)
+    tty = sys.stdout.isatty()
+    try:
+        while True:     # as `status --watch`: an unreachable Redis is said and retried
+            began = time.monotonic()
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[2J")
+            print(time.strftime("%H:%M:%S") + "  every 1s, Ctrl-C to stop")
+            try:
+                print_cluster(view.status())
+            except ClusterUnreachable as e:
+                say(f"relayqctl: {e}; retrying")
+            sys.stdout.flush()
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def print_cluster(result: dict) -> None:
+    from relayq_supervisor.cluster.view import node_line
     colour = use_colour()
     say(f"cluster Redis {result['redis']}: {len(result['nodes'])} node(s)")
     for node in result["nodes"]:
@@ -170,7 +194,6 @@ def cluster_status(args) -> int:
             say(f"    {note}")
         live = not node["stale"] and not node.get("shut_down")
         print_programs(node.get("programs") or [], colour, "    ", node["seen_s_ago"] if live else 0.0)
-    return exit_status(result)
 
 
 def supervisor_section(config_path: str) -> tuple[SupervisorSpec, bool]:

@@ -44,6 +44,7 @@ def worker_node(name: str, port: int, password_file: str = "") -> str:
         [supervisor]
         run_dir = "run"
         log_dir = "log"
+        kernel_witness = false      # n2 is killed with SIGKILL: it would leave its tracefs instance
 
         [cluster]
         node = "{name}"
@@ -176,6 +177,8 @@ def test_worker_node_waits_for_the_cluster_redis_and_its_backlog_arrives_in_orde
     w = n2.wait_state("worker", "STOPPED")
     assert "waiting for redis (remote)" in w["reason"]
     assert any("unreachable" in note for note in n2.status()["supervisor"]["notes"])
+    unreachable = n2.ctl("status", "--cluster")
+    assert unreachable.returncode == 1 and "does not answer" in unreachable.stderr
     n1 = make_supervisor(redis_node(port), "n1").start()
     n1.wait_all_running()
     first = n2.wait_state("worker", "RUNNING")
