@@ -7,12 +7,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 
 from relayq_supervisor.config import Config, default_config_path, load_config, redis_version
 from relayq_supervisor.control.protocol import EXIT_OK, exit_status_of
+from relayq_supervisor.core.journal import JournalSink, SupervisorJournal
 from relayq_supervisor.errors import RelayqError
+from relayq_supervisor.linux.journal import stderr_is_journal
 from relayq_supervisor.printable import escape
 
 ROOT_LOGGER = "relayq_supervisor"
@@ -40,9 +41,15 @@ class JournalFormatter(logging.Formatter):
         return f"{stamp} {level}{msg}"
 
 
-def setup_logging(verbose: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JournalFormatter(bool(os.environ.get("JOURNAL_STREAM"))))
+def setup_logging(verbose: bool = False, target: str = "auto") -> None:
+    """Our lines to stderr, or to the journal by its native protocol (see core/journal.py):
+    each with its priority, and a line the journal does not take to stderr after all."""
+    on_stream = stderr_is_journal()
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(JournalFormatter(on_stream))
+    handler: logging.Handler = stderr
+    if target == "journal" or (target == "auto" and on_stream):
+        handler = SupervisorJournal(JournalSink(), ROOT_LOGGER, stderr)
     root = logging.getLogger(ROOT_LOGGER)
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -87,7 +94,7 @@ def supervisor_main(argv: list[str] | None = None) -> int:
         if args.check:
             print(describe_config(config))
             return EXIT_OK
-        setup_logging(args.verbose)
+        setup_logging(args.verbose, config.supervisor.log_target)
         asyncio.run(supervise(config))
     except RelayqError as e:
         print(escape(str(e)), file=sys.stderr)     # may name a port holder's command line
