@@ -38,6 +38,7 @@ from relayq_supervisor.errors import RelayqError, ReloadRefused, StartupError
 from relayq_supervisor.ground import GroundWatch
 from relayq_supervisor.kinds import Cancellable, KindContext, ProgramKind
 from relayq_supervisor.linux import prctl, ptrace
+from relayq_supervisor.linux.journal import SOCKET_ENV
 from relayq_supervisor.linux.notify_socket import ChildNotifySocket
 from relayq_supervisor.linux.procfs import own_children, proc_start_ticks
 from relayq_supervisor.linux.siginfo import signal_name
@@ -55,7 +56,7 @@ TRACE_READ_PAUSE_S = 0.2      # at most 5 trace reads a second on a busy node; a
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 # Variables that describe the supervisor's own place under systemd, not the children's.
 _NOT_FOR_CHILDREN = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
-                     "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM", "RELAYQ_CONFIG")
+                     "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM", "RELAYQ_CONFIG", SOCKET_ENV)
 
 
 class LoopClock:
