@@ -15,14 +15,15 @@ which is removed, as journald does for a service's stdout (SyslogLevelPrefix=yes
 
 Nothing here may hold up the loop: the socket is non-blocking; an entry journald has
 no room for yet waits in a bounded backlog (4 MiB) sent when its socket turns writable;
-beyond that, or when no journald runs, entries are dropped and counted, with one
-warning per outage and one line when entries get through again. The supervisor's
+beyond that, or when no journald runs, entries are dropped and counted, with a warning
+at the first drop and then at most one a minute. The supervisor's
 own lines are never lost that way: one the journal did not take goes to stderr.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -36,6 +37,7 @@ LOG_TARGETS = ("auto", "journal", "stderr")
 LINE_MAX = 48 * 1024
 INFO = 6
 BACKLOG_MAX = 4 * 1024 * 1024       # bytes of entries waiting for room in journald's queue
+WARN_EVERY = 60.0                   # seconds between two warnings about dropped lines
 SUPERVISOR_IDENTIFIER = "relayq-supervisor"
 # logging level -> syslog priority (syslog(3): 2 crit, 3 err, 4 warning, 6 info, 7 debug)
 PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -69,7 +71,7 @@ class JournalSink:
         self.backlog_max = backlog_max
         self.sent = 0
         self.dropped = 0
-        self.failing: str | None = None     # why the last send failed; None while sends get through
+        self.warned_at: float | None = None
         self.warn = True
 
     def send(self, entry: bytes) -> bool:
@@ -114,19 +116,17 @@ class JournalSink:
 
     def lost(self, count: int, why: str) -> bool:
         self.dropped += count
-        if self.failing is None:
-            self.failing = why
-            if self.warn:
-                log.warning("journal: %s does not take entries (%s): output lines meant for it are "
-                            "dropped and counted until it does", self.path, why)
+        now = time.monotonic()
+        # once, then at most every WARN_EVERY seconds: a journald at the edge of keeping up
+        # would otherwise make a warning of every other line
+        if self.warn and (self.warned_at is None or now - self.warned_at >= WARN_EVERY):
+            log.warning("journal: %s does not take entries (%s): %d output lines dropped so far",
+                        self.path, why, self.dropped)
+            self.warned_at = now
         return False
 
     def got_through(self) -> None:
         self.sent += 1
-        if self.failing is not None:
-            self.failing = None
-            if self.warn:
-                log.info("journal: %s takes entries again (%d dropped so far)", self.path, self.dropped)
 
     def close(self) -> None:
         if self.backlog and self.loop is not None:
