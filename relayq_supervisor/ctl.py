@@ -418,7 +418,9 @@ def watch_status(args, path: str, interval: float = 1.0) -> int:
 def print_why(result: dict) -> None:
     p, stop = result["program"], result.get("last_stop")
     node = f"node {result['node']}: " if result.get("node") else ""
-    say(f"{node}{p['name']}: {p['state']}" + (f", pid {p['pid']}" if p["pid"] else "") + f" ({p['reason']})")
+    # its uptime, not only the reason it entered its state ("ready: still running 1s after its start")
+    up = f", pid {p['pid']}, up {format_duration(p['uptime_s'])}" if p["pid"] and p.get("uptime_s") is not None else ""
+    say(f"{node}{p['name']}: {p['state']}" + (up or (f", pid {p['pid']}" if p["pid"] else "")) + f" ({p['reason']})")
     if p.get("user"):
         say(f"  runs as: {p['user']}")
     if not stop:
