@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relayq_supervisor.command_vars import referenced
 from relayq_supervisor.errors import ConfigError, ConfigSyntaxError
 
 DEFAULT_CONFIG = "config.toml"
@@ -655,6 +656,9 @@ def _parse_program(loc, where, table: dict, base: Path, env_path: str, log_backu
     environment = _environment(loc, where + ("environment",), table.get("environment", {}))
     path = dict(environment).get("PATH", env_path)
     exe = command[0]
+    if "$" in exe:
+        raise loc.error(where + ("command",), f"program '{name}': the program to run ({exe!r}) is not expanded: "
+                                              "write its path; $VAR and ${VAR} work in the arguments after it")
     if "/" in exe:
         if not os.path.isabs(exe):     # found in `directory`: say so when that is what is missing
             _check_directory(loc, where + ("directory",), f"program '{name}': directory", directory, create=False)
@@ -1028,6 +1032,31 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
     return supervisor
 
 
+# What the supervisor adds to every child's environment (core/arbiter.environment), besides
+# its own environment and the program's `environment`.
+_GIVEN_TO_CHILDREN = ("RELAYQ_PROGRAM", "NOTIFY_SOCKET", "PATH")
+
+
+def _check_command_variables(loc: _Locator, config: Config, where_of: dict[str, tuple]) -> None:
+    """Every $VAR / ${VAR} in a command is set when it starts: by the program's `environment`,
+    the supervisor (RELAYQ_PROGRAM, RELAYQ_REDIS_URL with a [redis], WATCHDOG_USEC with a
+    watchdog) or the environment the supervisor runs in (this process's: --check run from
+    another shell than the service's may see other variables)."""
+    for spec in config.programs:
+        if spec.redis is not None:
+            continue        # its argv is the supervisor's own
+        known = set(os.environ) | set(_GIVEN_TO_CHILDREN) | {k for k, _ in spec.environment}
+        if config.redis is not None:
+            known.add("RELAYQ_REDIS_URL")
+        if spec.watchdog_sec > 0:
+            known.add("WATCHDOG_USEC")
+        missing = [n for n in referenced(spec.command) if n not in known]
+        if missing:
+            raise loc.error(where_of[spec.name] + ("command",),
+                            f"program '{spec.name}': command uses ${{{missing[0]}}}, which is not set: add it to "
+                            "its `environment`, or to the supervisor's (write $$ for a literal $)")
+
+
 def _check_ground(loc: _Locator, config: Config, where_of: dict[str, tuple]) -> None:
     """The machine the config will run on, as start-up will meet it: the directories
     and files it creates or opens, each program's working directory, the Redis binary.
@@ -1136,6 +1165,7 @@ def parse_config(raw: bytes, path: str, ground: bool = False) -> Config:
     remote = (REDIS_NAME,) if cluster is not None and "redis" not in data else ()
     config = Config(path=path, supervisor=supervisor, programs=_dependency_order(loc, programs, wheres, remote),
                     cluster=cluster)
+    _check_command_variables(loc, config, dict(zip((p.name for p in programs), wheres, strict=True)))
     if ground:      # names are unique by now: _dependency_order refused duplicates
         _check_ground(loc, config, {p.name: where for p, where in zip(programs, wheres, strict=True)})
     return config
