@@ -449,17 +449,22 @@ def print_why(result: dict) -> None:
 LOGS_DEFAULT_LINES = 20
 
 
-def known_names(config_path: str) -> list[str] | None:
-    """Programs, instances, redis and supervisor from the config; None if it cannot be loaded
-    (then only the files in log_dir say what exists)."""
+def known_names(config_path: str) -> tuple[list[str], set[str]] | None:
+    """Programs, instances, redis and supervisor from the config, and those whose output goes
+    to the journal only (`log = "journal"`); None if it cannot be loaded (then only the files
+    in log_dir say what exists)."""
     try:
         config = load_config(config_path)
     except RelayqError:
         return None
     names = [SUPERVISOR_NAME]
+    journal_only: set[str] = set()
     for spec in config.programs:
-        names += [spec.name] + [i for i in spec.instance_names() if i != spec.name]
-    return names
+        mine = [spec.name] + [i for i in spec.instance_names() if i != spec.name]
+        names += mine
+        if spec.log == "journal":
+            journal_only.update(mine)
+    return names, journal_only
 
 
 def show_logs(args) -> int:
@@ -476,7 +481,8 @@ def show_logs(args) -> int:
     log_dir = supervisor_section(config_path)[0].log_dir     # a file broken mid-edit still names log_dir
     limit = args.lines if args.lines is not None else (None if since else LOGS_DEFAULT_LINES)
     name = args.name
-    known = known_names(config_path)
+    found = known_names(config_path)
+    known, journal_only = found if found is not None else (None, set())
     follower = output_log.Follower(log_dir, name) if args.follow else None     # before the history: no gap
     by_instance = output_log.files_of(log_dir, name)
     if not by_instance:
@@ -488,6 +494,11 @@ def show_logs(args) -> int:
             print(f"relayqctl logs: no log of {name!r} in {log_dir} (and the config cannot be read to say "
                   "whether it is a program)", file=sys.stderr)
             return EXIT_UNKNOWN
+        if name in journal_only:
+            match = f"RELAYQ_PROGRAM={name}" if ":" in name else f"-t {name}"      # an instance, or all of them
+            print(f"relayqctl logs: {name}: its output goes to the journal only (log = \"journal\"): "
+                  f"journalctl -u relayq-supervisor {match}", file=sys.stderr)
+            return EXIT_OK
         print(f"relayqctl logs: {name}: no output yet (nothing in {log_dir})"
               + ("; waiting for some" if args.follow else ""), file=sys.stderr)
         if not args.follow:

@@ -95,3 +95,9 @@ def test_log_journal_writes_no_file(make_supervisor, journald, tmp_path):
     sup.wait_state("talker:0", "RUNNING")
     wait_for(lambda: journald.find(RELAYQ_PROGRAM="talker:0", PRIORITY="6"), 20, what="talker:0's line")
     assert not (sup.dir / "log" / "talker:0.log").exists()
+    # relayqctl logs says where to look instead
+    r = sup.ctl("logs", "talker:0")
+    assert (r.returncode, r.stderr.strip()) == (0, 'relayqctl logs: talker:0: its output goes to the journal only '
+                                                   '(log = "journal"): journalctl -u relayq-supervisor '
+                                                   'RELAYQ_PROGRAM=talker:0')
+    assert "journalctl -u relayq-supervisor -t talker" in sup.ctl("logs", "talker").stderr
