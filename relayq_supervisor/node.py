@@ -137,7 +137,7 @@ class Node:
             if config.cluster is not None else None
         self.orphans: list[tuple[Program, int]] = []   # a crashed predecessor's workers, still running
         # [supervisor] metrics_listen: read-only metrics on this loop (None: off, no lag probe either)
-        self.metrics = SupervisorMetrics(lambda: self.arbiter.programs, self.loop) \
+        self.metrics = SupervisorMetrics(lambda: self.arbiter.programs, self.loop, self.spawner.journal_counts) \
             if config.supervisor.metrics_listen is not None else None
         if self.cluster is not None and self.metrics is not None:
             self.metrics.registry.register(ClusterCollector(self.cluster))

@@ -129,6 +129,10 @@ class ProcessSpawner:
             outputs.append(ChildJournal(self.journal, p.spec.name, p.name, lambda: p.pid))
         return outputs
 
+    def journal_counts(self) -> tuple[int, int] | None:
+        """Output lines sent to the journal and dropped (None: no program logs there)."""
+        return None if self.journal is None else (self.journal.sent, self.journal.dropped)
+
     def spawn(self, p: Program, argv: list[str], env: dict[str, str]) -> ChildProcess:
         if p.name not in self.outputs:
             self.outputs[p.name] = self.open_outputs(p)

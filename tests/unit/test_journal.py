@@ -192,3 +192,22 @@ def test_the_supervisors_lines_carry_priority_and_fall_back_to_stderr(journald, 
         assert [r.getMessage() for r in fallback_records] == ["still here"]
     finally:
         logger.removeHandler(handler)
+
+
+def test_journal_lines_are_a_metric_once_a_program_logs_there():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from relayq_supervisor.metrics import SupervisorMetrics
+    counts: list[tuple[int, int] | None] = [None]
+    loop = asyncio.new_event_loop()
+    try:
+        m = SupervisorMetrics(lambda: [], loop, lambda: counts[0])
+
+        def got() -> dict[str, float]:
+            return {s.labels["result"]: s.value for f in text_string_to_metric_families(m.render().decode())
+                    for s in f.samples if s.name == "relayq_journal_lines_total"}
+        assert got() == {}
+        counts[0] = (120, 3)
+        assert got() == {"sent": 120, "dropped": 3}
+    finally:
+        loop.close()
