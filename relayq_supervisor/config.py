@@ -617,8 +617,8 @@ LOG_TARGETS = ("auto", "journal", "stderr")
 def _log_choice(loc, where: tuple, table: dict) -> str:
     log = table.get("log", "auto")
     if log not in LOG_CHOICES:
-        raise loc.error(where + ("log",), f"'log' must be \"file\", \"journal\", \"both\" or \"inherit\" "
-                                          f"(unset: the file, and the journal under systemd), not {log!r}")
+        raise loc.error(where + ("log",), f"'log' must be \"file\", \"journal\", \"both\", \"inherit\" or \"auto\" "
+                                          f"(the file, and the journal under systemd), not {log!r}")
     return log
 
 
