@@ -19,6 +19,7 @@ from relayq_supervisor.core.journal import ChildJournal, JournalSink, logs_to_jo
 from relayq_supervisor.core.output import ChildOutput, open_child_output
 from relayq_supervisor.core.program import Program
 from relayq_supervisor.core.spawn import read_exec_result, spawn
+from relayq_supervisor.kinds.redis.log_lines import line_priority as redis_line_priority
 from relayq_supervisor.linux import credentials
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,9 @@ class ProcessSpawner:
         if how in ("journal", "both") or (how == "auto" and self.journal_by_default):
             if self.journal is None:
                 self.journal = JournalSink(loop=self.loop)
-            outputs.append(ChildJournal(self.journal, p.spec.name, p.name, lambda: p.pid))
+            # Redis ranks its own lines (kinds/redis/log_lines.py); other programs may use `<N>` prefixes
+            priority = redis_line_priority if p.spec.redis is not None else None
+            outputs.append(ChildJournal(self.journal, p.spec.name, p.name, lambda: p.pid, priority))
         return outputs
 
     def journal_counts(self) -> tuple[int, int] | None:

@@ -137,9 +137,11 @@ class JournalSink:
 class ChildJournal:
     """A ChildOutput: each line of one instance's output as a journal entry."""
 
-    def __init__(self, sink: JournalSink, program: str, instance: str, pid: Callable[[], int | None]):
+    def __init__(self, sink: JournalSink, program: str, instance: str, pid: Callable[[], int | None],
+                 priority: Callable[[bytes], tuple[int, bytes]] | None = None):
         self.sink = sink
         self.pid = pid
+        self.priority = priority or split_priority     # line -> (syslog priority, the message to keep)
         self.fixed = encode([("SYSLOG_IDENTIFIER", program), ("RELAYQ_PROGRAM", instance)])
         self.partial = b""
 
@@ -157,7 +159,7 @@ class ChildJournal:
         # the fields every line of this read shares, encoded once
         tail = self.fixed + (b"RELAYQ_PID=%d\nSYSLOG_PID=%d\n" % (pid, pid) if pid else b"")
         for line in lines:
-            priority, message = split_priority(line)
+            priority, message = self.priority(line)
             self.sink.send(encode_field(b"MESSAGE", message) + b"PRIORITY=%d\n" % priority + tail)
 
     def flush(self) -> None:

@@ -211,3 +211,20 @@ def test_journal_lines_are_a_metric_once_a_program_logs_there():
         assert got() == {"sent": 120, "dropped": 3}
     finally:
         loop.close()
+
+
+def test_redis_lines_are_ranked_by_their_own_level(journald):
+    """Lines as Redis 7.0.15 and 6.2.14 write them: `#` warning, `*` notice, `-` verbose, `.` debug."""
+    from relayq_supervisor.kinds.redis.log_lines import line_priority
+    path, sock = journald
+    out = ChildJournal(JournalSink(path), "redis", "redis", lambda: 7401, line_priority)
+    out.write(b"7401:C 26 Nov 2026 13:09:12.395 # oO0OoO0OoO0Oo Redis is starting oO0OoO0OoO0Oo\n"
+              b"7401:M 26 Nov 2026 13:09:12.396 * Ready to accept connections\n"
+              b"7401:M 6 Nov 2026 13:09:12.396 - Accepted 127.0.0.1:5000\n"
+              b"7401:S 26 Nov 2026 13:09:12.396 . debug line\n"
+              b"                _._\n"
+              b"<3>not Redis' own form\n")
+    entries = received(sock)
+    assert [(e["PRIORITY"], e["MESSAGE"][:7]) for e in entries] == [
+        (b"4", b"7401:C "), (b"5", b"7401:M "), (b"6", b"7401:M "), (b"7", b"7401:S "),
+        (b"6", b"       "), (b"6", b"<3>not ")]
