@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from relayq_supervisor.core.graph import Graph
-from relayq_supervisor.core.program import Program
+from relayq_supervisor.core.program import ExitInfo, Program
 from relayq_supervisor.core.states import ENDED, State
 
 
@@ -45,7 +45,7 @@ class Began:
     """What an instance was when an operator's start began: a run of it that ends after
     this is a death during the operation, whatever its restart rules do next."""
     starts: int
-    last_exit: object
+    last_exit: ExitInfo | None
 
     @classmethod
     def of(cls, p: Program) -> Began:
@@ -75,7 +75,7 @@ def start_outcome(arbiter: Operated, p: Program, began: Began) -> Outcome | None
         else:
             now = f"{p.state}: {p.reason}"
         return Outcome(p.name, p.state, False, f"{died}; now {now}")
-    if p.state in ENDED or p.state == State.BACKOFF or (p.state == State.STOPPED and not p.wanted):
+    if p.state in ENDED or (p.state == State.STOPPED and not p.wanted):
         return Outcome(p.name, p.state, False, p.reason)
     for d in arbiter.graph.dependencies(p):
         if d.state in ENDED or not d.wanted:
