@@ -101,3 +101,33 @@ def test_log_journal_writes_no_file(make_supervisor, journald, tmp_path):
                                                    '(log = "journal"): journalctl -u relayq-supervisor '
                                                    'RELAYQ_PROGRAM=talker:0')
     assert "journalctl -u relayq-supervisor -t talker" in sup.ctl("logs", "talker").stderr
+
+
+def test_a_journald_that_does_not_read_never_holds_up_supervision(make_supervisor, tmp_path):
+    """The journal socket is bound but never read (its queue fills after a few datagrams): a
+    chatty program's lines are dropped and counted, and a killed program is still restarted."""
+    path = tmp_path / "journal.sock"
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stuck.bind(str(path))
+    try:
+        # about 20,000 lines a second: far more than the stuck queue takes, without eating a core
+        chatty = ("import itertools, time\nfor i in itertools.count():\n    print('line', i, flush=True)\n"
+                  "    if i % 200 == 0:\n        time.sleep(0.01)")
+        sup = make_supervisor(config("both") + textwrap.dedent(f"""
+            [[program]]
+            name = "chatty"
+            command = ["{PYTHON}", "-c", {chatty!r}]
+            ready_after = 0.2
+            log = "journal"
+            """))
+        sup.start(env={**os.environ, SOCKET_ENV: str(path)})
+        old = sup.wait_state("talker:0", "RUNNING")["pid"]
+        wait_for(lambda: "output lines dropped so far" in (sup.dir / "log" / "supervisor.log").read_text(), 20,
+                 what="the warning about dropped lines")
+        os.kill(old, 9)
+        new = sup.wait_state("talker:0", "RUNNING", timeout=20)["pid"]
+        assert new != old
+        # the supervisor's own lines did not get through either: they went to stderr instead
+        assert "talker:0" in sup.log()
+    finally:
+        stuck.close()
