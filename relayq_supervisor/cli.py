@@ -11,7 +11,7 @@ import sys
 
 from relayq_supervisor.config import Config, default_config_path, load_config, redis_version
 from relayq_supervisor.control.protocol import EXIT_OK, exit_status_of
-from relayq_supervisor.core.journal import JournalSink, SupervisorJournal
+from relayq_supervisor.core.journal import INFO, PRIORITY, JournalSink, SupervisorJournal
 from relayq_supervisor.errors import RelayqError
 from relayq_supervisor.linux.journal import stderr_is_journal
 from relayq_supervisor.printable import escape
@@ -21,8 +21,7 @@ ROOT_LOGGER = "relayq_supervisor"
 
 class JournalFormatter(logging.Formatter):
     """One line per event, `module: message`: `<N>` priority prefixes when stderr is
-    connected to journald (JOURNAL_STREAM set), else a timestamp; never colour."""
-    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+    journald's stream (JOURNAL_STREAM names it), else a timestamp; never colour."""
 
     def __init__(self, journal: bool):
         super().__init__()
@@ -35,7 +34,7 @@ class JournalFormatter(logging.Formatter):
         if record.exc_info:
             msg += "\n" + self.formatException(record.exc_info)
         if self.journal:
-            return f"<{self.PRIORITY.get(record.levelno, 6)}>{msg}"
+            return f"<{PRIORITY.get(record.levelno, INFO)}>{msg}"
         stamp = self.formatTime(record, "%Y-%m-%d %H:%M:%S") + f".{int(record.msecs):03d}"
         level = "" if record.levelno == logging.INFO else f"{record.levelname}: "
         return f"{stamp} {level}{msg}"

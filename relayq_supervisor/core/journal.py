@@ -2,8 +2,8 @@
 
 Where lines go: `[supervisor] log_target` ("auto": the journal when stderr is the journal
 stream systemd gave us, see linux/journal.stderr_is_journal; "journal"; "stderr"). A
-program's `log` ("file", "journal", "both", "inherit"; unset: its file, and the journal
-too when the supervisor's lines go there) says where its output goes.
+program's `log` ("file", "journal", "both", "inherit"; "auto", the default: its file, and
+the journal too when the supervisor's lines go there) says where its output goes.
 
 A child's line becomes one entry with MESSAGE (the bytes as written, not escaped: the
 journal is binary-safe and journalctl escapes on display), PRIORITY, SYSLOG_IDENTIFIER
@@ -16,8 +16,8 @@ which is removed, as journald does for a service's stdout (SyslogLevelPrefix=yes
 Nothing here may hold up the loop: the socket is non-blocking; an entry journald has
 no room for yet waits in a bounded backlog (4 MiB) sent when its socket turns writable;
 beyond that, or when no journald runs, entries are dropped and counted, with a warning
-at the first drop and then at most one a minute. The supervisor's
-own lines are never lost that way: one the journal did not take goes to stderr.
+at the first drop and then at most one a minute. The supervisor's own lines are never
+lost that way: one the journal did not take goes to stderr.
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ from relayq_supervisor.printable import escape
 
 log = logging.getLogger(__name__)
 
-LOG_TARGETS = ("auto", "journal", "stderr")
 # journald's own LineMax= default: a longer line without newline is cut into entries this long
 LINE_MAX = 48 * 1024
 INFO = 6
