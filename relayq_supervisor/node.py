@@ -634,6 +634,7 @@ class Node:
             self.sigfd.close()
         self.loop.remove_reader(self.notify_socket.fileno())
         self.notify_socket.close()
+        self.spawner.close()
         if self.kernel_witness is not None:
             self.shutdown_done = True
             if self.kernel_witness.fd is not None:

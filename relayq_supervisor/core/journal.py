@@ -129,7 +129,10 @@ class JournalSink:
 
     def close(self) -> None:
         if self.backlog and self.loop is not None:
-            self.loop.remove_writer(self.socket.fileno())
+            self.drain()        # what journald has room for now; the rest is counted as dropped
+            self.dropped += len(self.backlog)
+            if self.backlog:
+                self.loop.remove_writer(self.socket.fileno())
         self.socket.close()
 
 
