@@ -34,6 +34,12 @@ def journald(tmp_path):
     sock.close()
 
 
+def queue_length() -> int:
+    """How many datagrams a socket's queue holds before senders get EAGAIN (net.unix.max_dgram_qlen)."""
+    with open("/proc/sys/net/unix/max_dgram_qlen") as f:
+        return int(f.read())
+
+
 def received(sock: socket.socket) -> list[dict[str, bytes]]:
     """Every entry waiting on `sock`, decoded (an entry sent by memfd read from its fd)."""
     entries = []
@@ -128,9 +134,10 @@ def test_a_journald_that_does_not_read_never_blocks_the_sender(journald, caplog)
     loop = asyncio.new_event_loop()
     caplog.set_level(logging.INFO, logger="relayq_supervisor")
     try:
-        sink = JournalSink(path, loop=loop, backlog_max=600 * 40)
+        n = 3 * queue_length() + 600
+        sink = JournalSink(path, loop=loop, backlog_max=n // 3 * 40)     # room for about n/3 entries
         out = ChildJournal(sink, "w", "w", lambda: 7)
-        lines = [b"line %04d" % i for i in range(1000)]
+        lines = [b"line %06d" % i for i in range(n)]
         started = time.monotonic()
         out.write(b"\n".join(lines) + b"\n")
         assert time.monotonic() - started < 5, "a full queue must fail sends, not wait"
@@ -144,8 +151,8 @@ def test_a_journald_that_does_not_read_never_blocks_the_sender(journald, caplog)
             loop.run_until_complete(asyncio.sleep(0.001))
         got += [e["MESSAGE"] for e in received(sock)]
         assert not sink.backlog
-        assert len(got) == sink.sent == 1000 - sink.dropped
-        assert got == sorted(got) and got[0] == b"line 0000", "entries keep their order"
+        assert len(got) == sink.sent == n - sink.dropped
+        assert got == sorted(got) and got[0] == b"line 000000", "entries keep their order"
         # the backlog went out; the next line goes straight out
         out.write(b"after\n")
         assert [e["MESSAGE"] for e in received(sock)] == [b"after"]
@@ -228,3 +235,20 @@ def test_redis_lines_are_ranked_by_their_own_level(journald):
     assert [(e["PRIORITY"], e["MESSAGE"][:7]) for e in entries] == [
         (b"4", b"7401:C "), (b"5", b"7401:M "), (b"6", b"7401:M "), (b"7", b"7401:S "),
         (b"6", b"       "), (b"6", b"<3>not ")]
+
+
+def test_closing_sends_what_fits_and_counts_the_rest(journald):
+    path, sock = journald
+    loop = asyncio.new_event_loop()
+    try:
+        sink = JournalSink(path, loop=loop)
+        out = ChildJournal(sink, "w", "w", lambda: 1)
+        n = 3 * queue_length() + 10
+        out.write(b"".join(b"line %d\n" % i for i in range(n)))
+        waiting = len(sink.backlog)
+        assert waiting > 0 and sink.dropped == 0
+        received(sock)              # journald reads what it has: room for some more
+        sink.close()
+        assert sink.sent + sink.dropped == n and sink.dropped > 0 and sink.sent > n - waiting
+    finally:
+        loop.close()
