@@ -252,3 +252,22 @@ def test_closing_sends_what_fits_and_counts_the_rest(journald):
         assert sink.sent + sink.dropped == n and sink.dropped > 0 and sink.sent > n - waiting
     finally:
         loop.close()
+
+
+def test_a_restarted_journald_is_reached_on_its_new_socket(tmp_path):
+    path = str(tmp_path / "journal.sock")
+    first = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    first.bind(path)
+    sender = JournalSocket(path)
+    sender.send(b"MESSAGE=one\n")
+    assert first.recv(100) == b"MESSAGE=one\n"
+    first.close()                   # journald restarts: its socket is made anew under the same name
+    os.unlink(path)
+    second = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    second.bind(path)
+    try:
+        sender.send(b"MESSAGE=two\n")
+        assert second.recv(100) == b"MESSAGE=two\n"
+    finally:
+        second.close()
+        sender.close()
