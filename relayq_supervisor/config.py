@@ -1040,7 +1040,7 @@ _GIVEN_TO_CHILDREN = ("RELAYQ_PROGRAM", "NOTIFY_SOCKET", "PATH")
 def _check_command_variables(loc: _Locator, config: Config, where_of: dict[str, tuple]) -> None:
     """Every $VAR / ${VAR} in a command is set when it starts: by the program's `environment`,
     the supervisor (RELAYQ_PROGRAM, RELAYQ_REDIS_URL with a [redis], WATCHDOG_USEC with a
-    watchdog) or the environment the supervisor runs in (this process's: --check run from
+    watchdog, HOME/USER/LOGNAME/SHELL with a `user`) or the environment the supervisor runs in (this process's: --check run from
     another shell than the service's may see other variables)."""
     for spec in config.programs:
         if spec.redis is not None:
@@ -1050,6 +1050,8 @@ def _check_command_variables(loc: _Locator, config: Config, where_of: dict[str, 
             known.add("RELAYQ_REDIS_URL")
         if spec.watchdog_sec > 0:
             known.add("WATCHDOG_USEC")
+        if spec.privileges.user is not None:
+            known.update(("HOME", "USER", "LOGNAME", "SHELL"))
         missing = [n for n in referenced(spec.command) if n not in known]
         if missing:
             raise loc.error(where_of[spec.name] + ("command",),
