@@ -7,12 +7,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 
 from relayq_supervisor.config import Config, default_config_path, load_config, redis_version
 from relayq_supervisor.control.protocol import EXIT_OK, exit_status_of
+from relayq_supervisor.core.journal import INFO, PRIORITY, JournalSink, SupervisorJournal
 from relayq_supervisor.errors import RelayqError
+from relayq_supervisor.linux.journal import stderr_is_journal
 from relayq_supervisor.printable import escape
 
 ROOT_LOGGER = "relayq_supervisor"
@@ -20,8 +21,7 @@ ROOT_LOGGER = "relayq_supervisor"
 
 class JournalFormatter(logging.Formatter):
     """One line per event, `module: message`: `<N>` priority prefixes when stderr is
-    connected to journald (JOURNAL_STREAM set), else a timestamp; never colour."""
-    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+    journald's stream (JOURNAL_STREAM names it), else a timestamp; never colour."""
 
     def __init__(self, journal: bool):
         super().__init__()
@@ -34,15 +34,21 @@ class JournalFormatter(logging.Formatter):
         if record.exc_info:
             msg += "\n" + self.formatException(record.exc_info)
         if self.journal:
-            return f"<{self.PRIORITY.get(record.levelno, 6)}>{msg}"
+            return f"<{PRIORITY.get(record.levelno, INFO)}>{msg}"
         stamp = self.formatTime(record, "%Y-%m-%d %H:%M:%S") + f".{int(record.msecs):03d}"
         level = "" if record.levelno == logging.INFO else f"{record.levelname}: "
         return f"{stamp} {level}{msg}"
 
 
-def setup_logging(verbose: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JournalFormatter(bool(os.environ.get("JOURNAL_STREAM"))))
+def setup_logging(verbose: bool = False, target: str = "auto") -> None:
+    """Our lines to stderr, or to the journal by its native protocol (see core/journal.py):
+    each with its priority, and a line the journal does not take to stderr after all."""
+    on_stream = stderr_is_journal()
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(JournalFormatter(on_stream))
+    handler: logging.Handler = stderr
+    if target == "journal" or (target == "auto" and on_stream):
+        handler = SupervisorJournal(JournalSink(), ROOT_LOGGER, stderr)
     root = logging.getLogger(ROOT_LOGGER)
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -87,7 +93,7 @@ def supervisor_main(argv: list[str] | None = None) -> int:
         if args.check:
             print(describe_config(config))
             return EXIT_OK
-        setup_logging(args.verbose)
+        setup_logging(args.verbose, config.supervisor.log_target)
         asyncio.run(supervise(config))
     except RelayqError as e:
         print(escape(str(e)), file=sys.stderr)     # may name a port holder's command line

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relayq_supervisor.command_vars import referenced
 from relayq_supervisor.errors import ConfigError, ConfigSyntaxError
 
 DEFAULT_CONFIG = "config.toml"
@@ -115,7 +116,9 @@ class ProgramSpec:
     stop_timeout: float = 10.0
     ready_after: float = 1.0
     autostart: bool = True
-    log: str = "file"                   # file | inherit
+    # file | journal | both | inherit | auto (unset: file, and the journal too when the
+    # supervisor's own lines go there: core/journal.py)
+    log: str = "auto"
     protect: bool = False
     restart: RestartPolicy = RestartPolicy()
     redis: RedisSpec | None = None      # set only for the Redis program
@@ -165,6 +168,7 @@ class SupervisorSpec:
     doctor_root: str = "/"          # the file system whose units/cron the rival checks read
     metrics_listen: ListenAddress | None = None     # GET /metrics; None = off
     cgroups: bool = True            # each program run in a cgroup of its own where we may make one
+    log_target: str = "auto"        # auto | journal | stderr: where our own lines go (core/journal.py)
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,7 @@ _SUPERVISOR_KEYS: dict[str, type | tuple[type, ...]] = {
     "audit_max_bytes": int, "audit_backups": int, "health_interval": (int, float),
     "signal_tap": bool, "kernel_witness": bool, "doctor_root": str, "metrics_listen": str,
     "cgroups": bool,
+    "log_target": str,
 }
 _RESTART_KEYS = {
     "policy": str, "backoff_initial": (int, float), "backoff_factor": (int, float),
@@ -605,6 +610,18 @@ def _watchdog_settings(loc: _Locator, where: tuple, table: dict) -> dict:
     return out
 
 
+LOG_CHOICES = ("file", "journal", "both", "inherit", "auto")
+LOG_TARGETS = ("auto", "journal", "stderr")
+
+
+def _log_choice(loc, where: tuple, table: dict) -> str:
+    log = table.get("log", "auto")
+    if log not in LOG_CHOICES:
+        raise loc.error(where + ("log",), f"'log' must be \"file\", \"journal\", \"both\", \"inherit\" or \"auto\" "
+                                          f"(the file, and the journal under systemd), not {log!r}")
+    return log
+
+
 def _resolve(base: Path, value: str) -> str:
     return str((base / value).resolve()) if not os.path.isabs(value) else os.path.normpath(value)
 
@@ -639,6 +656,9 @@ def _parse_program(loc, where, table: dict, base: Path, env_path: str, log_backu
     environment = _environment(loc, where + ("environment",), table.get("environment", {}))
     path = dict(environment).get("PATH", env_path)
     exe = command[0]
+    if "$" in exe:
+        raise loc.error(where + ("command",), f"program '{name}': the program to run ({exe!r}) is not expanded: "
+                                              "write its path; $VAR and ${VAR} work in the arguments after it")
     if "/" in exe:
         if not os.path.isabs(exe):     # found in `directory`: say so when that is what is missing
             _check_directory(loc, where + ("directory",), f"program '{name}': directory", directory, create=False)
@@ -651,9 +671,7 @@ def _parse_program(loc, where, table: dict, base: Path, env_path: str, log_backu
     numprocs = table.get("numprocs", 1)
     if numprocs < 1:
         raise loc.error(where + ("numprocs",), "'numprocs' must be at least 1")
-    log = table.get("log", "file")
-    if log not in ("file", "inherit"):
-        raise loc.error(where + ("log",), f"'log' must be \"file\" or \"inherit\", not {log!r}")
+    log = _log_choice(loc, where, table)
     for key in ("stop_timeout", "ready_after"):
         if table.get(key, 0) < 0:
             raise loc.error(where + (key,), f"'{key}' must not be negative")
@@ -798,9 +816,7 @@ def _parse_redis(loc, table: dict, base: Path, run_dir: str) -> ProgramSpec:
         if not _is_bind_address(address):
             raise loc.error(where + ("bind",), f"bind: {address!r} is not an IP address "
                                                "(like 127.0.0.1 or ::1; '-' before it makes it optional, '*' is any)")
-    log = table.get("log", "file")
-    if log not in ("file", "inherit"):
-        raise loc.error(where + ("log",), f"'log' must be \"file\" or \"inherit\", not {log!r}")
+    log = _log_choice(loc, where, table)
     if table.get("stop_timeout", 0) < 0:
         raise loc.error(where + ("stop_timeout",), "'stop_timeout' must not be negative")
     denied = _str_list(loc, where + ("denied_commands",), table.get("denied_commands", list(RedisSpec.denied_commands)))
@@ -978,6 +994,10 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
         metrics_listen = parse_listen(sup.get("metrics_listen", ""), base)
     except ValueError as e:
         raise loc.error(("supervisor", "metrics_listen"), f"'metrics_listen': {e}") from None
+    if sup.get("log_target", "auto") not in LOG_TARGETS:
+        raise loc.error(("supervisor", "log_target"), "'log_target' must be \"auto\" (the journal when stderr is "
+                                                      "systemd's journal stream), \"journal\" or \"stderr\", "
+                                                      f"not {sup['log_target']!r}")
     if sup.get("health_interval", 1) <= 0:
         raise loc.error(("supervisor", "health_interval"), "'health_interval' must be positive")
     if sup.get("health_interval", 1) < 0.1:
@@ -997,6 +1017,7 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
         doctor_root=_resolve(base, sup.get("doctor_root", "/")),
         metrics_listen=metrics_listen,
         cgroups=sup.get("cgroups", True),
+        log_target=sup.get("log_target", "auto"),
     )
     if supervisor.control_group is not None:
         import grp
@@ -1009,6 +1030,33 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
         raise loc.error(("supervisor", "control_socket"),
                         f"control_socket path is too long for a UNIX socket (max 107 bytes): {supervisor.control_socket}")
     return supervisor
+
+
+# What the supervisor adds to every child's environment (core/arbiter.environment), besides
+# its own environment and the program's `environment`.
+_GIVEN_TO_CHILDREN = ("RELAYQ_PROGRAM", "NOTIFY_SOCKET", "PATH")
+
+
+def _check_command_variables(loc: _Locator, config: Config, where_of: dict[str, tuple]) -> None:
+    """Every $VAR / ${VAR} in a command is set when it starts: by the program's `environment`,
+    the supervisor (RELAYQ_PROGRAM, RELAYQ_REDIS_URL with a [redis], WATCHDOG_USEC with a
+    watchdog, HOME/USER/LOGNAME/SHELL with a `user`) or the environment the supervisor runs in (this process's: --check run from
+    another shell than the service's may see other variables)."""
+    for spec in config.programs:
+        if spec.redis is not None:
+            continue        # its argv is the supervisor's own
+        known = set(os.environ) | set(_GIVEN_TO_CHILDREN) | {k for k, _ in spec.environment}
+        if config.redis is not None:
+            known.add("RELAYQ_REDIS_URL")
+        if spec.watchdog_sec > 0:
+            known.add("WATCHDOG_USEC")
+        if spec.privileges.user is not None:
+            known.update(("HOME", "USER", "LOGNAME", "SHELL"))
+        missing = [n for n in referenced(spec.command) if n not in known]
+        if missing:
+            raise loc.error(where_of[spec.name] + ("command",),
+                            f"program '{spec.name}': command uses ${{{missing[0]}}}, which is not set: add it to "
+                            "its `environment`, or to the supervisor's (write $$ for a literal $)")
 
 
 def _check_ground(loc: _Locator, config: Config, where_of: dict[str, tuple]) -> None:
@@ -1119,6 +1167,7 @@ def parse_config(raw: bytes, path: str, ground: bool = False) -> Config:
     remote = (REDIS_NAME,) if cluster is not None and "redis" not in data else ()
     config = Config(path=path, supervisor=supervisor, programs=_dependency_order(loc, programs, wheres, remote),
                     cluster=cluster)
+    _check_command_variables(loc, config, dict(zip((p.name for p in programs), wheres, strict=True)))
     if ground:      # names are unique by now: _dependency_order refused duplicates
         _check_ground(loc, config, {p.name: where for p, where in zip(programs, wheres, strict=True)})
     return config

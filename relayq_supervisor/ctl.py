@@ -418,7 +418,9 @@ def watch_status(args, path: str, interval: float = 1.0) -> int:
 def print_why(result: dict) -> None:
     p, stop = result["program"], result.get("last_stop")
     node = f"node {result['node']}: " if result.get("node") else ""
-    say(f"{node}{p['name']}: {p['state']}" + (f", pid {p['pid']}" if p["pid"] else "") + f" ({p['reason']})")
+    # its uptime, not only the reason it entered its state ("ready: still running 1s after its start")
+    up = f", pid {p['pid']}, up {format_duration(p['uptime_s'])}" if p["pid"] and p.get("uptime_s") is not None else ""
+    say(f"{node}{p['name']}: {p['state']}" + (up or (f", pid {p['pid']}" if p["pid"] else "")) + f" ({p['reason']})")
     if p.get("user"):
         say(f"  runs as: {p['user']}")
     recent = [e for e in result.get("recent_events") or [] if not stop or e not in (stop.get("events") or [])]
@@ -452,17 +454,22 @@ def print_why(result: dict) -> None:
 LOGS_DEFAULT_LINES = 20
 
 
-def known_names(config_path: str) -> list[str] | None:
-    """Programs, instances, redis and supervisor from the config; None if it cannot be loaded
-    (then only the files in log_dir say what exists)."""
+def known_names(config_path: str) -> tuple[list[str], set[str]] | None:
+    """Programs, instances, redis and supervisor from the config, and those whose output goes
+    to the journal only (`log = "journal"`); None if it cannot be loaded (then only the files
+    in log_dir say what exists)."""
     try:
         config = load_config(config_path)
     except RelayqError:
         return None
     names = [SUPERVISOR_NAME]
+    journal_only: set[str] = set()
     for spec in config.programs:
-        names += [spec.name] + [i for i in spec.instance_names() if i != spec.name]
-    return names
+        mine = [spec.name] + [i for i in spec.instance_names() if i != spec.name]
+        names += mine
+        if spec.log == "journal":
+            journal_only.update(mine)
+    return names, journal_only
 
 
 def show_logs(args) -> int:
@@ -479,7 +486,8 @@ def show_logs(args) -> int:
     log_dir = supervisor_section(config_path)[0].log_dir     # a file broken mid-edit still names log_dir
     limit = args.lines if args.lines is not None else (None if since else LOGS_DEFAULT_LINES)
     name = args.name
-    known = known_names(config_path)
+    found = known_names(config_path)
+    known, journal_only = found if found is not None else (None, set())
     follower = output_log.Follower(log_dir, name) if args.follow else None     # before the history: no gap
     by_instance = output_log.files_of(log_dir, name)
     if not by_instance:
@@ -491,6 +499,11 @@ def show_logs(args) -> int:
             print(f"relayqctl logs: no log of {name!r} in {log_dir} (and the config cannot be read to say "
                   "whether it is a program)", file=sys.stderr)
             return EXIT_UNKNOWN
+        if name in journal_only:
+            match = f"RELAYQ_PROGRAM={name}" if ":" in name else f"-t {name}"      # an instance, or all of them
+            print(f"relayqctl logs: {name}: its output goes to the journal only (log = \"journal\"): "
+                  f"journalctl -u relayq-supervisor {match}", file=sys.stderr)
+            return EXIT_OK
         print(f"relayqctl logs: {name}: no output yet (nothing in {log_dir})"
               + ("; waiting for some" if args.follow else ""), file=sys.stderr)
         if not args.follow:

@@ -109,12 +109,38 @@ class ProgramCollector:
         )
 
 
+class JournalCollector:
+    """Programs' output lines sent to the journal, and dropped (core/journal.py), read at
+    scrape time; absent while no program's output goes to the journal."""
+
+    def __init__(self, counts: Callable[[], tuple[int, int] | None]):
+        self.counts = counts
+
+    def describe(self) -> Iterator[Metric]:
+        return iter([self._family()])
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.counts()
+        if counts is None:
+            return iter([])
+        family = self._family()
+        family.add_metric(["sent"], float(counts[0]))
+        family.add_metric(["dropped"], float(counts[1]))
+        return iter([family])
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily("relayq_journal_lines", "Programs' output lines sent to the journal, or dropped "
+                                   "(journald missing, or not keeping up beyond a 4 MiB backlog)", labels=["result"])
+
+
 class SupervisorMetrics:
     """The supervisor's registry (never prometheus_client's global one, so nothing else
     in the process can add to it), the counters fed by audit events, the loop lag probe
     and the endpoint."""
 
-    def __init__(self, programs: Callable[[], Iterable[Shown]], loop: asyncio.AbstractEventLoop):
+    def __init__(self, programs: Callable[[], Iterable[Shown]], loop: asyncio.AbstractEventLoop,
+                 journal_counts: Callable[[], tuple[int, int] | None] | None = None):
         self.loop = loop
         self.registry = CollectorRegistry()
         r = self.registry
@@ -134,6 +160,8 @@ class SupervisorMetrics:
             {"version": __version__, "hostname": socket.gethostname()})
         ProcessCollector(registry=r)
         r.register(ProgramCollector(programs))
+        if journal_counts is not None:
+            r.register(JournalCollector(journal_counts))
         self._lag_timer: asyncio.TimerHandle | None = None
         self.server: MetricsServer | None = None
 

@@ -40,6 +40,7 @@ from relayq_supervisor.ground import GroundWatch
 from relayq_supervisor.kinds import Cancellable, KindContext, ProgramKind
 from relayq_supervisor.kinds.redis import RedisKind
 from relayq_supervisor.linux import prctl, ptrace
+from relayq_supervisor.linux.journal import SOCKET_ENV
 from relayq_supervisor.linux.notify_socket import ChildNotifySocket
 from relayq_supervisor.linux.procfs import own_children, proc_start_ticks
 from relayq_supervisor.linux.siginfo import signal_name
@@ -57,7 +58,7 @@ TRACE_READ_PAUSE_S = 0.2      # at most 5 trace reads a second on a busy node; a
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 # Variables that describe the supervisor's own place under systemd, not the children's.
 _NOT_FOR_CHILDREN = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
-                     "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM", "RELAYQ_CONFIG")
+                     "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM", "RELAYQ_CONFIG", SOCKET_ENV)
 
 
 class LoopClock:
@@ -142,7 +143,7 @@ class Node:
             if config.cluster is not None else None
         self.orphans: list[tuple[Program, int]] = []   # a crashed predecessor's workers, still running
         # [supervisor] metrics_listen: read-only metrics on this loop (None: off, no lag probe either)
-        self.metrics = SupervisorMetrics(lambda: self.arbiter.programs, self.loop) \
+        self.metrics = SupervisorMetrics(lambda: self.arbiter.programs, self.loop, self.spawner.journal_counts) \
             if config.supervisor.metrics_listen is not None else None
         if self.cluster is not None and self.metrics is not None:
             self.metrics.registry.register(ClusterCollector(self.cluster))
@@ -665,6 +666,7 @@ class Node:
             self.sigfd.close()
         self.loop.remove_reader(self.notify_socket.fileno())
         self.notify_socket.close()
+        self.spawner.close()
         if self.kernel_witness is not None:
             self.shutdown_done = True
             if self.kernel_witness.fd is not None:

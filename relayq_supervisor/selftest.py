@@ -34,6 +34,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from relayq_supervisor.linux.journal import stderr_is_journal
 from relayq_supervisor.linux.notify_socket import connect_notify_socket, send_notify
 from relayq_supervisor.linux.siginfo import signal_name
 
@@ -234,13 +235,7 @@ def notify_ready(address: str | None = None, message: bytes = b"READY=1") -> boo
 
 def _journal_priorities(fd: int) -> bool:
     """True when `fd` is the journal stream systemd told us about (then lines get <N> prefixes)."""
-    stream = os.environ.get("JOURNAL_STREAM", "")
-    try:
-        dev, ino = (int(x) for x in stream.split(":"))
-        st = os.fstat(fd)
-    except (ValueError, OSError):
-        return False
-    return (st.st_dev, st.st_ino) == (dev, ino)
+    return stderr_is_journal(fd=fd)
 
 
 def _write_line(fd: int, line: str) -> None:

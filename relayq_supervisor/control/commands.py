@@ -100,8 +100,8 @@ def _operate(cmd: str) -> Handler:
         if not args.get("wait", True):
             return {"outcomes": [{"name": p.name, "state": p.state, "ok": True, "detail": "requested"}
                                  for p in targets]}
-        await job
-        return {"outcomes": [operator.final_outcome(cmd, p).to_dict() for p in targets]}
+        outcomes = await job
+        return {"outcomes": [o.to_dict() for o in outcomes]}
     handler.__doc__ = {
         "start": "Start programs and what they depend on (reviving FATAL ones); wait for the outcome.",
         "stop": "Stop programs (with_dependents: what needs them first); they stay stopped until started. "

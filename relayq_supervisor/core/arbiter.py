@@ -16,6 +16,7 @@ import signal
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from relayq_supervisor.command_vars import UndefinedVariable, expand_command
 from relayq_supervisor.config import Config, ProgramSpec
 from relayq_supervisor.core import policy
 from relayq_supervisor.core.graph import Graph
@@ -167,9 +168,16 @@ class Arbiter:
         if refusal:
             self.give_up(p, refusal)
             return
+        env = self.environment(p)
         argv = kind.argv(p)
+        if p.spec.redis is None:        # `command` as written: its $VAR and ${VAR} (command_vars.py)
+            try:
+                argv = expand_command(argv, env)
+            except UndefinedVariable as e:
+                self.give_up(p, f"cannot start: its command uses {e}")
+                return
         try:
-            proc = self.spawner.spawn(p, argv, self.environment(p))
+            proc = self.spawner.spawn(p, argv, env)
         except OSError as e:
             self.give_up(p, f"cannot start: {e.strerror or e}")
             return

@@ -15,9 +15,11 @@ from collections.abc import Callable
 
 from relayq_supervisor.config import SupervisorSpec
 from relayq_supervisor.core.containment import MARKER, Containment, Run
+from relayq_supervisor.core.journal import ChildJournal, JournalSink, logs_to_journal
 from relayq_supervisor.core.output import ChildOutput, open_child_output
 from relayq_supervisor.core.program import Program
 from relayq_supervisor.core.spawn import read_exec_result, spawn
+from relayq_supervisor.kinds.redis.log_lines import line_priority as redis_line_priority
 from relayq_supervisor.linux import credentials
 
 log = logging.getLogger(__name__)
@@ -109,15 +111,34 @@ class ProcessSpawner:
         self.supervisor = supervisor
         self.before_exec = before_exec
         self.containment = containment or Containment(None, "", "not set up")
-        self.outputs: dict[str, ChildOutput] = {}
+        self.outputs: dict[str, list[ChildOutput]] = {}     # instance name -> where its lines go
         self.pipes: dict[str, int] = {}      # instance name -> read end of its current pipe
         self.output_lost: dict[str, int] = {}    # instance name -> output bytes dropped while its log fails
+        self.journal_by_default = logs_to_journal(supervisor.log_target)
+        self.journal: JournalSink | None = None     # opened when a first program logs there
+
+    def open_outputs(self, p: Program) -> list[ChildOutput]:
+        """Its file (or the supervisor's stdout), the journal, or both: see core/journal.py."""
+        sup, how = self.supervisor, p.spec.log
+        outputs: list[ChildOutput] = []
+        if how != "journal":
+            outputs.append(open_child_output(p.name, "inherit" if how == "inherit" else "file", sup.log_dir,
+                                             sup.log_max_bytes, sup.log_backups))
+        if how in ("journal", "both") or (how == "auto" and self.journal_by_default):
+            if self.journal is None:
+                self.journal = JournalSink(loop=self.loop)
+            # Redis ranks its own lines (kinds/redis/log_lines.py); other programs may use `<N>` prefixes
+            priority = redis_line_priority if p.spec.redis is not None else None
+            outputs.append(ChildJournal(self.journal, p.spec.name, p.name, lambda: p.pid, priority))
+        return outputs
+
+    def journal_counts(self) -> tuple[int, int] | None:
+        """Output lines sent to the journal and dropped (None: no program logs there)."""
+        return None if self.journal is None else (self.journal.sent, self.journal.dropped)
 
     def spawn(self, p: Program, argv: list[str], env: dict[str, str]) -> ChildProcess:
-        sup = self.supervisor
         if p.name not in self.outputs:
-            self.outputs[p.name] = open_child_output(p.name, p.spec.log, sup.log_dir, sup.log_max_bytes,
-                                                     sup.log_backups)
+            self.outputs[p.name] = self.open_outputs(p)
         # only our end non-blocking: O_NONBLOCK on the child's stdout would hand it EAGAIN
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(out_r, False)
@@ -162,14 +183,22 @@ class ProcessSpawner:
             data = b""
         if not data:
             self.close_pipe(p.name)
+            for output in self.outputs.get(p.name, ()):
+                if isinstance(output, ChildJournal):
+                    output.flush()      # its last line, under the pid that wrote it
             return
         p.remember_output(data)
-        try:
-            self.outputs[p.name].write(data)
-        except OSError as e:
+        failed: OSError | None = None
+        for output in self.outputs[p.name]:
+            try:
+                output.write(data)
+            except OSError as e:    # its file: the journal counts what it cannot send, never raises
+                failed = e
+        if failed is not None:
             # once per outage (a full disk fails every read of the pipe), and once when it ends
             if p.name not in self.output_lost:
-                log.error("%s: cannot write its log (%s); its output is dropped until it can", p.name, e.strerror)
+                log.error("%s: cannot write its log (%s); its output is dropped until it can", p.name,
+                          failed.strerror)
             self.output_lost[p.name] = self.output_lost.get(p.name, 0) + len(data)
             return
         lost = self.output_lost.pop(p.name, None)
@@ -184,6 +213,9 @@ class ProcessSpawner:
 
     def release(self, p: Program) -> None:
         self.close_pipe(p.name)
-        output = self.outputs.pop(p.name, None)
-        if output is not None:
+        for output in self.outputs.pop(p.name, ()):
             output.close()
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()

@@ -47,7 +47,8 @@ class ExecKind:
 
     def begin_ready_check(self, p: Program, on_ready: Callable[[str], None],
                           on_refused: Callable[[str], None]) -> Cancellable:
-        return self.ctx.call_later(self.spec.ready_after, on_ready, f"alive for {self.spec.ready_after:g}s")
+        return self.ctx.call_later(self.spec.ready_after, on_ready,
+                                   f"ready: still running {self.spec.ready_after:g}s after its start")
 
     def watch(self, p: Program, alive: Callable[[], None]) -> Cancellable | None:
         return None             # it sends WATCHDOG=1 itself

@@ -108,10 +108,14 @@ FORGED = "x\n<2>FORGED: data lost, run FLUSHALL\x1b[2K"
 
 
 def test_a_senders_argv_cannot_forge_a_log_line(make_supervisor, procs):
-    sup = make_supervisor(SLEEPER + "protect = true\n")
+    # on systemd's journal stream (JOURNAL_STREAM names its stderr) with log_target = "stderr":
+    # the supervisor writes `<N>` priority prefixes on stderr, as under systemd
+    sup = make_supervisor(SLEEPER.replace("[supervisor]\n", '[supervisor]\nlog_target = "stderr"\n')
+                          + "protect = true\n")
     (sup.dir / "sock").mkdir()
-    # JOURNAL_STREAM: the supervisor writes `<N>` priority prefixes, as under systemd
-    sup.start(env={**os.environ, "JOURNAL_STREAM": "8:1234"})
+    sup.log_path.touch()
+    st = sup.log_path.stat()
+    sup.start(env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
     target = sup.wait_state("sleeper", "RUNNING")["pid"]
     script = sup.dir / "s.py"       # short: the sender's description is cut at 80 characters
     script.write_text("import os, sys, time\nos.kill(int(sys.argv[2]), 15)\ntime.sleep(30)\n")

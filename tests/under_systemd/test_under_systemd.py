@@ -294,3 +294,29 @@ def test_programs_run_in_cgroups_of_their_own_below_the_unit(clean):
     m.systemctl("stop", UNIT)
     left = m.run("find", f"/sys/fs/cgroup{group}", "-mindepth", "1", "-type", "d", check=False).stdout.split()
     assert left == [], left
+
+
+def test_the_journal_holds_each_programs_lines_by_name(clean):
+    """Under systemd (JOURNAL_STREAM names the supervisor's stderr) every output line of Redis and
+    of each worker is a journal entry of the unit an operator finds by program, instance and pid;
+    the supervisor's own lines carry their syslog priority."""
+    m = clean
+    m.systemctl("start", UNIT)
+    pids = pids_by_name(status(m))
+
+    def entries(*match: str) -> list[dict]:
+        out = m.run("journalctl", "--no-pager", "-o", "json", "-u", UNIT, *match, check=False).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    # this run's processes (the machine serves the module: earlier tests' lines are there too)
+    redis = poll(lambda: entries("RELAYQ_PROGRAM=redis", f"RELAYQ_PID={pids['redis']}"), 20, "Redis' lines")
+    assert any("Ready to accept connections" in str(e["MESSAGE"]) for e in redis), redis[-3:]
+    assert {(e["SYSLOG_IDENTIFIER"], e["SYSLOG_PID"]) for e in redis} == {("redis", str(pids["redis"]))}
+    worker = poll(lambda: entries("RELAYQ_PROGRAM=worker:1", f"RELAYQ_PID={pids['worker:1']}"), 20,
+                  "worker:1's lines in the journal")
+    assert {e["SYSLOG_IDENTIFIER"] for e in worker} == {"worker"}
+    # the files are kept as well (log = "auto")
+    assert m.path("/var/log/relayq/redis.log").read_text()
+    own = entries("SYSLOG_IDENTIFIER=relayq-supervisor")
+    assert own and {e["PRIORITY"] for e in own} <= {"2", "3", "4", "6", "7"}
+    assert any("worker:1" in str(e["MESSAGE"]) for e in own)

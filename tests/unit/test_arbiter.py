@@ -433,3 +433,67 @@ def test_refused_after_start_stops_without_a_save_then_fatal_until_an_operator_s
     assert rig.events_of("refused")[0]["reason"] == db.reason
     rig.arbiter.want_started([db], "operator")
     assert db.state == State.STARTING and db.refused_start is None
+
+
+def restart_workers(rig: Rig, during: Callable[[], None]) -> list[operator.Outcome]:
+    """`relayqctl restart worker` with both instances RUNNING: each is stopped, started again,
+    and `during()` runs once both new processes are STARTING."""
+    rig.clock.advance(0.7)
+    assert rig.state("worker:0") == rig.state("worker:1") == "RUNNING"
+    workers = [rig.program("worker:0"), rig.program("worker:1")]
+
+    async def scenario():
+        job = asyncio.ensure_future(operator.restart(rig.arbiter, workers, "test"))
+        await settle()
+        for name in ("worker:0", "worker:1"):
+            rig.exit(name, kill_status(signal.SIGTERM))
+        await settle()
+        assert rig.state("worker:0") == rig.state("worker:1") == "STARTING"
+        during()
+        await settle()
+        rig.clock.advance(0.2)          # ready_after: worker:0 is RUNNING
+        await settle()
+        assert job.done(), "the restart must not wait for a backoff"
+        return job.result()
+    return run(scenario())
+
+
+def test_restart_says_which_instance_died_during_it_and_waits_for_no_backoff():
+    rig = started(Rig(BASE))
+    outcomes = restart_workers(rig, lambda: (rig.clock.advance(0.1), rig.exit("worker:1", kill_status(signal.SIGKILL))))
+    first, second = outcomes
+    assert (first.name, first.ok, first.detail) == ("worker:0", True, f"running, pid {rig.program('worker:0').pid}")
+    assert (second.name, second.state, second.ok) == ("worker:1", "BACKOFF", False)
+    assert "died during the start: killed by SIGKILL" in second.detail, second.detail
+    assert "now BACKOFF, next start in 0.4s, failure 1 of 5" in second.detail, second.detail
+
+
+FAST_BACKOFF = BASE.replace("ready_after = 0.2\nstop_timeout = 5\n[program.restart]\n",
+                            "ready_after = 0.2\nstop_timeout = 5\n[program.restart]\nbackoff_initial = 0.05\n")
+
+
+def test_restart_reports_an_instance_started_again_but_not_ready_yet():
+    rig = started(Rig(FAST_BACKOFF))
+
+    def die_and_come_back():
+        dead = rig.exit("worker:1", kill_status(signal.SIGKILL)).pid
+        rig.clock.advance(0.05)         # its backoff: started again
+        assert rig.state("worker:1") == "STARTING" and rig.child("worker:1").pid != dead
+    outcomes = restart_workers(rig, die_and_come_back)
+    assert [o.ok for o in outcomes] == [True, False]    # worker:1 is not ready yet when worker:0 is
+    assert "died during the start: killed by SIGKILL" in outcomes[1].detail
+    assert f"now started again, pid {rig.program('worker:1').pid}, not ready yet" in outcomes[1].detail
+
+
+def test_restart_is_ok_when_an_instance_that_died_runs_again_at_the_end():
+    rig = started(Rig(FAST_BACKOFF))
+
+    def die_and_come_back_ready():
+        rig.exit("worker:1", kill_status(signal.SIGKILL))
+        rig.clock.advance(0.05)
+        rig.arbiter.notified(rig.child("worker:1").pid, {"READY": "1"})
+        assert rig.state("worker:1") == "RUNNING"
+    outcomes = restart_workers(rig, die_and_come_back_ready)
+    assert [o.ok for o in outcomes] == [True, True]
+    assert outcomes[1].detail.startswith(f"running, pid {rig.program('worker:1').pid} (again, after pid ")
+    assert "died during the start: killed by SIGKILL" in outcomes[1].detail

@@ -83,7 +83,7 @@ def test_unknown_key_lists_the_known_ones():
     assert error("[supervisor]\nrun_dir = 'r'\nbogus = 1\n") == (
         f"{PATH}:3: unknown key 'bogus' (known keys: audit_backups, audit_ignore, audit_log, audit_max_bytes, "
         "cgroups, control_group, control_socket, doctor_root, health_interval, kernel_witness, log_backups, log_dir, "
-        "log_max_bytes, metrics_listen, run_dir, signal_tap)")
+        "log_max_bytes, log_target, metrics_listen, run_dir, signal_tap)")
 
 
 def test_numprocs_of_the_wrong_type():
@@ -187,7 +187,7 @@ def test_programs_in_an_inline_array_are_located_on_its_line():
 @pytest.mark.parametrize("text, line, key, known", [
     ("[supervisor]\nrunDir = 'x'\n" + PROGRAM, 2, "runDir",
      "audit_backups, audit_ignore, audit_log, audit_max_bytes, cgroups, control_group, control_socket, doctor_root, "
-     "health_interval, kernel_witness, log_backups, log_dir, log_max_bytes, metrics_listen, run_dir, signal_tap"),
+     "health_interval, kernel_witness, log_backups, log_dir, log_max_bytes, log_target, metrics_listen, run_dir, signal_tap"),
     (PROGRAM + "nmprocs = 2\n", 4, "nmprocs",
      "autostart, command, depends_on, directory, environment, group, limits, log, max_rss, name, nice, "
      "no_new_privileges, numprocs, protect, ready_after, restart, stop_signal, stop_timeout, "
@@ -286,7 +286,7 @@ def test_program_defaults():
     [spec] = parse(PROGRAM).programs
     assert spec == config.ProgramSpec(name="a", command=("true",), directory=BASE)
     assert spec.numprocs == 1 and spec.stop_signal == signal.SIGTERM and spec.stop_timeout == 10.0
-    assert spec.ready_after == 1.0 and spec.autostart is True and spec.log == "file" and spec.protect is False
+    assert spec.ready_after == 1.0 and spec.autostart is True and spec.log == "auto" and spec.protect is False
     assert spec.restart == RestartPolicy() and spec.redis is None
     assert spec.instance_names() == ["a"]
 
@@ -372,10 +372,14 @@ def test_command_is_looked_up_on_the_programs_own_path(tmp_path):
         f"{PATH}:3: program 'a': command 'relayq-tool' not found or not executable (PATH=/nowhere)")
 
 
+LOG_CHOICE_ERROR = ("'log' must be \"file\", \"journal\", \"both\", \"inherit\" or \"auto\" (the file, "
+                    "and the journal under systemd), not 'syslog'")
+
+
 @pytest.mark.parametrize("line, message", [
     ("numprocs = 0", "'numprocs' must be at least 1"),
     ("numprocs = -2", "'numprocs' must be at least 1"),
-    ("log = 'syslog'", "'log' must be \"file\" or \"inherit\", not 'syslog'"),
+    ("log = 'syslog'", LOG_CHOICE_ERROR),
     ("stop_timeout = -1", "'stop_timeout' must not be negative"),
     ("ready_after = -0.5", "'ready_after' must not be negative"),
     ("depends_on = [1]", "'depends_on' must be a list of strings"),
@@ -561,7 +565,7 @@ def test_redis_port_bounds_are_accepted(redis_bin, port):
 @pytest.mark.parametrize("line, message", [
     ("bind = []", "'bind' must name at least one address"),
     ("bind = [1]", "'bind' must be a list of strings"),
-    ("log = 'journal'", "'log' must be \"file\" or \"inherit\", not 'journal'"),
+    ("log = 'syslog'", LOG_CHOICE_ERROR),
     ("args = ['--port', 7000]", "'args' must be a list of strings"),
     ("denied_commands = [1]", "'denied_commands' must be a list of strings"),
     ("environment = { FOO = 1 }", "environment value for 'FOO' must be a string"),
@@ -880,7 +884,7 @@ def test_supervisor_section_of_a_file_without_one(tmp_path):
     ("[supervisor]\nrun_dir = 'r'\nhealth_interval = 0\n", "{path}:3: 'health_interval' must be positive"),
     ("[supervisor]\nbogus = 1\n", "{path}:2: unknown key 'bogus' (known keys: audit_backups, audit_ignore, "
      "audit_log, audit_max_bytes, cgroups, control_group, control_socket, doctor_root, health_interval, kernel_witness, "
-     "log_backups, log_dir, log_max_bytes, metrics_listen, run_dir, signal_tap)"),
+     "log_backups, log_dir, log_max_bytes, log_target, metrics_listen, run_dir, signal_tap)"),
     ("supervisor = 'here'\n", "{path}: supervisor: must be a table"),
 ])
 def test_supervisor_section_errors(tmp_path, text, message):

@@ -192,3 +192,11 @@ def test_format_duration(seconds, text):
 ])
 def test_describe_program(program, text):
     assert ctl.describe_program(program) == text
+
+
+def test_why_shows_how_long_a_running_program_has_been_up(capsys):
+    """Not only the reason it became RUNNING: `alive for 1s` read as its uptime (issue 15, item 6)."""
+    ctl.print_why({"program": {"name": "rqworker:2", "state": "RUNNING", "pid": 4242, "uptime_s": 754.2,
+                               "reason": "ready: still running 1s after its start"}, "last_stop": None})
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == "rqworker:2: RUNNING, pid 4242, up 12m34s (ready: still running 1s after its start)"
