@@ -52,8 +52,9 @@ class Supervision(Protocol):
     @property
     def shutting_down(self) -> bool: ...
 
-    @property
-    def tap_active(self) -> bool: ...
+    def traced(self, pid: int) -> bool:
+        """Does the signal tap stop at this process' signals?"""
+        ...
 
     def program_of_pid(self, pid: int | None) -> Watched | None: ...
 
@@ -244,15 +245,17 @@ class Attribution:
     def on_kernel_signal(self, seen: KernelSignal) -> None:
         """A signal to a supervised program, from the kernel's trace. The ones the tap will
         stop at are left to it (it records them, with this sender if its own is gone by
-        then); the rest, SIGKILL above all, or all of them without the tap, are recorded
-        here, so the program's exit names their sender."""
-        if self.sup.tap_active and seen.signo != signal.SIGKILL and seen.result == RESULT_DELIVERED:
+        then); the rest, SIGKILL above all, and every signal to a program the tap does not
+        seize (only protected ones where the witness runs), are recorded here, so the
+        program's exit names their sender."""
+        traced = self.sup.traced(seen.target_pid)
+        if traced and seen.signo != signal.SIGKILL and seen.result == RESULT_DELIVERED:
             self.parked.append(seen)
             return
         if seen.signal in self.audit_ignore:
             return
         p = self.sup.program_of_pid(seen.target_pid)
-        if self.sup.tap_active and seen.result == RESULT_ALREADY_PENDING and seen.signo != signal.SIGKILL:
+        if traced and seen.result == RESULT_ALREADY_PENDING and seen.signo != signal.SIGKILL:
             # merged into one the tap will stop at: counted on that sender's burst
             self.bursts.merged((p.name if p is not None else seen.target_pid, seen.sender_pid, seen.signo),
                                lambda: self.kernel_record(seen))
@@ -309,7 +312,7 @@ class Attribution:
 
 
 def attribute_exit(last_signal: dict[str, Any] | None, exit_signal: int | None,
-                   tap_active: bool) -> tuple[str | None, dict[str, Any] | None]:
+                   traced: bool) -> tuple[str | None, dict[str, Any] | None]:
     """Who ended a run: (detail for its exit description, sender) from the last signal
     the tap saw reach it; (None, None) when nothing is known."""
     if last_signal is not None and last_signal["signo"] == exit_signal:
@@ -318,6 +321,6 @@ def attribute_exit(last_signal: dict[str, Any] | None, exit_signal: int | None,
             and last_signal["sender"]:
         # it handled the signal and exited on its own: still that sender's doing
         return f"after {last_signal['signal']} from {last_signal['describe']}", last_signal["sender"]
-    if exit_signal == signal.SIGKILL and tap_active:
+    if exit_signal == signal.SIGKILL and traced:
         return "sender not visible to the tap", None
     return None, None
