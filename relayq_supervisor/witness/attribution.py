@@ -255,19 +255,30 @@ class Attribution:
         if seen.signal in self.audit_ignore:
             return
         p = self.sup.program_of_pid(seen.target_pid)
-        if traced and seen.result == RESULT_ALREADY_PENDING and seen.signo != signal.SIGKILL:
-            # merged into one the tap will stop at: counted on that sender's burst
-            self.bursts.merged((p.name if p is not None else seen.target_pid, seen.sender_pid, seen.signo),
-                               lambda: self.kernel_record(seen))
+        key: Key = (p.name if p is not None else seen.target_pid, seen.sender_pid, seen.signo)
+        if seen.result == RESULT_ALREADY_PENDING and seen.signo != signal.SIGKILL:
+            # merged into one pending (that the tap will stop at, or that this path recorded):
+            # counted on that sender's burst
+            self.bursts.merged(key, lambda: self.kernel_record(seen))
             self.wake_bursts()
             return
         sender = self.name_witnessed(seen.sender) if seen.sender else None
-        extra = {"kernel_context": seen.context} if seen.context else {}
-        self.record(p, seen.target_pid, seen.signo, code=seen.code_name, sender=sender, action=seen.result_name,
-                    via="tracefs", **extra)
+        who = lineage_text(sender) if sender else f"the kernel ({seen.code_name})"
+        # a storm to an untraced program (where the witness runs, only protected ones are traced)
+        # folds like the tap's: the first recorded alone, the rest counted per second
+        burst = self.bursts.join(key, seen.result_name) if seen.signo != signal.SIGKILL else None
+        if burst is None or burst.record is None:
+            extra = {"kernel_context": seen.context} if seen.context else {}
+            fields: dict[str, Any] = {"code": seen.code_name, "sender": sender, "action": seen.result_name,
+                                      "via": "tracefs", **extra}
+            self.record(p, seen.target_pid, seen.signo, **fields)
+            if seen.signo != signal.SIGKILL:
+                self.bursts.opened(key, {**fields, "target_pid": seen.target_pid, "who": who})
+                self.wake_bursts()
         if p is not None and seen.result != 1:      # 1: ignored, it changed nothing
-            who = lineage_text(sender) if sender else f"the kernel ({seen.code_name})"
             p.signalled({"signal": seen.signal, "signo": seen.signo, "sender": sender, "describe": who})
+        if burst is not None and burst.record is not None:
+            return
         if sender is not None:
             log.info("%s: %s from %s (kernel trace: %s)", p.name if p else f"pid {seen.target_pid}", seen.signal,
                      lineage_text(sender), seen.result_name)

@@ -416,3 +416,16 @@ def test_a_gone_sender_captured_at_exec_is_named_with_its_command_line_and_unit(
     assert (s["cmdline"], s["uid"], s["unit"], s["captured"], s["seen_by"]) == \
         (["sh", "-c", "kill -9 812"], 0, "relayq-redis-monitor.service", True, "tracefs")
     assert tracefs.lineage_text(s).startswith(f"pid {SH} sh -c 'kill -9 812'")
+
+
+def test_a_storm_to_an_untraced_program_folds_into_one_event_per_second():
+    sup = Sup(tap_active=True)                      # pid 900 (worker) is not traced
+    a = Attribution(sup, ())
+    for i in range(50):
+        seen = kernel_signal(signal.SIGUSR1, sender=gone_sender(), result=0 if i % 2 == 0 else 2)
+        a.on_kernel_signal(KernelSignal(**{**seen.__dict__, "target_pid": 900}))
+    assert len(sup.audited) == 1 and sup.audited[0][1]["via"] == "tracefs"     # the first, at once
+    a.close_bursts()
+    [(_, folded)] = sup.audited[1:]
+    assert (folded["count"], folded["coalesced"], folded["sender"]["pid"]) == (24, 25, SH)
+    assert sup.worker.last_signal["signal"] == "SIGUSR1"
