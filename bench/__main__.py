@@ -1,7 +1,7 @@
 """python -m bench [--quick] [--only NAME]... [--output PATH] [--keep]
 
 Runs the benchmarks (restart, redis, idle, scale, tap, durability, adoption, systemd, metrics, storm, cluster,
-whois, journal) and writes BENCHMARKS.md.
+whois, journal, jobs, witness) and writes BENCHMARKS.md.
 A full run writes every section; `--only` replaces just the named sections of an
 existing BENCHMARKS.md; `--quick` (a smoke run) writes bench/BENCHMARKS.quick.md unless
 --output says otherwise, so it never overwrites the real numbers.
@@ -26,6 +26,7 @@ from . import (
     cluster_view,
     durability,
     idle_cost,
+    jobs,
     journal_cost,
     metrics_cost,
     redis_recovery,
@@ -35,6 +36,7 @@ from . import (
     systemd_order,
     tap_cost,
     whois_cost,
+    witness_cost,
 )
 from .contenders import REPO_DIR, RelayqSupervisor, Supervised, child_argv, install_contenders
 from .context import BenchContext, TapSupport
@@ -43,7 +45,7 @@ from .report import Document, Section, machine_line, tree_line
 
 BENCHMARKS = {m.NAME: m for m in (restart_latency, redis_recovery, idle_cost, scale, tap_cost, durability, adoption,
                                    systemd_order, metrics_cost, storm, cluster_view, whois_cost,
-                                   journal_cost)}
+                                   journal_cost, jobs, witness_cost)}
 NEEDS_CONTENDERS = {restart_latency.NAME, idle_cost.NAME}
 
 

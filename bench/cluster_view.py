@@ -46,7 +46,7 @@ def node_status(node: str, programs: int = 4) -> dict[str, Any]:
     """A status document of the size a worker node publishes (4 workers, one with a last exit)."""
     header = {"pid": 4242, "uptime_s": 3600.0, "started_at": time.time() - 3600, "config": "/etc/relayq/config.toml",
               "redis_binary": None, "redis_version": None, "hostname": node, "signal_tap": "active",
-              "kernel_witness": "active", "kernel_witness_stats": {"events": 1234, "lost": 0},
+              "kernel_trace": "watching", "kernel_trace_stats": {"events": 1234, "lost": 0},
               "config_changed": False, "notes": []}
     progs = [{"name": f"worker:{i}", "state": "RUNNING", "pid": 5000 + i, "uptime_s": 3500.0, "restarts": i,
               "reason": "sent READY=1", "next_start_in_s": None,

@@ -92,7 +92,7 @@ def supervisor_run(workdir: Path, witness: bool, rates: list[float], window: flo
         [supervisor]
         run_dir = "run"
         log_dir = "log"
-        kernel_witness = {"true" if witness else "false"}
+        kernel_trace = {"true" if witness else "false"}
 
         [redis]
         binary = "{shutil.which("redis-server")}"
@@ -116,7 +116,7 @@ def supervisor_run(workdir: Path, witness: bool, rates: list[float], window: flo
             if time.monotonic() > deadline or sup.poll() is not None:
                 raise RuntimeError(f"supervisor did not come up: {(workdir / 'supervisor.log').read_text()}")
             time.sleep(0.05)
-        state = status["supervisor"]["kernel_witness"].split(" (")[0]
+        state = status["supervisor"]["kernel_trace"].split(" (")[0]
         for rate in rates:
             stats0, calls0 = witness_stats(workdir), acl_log_calls(port)
             cpu0, t0 = cpu_seconds(sup.pid), time.monotonic()

@@ -34,10 +34,13 @@ def contenders(ctx: BenchContext) -> tuple[list[Contender], list[str]]:
     base = ctx.dir(NAME)
     out: list[Contender] = [RawRespawn(base / "raw")]
     if ctx.tap.config_key:
-        # the third row only splits the kernel witness's share out of the first (no target of its own)
+        # the last two rows only split the kernel witness's share out (no targets of their own): with
+        # the witness watching the tap seizes only protected programs, so the first two rows run the
+        # child untraced, the third traced by the tap alone, the fourth with neither
         out += [RelayqSupervisor(base / "relayq-tap", signal_tap=True),
                 RelayqSupervisor(base / "relayq-notap", signal_tap=False),
-                RelayqSupervisor(base / "relayq-tap-nowitness", signal_tap=True, kernel_witness=False)]
+                RelayqSupervisor(base / "relayq-tap-nowitness", signal_tap=True, kernel_trace=False),
+                RelayqSupervisor(base / "relayq-neither", signal_tap=False, kernel_trace=False)]
         if os.geteuid() == 0:
             # `user` takes spawn()'s fork path (setgroups/setresgid/setresuid/no_new_privs in the
             # child); root keeps the child able to run the venv's interpreter, wherever it lives
@@ -181,8 +184,8 @@ SPAWN_PATH = (
 def judge(field, samples, raw: Samples | None, mechanism: dict | None) -> tuple[list[Target], list[str]]:
     targets, notes = [], []
     runs = [c for c in field if isinstance(c, RelayqSupervisor) and samples[c.label]]
-    # the default config: these have targets (not the witness-less row, nor the `user` row)
-    relayq = [c for c in runs if c.kernel_witness is None and not c.program_extra]
+    # the default config: these have targets (not the witness-less rows, nor the `user` row)
+    relayq = [c for c in runs if c.kernel_trace is None and not c.program_extra]
     sd = next((Samples.of(samples[c.label]) for c in field if isinstance(c, Supervisord) and samples[c.label]), None)
     for c in relayq:
         s = Samples.of(samples[c.label])
@@ -211,16 +214,20 @@ def judge(field, samples, raw: Samples | None, mechanism: dict | None) -> tuple[
             notes.append(f"Of that gap, the spawn mechanism alone accounts for {ms(gap)} in this run (second "
                          "table, gate against posix_spawn). The rest is the loop's work between the child's "
                          "death and the spawn.")
-    with_tap = next((c for c in relayq if c.signal_tap), None)
-    without_witness = next((c for c in runs if c.signal_tap and c.kernel_witness is False), None)
-    if with_tap is not None and without_witness is not None and raw is not None:
-        on, off = Samples.of(samples[with_tap.label]), Samples.of(samples[without_witness.label])
-        notes.append(f"The kernel witness's share (on by default where tracefs can be used; `[supervisor] "
-                     f"kernel_witness`): with the tap and without the witness a restart took {ms(off.median)} "
-                     f"({off.median / raw.median:.2f}x raw), with both {ms(on.median)} "
-                     f"({on.median / raw.median:.2f}x), {ms(on.median - off.median)} more. It grows with what "
-                     "else runs on the node: the witness reads every process's fork, exec and exit from the "
-                     "trace before each reap.")
+    witness_only = next((c for c in relayq if not c.signal_tap), None)
+    neither = next((c for c in runs if not c.signal_tap and c.kernel_trace is False), None)
+    tap_only = next((c for c in runs if c.signal_tap and c.kernel_trace is False), None)
+    if witness_only is not None and neither is not None and raw is not None:
+        on, off = Samples.of(samples[witness_only.label]), Samples.of(samples[neither.label])
+        tap = "" if tap_only is None else (" The tap alone (it seizes every program when the witness is off): "
+                                           f"{ms(Samples.of(samples[tap_only.label]).median)}.")
+        notes.append(f"The kernel witness's share (`[supervisor] kernel_trace`, on by default where tracefs can be "
+                     f"used): with neither witness nor tap a restart took {ms(off.median)} "
+                     f"({off.median / raw.median:.2f}x raw), with the witness {ms(on.median)} "
+                     f"({on.median / raw.median:.2f}x), {ms(on.median - off.median)} more.{tap} Before the reap "
+                     "the witness reads what the trace buffered since its last read (at most 0.2 s of the node's "
+                     "forks, execs and exits, ~2-4 µs a line), so the signal that ended the child is known when "
+                     "its exit is recorded; on an idle node that is a few lines.")
     if mechanism is not None:
         start = {way: statistics.median(v) for way, v in mechanism["start"].items()}
         notes.append(f"How relayq-supervisor starts a child (relayq_supervisor/core/spawn.py): posix_spawn of a "
@@ -233,6 +240,7 @@ def judge(field, samples, raw: Samples | None, mechanism: dict | None) -> tuple[
                      "(no tap) spawn() posix_spawns the program itself; the supervisor passes before_exec whether "
                      "or not the tap is on (the kernel witness starts watching the pid there too), so the tap-off "
                      "row above goes through the gate as well.")
+    with_tap = next((c for c in relayq if c.signal_tap), None)
     as_user = next((c for c in runs if c.program_extra.get("user")), None)
     if as_user is not None and with_tap is not None and raw is not None:
         u, gate = Samples.of(samples[as_user.label]), Samples.of(samples[with_tap.label])

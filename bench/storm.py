@@ -107,7 +107,7 @@ def run(ctx: BenchContext) -> Section:
         last = [-1, time.monotonic()]
 
         def trace_read() -> bool:
-            n = (sup.status()["supervisor"].get("kernel_witness_stats") or {}).get("signals", 0)
+            n = (sup.status()["supervisor"].get("kernel_trace_stats") or {}).get("signals", 0)
             if n != last[0]:
                 last[:] = [n, time.monotonic()]
             return time.monotonic() - last[1] > 1.0
@@ -117,7 +117,7 @@ def run(ctx: BenchContext) -> Section:
         alive = client.ping() and redis_status(sup)["pid"] == redis_pid
         counts = audit_counts(sup)
         tap = sup.status()["supervisor"].get("signal_tap_stats") or {}
-        kw = sup.status()["supervisor"].get("kernel_witness_stats") or {}
+        kw = sup.status()["supervisor"].get("kernel_trace_stats") or {}
     except (BenchError, redis.RedisError, OSError) as e:
         return Section(NAME, TITLE, method, skipped=f"a run failed: {e}")
     finally:

@@ -150,6 +150,9 @@ class ListenAddress:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+KERNEL_TRACE_AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class SupervisorSpec:
     run_dir: str
@@ -164,7 +167,8 @@ class SupervisorSpec:
     audit_backups: int = 10
     health_interval: float = 5.0
     signal_tap: bool = True
-    kernel_witness: bool = True     # trace signals to children through tracefs where the kernel allows
+    # the kernel witness (tracefs): "auto" where the kernel allows, "true" required, "false" off
+    kernel_trace: str = "auto"
     doctor_root: str = "/"          # the file system whose units/cron the rival checks read
     metrics_listen: ListenAddress | None = None     # GET /metrics; None = off
     cgroups: bool = True            # each program run in a cgroup of its own where we may make one
@@ -206,7 +210,7 @@ _SUPERVISOR_KEYS: dict[str, type | tuple[type, ...]] = {
     "run_dir": str, "log_dir": str, "audit_log": str, "control_socket": str,
     "control_group": str, "audit_ignore": list, "log_max_bytes": int, "log_backups": int,
     "audit_max_bytes": int, "audit_backups": int, "health_interval": (int, float),
-    "signal_tap": bool, "kernel_witness": bool, "doctor_root": str, "metrics_listen": str,
+    "signal_tap": bool, "kernel_trace": (str, bool), "doctor_root": str, "metrics_listen": str,
     "cgroups": bool,
     "log_target": str,
 }
@@ -976,7 +980,20 @@ def parse_listen(text: str, base: Path) -> ListenAddress | None:
     return ListenAddress(host=host, port=int(port))
 
 
+def _kernel_trace(loc: _Locator, value: str | bool) -> str:
+    """`kernel_trace = "auto"`, `true` or `false` (TOML booleans), as "auto", "true", "false"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value != KERNEL_TRACE_AUTO:
+        raise loc.error(("supervisor", "kernel_trace"),
+                        f"'kernel_trace' must be \"auto\", true or false, not {value!r}")
+    return value
+
+
 def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
+    if "kernel_witness" in sup:
+        raise loc.error(("supervisor", "kernel_witness"), "'kernel_witness' was renamed: write "
+                        "kernel_trace = \"auto\" (on where the kernel allows), true (required) or false")
     _check_table(loc, ("supervisor",), sup, _SUPERVISOR_KEYS)
     run_dir = _resolve(base, sup.get("run_dir", "var/run"))
     log_dir = _resolve(base, sup.get("log_dir", "var/log"))
@@ -1013,7 +1030,7 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
         **_given({"health_interval": float(sup["health_interval"])} if "health_interval" in sup else {},
                  ("health_interval",)),
         signal_tap=sup.get("signal_tap", True),
-        kernel_witness=sup.get("kernel_witness", True),
+        kernel_trace=_kernel_trace(loc, sup.get("kernel_trace", KERNEL_TRACE_AUTO)),
         doctor_root=_resolve(base, sup.get("doctor_root", "/")),
         metrics_listen=metrics_listen,
         cgroups=sup.get("cgroups", True),

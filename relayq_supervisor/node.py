@@ -42,7 +42,7 @@ from relayq_supervisor.kinds.redis import RedisKind
 from relayq_supervisor.linux import prctl, ptrace
 from relayq_supervisor.linux.journal import SOCKET_ENV
 from relayq_supervisor.linux.notify_socket import ChildNotifySocket
-from relayq_supervisor.linux.procfs import own_children, proc_start_ticks
+from relayq_supervisor.linux.procfs import own_children, proc_start_ticks, thread_group
 from relayq_supervisor.linux.siginfo import signal_name
 from relayq_supervisor.linux.signalfd import SignalFd
 from relayq_supervisor.metrics import SupervisorMetrics
@@ -111,7 +111,7 @@ class Node:
         self.tap = SignalTap(self.attribution.on_traced_signal) if config.supervisor.signal_tap else None
         self.kernel_witness = KernelWitness(self.attribution.on_kernel_signal, self.attribution.on_oom_victim,
                                             private_mount=os.path.join(config.supervisor.run_dir, "tracefs")) \
-            if config.supervisor.kernel_witness else None
+            if config.supervisor.kernel_trace != "false" else None
         self.service = ServiceLink(self)
         self.ground = GroundWatch(self)
         self.control: ControlServer | None = None
@@ -141,6 +141,7 @@ class Node:
         # [cluster]: this node's status and audit events in the cluster's Redis
         self.cluster = ClusterPublisher(config, self.status, lambda: self.arbiter.programs, self.cluster_reachable) \
             if config.cluster is not None else None
+        self.tapped: set[int] = set()       # pids the signal tap seized (traced(pid))
         self.orphans: list[tuple[Program, int]] = []   # a crashed predecessor's workers, still running
         # [supervisor] metrics_listen: read-only metrics on this loop (None: off, no lag probe either)
         self.metrics = SupervisorMetrics(lambda: self.arbiter.programs, self.loop, self.spawner.journal_counts) \
@@ -163,6 +164,17 @@ class Node:
     @property
     def tap_active(self) -> bool:
         return self.tap is not None and not self.tap.unavailable
+
+    @property
+    def witness_watching(self) -> bool:
+        return self.kernel_witness is not None and self.kernel_witness.fd is not None
+
+    def traced(self, pid: int) -> bool:
+        """Does the tap stop at signals to `pid` (a process, or a thread of one it seized)?"""
+        if pid in self.tapped:
+            return True
+        tgid = thread_group(pid) if self.tapped else None
+        return tgid is not None and tgid in self.tapped
 
     def program_of_pid(self, pid: int | None) -> Program | None:
         return self.arbiter.program_of_pid(pid)
@@ -341,7 +353,11 @@ class Node:
     def adopt(self, p: Program, pid: int, verified: tuple[str, ...]) -> None:
         pidfd = os.pidfd_open(pid)
         proc = AdoptedProcess(pid, pidfd, self.containment, self.containment.adopted_run(pid))
+        # seized whether protected or not: only its tracer's waitpid() sees an adopted
+        # process' exit status (rare: after a crash, so its cost does not matter)
         traced = self.tap.attach_running(pid) if self.tap_active and self.tap is not None else False
+        if traced:
+            self.tapped.add(pid)
         self.loop.add_reader(pidfd, self.on_adopted_exit, proc)
         self.audit("adopted", program=p.name, pid=pid, verified=list(verified), traced=traced)
         self.arbiter.adopt(p, proc, f"adopted pid {pid} from the previous supervisor")
@@ -356,7 +372,10 @@ class Node:
         self.reap()                 # traced: the tap's waitpid has its real status
         owner = self.arbiter.by_pid.get(proc.pid)
         if owner is not None and owner.proc is proc:
+            if self.kernel_witness is not None:
+                self.kernel_witness.drain()     # untraced: reap() had no exit to read it for
             self.arbiter.child_exited(proc.pid, None)
+        self.tapped.discard(proc.pid)
 
     async def stop_orphan(self, p: Program, pid: int) -> None:
         """Stop a predecessor's process of p: its stop signal, stop_timeout, then SIGKILL to
@@ -398,7 +417,11 @@ class Node:
         self.sigfd = SignalFd(HANDLED_SIGNALS)
         self.loop.add_reader(self.sigfd.fileno(), self.on_signalfd)
         self.loop.add_reader(self.notify_socket.fileno(), self.on_notify)
-        self.start_kernel_witness()
+        try:
+            self.start_kernel_witness()
+        except StartupError:
+            self.close()
+            raise
         if self.with_control:
             self.control = ControlServer(self, self.config.supervisor)
             await self.control.start()
@@ -456,11 +479,15 @@ class Node:
 
     def start_kernel_witness(self) -> None:
         """Where the kernel allows (root, tracefs, the initial pid namespace); else the
-        supervisor runs on without it and says why."""
+        supervisor runs on without it and says why, once, or with `kernel_trace = true`
+        refuses to start (StartupError, before any child)."""
         w = self.kernel_witness
         if w is None:
             return
-        if w.start():
+        if not w.start() and self.config.supervisor.kernel_trace == "true":
+            raise StartupError(f"relayq-supervisor: kernel_trace = true, but the kernel trace is unavailable: "
+                               f"{w.unavailable}; fix that, or set kernel_trace = \"auto\" to run without it")
+        if w.fd is not None:
             self.attribution.catch_up = lambda: w.drain(CATCH_UP_READS)
             self.listen_to_kernel_trace()
             log.info("kernel witness: tracing signals to children in %s", w.instance)
@@ -468,7 +495,7 @@ class Node:
             if redis is not None and redis.redis is not None and redis.redis.port and w.watch_clients(redis.redis.port):
                 log.info("kernel witness: tracing client connections to Redis port %d", redis.redis.port)
         else:
-            log.warning("kernel witness: %s (signals are attributed by the tap alone)", w.state)
+            log.warning("kernel trace: %s (signals are attributed by the tap alone)", w.state)
             self.audit("kernel_witness_unavailable", reason=w.unavailable)
 
     def on_kernel_trace(self) -> None:
@@ -500,13 +527,21 @@ class Node:
                 pids.add(also)
             self.kernel_witness.watch(pids)
 
-    def before_exec(self, pid: int) -> None:
+    def before_exec(self, pid: int, p: Program) -> None:
         """While the child waits at spawn's exec gate: the kernel witness starts watching it
-        (before the program runs, so no signal is missed) and the signal tap seizes it."""
+        (before the program runs, so no signal is missed) and the signal tap seizes it where
+        it is needed. With the witness watching, that is only where a signal must be blocked
+        (`protect = true`): the witness names every sender without stopping anyone, while a
+        traced program stops at every signal, each SIGCHLD of a fork-per-job worker
+        included, until the loop resumes it (BENCHMARKS.md: fork-per-job worker)."""
         self.follow_children(also=pid)
         if self.tap is None or self.tap.unavailable:
             return
-        if not self.tap.attach(pid):
+        if self.witness_watching and not p.protected:
+            return
+        if self.tap.attach(pid):
+            self.tapped.add(pid)
+        else:
             log.warning("signal tap: %s (signals to children are not attributed)", self.tap.state)
             self.audit("tap_unavailable", reason=self.tap.unavailable)
 
@@ -531,16 +566,18 @@ class Node:
 
     def reap(self) -> None:
         """Every waitpid() result: traced children's stops go to the tap, exits to the
-        arbiter. __WALL: threads of traced children report too. The kernel witness is read
-        first: the signal that ended a child was traced before its exit was reported."""
-        if self.kernel_witness is not None:
-            self.kernel_witness.drain()
+        arbiter. __WALL: threads of traced children report too."""
         try:
             self.reap_all()
         finally:
             self.follow_children()
 
     def reap_all(self) -> None:
+        """The kernel witness is read before the first exit is handled (the signal that ended
+        a child was traced before its exit was reported), not before a tap stop: a stopped
+        program (Redis at each SIGCHLD of its save child) must not wait for the node's trace
+        backlog; the tap's attribution catches up itself when it finds a sender gone."""
+        caught_up = self.kernel_witness is None
         for _ in range(REAP_BATCH):
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG | ptrace.WALL)
@@ -550,8 +587,12 @@ class Node:
                 return
             if self.tap is not None and self.tap.handle(pid, status) is None:
                 continue
+            if not caught_up and self.kernel_witness is not None:
+                self.kernel_witness.drain()
+                caught_up = True
             self.reaped.set()
             self.arbiter.child_exited(pid, status)
+            self.tapped.discard(pid)
         # a signal storm keeps a traced child stopping: let the loop answer others between batches
         self.loop.call_soon(self.reap)
 
@@ -695,9 +736,9 @@ class Node:
             "signal_tap": self.tap.state if self.tap is not None else "off (signal_tap = false)",
             "signal_tap_stats": {"signal_stops": self.tap.signal_stops, "recorded": dict(self.attribution.traced)}
             if self.tap is not None else None,
-            "kernel_witness": self.kernel_witness.state if self.kernel_witness is not None
-            else "off (kernel_witness = false)",
-            "kernel_witness_stats": self.kernel_witness.stats() if self.kernel_witness is not None else None,
+            "kernel_trace": self.kernel_witness.state if self.kernel_witness is not None
+            else "off (kernel_trace = false)",
+            "kernel_trace_stats": self.kernel_witness.stats() if self.kernel_witness is not None else None,
             "config_changed": self.ground.config_changed,
             "descendants_by": self.containment.state,
             "notes": self.status_notes(),
@@ -717,7 +758,7 @@ class Node:
         if self.tap is not None and self.tap.unavailable:
             notes.append(f"signal tap: {self.tap.state}")
         if self.kernel_witness is not None and self.kernel_witness.unavailable:
-            notes.append(f"kernel witness: {self.kernel_witness.state}")
+            notes.append(f"kernel trace: {self.kernel_witness.state}")
         if self.metrics_problem:
             notes.append(self.metrics_problem)
         cluster_note = self.cluster.note() if self.cluster is not None else None

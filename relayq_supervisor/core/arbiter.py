@@ -51,8 +51,9 @@ class Spawner(Protocol):
 
 
 class Witness(Protocol):
-    @property
-    def tap_active(self) -> bool: ...
+    def traced(self, pid: int) -> bool:
+        """Does the signal tap stop at this process' signals (so a SIGKILL is one it missed)?"""
+        ...
 
     def record(self, p: Program | None, pid: int, signo: int, **fields: Any) -> dict[str, Any]: ...
 
@@ -338,7 +339,7 @@ class Arbiter:
         elif p.fired:
             info = info.with_detail(p.fired)
         elif p.state != State.STOPPING:
-            detail, sender = attribute_exit(p.last_signal, info.signal, self.witness.tap_active)
+            detail, sender = attribute_exit(p.last_signal, info.signal, self.witness.traced(pid))
             if detail:
                 info = info.with_detail(detail)
         event = self.audit("exit", program=p.name, pid=pid, code=info.code,

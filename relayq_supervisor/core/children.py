@@ -102,11 +102,12 @@ class AdoptedProcess(ChildProcess):
 
 class ProcessSpawner:
     """The arbiter's Spawner: core/spawn.py's spawn(), whose exec gate is where
-    `before_exec(pid)` runs (the signal tap seizes the child there) and where the child
-    enters its run's cgroup."""
+    `before_exec(pid, program)` runs (the signal tap seizes the child there) and where the
+    child enters its run's cgroup."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, supervisor: SupervisorSpec,
-                 before_exec: Callable[[int], None] | None = None, containment: Containment | None = None):
+                 before_exec: Callable[[int, Program], None] | None = None,
+                 containment: Containment | None = None):
         self.loop = loop
         self.supervisor = supervisor
         self.before_exec = before_exec
@@ -148,7 +149,7 @@ class ProcessSpawner:
         def at_gate(pid: int) -> None:
             placed[0] = self.place(p, run, pid)
             if self.before_exec is not None:
-                self.before_exec(pid)
+                self.before_exec(pid, p)
         try:
             child = spawn(argv, {**env, MARKER: run.id}, p.spec.directory, out_w, before_exec=at_gate,
                           child_setup=credentials.child_setup(p.spec.privileges))

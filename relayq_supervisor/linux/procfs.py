@@ -45,6 +45,18 @@ def proc_start_ticks(pid: int) -> int | None:
         return None
 
 
+def thread_group(tid: int) -> int | None:
+    """The process (Tgid) a thread id belongs to; a process' own pid gives itself."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 @dataclass(frozen=True)
 class CgroupUnit:
     """The systemd unit a process runs in."""

@@ -52,8 +52,9 @@ class Supervision(Protocol):
     @property
     def shutting_down(self) -> bool: ...
 
-    @property
-    def tap_active(self) -> bool: ...
+    def traced(self, pid: int) -> bool:
+        """Does the signal tap stop at this process' signals?"""
+        ...
 
     def program_of_pid(self, pid: int | None) -> Watched | None: ...
 
@@ -244,27 +245,40 @@ class Attribution:
     def on_kernel_signal(self, seen: KernelSignal) -> None:
         """A signal to a supervised program, from the kernel's trace. The ones the tap will
         stop at are left to it (it records them, with this sender if its own is gone by
-        then); the rest, SIGKILL above all, or all of them without the tap, are recorded
-        here, so the program's exit names their sender."""
-        if self.sup.tap_active and seen.signo != signal.SIGKILL and seen.result == RESULT_DELIVERED:
+        then); the rest, SIGKILL above all, and every signal to a program the tap does not
+        seize (only protected ones where the witness runs), are recorded here, so the
+        program's exit names their sender."""
+        traced = self.sup.traced(seen.target_pid)
+        if traced and seen.signo != signal.SIGKILL and seen.result == RESULT_DELIVERED:
             self.parked.append(seen)
             return
         if seen.signal in self.audit_ignore:
             return
         p = self.sup.program_of_pid(seen.target_pid)
-        if self.sup.tap_active and seen.result == RESULT_ALREADY_PENDING and seen.signo != signal.SIGKILL:
-            # merged into one the tap will stop at: counted on that sender's burst
-            self.bursts.merged((p.name if p is not None else seen.target_pid, seen.sender_pid, seen.signo),
-                               lambda: self.kernel_record(seen))
+        key: Key = (p.name if p is not None else seen.target_pid, seen.sender_pid, seen.signo)
+        if seen.result == RESULT_ALREADY_PENDING and seen.signo != signal.SIGKILL:
+            # merged into one pending (that the tap will stop at, or that this path recorded):
+            # counted on that sender's burst
+            self.bursts.merged(key, lambda: self.kernel_record(seen))
             self.wake_bursts()
             return
         sender = self.name_witnessed(seen.sender) if seen.sender else None
-        extra = {"kernel_context": seen.context} if seen.context else {}
-        self.record(p, seen.target_pid, seen.signo, code=seen.code_name, sender=sender, action=seen.result_name,
-                    via="tracefs", **extra)
+        who = lineage_text(sender) if sender else f"the kernel ({seen.code_name})"
+        # a storm to an untraced program (where the witness runs, only protected ones are traced)
+        # folds like the tap's: the first recorded alone, the rest counted per second
+        burst = self.bursts.join(key, seen.result_name) if seen.signo != signal.SIGKILL else None
+        if burst is None or burst.record is None:
+            extra = {"kernel_context": seen.context} if seen.context else {}
+            fields: dict[str, Any] = {"code": seen.code_name, "sender": sender, "action": seen.result_name,
+                                      "via": "tracefs", **extra}
+            self.record(p, seen.target_pid, seen.signo, **fields)
+            if seen.signo != signal.SIGKILL:
+                self.bursts.opened(key, {**fields, "target_pid": seen.target_pid, "who": who})
+                self.wake_bursts()
         if p is not None and seen.result != 1:      # 1: ignored, it changed nothing
-            who = lineage_text(sender) if sender else f"the kernel ({seen.code_name})"
             p.signalled({"signal": seen.signal, "signo": seen.signo, "sender": sender, "describe": who})
+        if burst is not None and burst.record is not None:
+            return
         if sender is not None:
             log.info("%s: %s from %s (kernel trace: %s)", p.name if p else f"pid {seen.target_pid}", seen.signal,
                      lineage_text(sender), seen.result_name)
@@ -309,7 +323,7 @@ class Attribution:
 
 
 def attribute_exit(last_signal: dict[str, Any] | None, exit_signal: int | None,
-                   tap_active: bool) -> tuple[str | None, dict[str, Any] | None]:
+                   traced: bool) -> tuple[str | None, dict[str, Any] | None]:
     """Who ended a run: (detail for its exit description, sender) from the last signal
     the tap saw reach it; (None, None) when nothing is known."""
     if last_signal is not None and last_signal["signo"] == exit_signal:
@@ -318,6 +332,6 @@ def attribute_exit(last_signal: dict[str, Any] | None, exit_signal: int | None,
             and last_signal["sender"]:
         # it handled the signal and exited on its own: still that sender's doing
         return f"after {last_signal['signal']} from {last_signal['describe']}", last_signal["sender"]
-    if exit_signal == signal.SIGKILL and tap_active:
+    if exit_signal == signal.SIGKILL and traced:
         return "sender not visible to the tap", None
     return None, None

@@ -23,20 +23,38 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import ipaddress
 import logging
 import os
 import re
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from relayq_supervisor.linux import tracefs
-from relayq_supervisor.linux.procfs import proc_start_ticks
 from relayq_supervisor.linux.siginfo import code_name, signal_name
-from relayq_supervisor.witness.identity import CLOCK_TICKS, MAX_ANCESTRY, ProcessIdentity
+from relayq_supervisor.witness.clients import (  # noqa: F401 (re-exported: the witness's API)
+    CATCH_UP_READS,
+    CLIENT_LATE_SLACK_S,
+    CLIENT_TIME_SLACK_S,
+    REMOTE_CLOCK_SLACK_S,
+    ClientConnections,
+    ClientRecord,
+    _ip_key,
+    client_filter_expression,
+    client_key,
+)
+from relayq_supervisor.witness.history import (  # noqa: F401 (re-exported)
+    GONE_NOTE,
+    OVERRUN_NOTE,
+    PRUNE_EVERY_S,
+    Namer,
+    ProcessHistory,
+    ProcessRecord,
+    _boot_to_epoch,
+    _live_match,
+)
+from relayq_supervisor.witness.identity import ProcessIdentity
 
 if TYPE_CHECKING:
     from relayq_supervisor.witness.connections import NetnsGate, OwnConnections
@@ -46,18 +64,18 @@ log = logging.getLogger(__name__)
 INSTANCE_PREFIX = "relayq-"
 SIGNAL_EVENT = ("signal", "signal_generate")
 HISTORY_EVENTS = (("sched", "sched_process_fork"), ("sched", "sched_process_exec"), ("sched", "sched_process_exit"))
+EXIT_EVENT = ("sched", "sched_process_exit")
 OOM_EVENT = ("oom", "mark_victim")
 SOCK_EVENT = ("sock", "inet_sock_set_state")
 BUFFER_KB_PER_CPU = 512         # ~6,000 sched events per CPU between two reads
 READ_SIZE = 1 << 16
-READS_PER_WAKEUP = 8            # then back to the loop; the fd stays readable for the rest
-PRUNE_EVERY_S = 5.0
+# A trace_pipe read returns one page of text (~8 KiB, ~60 lines) whatever the size asked.
+# Up to 256 reads (~2 MiB, ~16,000 lines, ~40 ms of parsing) per wake-up, then back to the
+# loop, the fd still readable: at the loop's 5 wake-ups a second that is ~80,000 lines/s,
+# where 8 reads (the first version) held it to ~2,500 lines/s, below what a node
+# exec'ing 1000 programs a second writes (3 lines each: fork, exec, exit).
+READS_PER_WAKEUP = 256
 LOST_LOG_EVERY_S = 60.0
-# A process' /proc start time (clock ticks) and its fork event's timestamp differ by the
-# time copy_process() takes plus the tick rounding.
-START_MATCH_S = 2.0 / CLOCK_TICKS
-GONE_NOTE = "exited before it could be inspected; named from the kernel trace"
-OVERRUN_NOTE = "lineage incomplete (trace buffer overrun)"
 
 # signal_generate's `res` (enum in include/trace/events/signal.h)
 RESULTS = {0: "delivered", 1: "ignored", 2: "already-pending", 3: "queue-overflow", 4: "delivered-without-info"}
@@ -66,6 +84,19 @@ RESULT_ALREADY_PENDING = 2
 SI_KERNEL = 0x80
 
 # --- trace_pipe lines ------------------------------------------------------------------
+
+# The history's three events, nearly every line on a busy node, matched with the whole
+# read in one finditer pass (about a third of the general path's cost per line:
+# bench/witness_cost.py); any other line (another event, no (TGID) column without
+# record-tgid, LOST) is the last group and takes the general path below. Possessive
+# quantifiers: no backtracking in the header; lazy fields, the line's end anchoring the
+# last one. A comm cannot fake a header: it has 15 bytes, `: sched_process_` is 16.
+_TRACE_LINES = re.compile(
+    r"^(?: *+\S.*?\( *+(\d++|-++)\) \[\d++\] \S++ ++(\d++\.\d++): sched_process_(?:"
+    r"fork: comm=(.*?) pid=(\d++) child_comm=(.*?) child_pid=(\d++)"
+    r"|exec: filename=(.*?) pid=(\d++) old_pid=\d++"
+    r"|exit: comm=(.*?) pid=(\d++) prio=-?\d++(?: group_dead=(\w++))?)"
+    r"|(.+))$", re.MULTILINE)
 
 # `  sh-30529  (  30529) [001] d..1.  1651.658289: signal_generate: sig=18 ...`; the
 # (TGID) column is there with the record-tgid option, `(-------)` when unknown.
@@ -200,320 +231,6 @@ def parse_sock(t: TraceLine) -> SockState | None:
 def _in_softirq(flags: str) -> bool:
     # the third flag column: h hardirq, s softirq, H hardirq in softirq, '.' task context
     return len(flags) >= 3 and flags[2] in "shHzZ"
-
-
-# --- the process history ---------------------------------------------------------------
-
-@dataclass(slots=True)
-class ProcessRecord:
-    pid: int
-    ppid: int | None
-    comm: str
-    start: float | None         # fork timestamp (trace clock); None: started before we looked
-    filename: str | None = None  # what it exec'd last
-    exit: float | None = None
-
-
-class ProcessHistory:
-    """pid -> what the trace told about it, bounded by count and by age after exit.
-
-    Fed in the kernel's time order, so at any moment it describes the processes as they
-    were at the last event handled; a pid reused later replaces its old record only then.
-    """
-
-    def __init__(self, max_processes: int = 65536, max_age: float = 600.0):
-        self.max_processes = max_processes
-        self.max_age = max_age
-        self.records: OrderedDict[int, ProcessRecord] = OrderedDict()
-        self.exited: deque[tuple[float, ProcessRecord]] = deque()
-        self.last_prune = 0.0
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def get(self, pid: int) -> ProcessRecord | None:
-        return self.records.get(pid)
-
-    def forked(self, ts: float, parent: int, child: int, comm: str, parent_comm: str | None = None) -> None:
-        if parent_comm is not None and parent not in self.records:
-            # started before the trace: the fork event still names it
-            self.records[parent] = ProcessRecord(pid=parent, ppid=None, comm=parent_comm, start=None)
-        self.records.pop(child, None)       # a reused pid: the old record is history now
-        self.records[child] = ProcessRecord(pid=child, ppid=parent, comm=comm, start=ts)
-        while len(self.records) > self.max_processes:
-            self.records.popitem(last=False)
-        self.prune(ts)
-
-    def execed(self, ts: float, pid: int, filename: str, comm: str | None) -> None:
-        r = self.records.get(pid)
-        if r is None:                       # forked before the trace started
-            r = self.records[pid] = ProcessRecord(pid=pid, ppid=None, comm=comm or "", start=None)
-        r.filename = filename
-        # the kernel names an exec'd process after its file (first 15 bytes of its basename)
-        r.comm = comm if comm and comm != "<...>" else os.path.basename(filename)[:15]
-
-    def exited_at(self, ts: float, pid: int, comm: str) -> None:
-        r = self.records.get(pid)
-        if r is None:
-            r = self.records[pid] = ProcessRecord(pid=pid, ppid=None, comm=comm, start=None)
-        r.comm = comm
-        r.exit = ts
-        self.exited.append((ts, r))
-
-    def prune(self, now: float) -> None:
-        if now - self.last_prune < PRUNE_EVERY_S:
-            return
-        self.last_prune = now
-        while self.exited and self.exited[0][0] < now - self.max_age:
-            _, r = self.exited.popleft()
-            if self.records.get(r.pid) is r:
-                del self.records[r.pid]
-
-
-# --- naming a sender ------------------------------------------------------------------------
-
-def _boot_to_epoch(ts: float) -> float:
-    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) + ts
-
-
-def _live_match(pid: int, record: ProcessRecord | None, ts: float) -> bool:
-    """Is the process now at `pid` the one the trace knew at time `ts`?"""
-    ticks = proc_start_ticks(pid)
-    if ticks is None:
-        return False
-    started = ticks / CLOCK_TICKS
-    if record is not None and record.start is not None:
-        return abs(started - record.start) <= START_MATCH_S and record.exit is None
-    return started <= ts + START_MATCH_S and (record is None or record.exit is None)
-
-
-SENDER_REUSE_S = 1.0
-SENDER_REUSE_MAX = 256
-
-
-class Namer:
-    """Sender identities from the history, /proc where the process still lives."""
-
-    def __init__(self, history: ProcessHistory):
-        self.history = history
-        self.lost = 0               # events the kernel dropped (buffer overrun), ever
-        # (pid, its record's start, code) -> (trace time, identity): a signal storm's sender
-        # is read from /proc once per SENDER_REUSE_S, not once per signal (issue 13)
-        self.recent: dict[tuple[int, float | None, bool, str | None], tuple[float, dict[str, Any]]] = {}
-
-    def name(self, pid: int, ts: float, task: str, code: str | None) -> dict[str, Any]:
-        record = self.history.get(pid)
-        key = (pid, record.start if record is not None else None, record is None, code)
-        hit = self.recent.get(key)
-        if hit is not None and 0 <= ts - hit[0] < SENDER_REUSE_S:
-            return dict(hit[1])                 # callers add fields to what they get
-        out = self.name_record(pid, record, ts, task, code)
-        if len(self.recent) >= SENDER_REUSE_MAX:
-            self.recent.clear()
-        self.recent[key] = (ts, dict(out))
-        return out
-
-    def name_record(self, pid: int, record: ProcessRecord | None, ts: float, task: str,
-                    code: str | None) -> dict[str, Any]:
-        """`record` is what the history held for `pid` at time `ts` (records are replaced,
-        not rewritten, when a pid is reused: one kept since then still names that process)."""
-        if _live_match(pid, record, ts):
-            identity = ProcessIdentity.capture(pid, code_hint=code, seen_boottime=ts)
-            if identity.comm is not None:
-                out = identity.to_dict()
-                if out["exe"] is None and record is not None:
-                    out["exe"] = record.filename
-                out["seen_by"] = "procfs"
-                return out
-        comm = record.comm if record is not None else (None if task == "<...>" else task)
-        ancestry, complete = self.ancestry(record.ppid if record else None, record.start if record else ts)
-        note = GONE_NOTE if complete or not self.lost else f"{GONE_NOTE}; {OVERRUN_NOTE}"
-        identity = ProcessIdentity(pid=pid, comm=comm, exe=record.filename if record else None,
-                                   start_time=_boot_to_epoch(record.start) if record and record.start else None,
-                                   ppid=record.ppid if record else None, alive=False, note=note, code=code)
-        out = identity.to_dict()
-        out["ancestry"] = ancestry
-        out["unit"] = next((a["unit"] for a in ancestry if a.get("unit")), None)
-        out["seen_by"] = "tracefs"
-        return out
-
-    def ancestry(self, ppid: int | None, child_start: float | None) -> tuple[list[dict[str, Any]], bool]:
-        """Parents from the history while they are there, then from /proc (a live ancestor
-        names the rest of the chain itself). False when the chain broke early."""
-        chain: list[dict[str, Any]] = []
-        seen: set[int] = set()
-        pid = ppid
-        while pid and pid not in seen and len(chain) < MAX_ANCESTRY:
-            seen.add(pid)
-            r = self.history.get(pid)
-            if r is not None and r.start is not None and child_start is not None and r.start > child_start:
-                r = None            # reused after our process was born: not its parent
-            if _live_match(pid, r, child_start if child_start is not None else time.clock_gettime(time.CLOCK_BOOTTIME)):
-                live = ProcessIdentity.capture(pid)
-                if live.comm is not None:
-                    chain.append({"pid": pid, "comm": live.comm, "cmdline": list(live.cmdline or ()),
-                                  "exe": live.exe, "unit": live.unit, "alive": live.alive})
-                    chain.extend(a.to_dict() for a in live.ancestry)
-                    return chain, True
-            if r is None:
-                return chain, False
-            chain.append({"pid": pid, "comm": r.comm, "cmdline": [], "exe": r.filename, "alive": False})
-            if r.ppid is None:
-                return chain, pid == 1      # known only by name: its own parent is unknown
-            pid, child_start = r.ppid, r.start
-        return chain, True
-
-
-# --- Redis clients ------------------------------------------------------------------------
-
-@dataclass(slots=True)
-class ClientRecord:
-    """One TCP connection to the watched port, by the process that opened it."""
-    ip: str
-    port: int
-    pid: int
-    task: str
-    process: ProcessRecord | None   # the history's record of pid at connect time
-    connected: float                # trace clock
-    closed: float | None = None
-
-
-def client_key(addr: str) -> tuple[str, int] | None:
-    """Redis' `addr` (`127.0.0.1:47264`, `[::1]:47264`, `::ffff:127.0.0.1:47264`) or a trace
-    address and port, as one key: (the IP's canonical text, IPv4-mapped made plain, port)."""
-    host, sep, port = (addr or "").rpartition(":")
-    if not sep or not port.isdigit():
-        return None
-    return _ip_key(host.strip("[]"), int(port))
-
-
-def _ip_key(host: str, port: int) -> tuple[str, int] | None:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped        # a dual-stack socket's IPv4 client
-    return str(ip), port
-
-
-class ClientConnections:
-    """client (ip, port) -> the process that connected from it, bounded by count and by age
-    after close, like the process history.
-
-    The kernel quirk this rests on: the socket's source port is chosen after the
-    CLOSE -> SYN_SENT transition (tcp_v4_connect sets the state, then hashes the port), so
-    the SYN_SENT line says `sport=0`; the SYN_SENT -> ESTABLISHED line carries the port. The
-    print format has no socket address to join the two, but both are in the connecting
-    thread's context for a local client: on loopback the SYN-ACK arrives while connect()
-    still holds the socket lock, waits in the socket's backlog and is processed in task
-    context by the lock's owner when it releases it. So a SYN_SENT is kept per thread and
-    claimed by that thread's ESTABLISHED, in task context only: an ESTABLISHED in a softirq
-    (a remote client, or a SYN-ACK that came after connect() returned) runs in whatever
-    task the packet interrupted, possibly one with a connect of its own pending: not
-    claimed, counted, nobody is named. Wrongly naming a process is worse than naming none.
-    """
-
-    def __init__(self, max_clients: int = 16384, max_age: float = 600.0):
-        self.max_clients = max_clients
-        self.max_age = max_age
-        self.by_addr: OrderedDict[tuple[str, int], ClientRecord] = OrderedDict()
-        self.connecting: OrderedDict[int, tuple[float, int, str, ProcessRecord | None]] = OrderedDict()
-        self.closed: deque[ClientRecord] = deque()
-        self.last_prune = 0.0
-        self.connects = 0
-        self.closes = 0
-        self.unclaimed = 0          # ESTABLISHED without a SYN_SENT of the same thread
-
-    def __len__(self) -> int:
-        return len(self.by_addr)
-
-    def get(self, addr: str) -> ClientRecord | None:
-        key = client_key(addr)
-        return self.by_addr.get(key) if key else None
-
-    def seen(self, st: SockState, history: ProcessHistory) -> ClientRecord | None:
-        """Feed one client-side state change (dport is the watched port). Returns the record
-        when this change closed an established connection, else None."""
-        if st.newstate == "TCP_SYN_SENT":
-            if st.softirq:
-                return None
-            self.connecting.pop(st.tid, None)
-            self.connecting[st.tid] = (st.ts, st.pid, st.task, history.get(st.pid))
-            while len(self.connecting) > 1024:      # connects that never completed
-                self.connecting.popitem(last=False)
-            return None
-        if st.oldstate == "TCP_SYN_SENT":
-            started = None if st.softirq else self.connecting.pop(st.tid, None)
-            if st.newstate != "TCP_ESTABLISHED":
-                return None                          # refused, timed out
-            key = _ip_key(st.saddr, st.sport)
-            if started is None or key is None:
-                # a new connection from this address, by a process we cannot name: the
-                # record of the address' previous connection must not answer for it
-                if key is not None:
-                    self.by_addr.pop(key, None)
-                self.unclaimed += 1
-                return None
-            ts, pid, task, process = started
-            self.by_addr.pop(key, None)             # a port reused: the old record is history
-            self.by_addr[key] = ClientRecord(ip=key[0], port=key[1], pid=pid, task=task, process=process,
-                                             connected=ts)
-            self.connects += 1
-            while len(self.by_addr) > self.max_clients:
-                self.by_addr.popitem(last=False)
-            self.prune(st.ts)
-            return None
-        if st.oldstate == "TCP_ESTABLISHED":
-            # ESTABLISHED -> FIN_WAIT1 (the client closed), CLOSE_WAIT (Redis did), CLOSE (reset)
-            key = _ip_key(st.saddr, st.sport)
-            r = self.by_addr.get(key) if key else None
-            if r is not None and r.closed is None:
-                r.closed = st.ts
-                self.closed.append(r)
-                self.closes += 1
-                return r
-        return None
-
-    def prune(self, now: float) -> None:
-        if now - self.last_prune < PRUNE_EVERY_S:
-            return
-        self.last_prune = now
-        while self.closed and self.closed[0].closed is not None and self.closed[0].closed < now - self.max_age:
-            r = self.closed.popleft()
-            key = (r.ip, r.port)
-            if self.by_addr.get(key) is r:
-                del self.by_addr[key]
-
-    def closed_between(self, start: float, end: float) -> list[ClientRecord]:
-        """Connections that closed in [start, end] (trace clock), oldest first."""
-        return [r for r in self.closed if r.closed is not None and start <= r.closed <= end]
-
-
-# How far "when the client was seen" (an ACL LOG entry's last update) may stray outside its
-# connection's traced life. Before: the clock's and Redis' ms rounding. After the close: Redis
-# 7.0 gives only age-seconds, so the estimate is late by however long the reply waited for a
-# busy loop; what this check guards against (an earlier connection from a port reused since)
-# is also stopped by the new connection's own ESTABLISHED replacing the record.
-CLIENT_TIME_SLACK_S = 0.1
-CLIENT_LATE_SLACK_S = 2.0
-REMOTE_CLOCK_SLACK_S = 1.0      # two nodes' clocks (NTP) may differ this much
-CATCH_UP_READS = 128            # ~1 MiB of trace, ~4,000 lines: rare (a denial, a gone sender)
-
-
-def client_filter_expression(*ports: int, server: int | None = None) -> str:
-    """Client side (dport), and only the transitions used: into SYN_SENT (who connects),
-    out of SYN_SENT (its port, or its failure), out of ESTABLISHED or CLOSE_WAIT (the close;
-    the latter when the server closed first). FIN_WAIT2 and CLOSE would be two more lines per
-    connection, and a trace_pipe read gives ~8 KiB. With `server` (our Redis' port): also its
-    side of a close the client began (ESTABLISHED -> CLOSE_WAIT), the one line a client on
-    another host leaves on this kernel: the prompt to read ACL LOG."""
-    wanted = sorted({int(p) for p in ports})
-    dports = " || ".join(f"dport == {p}" for p in wanted)
-    expr = f"({dports}) && (newstate == 2 || oldstate == 2 || oldstate == 1 || oldstate == 8)"
-    if server is not None:
-        expr = f"({expr}) || (sport == {int(server)} && oldstate == 1 && newstate == 8)"
-    return expr
 
 
 @dataclass(frozen=True)
@@ -697,6 +414,9 @@ class KernelWitness:
             pass                                                # older kernels: the tid names it
         tracefs.set_filter(inst, *SIGNAL_EVENT, filter_expression(()))
         tracefs.enable_event(inst, *SIGNAL_EVENT)
+        if "group_dead" in tracefs.event_fields(inst, *EXIT_EVENT):
+            # a thread's end is not its process' end: not even a line (thread-heavy nodes)
+            tracefs.set_filter(inst, *EXIT_EVENT, "group_dead == 1")
         for system, event in HISTORY_EVENTS:
             tracefs.enable_event(inst, system, event)
         if tracefs.has_event(inst, *OOM_EVENT):
@@ -856,21 +576,39 @@ class KernelWitness:
             try:
                 data = os.read(self.fd, READ_SIZE)
             except BlockingIOError:
-                return
+                break
             except OSError as e:
                 log.error("kernel witness: reading the trace failed (%s); stopped", e.strerror)
                 self.unavailable = f"trace read failed: {e.strerror}"
                 return
             if not data:
-                return
+                break
             self.feed(data)
+        self.history.capture_execs()
 
     def feed(self, data: bytes) -> None:
-        *lines, self.partial = (self.partial + data).split(b"\n")
-        for raw in lines:
-            self.handle(raw.decode("utf-8", "replace"))
+        data = self.partial + data
+        cut = data.rfind(b"\n") + 1
+        self.partial = data[cut:]
+        history = self.history
+        for m in _TRACE_LINES.finditer(data[:cut].decode("utf-8", "replace")):
+            tgid, ts, parent_comm, parent_tid, comm, child, filename, pid, exit_comm, exit_pid, dead, other = \
+                m.groups()
+            if other is not None:
+                self.handle(other)
+                continue
+            self.lines += 1
+            if child is not None:
+                # the parent as a process (its tgid), not the thread that forked
+                parent = int(tgid) if tgid[0] != "-" else int(parent_tid)
+                history.forked(float(ts), parent, int(child), comm, parent_comm)
+            elif pid is not None:
+                history.execed(float(ts), int(pid), filename, None)
+            elif dead != "false":               # a thread's end is not its process' end
+                history.exited_at(float(ts), int(exit_pid), exit_comm)
 
     def handle(self, line: str) -> None:
+        """Any line but the history's three events with a (TGID) column (feed() has those)."""
         parsed = parse_line(line)
         if parsed is None:
             return
@@ -922,6 +660,7 @@ class KernelWitness:
         if s.sender_pid == self.self_pid or (s.sender_tgid is None and s.sender_tid == self.self_pid):
             return      # the supervisor records its own signals when it sends them
         self.signals += 1
+        self.history.capture_execs()
         code = code_name(s.signo, s.code)
         if s.code == SI_KERNEL:
             # the running task is whoever the kernel interrupted, not a sender: never blamed
@@ -944,6 +683,7 @@ class KernelWitness:
 
     def stats(self) -> dict[str, Any]:
         return {"state": self.state, "instance": self.instance, "processes_known": len(self.history),
+                "exec_captures": self.history.captures,
                 "lines": self.lines, "signals": self.signals, "lost": self.namer.lost,
                 "clients_known": len(self.clients), "client_connects": self.clients.connects,
                 "client_closes": self.clients.closes, "clients_unnamed": self.clients.unclaimed,

@@ -44,7 +44,7 @@ def worker_node(name: str, port: int, password_file: str = "") -> str:
         [supervisor]
         run_dir = "run"
         log_dir = "log"
-        kernel_witness = false      # n2 is killed with SIGKILL: it would leave its tracefs instance
+        kernel_trace = false        # n2 is killed with SIGKILL: it would leave its tracefs instance
 
         [cluster]
         node = "{name}"

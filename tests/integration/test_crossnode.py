@@ -110,10 +110,10 @@ class Cluster:
         self.n2.start()
         self.n2.wait_state("rqworker", "RUNNING")
         status = self.n2.status()["supervisor"]
-        assert status["kernel_witness"] == "watching", status
+        assert status["kernel_trace"] == "watching", status
         # n2's heartbeat (with its addresses) is in the cluster's Redis, and it listens for questions
         wait_for(lambda: "n2" in self.n1.ctl("status", "--cluster").stdout, what="n2 in the cluster view")
-        wait_for(lambda: (self.n2.status()["supervisor"]["kernel_witness_stats"] or {}).get("own_connections")
+        wait_for(lambda: (self.n2.status()["supervisor"]["kernel_trace_stats"] or {}).get("own_connections")
                  is not None, what="n2's witness recording connections to the cluster's Redis")
 
     def denials(self, **match) -> list[dict]:
@@ -164,7 +164,7 @@ def test_a_oneshot_script_on_n2_is_named_on_n1_with_its_node_pid_and_lineage(clu
     assert sender["connection"]["addr"] == denied["client_addr"]
     assert sender["ancestry"][0]["pid"] == sh
     # n1's own witness never took n2's process for a local client (it is another kernel's)
-    wait_for(lambda: cluster.n1.status()["supervisor"]["kernel_witness_stats"]["other_netns_events"] >= 1,
+    wait_for(lambda: cluster.n1.status()["supervisor"]["kernel_trace_stats"]["other_netns_events"] >= 1,
              what="n1's witness counting n2's connects as another namespace's")
     audit = cluster.n1.ctl("audit", "--program", "redis", check=True).stdout
     assert f"DENIED shutdown by user default from n2 pid {cli} redis-cli" in audit

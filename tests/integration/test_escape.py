@@ -31,7 +31,7 @@ def config(tmp_path, cgroups: bool) -> str:
         run_dir = "run"
         log_dir = "log"
         signal_tap = false
-        kernel_witness = false
+        kernel_trace = false
         cgroups = {'true' if cgroups else 'false'}
 
         [[program]]

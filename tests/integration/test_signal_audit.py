@@ -39,7 +39,9 @@ UNPROTECTED_WORKER = WORKER.replace("numprocs = 2", "numprocs = 1")
 
 @pytest.fixture
 def running(make_supervisor, port):
-    sup = make_supervisor(redis_config(None, port, programs=UNPROTECTED_WORKER)).start()
+    # the tap's own tests: with the kernel witness watching, only Redis (protected) is seized
+    sup = make_supervisor(redis_config(None, port, programs=UNPROTECTED_WORKER,
+                                       supervisor_extra="kernel_trace = false")).start()
     st = sup.wait_all_running()
     assert st["supervisor"]["signal_tap"] == "attached"
     return sup
@@ -116,8 +118,8 @@ def test_unprotected_worker_dies_restarts_and_why_names_the_sender(running, proc
 def test_sigkill_is_recorded_as_not_visible_without_the_kernel_witness(make_supervisor, port):
     # the tap never stops at SIGKILL; the kernel witness (tests/integration/test_witness.py) names it
     sup = make_supervisor(redis_config(None, port, programs=UNPROTECTED_WORKER,
-                                       supervisor_extra="kernel_witness = false")).start()
-    assert sup.wait_all_running()["supervisor"]["kernel_witness"] == "off (kernel_witness = false)"
+                                       supervisor_extra="kernel_trace = false")).start()
+    assert sup.wait_all_running()["supervisor"]["kernel_trace"] == "off (kernel_trace = false)"
     worker = sup.program("worker")
     os.kill(worker["pid"], signal.SIGKILL)
     again = sup.wait_state("worker", "RUNNING", restarts=1)
@@ -165,7 +167,7 @@ def test_burst_of_user_signals_loses_none_that_were_delivered(make_supervisor, p
     command = ["{PYTHON}", "counter.py"]
     ready_after = 0.2
     """
-    sup = make_supervisor(redis_config(None, port, programs=programs)).start()
+    sup = make_supervisor(redis_config(None, port, programs=programs, supervisor_extra="kernel_trace = false")).start()
     pid = sup.wait_state("counter", "RUNNING")["pid"]
     sender = subprocess.Popen([PYTHON, "-c", textwrap.dedent(f"""
         import os, signal
@@ -190,7 +192,7 @@ def test_burst_of_user_signals_loses_none_that_were_delivered(make_supervisor, p
 def test_a_sender_gone_before_inspection_is_recorded_honestly(make_supervisor, port):
     # without the kernel witness, which would have named it (tests/integration/test_witness.py)
     running = make_supervisor(redis_config(None, port, programs=UNPROTECTED_WORKER,
-                                           supervisor_extra="kernel_witness = false")).start()
+                                           supervisor_extra="kernel_trace = false")).start()
     running.wait_all_running()
     pid = running.program("worker")["pid"]
     os.kill(pid, signal.SIGSTOP)
@@ -288,7 +290,7 @@ def test_exec_from_a_non_leader_thread_keeps_the_program_traced(make_supervisor,
     command = ["{PYTHON}", "execer.py"]
     ready_after = 0.2
     """
-    sup = make_supervisor(redis_config(None, port, programs=programs)).start()
+    sup = make_supervisor(redis_config(None, port, programs=programs, supervisor_extra="kernel_trace = false")).start()
     pid = sup.wait_state("execer", "RUNNING")["pid"]
     log_file = sup.dir / "log" / "execer.log"
     wait_for(lambda: log_file.exists() and "exec'd" in log_file.read_text(), what="exec from the thread")

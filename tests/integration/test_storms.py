@@ -52,7 +52,7 @@ def test_a_sigterm_storm_to_redis_is_counted_per_sender_and_supervision_answers(
         seen = status["signal_tap_stats"]["recorded"].get("redis SIGTERM", 0)
         delivered = sum(e.get("count", 1) for e in events if e["via"] == "ptrace")
         coalesced = sum(e.get("coalesced", 0) for e in events)
-        kw = status["kernel_witness_stats"]
+        kw = status["kernel_trace_stats"]
         exact = bool(kw) and kw["state"] == "watching" and kw["lost"] == 0
         if exact and delivered + coalesced < sent:
             return None         # the kernel's merges are still being counted (one event per second)

@@ -86,13 +86,18 @@ def start(make_supervisor, tracing_root, **kw):
     sup = make_supervisor(program_config(**kw)).start()
     st = sup.wait_state("target", "RUNNING")
     status = sup.status()["supervisor"]
-    assert status["kernel_witness"] == "watching", status
+    assert status["kernel_trace"] == "watching", status
     return sup, st["pid"]
 
 
 def proc_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def tracer_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("TracerPid:")).split()[1])
 
 
 def short_lived_kill(signame: str, pid: int, sup=None) -> tuple[int, int]:
@@ -131,10 +136,13 @@ def test_sigkill_from_a_short_lived_sh_is_named_with_its_parent(make_supervisor,
     assert exit_event["sender"]["pid"] == sh_pid
 
 
-def test_sigterm_without_the_tap_is_named_from_the_trace(make_supervisor, tracing_root):
-    sup, pid = start(make_supervisor, tracing_root, tap=False)
+def test_an_unprotected_program_is_not_seized_and_its_sigterm_named_from_the_trace(make_supervisor, tracing_root):
+    sup, pid = start(make_supervisor, tracing_root)         # the tap is on; the witness attributes
+    assert tracer_of(pid) == 0
     sh_pid, outer = short_lived_kill("TERM", pid, sup)
-    sup.wait_state("target", "RUNNING", restarts=1)
+    again = sup.wait_state("target", "RUNNING", restarts=1)
+    assert tracer_of(again["pid"]) == 0
+    assert f"killed by SIGTERM, from pid {sh_pid} sh <- pid {outer} " in again["last_exit"]["description"]
     [event] = signals_to(sup, pid, "SIGTERM")
     assert (event["via"], event["sender"]["pid"], event["sender"]["comm"]) == ("tracefs", sh_pid, "sh")
     assert (event["sender"]["ancestry"][0]["pid"], event["sender"]["ancestry"][0]["comm"]) == (outer, "sh")
@@ -143,6 +151,7 @@ def test_sigterm_without_the_tap_is_named_from_the_trace(make_supervisor, tracin
 
 def test_sigterm_to_a_protected_program_is_blocked_and_its_gone_sender_named(make_supervisor, tracing_root):
     sup, pid = start(make_supervisor, tracing_root, protect=True)
+    assert tracer_of(pid) == sup.pid                        # protected: seized, the guard needs the tap
     sh_pid, outer = short_lived_kill("TERM", pid, sup)
     event = wait_for(lambda: signals_to(sup, pid, "SIGTERM"), what="the SIGTERM recorded")[0]
     assert (event["via"], event["action"]) == ("ptrace", "blocked")       # the tap still guards
@@ -150,6 +159,32 @@ def test_sigterm_to_a_protected_program_is_blocked_and_its_gone_sender_named(mak
     assert (event["sender"]["pid"], event["sender"]["comm"], event["sender"]["seen_by"]) == (sh_pid, "sh", "tracefs")
     assert event["sender"]["ancestry"][0]["pid"] == outer
     assert sup.program("target")["pid"] == pid
+
+
+def test_a_script_gone_before_the_supervisor_looked_is_named_with_the_command_line_read_at_its_exec(
+        make_supervisor, tracing_root):
+    sup, pid = start(make_supervisor, tracing_root)
+    command = f"read go; kill -TERM {pid}"
+    script = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: proc_state(script.pid) == "S", what="the script waiting")
+        before = sup.status()["supervisor"]["kernel_trace_stats"]["exec_captures"]
+        # a capture pass after this moment has read the script's exec (the loop answers
+        # status between passes); ctl's own python execs make one happen
+        wait_for(lambda: sup.status()["supervisor"]["kernel_trace_stats"]["exec_captures"] > before,
+                 what="a capture pass")
+        os.kill(sup.pid, signal.SIGSTOP)        # the script signals and exits unseen
+        wait_for(lambda: proc_state(sup.pid) == "T", what="supervisor stopped")
+        script.communicate("go\n", timeout=10)
+    finally:
+        os.kill(sup.pid, signal.SIGCONT)
+    again = sup.wait_state("target", "RUNNING", restarts=1)
+    [event] = signals_to(sup, pid, "SIGTERM")
+    sender = event["sender"]
+    assert (sender["pid"], sender["seen_by"], sender["alive"], sender["captured"]) == \
+        (script.pid, "tracefs", False, True)
+    assert sender["cmdline"] == ["sh", "-c", command] and sender["uid"] == os.geteuid()
+    assert f"from pid {script.pid} sh -c 'read go; kill -TERM {pid}'" in again["last_exit"]["description"]
 
 
 def test_the_filter_follows_a_restarted_child(make_supervisor, tracing_root):
@@ -186,10 +221,10 @@ def test_instance_removed_at_exit_and_a_stale_one_cleaned_at_start(make_supervis
 
 
 def test_kernel_witness_off_by_config(make_supervisor, tracing_root):
-    sup = make_supervisor(program_config().replace("signal_tap = true", "signal_tap = true\nkernel_witness = false"))
+    sup = make_supervisor(program_config().replace("signal_tap = true", "signal_tap = true\nkernel_trace = false"))
     sup.start()
     sup.wait_state("target", "RUNNING")
-    assert sup.status()["supervisor"]["kernel_witness"] == "off (kernel_witness = false)"
+    assert sup.status()["supervisor"]["kernel_trace"] == "off (kernel_trace = false)"
     assert not os.path.exists(tracefs.instance_path(tracing_root, f"relayq-{sup.pid}"))
 
 
@@ -236,9 +271,9 @@ def test_in_a_child_pid_namespace_the_witness_stands_down_and_says_why(tmp_path)
     try:
         sup.wait_state("target", "RUNNING")
         header = sup.status()["supervisor"]
-        assert header["kernel_witness"].startswith("unavailable (the supervisor runs in a child pid namespace")
+        assert header["kernel_trace"].startswith("unavailable (the supervisor runs in a child pid namespace")
         human = sup.ctl("status").stdout
-        assert "kernel witness: unavailable (the supervisor runs in a child pid namespace" in human
+        assert "kernel trace: unavailable (the supervisor runs in a child pid namespace" in human
     finally:
         # unshare(1) does not pass SIGTERM on, and relayqctl shutdown would wait on "pid 1" of
         # the namespace as the host sees it: signal the supervisor, unshare's only child, by pid
@@ -251,6 +286,18 @@ def test_in_a_child_pid_namespace_the_witness_stands_down_and_says_why(tmp_path)
             sup.proc.kill()                          # --kill-child: the namespace goes with it
             sup.proc.wait()
         sup.log_file.close()
+    # kernel_trace = true: no supervision without the witness; the reason, nothing started
+    required = tmp_path / "required"
+    required.mkdir()
+    (required / "config.toml").write_text(program_config().replace("signal_tap = true",
+                                                                    "signal_tap = true\nkernel_trace = true"))
+    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, "-m",
+                        "relayq_supervisor", "-c", "config.toml"], cwd=required, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert ("kernel_trace = true, but the kernel trace is unavailable: the supervisor runs in a child pid "
+            "namespace") in r.stderr
+    assert "Traceback" not in r.stderr and not (required / "log" / "target.log").exists()
 
 
 def test_after_a_crash_the_adopted_redis_is_watched_and_the_old_instance_removed(make_supervisor, tracing_root,
@@ -296,7 +343,7 @@ def start_redis(make_supervisor, tracing_root, port, health_interval=3600):
         pytest.skip(f"no {REDIS_CLI}")
     sup = make_supervisor(redis_config(None, port, supervisor_extra=f"health_interval = {health_interval}")).start()
     redis_pid = sup.wait_state("redis", "RUNNING")["pid"]
-    assert sup.status()["supervisor"]["kernel_witness"] == "watching"
+    assert sup.status()["supervisor"]["kernel_trace"] == "watching"
     return sup, redis_pid
 
 

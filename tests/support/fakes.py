@@ -110,7 +110,8 @@ class FakeSpawner:
 
 
 class FakeWitness:
-    tap_active = True
+    def traced(self, pid: int) -> bool:
+        return True
 
     def __init__(self) -> None:
         self.records: list[tuple[str | None, int, int, dict[str, Any]]] = []

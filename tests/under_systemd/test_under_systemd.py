@@ -127,6 +127,12 @@ def test_start_returns_only_once_everything_is_ready(clean):
     # everything runs in the unit's cgroup, under the hardening of the unit
     assert set(pids_by_name(st).values()) | {int(s["MainPID"])} == set(m.unit_pids(UNIT))
     assert st["supervisor"]["signal_tap"] == "attached"
+    # kernel_trace = "auto": the unit starts, and the witness stands down with its reason: this systemd
+    # is PID 1 of a child pid namespace, where tracepoint pids would name the wrong processes (the
+    # unit's ReadWritePaths=-/sys/kernel/tracing is checked by systemd-analyze in test_units.py)
+    assert st["supervisor"]["kernel_trace"].startswith(
+        "unavailable (the supervisor runs in a child pid namespace"), st["supervisor"]["kernel_trace"]
+    assert any(n.startswith("kernel trace: unavailable") for n in st["supervisor"]["notes"])
 
 
 def test_reload_is_framed_and_a_broken_config_changes_nothing(clean):

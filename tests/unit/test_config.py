@@ -82,7 +82,7 @@ def test_invalid_toml_at_end_of_document_has_no_line():
 def test_unknown_key_lists_the_known_ones():
     assert error("[supervisor]\nrun_dir = 'r'\nbogus = 1\n") == (
         f"{PATH}:3: unknown key 'bogus' (known keys: audit_backups, audit_ignore, audit_log, audit_max_bytes, "
-        "cgroups, control_group, control_socket, doctor_root, health_interval, kernel_witness, log_backups, log_dir, "
+        "cgroups, control_group, control_socket, doctor_root, health_interval, kernel_trace, log_backups, log_dir, "
         "log_max_bytes, log_target, metrics_listen, run_dir, signal_tap)")
 
 
@@ -187,7 +187,7 @@ def test_programs_in_an_inline_array_are_located_on_its_line():
 @pytest.mark.parametrize("text, line, key, known", [
     ("[supervisor]\nrunDir = 'x'\n" + PROGRAM, 2, "runDir",
      "audit_backups, audit_ignore, audit_log, audit_max_bytes, cgroups, control_group, control_socket, doctor_root, "
-     "health_interval, kernel_witness, log_backups, log_dir, log_max_bytes, log_target, metrics_listen, run_dir, signal_tap"),
+     "health_interval, kernel_trace, log_backups, log_dir, log_max_bytes, log_target, metrics_listen, run_dir, signal_tap"),
     (PROGRAM + "nmprocs = 2\n", 4, "nmprocs",
      "autostart, command, depends_on, directory, environment, group, limits, log, max_rss, name, nice, "
      "no_new_privileges, numprocs, protect, ready_after, restart, stop_signal, stop_timeout, "
@@ -241,7 +241,10 @@ def test_redis_value_types(redis_bin, line, message):
 
 @pytest.mark.parametrize("line, message", [
     ("signal_tap = 'on'", "'signal_tap' must be true or false, not 'on'"),
-    ("kernel_witness = 'auto'", "'kernel_witness' must be true or false, not 'auto'"),
+    ("kernel_trace = 'yes'", "'kernel_trace' must be \"auto\", true or false, not 'yes'"),
+    ("kernel_trace = 1", "'kernel_trace' must be a string or true or false, not 1"),
+    ("kernel_witness = false", "'kernel_witness' was renamed: write kernel_trace = \"auto\" (on where the kernel "
+                               "allows), true (required) or false"),
     ("log_max_bytes = 1e6", "'log_max_bytes' must be an integer, not 1000000.0"),
     ("audit_ignore = 'SIGCHLD'", "'audit_ignore' must be a list, not 'SIGCHLD'"),
     ("health_interval = true", "'health_interval' must be an integer or a number, not True"),
@@ -628,7 +631,7 @@ def test_supervisor_defaults_resolve_against_the_config_directory():
         run_dir=f"{BASE}/var/run", log_dir=f"{BASE}/var/log", audit_log=f"{BASE}/var/log/audit.jsonl",
         control_socket=f"{BASE}/var/run/relayq.sock", doctor_root="/")
     assert sup.audit_ignore == ("SIGCHLD", "SIGWINCH") and sup.control_group is None
-    assert sup.health_interval == 5.0 and sup.signal_tap is True and sup.kernel_witness is True
+    assert sup.health_interval == 5.0 and sup.signal_tap is True and sup.kernel_trace == "auto"
 
 
 def test_supervisor_fields(tmp_path):
@@ -646,7 +649,7 @@ def test_supervisor_fields(tmp_path):
         audit_backups = 3
         health_interval = 1
         signal_tap = false
-        kernel_witness = false
+        kernel_trace = false
         doctor_root = "root"
         """ + PROGRAM).supervisor
     assert sup.run_dir == "/run/relayq" and sup.control_socket == "/run/relayq/relayq.sock"
@@ -656,7 +659,13 @@ def test_supervisor_fields(tmp_path):
     assert (sup.log_max_bytes, sup.log_backups, sup.audit_max_bytes, sup.audit_backups) == (1024, 0, 2048, 3)
     assert sup.health_interval == 1.0 and type(sup.health_interval) is float
     assert sup.signal_tap is False and sup.doctor_root == f"{BASE}/root"
-    assert sup.kernel_witness is False
+    assert sup.kernel_trace == "false"
+
+
+@pytest.mark.parametrize("line, value", [("kernel_trace = 'auto'", "auto"), ("kernel_trace = true", "true"),
+                                         ("kernel_trace = false", "false"), ("", "auto")])
+def test_kernel_trace_values(line, value):
+    assert parse(f"[supervisor]\n{line}\n" + PROGRAM).supervisor.kernel_trace == value
 
 
 def test_audit_ignore_numbers_and_aliases_become_the_names_signals_are_recorded_under():
@@ -883,7 +892,7 @@ def test_supervisor_section_of_a_file_without_one(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("[supervisor]\nrun_dir = 'r'\nhealth_interval = 0\n", "{path}:3: 'health_interval' must be positive"),
     ("[supervisor]\nbogus = 1\n", "{path}:2: unknown key 'bogus' (known keys: audit_backups, audit_ignore, "
-     "audit_log, audit_max_bytes, cgroups, control_group, control_socket, doctor_root, health_interval, kernel_witness, "
+     "audit_log, audit_max_bytes, cgroups, control_group, control_socket, doctor_root, health_interval, kernel_trace, "
      "log_backups, log_dir, log_max_bytes, log_target, metrics_listen, run_dir, signal_tap)"),
     ("supervisor = 'here'\n", "{path}: supervisor: must be a table"),
 ])

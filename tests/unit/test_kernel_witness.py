@@ -216,13 +216,17 @@ class Prog:
 
 class Sup:
     def __init__(self, tap_active: bool):
-        self.tap_active = tap_active
+        self.tap_active = tap_active            # the tap seized Redis
         self.shutting_down = False
         self.redis = Prog("redis", protected=True)
+        self.worker = Prog("worker", protected=False)      # pid 900: never seized where the witness runs
         self.audited: list[tuple[str, dict[str, Any]]] = []
 
     def program_of_pid(self, pid: int | None) -> Prog | None:
-        return self.redis if pid == 812 else None
+        return self.redis if pid == 812 else self.worker if pid == 900 else None
+
+    def traced(self, pid: int) -> bool:
+        return self.tap_active and pid == 812
 
     def request_shutdown(self, why: str) -> None:
         raise AssertionError(why)
@@ -253,7 +257,7 @@ def test_sigkill_is_recorded_via_tracefs_and_names_the_exit():
     [(kind, event)] = sup.audited
     assert (kind, event["via"], event["signal"], event["action"], event["sender"]["pid"]) == \
         ("signal", "tracefs", "SIGKILL", "delivered", SH)
-    detail, sender = attribute_exit(sup.redis.last_signal, signal.SIGKILL, tap_active=True)
+    detail, sender = attribute_exit(sup.redis.last_signal, signal.SIGKILL, traced=True)
     assert detail == f"from pid {SH} sh <- pid {SCRIPT} bash" and sender["pid"] == SH
 
 
@@ -285,12 +289,40 @@ def test_the_tap_names_a_gone_sender_from_the_trace():
     assert not a.parked
 
 
+def test_the_tap_reads_the_trace_only_when_it_finds_a_sender_gone():
+    sup = Sup(tap_active=True)
+    a = Attribution(sup, ())
+    reads = []
+    a.catch_up = lambda: reads.append(a.on_kernel_signal(kernel_signal(signal.SIGTERM, sender=gone_sender())))
+    decision = a.on_traced_signal(812, Siginfo(signo=signal.SIGTERM, errno=0, code=SI_USER, pid=SH, uid=0))
+    assert decision.deliver is False and reads == []    # answered before anything is read
+    decision.then()
+    assert len(reads) == 1                              # the trace was read then, and named it
+    assert sup.audited[0][1]["sender"]["seen_by"] == "tracefs"
+    import os
+    a.on_traced_signal(812, Siginfo(signo=signal.SIGUSR1, errno=0, code=SI_USER, pid=os.getppid(),
+                                    uid=os.getuid())).then()
+    assert len(reads) == 1 and sup.audited[-1][1]["sender"]["pid"] == os.getppid()   # alive: /proc, no trace read
+
+
 def test_without_the_tap_every_signal_is_recorded_from_the_trace():
     sup = Sup(tap_active=False)
     a = Attribution(sup, ())
     a.on_kernel_signal(kernel_signal(signal.SIGTERM, sender=gone_sender(), result=1))
     assert sup.audited[0][1]["action"] == "ignored"
     assert sup.redis.last_signal is None            # ignored: it cannot explain an exit
+
+
+def test_a_program_the_tap_did_not_seize_has_its_signals_recorded_from_the_trace():
+    sup = Sup(tap_active=True)
+    a = Attribution(sup, ())
+    seen = kernel_signal(signal.SIGTERM, sender=gone_sender())
+    a.on_kernel_signal(KernelSignal(**{**seen.__dict__, "target_pid": 900}))
+    [(kind, event)] = sup.audited
+    assert (event["via"], event["target"], event["sender"]["pid"]) == ("tracefs", {"program": "worker", "pid": 900}, SH)
+    assert not a.parked
+    detail, sender = attribute_exit(sup.worker.last_signal, None, traced=False)
+    assert detail == f"after SIGTERM from pid {SH} sh <- pid {SCRIPT} bash" and sender["pid"] == SH
 
 
 def test_tracefs_helpers_read_format_fields(tmp_path):
@@ -323,3 +355,77 @@ def test_a_pid_namespace_with_its_own_proc_is_detected_by_its_inode(monkeypatch)
     # with --mount-proc, NSpid shows only the inner pid: the namespace inode tells
     monkeypatch.setattr(tracefs.os, "stat", lambda p: type("st", (), {"st_ino": 4026532500})())
     assert tracefs.in_initial_pid_namespace() is False
+
+
+# --- argv, uid and unit read when an exec is read ----------------------------------------------
+
+def test_an_exec_read_while_the_process_lives_captures_its_argv_uid_and_unit():
+    import os
+
+    from relayq_supervisor.linux.procfs import proc_start_ticks
+    from relayq_supervisor.witness.identity import CLOCK_TICKS
+    c = Collect()
+    w = witness(c)
+    me, started = os.getpid(), proc_start_ticks(os.getpid()) / CLOCK_TICKS
+    feed(w, line("bash", SCRIPT, started, "sched_process_fork",
+                 f"comm=bash pid={SCRIPT} child_comm=bash child_pid={me}", tgid=SCRIPT),
+         line("python3", me, started + 0.001, "sched_process_exec",
+              f"filename=/usr/bin/python3 pid={me} old_pid={me}", tgid=me))
+    w.history.capture_execs()
+    r = w.history.get(me)
+    with open(f"/proc/{me}/cmdline", "rb") as f:
+        argv = tuple(a.decode() for a in f.read().rstrip(b"\0").split(b"\0"))
+    assert (r.captured, r.cmdline, r.uid) == (True, argv, os.geteuid())
+    assert w.history.captures == 1
+
+
+def test_an_exec_whose_exit_was_already_read_is_not_captured_and_costs_no_proc_read():
+    c = Collect()
+    w = witness(c)
+    feed(w, line("sh", SH, 1.0, "sched_process_fork", f"comm=sh pid={SCRIPT} child_comm=sh child_pid={SH}", tgid=SCRIPT),
+         line("kill", SH, 1.1, "sched_process_exec", f"filename=/usr/bin/kill pid={SH} old_pid={SH}", tgid=SH),
+         line("kill", SH, 1.2, "sched_process_exit", f"comm=kill pid={SH} prio=120 group_dead=true", tgid=SH))
+    w.history.capture_execs()
+    assert w.history.get(SH).captured is False and w.history.captures == 0
+
+
+def test_a_pid_now_held_by_another_process_is_not_captured_as_the_traced_one():
+    import os
+    c = Collect()
+    w = witness(c)
+    me = os.getpid()        # the trace says it was forked at 1.0 s after boot: not this process
+    feed(w, line("sh", SCRIPT, 1.0, "sched_process_fork", f"comm=sh pid={SCRIPT} child_comm=sh child_pid={me}",
+                 tgid=SCRIPT),
+         line("sh", me, 1.1, "sched_process_exec", f"filename=/bin/sh pid={me} old_pid={me}", tgid=me))
+    w.history.capture_execs()
+    assert w.history.get(me).captured is False and w.history.get(me).cmdline is None
+
+
+def test_a_gone_sender_captured_at_exec_is_named_with_its_command_line_and_unit():
+    c = Collect()
+    w = witness(c)
+    feed(w, line("bash", SCRIPT, 10.0, "sched_process_fork", f"comm=bash pid={SCRIPT} child_comm=bash child_pid={SH}",
+                 tgid=SCRIPT),
+         line("sh", SH, 10.1, "sched_process_exec", f"filename=/bin/sh pid={SH} old_pid={SH}", tgid=SH))
+    r = w.history.get(SH)
+    w.history.to_capture.clear()            # as if read from /proc while it lived:
+    r.captured, r.cmdline, r.uid, r.unit = True, ("sh", "-c", "kill -9 812"), 0, "relayq-redis-monitor.service"
+    feed(w, line("sh", SH, 10.3, "signal_generate", "sig=9 errno=0 code=0 comm=redis-server pid=812 grp=1 res=0",
+                 tgid=SH))
+    s = c.signals[0].sender
+    assert (s["cmdline"], s["uid"], s["unit"], s["captured"], s["seen_by"]) == \
+        (["sh", "-c", "kill -9 812"], 0, "relayq-redis-monitor.service", True, "tracefs")
+    assert tracefs.lineage_text(s).startswith(f"pid {SH} sh -c 'kill -9 812'")
+
+
+def test_a_storm_to_an_untraced_program_folds_into_one_event_per_second():
+    sup = Sup(tap_active=True)                      # pid 900 (worker) is not traced
+    a = Attribution(sup, ())
+    for i in range(50):
+        seen = kernel_signal(signal.SIGUSR1, sender=gone_sender(), result=0 if i % 2 == 0 else 2)
+        a.on_kernel_signal(KernelSignal(**{**seen.__dict__, "target_pid": 900}))
+    assert len(sup.audited) == 1 and sup.audited[0][1]["via"] == "tracefs"     # the first, at once
+    a.close_bursts()
+    [(_, folded)] = sup.audited[1:]
+    assert (folded["count"], folded["coalesced"], folded["sender"]["pid"]) == (24, 25, SH)
+    assert sup.worker.last_signal["signal"] == "SIGUSR1"
