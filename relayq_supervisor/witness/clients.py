@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from relayq_supervisor.witness.history import PRUNE_EVERY_S, ProcessHistory, ProcessRecord
 
 if TYPE_CHECKING:
-    from relayq_supervisor.witness.tracefs import SockState
+    from relayq_supervisor.witness.trace_lines import SockState
 
 
 @dataclass(slots=True)

@@ -35,14 +35,9 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from relayq_supervisor.witness.tracefs import (
-    PRUNE_EVERY_S,
-    ProcessHistory,
-    ProcessRecord,
-    SockState,
-    _ip_key,
-    _live_match,
-)
+from relayq_supervisor.witness.clients import _ip_key
+from relayq_supervisor.witness.history import PRUNE_EVERY_S, ProcessHistory, ProcessRecord, _live_match
+from relayq_supervisor.witness.trace_lines import SockState
 
 ADDRESSES_TTL_S = 10.0
 MAX_PENDING = 1024
