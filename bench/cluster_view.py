@@ -101,18 +101,19 @@ async def heartbeats(ctx: BenchContext, port: int, nodes: int, window: float) ->
 def stream_memory(port: int, entries: int) -> tuple[float, float]:
     """Bytes per stream entry (MEMORY USAGE of the key, every node sampled), and Redis' used_memory growth per entry."""
     r = redis.Redis(port=port)
-    r.delete(link.STREAM_KEY)
+    key = link.stream_key("sim")
+    r.delete(key)
     before = r.info("memory")["used_memory"]
     lines = sample_events()
     pipe = r.pipeline(transaction=False)
     for i in range(entries):
-        pipe.xadd(link.STREAM_KEY, {"node": f"sim{i % 50}", "id": f"4242.1795690000000:{i}",
-                                    "event": lines[i % len(lines)].rstrip(b"\n")},
+        pipe.xadd(key, {"node": "sim", "id": f"4242.1795690000000:{i}",
+                        "event": lines[i % len(lines)].rstrip(b"\n")},
                   maxlen=link.STREAM_MAXLEN, approximate=True)
         if i % 1000 == 999:
             pipe.execute()
     pipe.execute()
-    usage = r.memory_usage(link.STREAM_KEY, samples=0) or 0
+    usage = r.memory_usage(key, samples=0) or 0
     after = r.info("memory")["used_memory"]
     r.close()
     return usage / entries, (after - before) / entries
@@ -158,8 +159,8 @@ async def throughput(config: Config, events: int) -> tuple[float, float]:
     reader = redis.asyncio.Redis(port=config_port(config))
     latencies = []
     for _ in range(20):
-        last = (await reader.xrevrange(link.STREAM_KEY, count=1))[0][0]
-        waiting = asyncio.ensure_future(reader.xread({link.STREAM_KEY: last}, block=5000))
+        last = (await reader.xrevrange(pub.stream, count=1))[0][0]
+        waiting = asyncio.ensure_future(reader.xread({pub.stream: last}, block=5000))
         await asyncio.sleep(0.05)
         t0 = time.perf_counter()
         pub.audit_written({}, lines[0])
@@ -293,15 +294,15 @@ def run(ctx: BenchContext) -> Section:
 
     entries = 20_000 if ctx.quick else 100_000
     per_entry, per_entry_rss = stream_memory(port, entries)
-    r.delete(link.STREAM_KEY)
+    r.delete(link.stream_key("sim"))
 
     pub_config = node_config(ctx.dir(NAME, "pub"), port, "bench", interval=HEARTBEAT_S)
     drain_rate, reach = asyncio.run(throughput(pub_config, 20_000 if ctx.quick else 100_000))
     loaded = asyncio.run(publishing(pub_config, 3.0 if ctx.quick else 10.0))
-    r.delete(link.STREAM_KEY)
+    r.delete(link.stream_key("bench"))
     restart = restarts(ctx, port, 6 if ctx.quick else 30)
     with_c, without_c = (statistics.median(v) for v in restart.values())
-    published_restarts = r.xlen(link.STREAM_KEY)
+    published_restarts = r.xlen(link.stream_key("restart-bench"))
     r.close()
     q_median = statistics.median(query)
     w_median = statistics.median(whole)
