@@ -360,7 +360,7 @@ def run(ctx: BenchContext) -> Section:
                 f"document), Redis' INFO counters over {window:g} s. `status --cluster`: "
                 f"`ClusterView.nodes()` in-process (the Redis part), and the whole `relayqctl status --cluster` "
                 f"command (a new Python each time). Stream memory: {entries:,} XADDs of real-shaped audit lines "
-                f"(spawn, exit and signal events with a sender's identity, 50 node names), MEMORY USAGE of the key, "
+                f"(spawn, exit and signal events with a sender's identity) in one node's stream, MEMORY USAGE of the key, "
                 f"extrapolated linearly to 1,000,000 (a stream's radix tree grows linearly: macro nodes of ~100 "
                 f"entries). Publishing: a backlog of events drained as fast as Redis takes them; then "
                 f"{TARGET_RATE:,} events/s fed to a publisher on an asyncio loop while a 10 ms timer measures "

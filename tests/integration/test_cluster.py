@@ -222,3 +222,22 @@ def test_worker_node_waits_for_the_cluster_redis_and_its_backlog_arrives_in_orde
     # the merged timeline drops the repeats
     timeline = [e for e in cluster_events(n1, "--node", "n2")]
     assert [{k: v for k, v in e.items() if k != "node"} for e in timeline] == local
+
+
+def test_a_node_added_to_nodes_gets_its_user_when_the_supervisor_restarts_without_restarting_redis(
+        make_supervisor, port):
+    n1 = make_supervisor(redis_node(port), "n1").start()
+    redis_pid = n1.wait_state("redis", "RUNNING")["pid"]
+    assert not (n1.dir / "run" / "redis-node-n4.pass").exists()
+    n1.proc.send_signal(signal.SIGKILL)             # a crash: Redis keeps running, the next one adopts it
+    n1.proc.wait(10)
+    n1_again = make_supervisor(redis_node(port).replace('nodes = ["n2", "n3"]', 'nodes = ["n2", "n3", "n4"]'), "n1")
+    n1_again.seen.add(redis_pid)
+    n1_again.start()
+    assert n1_again.wait_state("redis", "RUNNING")["pid"] == redis_pid
+    assert "ACL file loaded again" in n1_again.audit_events("adopted")[-1]["verified"]
+    password = (n1.dir / "run" / "redis-node-n4.pass").read_text().strip()
+    with redis.Redis(port=port, username="relayq-node-n4", password=password) as r:
+        assert r.set("relayq-cluster:node:n4", "{}", ex=10)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            r.set("relayq-cluster:node:n2", "{}")

@@ -127,6 +127,13 @@ class RedisKind:
                 f"(`kill -TERM {pid}`: it saves first) and start again") from None
         log.info("port %d: pid %d is the Redis the previous supervisor started; adopting it", self.redis.port, pid)
         verified = ["pid and start time match the data-dir lock record", "answers PING as the admin user"]
+        try:
+            # the ACL file prepare() wrote (a node added to [cluster] nodes) applies now, not at
+            # Redis' next start; ACL LOAD keeps the old users whole if the file is refused
+            await conn.execute_command("ACL", "LOAD")
+            verified.append("ACL file loaded again")
+        except (redis.exceptions.RedisError, OSError) as e:
+            log.warning("redis: adopted pid %d keeps the users it started with: ACL LOAD failed (%s)", pid, e)
         exe = _exe(pid)
         if exe is not None and exe == rec.get("exe"):
             verified.insert(1, f"executable {exe} as recorded")
