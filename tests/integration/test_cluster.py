@@ -137,6 +137,8 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port,
     text = n1.ctl("audit", "--cluster", "--node", "n2")
     assert any(line.startswith("n2 ") and f"pid {victim}" in line for line in text.stdout.splitlines())
     assert read_until(follow, lambda e: e["event"] == "exit")["pid"] == victim
+    # the same timeline read from n2 with its own user (read-only on the other nodes' streams)
+    assert {e["node"] for e in cluster_events(n2)} == {"n1", "n2", "n3"}
 
     # why NAME --node N from the other node
     n2.wait_state("worker", "RUNNING", restarts=1)

@@ -37,7 +37,7 @@ NODE_USER_PREFIX = "relayq-node-"
 NODE_PASSWORD_FILE = "redis-node-{node}.pass"
 CLUSTER_PREFIX = "relayq-cluster:"      # cluster/link.py's key layout
 NODE_COMMANDS = (
-    "ping", "hello", "client|setname", "client|getname", "client|id", "select", "echo",
+    "ping", "hello", "client|setname", "client|getname", "client|id", "select", "echo", "time",
     "get", "set", "mget", "del", "exists", "expire", "ttl", "pttl", "type",
     "hset", "hget", "hgetall", "hdel",
     "zadd", "zrange", "zrangebyscore", "zremrangebyscore", "zrem", "zcard",
