@@ -1,10 +1,11 @@
 """Where the cluster view lives in Redis, and how a node connects to it.
 
 Every key starts with `relayq-cluster:`; node N, logged in as its own ACL user
-`relayq-node-N` (kinds/redis/acl.py), may write only its own keys and the shared index:
-- `relayq-cluster:nodes`: a sorted set, node name -> the epoch of its last publication
-  (shared: a node could drop another from it, which that node's next heartbeat repairs;
-  a name without a status key is not shown);
+`relayq-node-N` (kinds/redis/acl.py), may write only its own keys, and read the rest:
+- `relayq-cluster:nodes`: a sorted set, node name -> the epoch it was last written: the
+  Redis node's declared members ([cluster] nodes), written by the Redis node, and any node
+  that publishes with the workers' credentials, written by itself; a name without a
+  status key is not shown;
 - `relayq-cluster:node:<node>`: that node's status (JSON), kept NODE_KEEP_S after its last
   heartbeat, so its age comes from Redis' own TTL and not from the clocks of two nodes;
 - `relayq-cluster:why:<node>`: a hash, program name -> how its last run ended (JSON);

@@ -260,9 +260,14 @@ class ClusterPublisher:
         doc = json.dumps(self.document(final), separators=(",", ":"), default=str)
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self.key, doc, ex=link.NODE_KEEP_S)
-        pipe.zadd(link.NODES_KEY, {self.spec.node: time.time()})
-        pipe.zremrangebyscore(link.NODES_KEY, "-inf", time.time() - link.NODE_KEEP_S)
         pipe.zcard(link.NODES_KEY)
+        if not self.spec.password_file:
+            # The index of names: the Redis node writes its declared members ([cluster] nodes),
+            # a node on the workers' credentials itself; a node's own user may only read it
+            # (kinds/redis/acl.py), so that no node can fill or empty it.
+            now = time.time()
+            pipe.zadd(link.NODES_KEY, {name: now for name in (self.spec.node, *self.spec.nodes)})
+            pipe.zremrangebyscore(link.NODES_KEY, "-inf", now - link.NODE_KEEP_S)
         changed = {}
         for p in self.programs():
             stop = p.last_stop
@@ -272,7 +277,7 @@ class ClusterPublisher:
             pipe.hset(link.why_key(self.spec.node), mapping={name: text for name, (_, text) in changed.items()})
             pipe.expire(link.why_key(self.spec.node), link.NODE_KEEP_S)
         replies = await pipe.execute()
-        self.maxlen = link.stream_maxlen(replies[3])
+        self.maxlen = link.stream_maxlen(replies[1])
         for name, (stop, _) in changed.items():
             self.why_sent[name] = stop
 

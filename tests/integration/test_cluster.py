@@ -156,7 +156,8 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port,
     with redis.Redis(port=port, client_name="rogue-node", **creds) as r:
         for command in (("SHUTDOWN",), ("CONFIG", "SET", "maxmemory", "1"),
                         ("SET", "relayq-cluster:node:n3", "{}"), ("XADD", "relayq-cluster:audit:n3", "*", "a", "b"),
-                        ("DEL", "relayq-cluster:why:n3"), ("PUBLISH", "relayq-cluster:whois:ask:n3", "{}")):
+                        ("DEL", "relayq-cluster:why:n3"), ("PUBLISH", "relayq-cluster:whois:ask:n3", "{}"),
+                        ("ZREM", "relayq-cluster:nodes", "n3")):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 r.execute_command(*command)
         assert r.get("relayq-cluster:node:n3") is not None          # it reads the others' status
@@ -164,7 +165,7 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port,
     def denials():
         found = {e["command"].split("|")[0] for e in n1.audit_events("redis_denied") if e["user"] == "relayq-node-n2"}
         want = {"shutdown", "config", "relayq-cluster:node:n3", "relayq-cluster:audit:n3", "relayq-cluster:why:n3",
-                "relayq-cluster:whois:ask:n3"}
+                "relayq-cluster:whois:ask:n3", "relayq-cluster:nodes"}
         return found if found >= want else None
     wait_for(denials, what="n2's user's SHUTDOWN, CONFIG SET and writes as n3 audited as denied")
     assert n1.program("redis")["restarts"] == 0

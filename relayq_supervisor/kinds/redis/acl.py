@@ -279,7 +279,8 @@ def node_password_file(node: str) -> str:
 
 def node_user_line(node: str, creds: AdminCredentials, version: tuple[int, ...]) -> str:
     """`user relayq-node-<node> ...`: what node `node` publishes (its status, its `why`, its
-    audit stream; the shared index of names), read access to the rest of the cluster view,
+    audit stream), read access to the rest of the cluster view (the index of names too: the
+    Redis node writes the declared members there, cluster/publisher.py),
     its own question channel and the answer channels, only the commands cluster/ uses.
     Everything else (SHUTDOWN, CONFIG, ACL, FLUSHALL, the workers' keys, another node's
     keys) is NOPERM, and ACL LOG names the user that tried it.
@@ -287,7 +288,7 @@ def node_user_line(node: str, creds: AdminCredentials, version: tuple[int, ...])
     Redis 7.0 has read-only key patterns (`%R~`, "Key permissions" in the ACL docs); 6.x
     grants read and write with one pattern, so there every node user may also write the
     other nodes' keys (acl_weaknesses says so at start)."""
-    own = [f"~{CLUSTER_PREFIX}{kind}:{node}" for kind in ("node", "why", "audit")] + [f"~{CLUSTER_PREFIX}nodes"]
+    own = [f"~{CLUSTER_PREFIX}{kind}:{node}" for kind in ("node", "why", "audit")]
     keys = [*own, f"%R~{CLUSTER_PREFIX}*"] if tuple(version[:2]) >= READ_ONLY_KEYS_SINCE \
         else [f"~{CLUSTER_PREFIX}*"]
     # a channel pattern allows both PUBLISH and SUBSCRIBE: what ties an answer to its node
