@@ -101,18 +101,19 @@ async def heartbeats(ctx: BenchContext, port: int, nodes: int, window: float) ->
 def stream_memory(port: int, entries: int) -> tuple[float, float]:
     """Bytes per stream entry (MEMORY USAGE of the key, every node sampled), and Redis' used_memory growth per entry."""
     r = redis.Redis(port=port)
-    r.delete(link.STREAM_KEY)
+    key = link.stream_key("sim")
+    r.delete(key)
     before = r.info("memory")["used_memory"]
     lines = sample_events()
     pipe = r.pipeline(transaction=False)
     for i in range(entries):
-        pipe.xadd(link.STREAM_KEY, {"node": f"sim{i % 50}", "id": f"4242.1795690000000:{i}",
-                                    "event": lines[i % len(lines)].rstrip(b"\n")},
+        pipe.xadd(key, {"node": "sim", "id": f"4242.1795690000000:{i}",
+                        "event": lines[i % len(lines)].rstrip(b"\n")},
                   maxlen=link.STREAM_MAXLEN, approximate=True)
         if i % 1000 == 999:
             pipe.execute()
     pipe.execute()
-    usage = r.memory_usage(link.STREAM_KEY, samples=0) or 0
+    usage = r.memory_usage(key, samples=0) or 0
     after = r.info("memory")["used_memory"]
     r.close()
     return usage / entries, (after - before) / entries
@@ -143,6 +144,50 @@ async def loop_lag(duration: float, publisher: ClusterPublisher | None, rate: in
     return lags, made
 
 
+def stream_layout(port: int, config: Config, entries: int, layouts: tuple[int, ...] = (1, 3, 50)) -> list[tuple[str, ...]]:
+    """One stream per node against what one shared stream would cost: the same `entries`
+    spread over N per-node streams, read back whole by ClusterView.history (XRANGE each,
+    merged), its memory (MEMORY USAGE of every stream), and how soon `--follow` (one XREAD
+    BLOCK over every node's stream) wakes for a new entry."""
+    r = redis.Redis(port=port)
+    lines = sample_events()
+    rows = []
+    for count in layouts:
+        names = [f"lay{n}" for n in range(count)]
+        r.delete(link.NODES_KEY, *(link.stream_key(n) for n in names))
+        r.zadd(link.NODES_KEY, {n: time.time() for n in names})
+        pipe = r.pipeline(transaction=False)
+        for i in range(entries):
+            pipe.xadd(link.stream_key(names[i % count]), {"node": names[i % count], "id": f"4242.1:{i}",
+                                                          "event": lines[i % len(lines)].rstrip(b"\n")})
+            if i % 1000 == 999:
+                pipe.execute()
+        pipe.execute()
+        memory = sum(r.memory_usage(link.stream_key(n), samples=0) or 0 for n in names)
+        view = ClusterView(config)
+        reads = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            got = view.history(None, view.last_id())
+            reads.append(time.perf_counter() - t0)
+        if len(got) != entries:
+            raise BenchError(f"read {len(got)} of {entries} events back from {count} streams")
+        wakes = []
+        for k in range(10):
+            after = view.last_id()
+            follower = view.follow(after)
+            r.xadd(link.stream_key(names[k % count]), {"node": "x", "id": f"wake:{k}", "event": lines[0]})
+            t0 = time.perf_counter()
+            next(follower)
+            wakes.append(time.perf_counter() - t0)
+        view.client.close()
+        r.delete(link.NODES_KEY, *(link.stream_key(n) for n in names))
+        rows.append((f"{count}" + (" (as one shared stream)" if count == 1 else ""), ms(statistics.median(reads)),
+                     mib(memory), ms(statistics.median(wakes))))
+    r.close()
+    return rows
+
+
 async def throughput(config: Config, events: int) -> tuple[float, float]:
     """Drain rate of a backlog of `events` (events/s), and the time for one event to show up on
     another connection (XREAD BLOCK) when the publisher is idle."""
@@ -158,8 +203,8 @@ async def throughput(config: Config, events: int) -> tuple[float, float]:
     reader = redis.asyncio.Redis(port=config_port(config))
     latencies = []
     for _ in range(20):
-        last = (await reader.xrevrange(link.STREAM_KEY, count=1))[0][0]
-        waiting = asyncio.ensure_future(reader.xread({link.STREAM_KEY: last}, block=5000))
+        last = (await reader.xrevrange(pub.stream, count=1))[0][0]
+        waiting = asyncio.ensure_future(reader.xread({pub.stream: last}, block=5000))
         await asyncio.sleep(0.05)
         t0 = time.perf_counter()
         pub.audit_written({}, lines[0])
@@ -293,15 +338,16 @@ def run(ctx: BenchContext) -> Section:
 
     entries = 20_000 if ctx.quick else 100_000
     per_entry, per_entry_rss = stream_memory(port, entries)
-    r.delete(link.STREAM_KEY)
+    r.delete(link.stream_key("sim"))
+    layout = stream_layout(port, node_config(ctx.dir(NAME, "layout"), port, "reader"), 20_000 if ctx.quick else 100_000)
 
     pub_config = node_config(ctx.dir(NAME, "pub"), port, "bench", interval=HEARTBEAT_S)
     drain_rate, reach = asyncio.run(throughput(pub_config, 20_000 if ctx.quick else 100_000))
     loaded = asyncio.run(publishing(pub_config, 3.0 if ctx.quick else 10.0))
-    r.delete(link.STREAM_KEY)
+    r.delete(link.stream_key("bench"))
     restart = restarts(ctx, port, 6 if ctx.quick else 30)
     with_c, without_c = (statistics.median(v) for v in restart.values())
-    published_restarts = r.xlen(link.STREAM_KEY)
+    published_restarts = r.xlen(link.stream_key("restart-bench"))
     r.close()
     q_median = statistics.median(query)
     w_median = statistics.median(whole)
@@ -314,7 +360,7 @@ def run(ctx: BenchContext) -> Section:
                 f"document), Redis' INFO counters over {window:g} s. `status --cluster`: "
                 f"`ClusterView.nodes()` in-process (the Redis part), and the whole `relayqctl status --cluster` "
                 f"command (a new Python each time). Stream memory: {entries:,} XADDs of real-shaped audit lines "
-                f"(spawn, exit and signal events with a sender's identity, 50 node names), MEMORY USAGE of the key, "
+                f"(spawn, exit and signal events with a sender's identity) in one node's stream, MEMORY USAGE of the key, "
                 f"extrapolated linearly to 1,000,000 (a stream's radix tree grows linearly: macro nodes of ~100 "
                 f"entries). Publishing: a backlog of events drained as fast as Redis takes them; then "
                 f"{TARGET_RATE:,} events/s fed to a publisher on an asyncio loop while a 10 ms timer measures "
@@ -334,6 +380,10 @@ def run(ctx: BenchContext) -> Section:
             Table("The audit stream in Redis",
                   ("bytes per entry", "used_memory per entry", "1,000,000 entries (extrapolated)"),
                   ((f"{per_entry:.0f}", f"{per_entry_rss:.0f}", mib(per_entry * 1_000_000)),)),
+            Table("One audit stream per node, merged on read (the same events over N streams)",
+                  ("streams", "read all back (ClusterView.history)", "memory",
+                   "--follow: one round (ZRANGE, XREAD over every stream) bringing a new entry"),
+                  tuple(layout)),
             Table("Audit publishing from one node",
                   ("backlog drain rate", "event seen by another node (idle)", f"{TARGET_RATE:,}/s fed: made",
                    "published", "dropped", "loop CPU (without publishing)", "timer lateness p99 (without publishing)"),
@@ -362,8 +412,12 @@ def run(ctx: BenchContext) -> Section:
         notes=(
             "Heartbeats cost each node one pipeline (SET with expiry, ZADD, ZREMRANGEBYSCORE) per interval and "
             "at each state change; the bytes scale with the number of programs in the status document.",
-            "The stream is capped with XADD MAXLEN ~ 1,000,000: Redis trims whole macro nodes, so it holds "
-            "slightly more than that; the memory column is what the cap costs when full.",
+            "Each node's stream is capped with XADD MAXLEN ~ (1,000,000 / the number of nodes, at least "
+            "10,000): Redis trims whole macro nodes, so they hold slightly more than that together; the memory "
+            "column is what the cap costs when full.",
+            "One stream per node (so that the key, which only that node's user may write, says who wrote an "
+            "entry) costs the reader nothing measurable against one shared stream; memory grows by the per-key "
+            "overhead of each stream.",
             "The event-to-other-node time is with the publisher idle; under load an event waits behind the batch "
             "in flight (at most 500 events in one EVAL, about 2 ms of the loop).",
         ),

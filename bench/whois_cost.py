@@ -108,7 +108,7 @@ def write_config(path: Path, node: str, port: int, password_file: Path | None) -
 
 async def question_cost(tmp: Path, port: int, r: redis.Redis, questions: int) -> dict[str, float]:
     password = "bench-node-password"
-    r.acl_setuser(acl.NODE_USER, enabled=True, passwords=[f"+{password}"], keys=[f"{link.PREFIX}*"],
+    r.acl_setuser(link.node_user("n2"), enabled=True, passwords=[f"+{password}"], keys=[f"{link.PREFIX}*"],
                   channels=[f"{link.PREFIX}*"], commands=["+@all"])
     (tmp / "node.pass").write_text(password)
     os.chmod(tmp / "node.pass", 0o600)

@@ -72,10 +72,14 @@ def describe_config(config) -> str:
     if c is not None:
         from relayq_supervisor.cluster.link import display_url
         where = display_url(c.redis_url) if c.redis_url else "this node's [redis]"
-        who = "relayq-node" if c.password_file else "the workers' credentials"
+        from relayq_supervisor.cluster.link import node_user
+        who = node_user(c.node) if c.password_file else "the workers' credentials"
         remote = " (redis is remote: workers wait for it)" if config.remote_dependencies else ""
         lines.append(f"cluster: node {c.node} publishes to {where} as {who} every "
                      f"{c.heartbeat_interval:g}s{remote}")
+        if c.nodes:
+            lines.append(f"cluster: Redis users for nodes {', '.join(c.nodes)} (passwords in "
+                         f"{config.supervisor.run_dir}/redis-node-<node>.pass)")
     return "\n".join(lines)
 
 

@@ -66,7 +66,8 @@ class RedisSpec:
     include: tuple[str, ...] = ()       # the operator's own redis.conf files, read after ours
     supervised: str = "systemd"
     password_file: str = ""             # the `default` user's password (0600 file); "" = none
-    node_user: bool = False             # [cluster] is set: create the `relayq-node` ACL user
+    # [cluster] nodes on the Redis node: one ACL user `relayq-node-<node>` each
+    cluster_nodes: tuple[str, ...] = ()
     # Commands the `default` user may not run (the Redis command guard).
     denied_commands: tuple[str, ...] = (
         "shutdown", "debug", "config|set", "config|rewrite", "replicaof", "slaveof",
@@ -180,8 +181,9 @@ class ClusterSpec:
     """[cluster]: where this node publishes its status and audit events (cluster/)."""
     node: str                           # this node's name (default: the host name)
     redis_url: str = ""                 # "" = this node's own [redis]
-    password_file: str = ""             # the `relayq-node` user's password; "" = the workers' credentials
+    password_file: str = ""             # this node's `relayq-node-<node>` password; "" = the workers' credentials
     heartbeat_interval: float = 2.0     # seconds; silent for 3 intervals = stale
+    nodes: tuple[str, ...] = ()         # on the Redis node: the members (this node always one of them)
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,8 @@ _REDIS_KEYS = {
     "watchdog_sec": (int, float), "watchdog_signal": (str, int), "max_rss": (str, int),
     **_PRIVILEGE_KEYS,
 }
-_CLUSTER_KEYS = {"node": str, "redis_url": str, "password_file": str, "heartbeat_interval": (int, float)}
+_CLUSTER_KEYS = {"node": str, "redis_url": str, "password_file": str, "heartbeat_interval": (int, float),
+                 "nodes": list}
 _TOP_KEYS = {"supervisor": dict, "redis": dict, "program": list, "cluster": dict}
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "a table"}
@@ -914,6 +917,16 @@ def _parse_cluster(loc: _Locator, table: dict, base: Path, has_redis: bool) -> C
     if not _NAME_RE.match(node) or len(node) > 64:
         raise loc.error(where + ("node",), f"node name {node!r} may use only letters, digits, '_', '-' and '.' "
                                            "(at most 64)")
+    nodes = _str_list(loc, where + ("nodes",), table.get("nodes", []))
+    if nodes and not has_redis:
+        raise loc.error(where + ("nodes",), "'nodes' belongs on the Redis node (the one with [redis]), "
+                                            "which makes each node's credentials; remove it here")
+    for name in nodes:
+        if not _NAME_RE.match(name) or len(name) > 64:
+            raise loc.error(where + ("nodes",), f"node name {name!r} may use only letters, digits, '_', '-' "
+                                                "and '.' (at most 64)")
+        if nodes.count(name) > 1:
+            raise loc.error(where + ("nodes",), f"node {name!r} is listed twice")
     url = table.get("redis_url", "").strip()
     if not url and not has_redis:
         raise loc.error(where, "[cluster] needs redis_url on a node without [redis] "
@@ -928,11 +941,13 @@ def _parse_cluster(loc: _Locator, table: dict, base: Path, has_redis: bool) -> C
             read_secret(password_file)
         except ValueError as e:
             raise loc.error(where + ("password_file",), f"{e} (copy the Redis node's "
-                                                        "<run_dir>/redis-node.pass here)") from None
+                                                        f"<run_dir>/redis-node-{node}.pass here)") from None
     interval = table.get("heartbeat_interval", 2.0)
     if interval < 0.1:
         raise loc.error(where + ("heartbeat_interval",), "'heartbeat_interval' must be at least 0.1 (seconds)")
-    return ClusterSpec(node=node, redis_url=url, password_file=password_file, heartbeat_interval=float(interval))
+    members = nodes if node in nodes else (node, *nodes)      # the Redis node is always a member
+    return ClusterSpec(node=node, redis_url=url, password_file=password_file, heartbeat_interval=float(interval),
+                       nodes=members if has_redis else ())
 
 
 def cluster_url_problem(url: str) -> str | None:
@@ -1169,7 +1184,7 @@ def parse_config(raw: bytes, path: str, ground: bool = False) -> Config:
     if "redis" in data:
         redis = _parse_redis(loc, data["redis"], base, run_dir)
         if cluster is not None and redis.redis is not None:
-            redis = dataclasses.replace(redis, redis=dataclasses.replace(redis.redis, node_user=True))
+            redis = dataclasses.replace(redis, redis=dataclasses.replace(redis.redis, cluster_nodes=cluster.nodes))
         programs.append(redis)
         wheres.append(("redis",))
     env_path = children_path()

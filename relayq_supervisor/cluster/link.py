@@ -1,14 +1,19 @@
 """Where the cluster view lives in Redis, and how a node connects to it.
 
-Every key starts with `relayq-cluster:` (the `relayq-node` ACL user may touch nothing
-else, kinds/redis/acl.py):
-- `relayq-cluster:nodes`: a sorted set, node name -> the epoch of its last publication;
+Every key starts with `relayq-cluster:`; node N, logged in as its own ACL user
+`relayq-node-N` (kinds/redis/acl.py), may write only its own keys, and read the rest:
+- `relayq-cluster:nodes`: a sorted set, node name -> the epoch it was last written: the
+  Redis node's declared members ([cluster] nodes), written by the Redis node, and any node
+  that publishes with the workers' credentials, written by itself; a name without a
+  status key is not shown;
 - `relayq-cluster:node:<node>`: that node's status (JSON), kept NODE_KEEP_S after its last
   heartbeat, so its age comes from Redis' own TTL and not from the clocks of two nodes;
 - `relayq-cluster:why:<node>`: a hash, program name -> how its last run ended (JSON);
-- `relayq-cluster:audit`: one stream of every node's audit events, capped at STREAM_MAXLEN.
-Later channels between nodes (a request/answer stream per node) fit under the same prefix
-without a change of the ACL user.
+- `relayq-cluster:audit:<node>`: that node's audit events, a stream capped so that all the
+  nodes' streams together hold about STREAM_MAXLEN. One stream per node, merged on read,
+  because Redis cannot check a field of an entry: in a shared stream any node could add
+  entries in another's name, or trim them; per node, the key says who wrote each entry.
+- `relayq-cluster:whois:*`: channels, cluster/whois.py.
 """
 from __future__ import annotations
 
@@ -30,11 +35,12 @@ if TYPE_CHECKING:
 
 PREFIX = "relayq-cluster:"
 NODES_KEY = PREFIX + "nodes"
-STREAM_KEY = PREFIX + "audit"
-STREAM_MAXLEN = 1_000_000           # XADD MAXLEN ~: Redis trims whole macro nodes, so about this many
+STREAM_PREFIX = PREFIX + "audit:"
+STREAM_MAXLEN = 1_000_000           # all the nodes' streams together (XADD MAXLEN ~: about this many)
+STREAM_MIN_PER_NODE = 10_000        # each node's share, however many nodes
 NODE_KEEP_S = 86400                 # a node silent for a day leaves the view
 STALE_INTERVALS = 3                 # silent for this many heartbeat intervals: stale
-NODE_USER = "relayq-node"           # kinds/redis/acl.py creates it on the Redis node
+NODE_USER_PREFIX = "relayq-node-"   # kinds/redis/acl.py creates one per node on the Redis node
 
 
 def node_key(node: str) -> str:
@@ -43,6 +49,19 @@ def node_key(node: str) -> str:
 
 def why_key(node: str) -> str:
     return f"{PREFIX}why:{node}"
+
+
+def stream_key(node: str) -> str:
+    return STREAM_PREFIX + node
+
+
+def stream_maxlen(nodes: int) -> int:
+    """Each node's cap when `nodes` publish: the total stays about STREAM_MAXLEN."""
+    return max(STREAM_MIN_PER_NODE, STREAM_MAXLEN // max(1, nodes))
+
+
+def node_user(node: str) -> str:
+    return NODE_USER_PREFIX + node
 
 
 class ClusterUnreachable(RelayqError):
@@ -67,8 +86,8 @@ def display_url(url: str) -> str:
 
 
 def connection_options(config: Config, timeout: float) -> dict[str, Any]:
-    """redis-py keyword arguments: host, port, db and TLS from the URL; the `relayq-node`
-    user with [cluster] password_file, else whatever credentials the URL holds."""
+    """redis-py keyword arguments: host, port, db and TLS from the URL; this node's own user
+    `relayq-node-<node>` with [cluster] password_file, else whatever credentials the URL holds."""
     assert config.cluster is not None
     url = cluster_url(config)
     parts = urllib.parse.urlsplit(url)
@@ -83,7 +102,7 @@ def connection_options(config: Config, timeout: float) -> dict[str, Any]:
         options["ssl"] = True
     if config.cluster.password_file:
         try:
-            options.update(username=NODE_USER, password=read_secret(config.cluster.password_file))
+            options.update(username=node_user(config.cluster.node), password=read_secret(config.cluster.password_file))
         except ValueError as e:
             raise ClusterUnreachable(str(e)) from None
     return options

@@ -1,5 +1,5 @@
 """Publishing this node to the cluster's Redis: its status at each state change and every
-heartbeat_interval, and a copy of every audit event in one capped stream.
+heartbeat_interval, and a copy of every audit event in its own capped stream.
 
 It must never block or slow supervision, and never lose the local record:
 - the local JSONL audit log stays the record of truth; the stream is a copy for review;
@@ -112,6 +112,8 @@ class ClusterPublisher:
         self.task: asyncio.Task[None] | None = None
         self.host = socket.gethostname()
         self.key = link.node_key(self.spec.node)
+        self.stream = link.stream_key(self.spec.node)
+        self.maxlen = link.STREAM_MAXLEN     # shared with the other nodes: learnt at each status (ZCARD)
         self.name_checked = False
         self.name_clash: str | None = None      # another host publishes under our node name
 
@@ -211,10 +213,10 @@ class ClusterPublisher:
     async def send_events(self) -> None:
         while self.backlog:
             batch = list(itertools.islice(self.backlog, BATCH))
-            args: list[bytes | str | int] = [link.STREAM_MAXLEN, self.spec.node]
+            args: list[bytes | str | int] = [self.maxlen, self.spec.node]
             for seq, line in batch:
                 args += [f"{self.run_id}:{seq}", line]
-            await self.client.execute_command("EVAL", XADD_EACH, 1, link.STREAM_KEY, *args)
+            await self.client.execute_command("EVAL", XADD_EACH, 1, self.stream, *args)
             # what arrived while we waited went to the back: the batch is still in front
             for _ in batch:
                 if self.backlog and self.backlog[0][0] <= batch[-1][0]:
@@ -258,8 +260,14 @@ class ClusterPublisher:
         doc = json.dumps(self.document(final), separators=(",", ":"), default=str)
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self.key, doc, ex=link.NODE_KEEP_S)
-        pipe.zadd(link.NODES_KEY, {self.spec.node: time.time()})
-        pipe.zremrangebyscore(link.NODES_KEY, "-inf", time.time() - link.NODE_KEEP_S)
+        pipe.zcard(link.NODES_KEY)
+        if not self.spec.password_file:
+            # The index of names: the Redis node writes its declared members ([cluster] nodes),
+            # a node on the workers' credentials itself; a node's own user may only read it
+            # (kinds/redis/acl.py), so that no node can fill or empty it.
+            now = time.time()
+            pipe.zadd(link.NODES_KEY, {name: now for name in (self.spec.node, *self.spec.nodes)})
+            pipe.zremrangebyscore(link.NODES_KEY, "-inf", now - link.NODE_KEEP_S)
         changed = {}
         for p in self.programs():
             stop = p.last_stop
@@ -268,7 +276,8 @@ class ClusterPublisher:
         if changed:
             pipe.hset(link.why_key(self.spec.node), mapping={name: text for name, (_, text) in changed.items()})
             pipe.expire(link.why_key(self.spec.node), link.NODE_KEEP_S)
-        await pipe.execute()
+        replies = await pipe.execute()
+        self.maxlen = link.stream_maxlen(replies[1])
         for name, (stop, _) in changed.items():
             self.why_sent[name] = stop
 

@@ -7,6 +7,7 @@ Nothing here runs in the supervisor.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,14 +35,16 @@ class ClusterView:
         if config.cluster is None:
             raise RelayqError(f"{config.path} has no [cluster] table: this node is not part of a cluster view")
         self.url = link.display_url(link.cluster_url(config))
+        self.node = config.cluster.node
         self.client = link.sync_client(config, timeout)
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except redis.exceptions.AuthenticationError as e:
-            raise link.ClusterUnreachable(f"cluster Redis {self.url}: {e} (is [cluster] password_file the "
-                                          "Redis node's redis-node.pass?)") from None
+            raise link.ClusterUnreachable(
+                f"cluster Redis {self.url}: {e} (is [cluster] password_file a copy of the Redis node's "
+                f"<run_dir>/redis-node-{self.node}.pass, and {self.node} in its [cluster] nodes?)") from None
         except redis.exceptions.NoPermissionError as e:
             raise link.ClusterUnreachable(f"cluster Redis {self.url}: {what}: {e}") from None
         except (redis.exceptions.RedisError, OSError) as e:
@@ -53,7 +56,7 @@ class ClusterView:
         """`{"node", "seen_s_ago", "stale", "shut_down", "supervisor", "programs", ...}` per node,
         by name. The age comes from the TTL Redis keeps on each node's key: no clock of
         any node is compared with another's."""
-        names = [n.decode() for n in self._call("ZRANGE", self.client.zrange, link.NODES_KEY, 0, -1)]
+        names = self.names()
         pipe = self.client.pipeline(transaction=False)
         for name in names:
             pipe.get(link.node_key(name))
@@ -98,49 +101,70 @@ class ClusterView:
 
     # --- audit ----------------------------------------------------------------------------
 
-    def last_id(self) -> str:
-        newest = self._call("XREVRANGE", self.client.xrevrange, link.STREAM_KEY, count=1)
-        return newest[0][0].decode() if newest else "0-0"
+    def names(self) -> list[str]:
+        return [n.decode() for n in self._call("ZRANGE", self.client.zrange, link.NODES_KEY, 0, -1)]
 
-    def history(self, since: datetime | None, until_id: str) -> list[dict[str, Any]]:
-        """Every event in the stream up to `until_id`, oldest first by event time (a node's
-        backlog sent after an outage joins the timeline where it happened), repeats dropped."""
-        start = "-"
+    def last_id(self) -> dict[str, str]:
+        """Where each node's stream ends now: node -> its newest entry's id."""
+        names = self.names()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.time()
+        for name in names:
+            pipe.xrevrange(link.stream_key(name), count=1)
+        replies = self._call("XREVRANGE", pipe.execute)
+        seconds, micros = replies[0]
+        self.started_ms = int(seconds) * 1000 + int(micros) // 1000     # Redis' clock: a stream id
+        return {name: newest[0][0].decode() if newest else "0-0" for name, newest in zip(names, replies[1:],
+                                                                                          strict=True)}
+
+    def history(self, since: datetime | None, until_id: dict[str, str]) -> list[dict[str, Any]]:
+        """Every event of every node's stream up to `until_id`, oldest first by event time (a
+        node's backlog sent after an outage joins the timeline where it happened), repeats dropped."""
+        first = "-"
         if since is not None:     # stream ids are Redis' clock at arrival, never before the event
-            start = str(int((since - timedelta(seconds=CLOCK_SKEW_S)).timestamp() * 1000))
+            first = str(int((since - timedelta(seconds=CLOCK_SKEW_S)).timestamp() * 1000))
         seen: set[tuple[str, str]] = set()
         events: list[dict[str, Any]] = []
-        while True:
-            chunk = self._call("XRANGE", self.client.xrange, link.STREAM_KEY, start, until_id, count=READ_CHUNK)
-            for _entry_id, fields in chunk:
-                event = entry_event(fields, seen)
-                if event is not None:
-                    events.append(event)
-            if len(chunk) < READ_CHUNK:
-                break
-            start = "(" + chunk[-1][0].decode()
+        for node, last in until_id.items():
+            start = first
+            while last != "0-0":
+                chunk = self._call("XRANGE", self.client.xrange, link.stream_key(node), start, last, count=READ_CHUNK)
+                for _entry_id, fields in chunk:
+                    event = entry_event(fields, seen, node)
+                    if event is not None:
+                        events.append(event)
+                if len(chunk) < READ_CHUNK:
+                    break
+                start = "(" + chunk[-1][0].decode()
         events.sort(key=lambda e: review.parse_timestamp(e.get("ts") or "") or datetime.min.replace(tzinfo=UTC))
         return events
 
-    def follow(self, after_id: str) -> Iterator[dict[str, Any]]:
-        """New events as they arrive (until interrupted)."""
+    def follow(self, after_id: dict[str, str]) -> Iterator[dict[str, Any]]:
+        """New events as they arrive (until interrupted): one XREAD BLOCK over every node's
+        stream; a node that joins meanwhile is read from when the history was."""
         seen: set[tuple[str, str]] = set()
-        last = after_id
+        last = {link.stream_key(node): entry for node, entry in after_id.items()}
+        joined_from = f"{getattr(self, 'started_ms', 0)}-0"
         while True:
-            reply = self._call("XREAD", self.client.xread, {link.STREAM_KEY: last}, count=READ_CHUNK,
-                               block=FOLLOW_BLOCK_MS)
-            for _stream, entries in reply or ():
+            for node in self.names():
+                last.setdefault(link.stream_key(node), joined_from)
+            if not last:
+                time.sleep(FOLLOW_BLOCK_MS / 1000)
+                continue
+            reply = self._call("XREAD", self.client.xread, dict(last), count=READ_CHUNK, block=FOLLOW_BLOCK_MS)
+            for stream, entries in reply or ():
+                key = stream.decode()
                 for entry_id, fields in entries:
-                    last = entry_id.decode()
-                    event = entry_event(fields, seen)
+                    last[key] = entry_id.decode()
+                    event = entry_event(fields, seen, key[len(link.STREAM_PREFIX):])
                     if event is not None:
                         yield event
 
 
-def entry_event(fields: dict[bytes, bytes], seen: set[tuple[str, str]]) -> dict[str, Any] | None:
-    """One stream entry -> its audit event with `node`; None for a repeat (a batch the
+def entry_event(fields: dict[bytes, bytes], seen: set[tuple[str, str]], node: str) -> dict[str, Any] | None:
+    """One entry of `node`'s stream -> its audit event with `node` (the stream's, which only
+    that node's user may write: not the entry's own field); None for a repeat (a batch the
     publisher sent again after a lost reply) or an entry that is not one of ours."""
-    node = fields.get(b"node", b"?").decode("utf-8", "replace")
     key = (node, fields.get(b"id", b"").decode("utf-8", "replace"))
     if key in seen:
         return None

@@ -12,14 +12,16 @@ also not say who held the address when a process passed it on or exited.
 This module: the wire and the rules both sides share; whois_ask.py asks (the Redis node),
 whois_answer.py answers (every node) and wires both (`Whois`).
 
-The wire (the `relayq-node` user's channels, link.PREFIX):
+The wire (channels under link.PREFIX; node N's user `relayq-node-N` may use its own question
+channel and the answer channels):
 - `relayq-cluster:whois:ask:<node>`: the question, JSON {id, ip, port, redis_port, at, asker,
   redis_ips (the asker's addresses: which connections of the answering node count)};
 - `relayq-cluster:whois:answer:<asker>`: the answer, JSON {id, node, found, sender, note,
   client_id}, published from a connection of its own (its CLIENT ID in the answer) named
   `relayq-whois:<node>:<id>:<digest of the answer>`, kept open ANSWER_HOLD_S.
 An answer is accepted only when Redis shows that connection (CLIENT LIST ID, the Redis
-node's admin user): logged in as the node user (node credentials), named with the answer's
+node's admin user): logged in as the answering node's own user `relayq-node-<node>` (a
+node's credentials answer only as that node), named with the answer's
 digest (the content cannot be swapped, nor another connection borrowed), and connected from
 the very address asked about (the Redis node's kernel vouches for that), or from another
 address of that node when both are claimed by that node alone (IPv4 to Redis, an IPv6

@@ -208,8 +208,9 @@ class WhoisAsker:
         conn = next((c for c in clients if c.get("name") == name), None)
         if conn is None:
             return f"no connection of node {node} vouches for this answer"
-        if conn.get("user") != link.NODE_USER:
-            return f"the answering connection is user {conn.get('user')!r}, not the node user {link.NODE_USER}"
+        if conn.get("user") != link.node_user(node):
+            # each node has its own user (kinds/redis/acl.py): another node's credentials cannot answer as it
+            return f"the answer as {node} came from user {conn.get('user')!r}, not {node}'s own {link.node_user(node)}"
         source = split_addr(conn.get("addr", ""))
         if source is not None and believed(q.ip, node, source[0], q.claims):
             return None

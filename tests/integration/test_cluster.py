@@ -34,6 +34,7 @@ def redis_node(port: int) -> str:
     return redis_config(None, port, programs=worker(), supervisor_extra="health_interval = 0.3") + textwrap.dedent(f"""
         [cluster]
         node = "n1"
+        nodes = ["n2", "n3"]
         heartbeat_interval = {HEARTBEAT}
         """)
 
@@ -84,14 +85,15 @@ def read_until(proc: subprocess.Popen, match, timeout: float = 15.0) -> dict:
 def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port, procs):
     n1 = make_supervisor(redis_node(port), "n1").start()
     n1.wait_all_running()
-    node_pass = n1.dir / "run" / "redis-node.pass"
-    assert node_pass.stat().st_mode & 0o777 == 0o600
+    passes = {n: n1.dir / "run" / f"redis-node-{n}.pass" for n in ("n1", "n2", "n3")}
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in passes.values())
+    assert len({p.read_text() for p in passes.values()}) == 3             # a password per node
     # a cloned machine that kept its name, n3, is live: a second n3 says so
     with redis.Redis(port=port) as r:
         r.set("relayq-cluster:node:n3", json.dumps({"host": "clone-host", "pid": 7, "heartbeat_interval": 60}),
               ex=86400)
-    n2 = make_supervisor(worker_node("n2", port, str(node_pass)), "n2").start()
-    n3 = make_supervisor(worker_node("n3", port, str(node_pass)), "n3").start()
+    n2 = make_supervisor(worker_node("n2", port, str(passes["n2"])), "n2").start()
+    n3 = make_supervisor(worker_node("n3", port, str(passes["n3"])), "n3").start()
     n2.wait_all_running()
     n3.wait_all_running()
     wait_for(lambda: any("'n3' is also published by host clone-host" in note
@@ -135,6 +137,8 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port,
     text = n1.ctl("audit", "--cluster", "--node", "n2")
     assert any(line.startswith("n2 ") and f"pid {victim}" in line for line in text.stdout.splitlines())
     assert read_until(follow, lambda e: e["event"] == "exit")["pid"] == victim
+    # the same timeline read from n2 with its own user (read-only on the other nodes' streams)
+    assert {e["node"] for e in cluster_events(n2)} == {"n1", "n2", "n3"}
 
     # why NAME --node N from the other node
     n2.wait_state("worker", "RUNNING", restarts=1)
@@ -146,16 +150,24 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port,
     assert why["last_stop"]["exit"]["pid"] == victim
     assert n1.ctl("why", "worker", "--node", "n9").returncode == 4
 
-    # the node user cannot stop or reconfigure Redis: denied, and audited on the Redis node
-    creds = {"username": "relayq-node", "password": node_pass.read_text().strip()}
+    # a node's user cannot stop or reconfigure Redis, nor write as another node: denied, and
+    # audited on the Redis node with the user that tried
+    creds = {"username": "relayq-node-n2", "password": passes["n2"].read_text().strip()}
     with redis.Redis(port=port, client_name="rogue-node", **creds) as r:
-        for command in (("SHUTDOWN",), ("CONFIG", "SET", "maxmemory", "1")):
+        for command in (("SHUTDOWN",), ("CONFIG", "SET", "maxmemory", "1"),
+                        ("SET", "relayq-cluster:node:n3", "{}"), ("XADD", "relayq-cluster:audit:n3", "*", "a", "b"),
+                        ("DEL", "relayq-cluster:why:n3"), ("PUBLISH", "relayq-cluster:whois:ask:n3", "{}"),
+                        ("ZREM", "relayq-cluster:nodes", "n3")):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 r.execute_command(*command)
+        assert r.get("relayq-cluster:node:n3") is not None          # it reads the others' status
+        assert json.loads(r.get("relayq-cluster:node:n3"))["node"] == "n3"
     def denials():
-        found = {e["command"].split("|")[0] for e in n1.audit_events("redis_denied") if e["user"] == "relayq-node"}
-        return found if found >= {"shutdown", "config"} else None
-    wait_for(denials, what="the node user's SHUTDOWN and CONFIG SET audited as denied")
+        found = {e["command"].split("|")[0] for e in n1.audit_events("redis_denied") if e["user"] == "relayq-node-n2"}
+        want = {"shutdown", "config", "relayq-cluster:node:n3", "relayq-cluster:audit:n3", "relayq-cluster:why:n3",
+                "relayq-cluster:whois:ask:n3", "relayq-cluster:nodes"}
+        return found if found >= want else None
+    wait_for(denials, what="n2's user's SHUTDOWN, CONFIG SET and writes as n3 audited as denied")
     assert n1.program("redis")["restarts"] == 0
 
     # a killed node goes stale and the cluster's status says so: exit 3
@@ -200,11 +212,10 @@ def test_worker_node_waits_for_the_cluster_redis_and_its_backlog_arrives_in_orde
         # stream order, not the timeline's; a batch resent after a lost reply may repeat
         # entries (same id: run and sequence number), never reorder them
         with redis.Redis(port=port) as r:
-            entries = r.xrange("relayq-cluster:audit")
+            entries = r.xrange("relayq-cluster:audit:n2")
         unique: dict[bytes, dict] = {}
         for _, f in entries:
-            if f[b"node"] == b"n2":
-                unique.setdefault(f[b"id"], json.loads(f[b"event"]))
+            unique.setdefault(f[b"id"], json.loads(f[b"event"]))
         return list(unique.values())
     wait_for(lambda: n2.status()["supervisor"]["cluster"]["backlog"] == 0, what="n2's backlog sent")
     local = n2.audit_events()
@@ -214,3 +225,22 @@ def test_worker_node_waits_for_the_cluster_redis_and_its_backlog_arrives_in_orde
     # the merged timeline drops the repeats
     timeline = [e for e in cluster_events(n1, "--node", "n2")]
     assert [{k: v for k, v in e.items() if k != "node"} for e in timeline] == local
+
+
+def test_a_node_added_to_nodes_gets_its_user_when_the_supervisor_restarts_without_restarting_redis(
+        make_supervisor, port):
+    n1 = make_supervisor(redis_node(port), "n1").start()
+    redis_pid = n1.wait_state("redis", "RUNNING")["pid"]
+    assert not (n1.dir / "run" / "redis-node-n4.pass").exists()
+    n1.proc.send_signal(signal.SIGKILL)             # a crash: Redis keeps running, the next one adopts it
+    n1.proc.wait(10)
+    n1_again = make_supervisor(redis_node(port).replace('nodes = ["n2", "n3"]', 'nodes = ["n2", "n3", "n4"]'), "n1")
+    n1_again.seen.add(redis_pid)
+    n1_again.start()
+    assert n1_again.wait_state("redis", "RUNNING")["pid"] == redis_pid
+    assert "ACL file loaded again" in n1_again.audit_events("adopted")[-1]["verified"]
+    password = (n1.dir / "run" / "redis-node-n4.pass").read_text().strip()
+    with redis.Redis(port=port, username="relayq-node-n4", password=password) as r:
+        assert r.set("relayq-cluster:node:n4", "{}", ex=10)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            r.set("relayq-cluster:node:n2", "{}")

@@ -11,6 +11,7 @@ and supervisors for the module: the scenarios run in order (the last two stop n2
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -77,6 +78,7 @@ class Cluster:
 
             [cluster]
             node = "n1"
+            nodes = ["n2", "n3"]
             heartbeat_interval = 0.5
             """), host=hosts.a)
         self.n2: Supervisor | None = None
@@ -86,7 +88,7 @@ class Cluster:
     def start(self) -> None:
         self.n1.start()
         self.n1.wait_state("redis", "RUNNING")
-        node_pass = self.n1.dir / "run" / "redis-node.pass"
+        node_pass = self.node_pass("n2")
         wait_for(node_pass.exists, what="n1's node password file")
         copy = self.n1.dir.parent / "n2" / "node.pass"
         shutil.copyfile(node_pass, copy)
@@ -115,6 +117,9 @@ class Cluster:
         wait_for(lambda: "n2" in self.n1.ctl("status", "--cluster").stdout, what="n2 in the cluster view")
         wait_for(lambda: (self.n2.status()["supervisor"]["kernel_trace_stats"] or {}).get("own_connections")
                  is not None, what="n2's witness recording connections to the cluster's Redis")
+
+    def node_pass(self, node: str):
+        return self.n1.dir / "run" / f"redis-node-{node}.pass"
 
     def denials(self, **match) -> list[dict]:
         return [e for e in self.n1.audit_events("redis_denied") if all(e.get(k) == v for k, v in match.items())]
@@ -215,9 +220,9 @@ FORGER = textwrap.dedent("""\
     import redis
     host, port, password = sys.argv[1], int(sys.argv[2]), open(sys.argv[3]).read().strip()
     def connect():
-        return redis.Redis(host=host, port=port, username="relayq-node", password=password)
+        return redis.Redis(host=host, port=port, username="relayq-node-n2", password=password)
     sub = connect().pubsub(ignore_subscribe_messages=True)
-    sub.subscribe("relayq-cluster:whois:ask:n2")       # n2's questions: the node user may read them
+    sub.subscribe("relayq-cluster:whois:ask:n2")       # n2's questions: n2's user may read them
     print("listening", flush=True)
     for m in sub.listen():
         q = json.loads(m["data"])
@@ -232,9 +237,9 @@ FORGER = textwrap.dedent("""\
 
 
 def test_a_node_cannot_answer_for_another_nodes_address(cluster, procs):
-    # a holder of the node credentials on another host answers n2's questions first, as n2
+    # a holder of n2's credentials on another host answers n2's questions first, as n2
     forger = cluster.hosts.outsider.popen([PYTHON, "-c", FORGER, cluster.hosts.a.ipv4, str(cluster.port),
-                                           str(cluster.n1.dir / "run" / "redis-node.pass")],
+                                           str(cluster.node_pass("n2"))],
                                           stdout=subprocess.PIPE, text=True)
     procs.append(forger)
     assert forger.stdout.readline().strip() == "listening"
@@ -245,6 +250,70 @@ def test_a_node_cannot_answer_for_another_nodes_address(cluster, procs):
     assert denied["sender"]["node"] == "n2" and denied["sender"]["comm"] == "redis-cli"
     assert f"node n2 answered from {cluster.hosts.outsider.ipv4}:" in cluster.n1.log()
     assert cluster.n1.status()["supervisor"]["whois"]["rejected"] >= 1
+
+
+IMPOSTOR = textwrap.dedent("""\
+    import hashlib, json, sys
+    import redis
+    host, port, password = sys.argv[1], int(sys.argv[2]), open(sys.argv[3]).read().strip()
+    def as_n2():
+        return redis.Redis(host=host, port=port, username="relayq-node-n2", password=password)
+    try:
+        as_n2().execute_command("SUBSCRIBE", "relayq-cluster:whois:ask:n3")
+        print("subscribed", flush=True)
+    except redis.exceptions.NoPermissionError:
+        print("refused", flush=True)
+    # told n3's questions all the same (the workers' user may read every channel)
+    sub = redis.Redis(host=host, port=port).pubsub(ignore_subscribe_messages=True)
+    sub.subscribe("relayq-cluster:whois:ask:n3")
+    print("listening", flush=True)
+    held = []                  # each answering connection stays open for n1's check
+    for m in sub.listen():     # every question (its own refused SUBSCRIBE is one too)
+        q = json.loads(m["data"])
+        c = as_n2()
+        held.append(c)
+        lie = json.dumps({"id": q["id"], "node": "n3", "found": True, "note": None, "client_id": c.client_id(),
+                          "sender": {"pid": 1, "comm": "innocent", "alive": True}}).encode()
+        c.client_setname("relayq-whois:n3:%s:%s" % (q["id"], hashlib.sha256(lie).hexdigest()[:16]))
+        c.publish("relayq-cluster:whois:answer:" + q["asker"], lie)
+        print("forged", flush=True)
+    """)
+
+
+def test_n2s_credentials_cannot_answer_as_n3(cluster, procs):
+    # n3 (declared on n1, its user the only one that writes its status) holds the outsider's address;
+    # n2's credentials, used from that very address, try to pin an attempt there on n3
+    outsider = cluster.hosts.outsider
+
+    def as_n3(*command: str) -> None:
+        cluster.hosts.a.run([PYTHON, "-c", textwrap.dedent(f"""\
+            import sys, redis
+            r = redis.Redis(port={cluster.port}, username="relayq-node-n3", password=open(sys.argv[1]).read().strip())
+            r.execute_command(*sys.argv[2:])
+            """), str(cluster.node_pass("n3")), *command], check=True)
+    as_n3("SET", "relayq-cluster:node:n3", json.dumps({"addresses": [outsider.ipv4]}), "EX", "60")
+    impostor = outsider.popen([PYTHON, "-c", IMPOSTOR, cluster.hosts.a.ipv4, str(cluster.port),
+                               str(cluster.node_pass("n2"))], stdout=subprocess.PIPE, text=True)
+    procs.append(impostor)
+    try:
+        assert impostor.stdout.readline().strip() == "refused"      # n3's questions are not n2's to read
+        assert impostor.stdout.readline().strip() == "listening"
+        probe = outsider.run([PYTHON, "-c", textwrap.dedent(f"""\
+            import socket
+            s = socket.create_connection(("{cluster.hosts.a.ipv4}", {cluster.port}))
+            s.sendall(b"*1\\r\\n$8\\r\\nSHUTDOWN\\r\\n")
+            print(s.getsockname()[1], s.recv(200))
+            """)], capture_output=True, text=True, check=True)
+        addr = f"{outsider.ipv4}:{int(probe.stdout.split()[0])}"
+        denied = wait_for(lambda: cluster.denials(client_addr=addr), timeout=10, what="the probe's denial")[0]
+        assert denied["sender"] is None, denied
+        assert denied["note"].startswith("node n3 did not answer within 1 s; rejected: the answer as n3 came "
+                                         "from user 'relayq-node-n2', not n3's own relayq-node-n3"), denied["note"]
+        # and n2's try at n3's questions is audited on n1, named by its user
+        wait_for(lambda: cluster.denials(user="relayq-node-n2", command="relayq-cluster:whois:ask:n3"),
+                 what="n2's SUBSCRIBE to n3's questions audited as denied")
+    finally:
+        as_n3("DEL", "relayq-cluster:node:n3")
 
 
 def test_an_n2_that_does_not_answer_is_said_so_and_its_late_answer_amends_the_event(cluster):

@@ -14,7 +14,7 @@ from relayq_supervisor.cluster import link
 from relayq_supervisor.cluster.publisher import ClusterPublisher
 from relayq_supervisor.cluster.view import entry_event, exit_status
 from relayq_supervisor.config import ConfigError, parse_config
-from relayq_supervisor.kinds.redis.acl import AdminCredentials, acl_file_text
+from relayq_supervisor.kinds.redis.acl import AdminCredentials, acl_file_text, acl_weaknesses
 
 PATH = "/etc/relayq/config.toml"
 WORKER = "[[program]]\nname = 'worker'\ncommand = ['true']\ndepends_on = ['redis']\n"
@@ -66,46 +66,76 @@ def test_bad_redis_url_is_named_with_its_line(url, says):
 
 
 def test_cluster_keys_are_checked(tmp_path):
-    assert "unknown key 'nodes'" in error("[cluster]\nnodes = 'n2'\nredis_url = 'redis://x'\n" + WORKER)
+    assert "unknown key 'node_name'" in error("[cluster]\nnode_name = 'n2'\nredis_url = 'redis://x'\n" + WORKER)
     assert "'heartbeat_interval' must be at least 0.1" in error(
         "[cluster]\nredis_url = 'redis://x'\nheartbeat_interval = 0.01\n" + WORKER)
     assert "node name 'n 2'" in error("[cluster]\nnode = 'n 2'\nredis_url = 'redis://x'\n" + WORKER)
     missing = tmp_path / "nope.pass"
     text = error(f"[cluster]\nredis_url = 'redis://x'\npassword_file = '{missing}'\n" + WORKER)
-    assert "cannot read password file" in text and "redis-node.pass" in text
+    assert "cannot read password file" in text and "redis-node-" in text
 
 
-def test_redis_node_gets_the_node_user_and_a_default_url(tmp_path):
+def test_redis_node_gets_a_user_per_node_and_a_default_url(tmp_path):
     config = parse(redis_table(tmp_path) + "[cluster]\nnode = 'n1'\n")
-    assert config.redis is not None and config.redis.redis is not None and config.redis.redis.node_user
+    assert config.redis is not None and config.redis.redis is not None
+    assert config.redis.redis.cluster_nodes == ("n1",)          # the Redis node is always a member
     assert config.remote_dependencies == ()
     assert link.cluster_url(config) == "redis://127.0.0.1:6379/0"
+    three = parse(redis_table(tmp_path) + "[cluster]\nnode = 'n1'\nnodes = ['n2', 'n3']\n")
+    assert three.redis is not None and three.redis.redis is not None
+    assert three.redis.redis.cluster_nodes == ("n1", "n2", "n3")
     plain = parse(redis_table(tmp_path))
-    assert plain.redis is not None and plain.redis.redis is not None and not plain.redis.redis.node_user
+    assert plain.redis is not None and plain.redis.redis is not None and plain.redis.redis.cluster_nodes == ()
+
+
+def test_cluster_nodes_are_checked(tmp_path):
+    base = redis_table(tmp_path) + "[cluster]\nnode = 'n1'\n"
+    assert error(base + "nodes = ['n2', 'n 3']\n") == (
+        f"{PATH}:5: node name 'n 3' may use only letters, digits, '_', '-' and '.' (at most 64)")
+    assert error(base + "nodes = ['n2', 'n2']\n") == f"{PATH}:5: node 'n2' is listed twice"
+    assert error(base + "nodes = 'n2'\n") == f"{PATH}:5: 'nodes' must be a list, not 'n2'"
+    assert error("[cluster]\nnode = 'n2'\nredis_url = 'redis://x'\nnodes = ['n2']\n" + WORKER).startswith(
+        f"{PATH}:4: 'nodes' belongs on the Redis node")
 
 
 def test_connection_uses_the_node_user_with_password_file(tmp_path):
-    secret = tmp_path / "redis-node.pass"
+    secret = tmp_path / "redis-node-n2.pass"
     secret.write_text("s3cret\n")
-    config = parse(f"[cluster]\nredis_url = 'redis://:workerpw@h:7000/2'\npassword_file = '{secret}'\n" + WORKER)
+    config = parse(f"[cluster]\nnode = 'n2'\nredis_url = 'redis://:workerpw@h:7000/2'\npassword_file = '{secret}'\n" + WORKER)
     options = link.connection_options(config, 1.0)
     assert (options["host"], options["port"], options["db"]) == ("h", 7000, 2)
-    assert (options["username"], options["password"]) == ("relayq-node", "s3cret")
+    assert (options["username"], options["password"]) == ("relayq-node-n2", "s3cret")
     assert link.display_url(link.cluster_url(config)) == "redis://h:7000/2"
 
 
-@pytest.mark.parametrize("version, channels", [((7, 2, 4), True), ((6, 2, 6), True), ((6, 0, 16), False)])
-def test_node_user_acl_line(version, channels):
+@pytest.mark.parametrize("version, channels, read_only", [
+    ((7, 2, 4), True, True), ((7, 0, 15), True, True), ((6, 2, 6), True, False), ((6, 0, 16), False, False)])
+def test_a_user_per_node_acl_lines(version, channels, read_only):
     admin = AdminCredentials("relayq-admin", "a" * 64)
-    node = AdminCredentials("relayq-node", "b" * 64)
-    lines = acl_file_text(("shutdown",), version, admin, node=node).splitlines()
-    assert len(lines) == 3
-    words = lines[2].split()
-    assert words[:3] == ["user", "relayq-node", "on"] and "b" * 64 not in lines[2]
-    assert "~relayq-cluster:*" in words and "-@all" in words and "+xadd" in words
-    assert ("&relayq-cluster:*" in words) is channels
-    assert not {"+shutdown", "+config", "+acl", "+@all", "~*", "+flushall"} & set(words)
+    nodes = {"n3": AdminCredentials("relayq-node-n3", "c" * 64), "n2": AdminCredentials("relayq-node-n2", "b" * 64)}
+    lines = acl_file_text(("shutdown",), version, admin, nodes=nodes).splitlines()
+    assert len(lines) == 4
+    n2, n3 = lines[2].split(), lines[3].split()
+    assert n2[:3] == ["user", "relayq-node-n2", "on"] and "b" * 64 not in lines[2]
+    assert n3[:3] == ["user", "relayq-node-n3", "on"] and n2[3] != n3[3]       # its own password
+    assert "-@all" in n2 and "+xadd" in n2
+    assert not {"+shutdown", "+config", "+acl", "+@all", "~*", "+flushall"} & set(n2)
+    if read_only:       # its own keys and the index read-write, the rest read-only
+        assert {"~relayq-cluster:node:n2", "~relayq-cluster:why:n2", "~relayq-cluster:audit:n2",
+                "%R~relayq-cluster:*"} <= set(n2)
+        assert "~relayq-cluster:nodes" not in n2            # the index: written by the Redis node
+        assert not [w for w in n2 if w.startswith("~") and "n3" in w]
+        assert "~relayq-cluster:*" not in n2
+    else:               # 6.x: one pattern reads and writes; said at start
+        assert "~relayq-cluster:*" in n2 and not [w for w in n2 if w.startswith("%")]
+        assert "overwrite" in " ".join(acl_weaknesses(version))
+    if channels:        # its own questions; answers to the asker
+        assert {"&relayq-cluster:whois:ask:n2", "&relayq-cluster:whois:answer:*"} <= set(n2)
+        assert "&relayq-cluster:whois:ask:n3" not in n2 and "&relayq-cluster:*" not in n2
+    else:
+        assert not [w for w in n2 if w.startswith("&")]
     assert len(acl_file_text(("shutdown",), version, admin).splitlines()) == 2
+    assert acl_weaknesses(version) == [] if read_only else acl_weaknesses(version)
 
 
 def publisher(tmp_path: Path, max_backlog: int) -> ClusterPublisher:
@@ -144,9 +174,18 @@ def test_a_failing_listener_costs_the_record_nothing(tmp_path):
 def test_repeated_stream_entries_are_shown_once():
     seen: set = set()
     fields = {b"node": b"n2", b"id": b"1.2:7", b"event": b'{"event":"spawn","pid":3}'}
-    assert entry_event(fields, seen) == {"event": "spawn", "pid": 3, "node": "n2"}
-    assert entry_event(dict(fields), seen) is None
-    assert entry_event({**fields, b"id": b"1.2:8", b"event": b"not json"}, seen) is None
+    assert entry_event(fields, seen, "n2") == {"event": "spawn", "pid": 3, "node": "n2"}
+    assert entry_event(dict(fields), seen, "n2") is None
+    assert entry_event({**fields, b"id": b"1.2:8", b"event": b"not json"}, seen, "n2") is None
+    # the node is the stream's (only that node's user writes it), not what the entry says
+    assert entry_event({**fields, b"node": b"n3", b"id": b"1.2:9"}, seen, "n2")["node"] == "n2"
+
+
+def test_each_node_stream_gets_a_share_of_the_cap():
+    assert link.stream_key("n2") == "relayq-cluster:audit:n2"
+    assert link.stream_maxlen(1) == link.STREAM_MAXLEN
+    assert link.stream_maxlen(4) == link.STREAM_MAXLEN // 4
+    assert link.stream_maxlen(0) == link.STREAM_MAXLEN and link.stream_maxlen(10_000) == link.STREAM_MIN_PER_NODE
 
 
 def test_cluster_exit_status():

@@ -49,13 +49,13 @@ class RedisKind:
     ready_by_notify = False     # RUNNING only after the CONFIG GET check, whatever Redis 7 notifies
 
     def __init__(self, spec: ProgramSpec, ctx: KindContext, *, admin: acl.AdminCredentials | None = None,
-                 version: str | None = None, node_user: acl.AdminCredentials | None = None):
+                 version: str | None = None, node_users: dict[str, acl.AdminCredentials] | None = None):
         assert spec.redis is not None
         self.spec = spec
         self.redis: RedisSpec = spec.redis
         self.ctx = ctx
         self.admin = admin
-        self.node_user = node_user          # [cluster]: the user the nodes publish as
+        self.node_users = node_users or {}  # [cluster]: node -> the user it publishes as
         self.version = version
         self.url: str | None = None         # RELAYQ_REDIS_URL
         self._clients: dict[float | None, aioredis.Redis] = {}
@@ -84,21 +84,25 @@ class RedisKind:
         try:
             self._set_url()
             self.admin = acl.AdminCredentials.load_or_create(self.ctx.supervisor.run_dir)
-            if r.node_user:     # the operator copies this file to the other nodes
-                self.node_user = acl.AdminCredentials.load_or_create(
-                    self.ctx.supervisor.run_dir, acl.NODE_USER, acl.NODE_PASSWORD_FILE)
+            # one password file per node of the cluster: the operator copies each to its node
+            self.node_users = {node: acl.AdminCredentials.load_or_create(
+                self.ctx.supervisor.run_dir, acl.node_user_name(node), acl.node_password_file(node))
+                for node in r.cluster_nodes}
+            if self.node_users:
+                for weakness in acl.acl_weaknesses(acl.version_tuple(self.version or "")):
+                    log.warning("cluster: %s", weakness)
             self.write_acl()
         except (AclSetupError, ValueError) as e:
             raise StartupError(f"relayq-supervisor: cannot set up the Redis command guard: {e}") from None
 
     def kept_files(self) -> list[str]:
-        return [c.path for c in (self.admin, self.node_user) if c is not None and c.path]
+        return [c.path for c in (self.admin, *self.node_users.values()) if c is not None and c.path]
 
     def restore_files(self) -> None:
         if self.admin is not None:
             acl.save_credentials(self.admin)
-            if self.node_user is not None:      # the other nodes hold a copy: the same password again
-                acl.save_credentials(self.node_user)
+            for node_user in self.node_users.values():  # the other nodes hold a copy: the same password again
+                acl.save_credentials(node_user)
             self.write_acl()
 
     async def adoptable(self) -> Adoptable | None:
@@ -123,6 +127,13 @@ class RedisKind:
                 f"(`kill -TERM {pid}`: it saves first) and start again") from None
         log.info("port %d: pid %d is the Redis the previous supervisor started; adopting it", self.redis.port, pid)
         verified = ["pid and start time match the data-dir lock record", "answers PING as the admin user"]
+        try:
+            # the ACL file prepare() wrote (a node added to [cluster] nodes) applies now, not at
+            # Redis' next start; ACL LOAD keeps the old users whole if the file is refused
+            await conn.execute_command("ACL", "LOAD")
+            verified.append("ACL file loaded again")
+        except (redis.exceptions.RedisError, OSError) as e:
+            log.warning("redis: adopted pid %d keeps the users it started with: ACL LOAD failed (%s)", pid, e)
         exe = _exe(pid)
         if exe is not None and exe == rec.get("exe"):
             verified.insert(1, f"executable {exe} as recorded")
@@ -151,7 +162,7 @@ class RedisKind:
         return acl.write_acl_file(self.ctx.supervisor.run_dir, self.redis.denied_commands, acl.version_tuple(self.version or ""),
                                   self.admin, default_password=server.default_password(self.spec),
                                   owner=self.spec.privileges.uid,
-                                  node=self.node_user if self.redis.node_user else None)
+                                  nodes=self.node_users)
 
     def preflight(self) -> str | None:
         holder = server.port_holder(server.ping_host(self.spec), self.redis.port)
@@ -286,7 +297,10 @@ class RedisKind:
         self._clients = {}
 
     def with_spec(self, spec: ProgramSpec) -> RedisKind:
-        fresh = RedisKind(spec, self.ctx, admin=self.admin, version=self.version, node_user=self.node_user)
+        # a node added to [cluster] nodes gets its user in the ACL file written before Redis' next start
+        assert spec.redis is not None
+        kept = {n: c for n, c in self.node_users.items() if n in spec.redis.cluster_nodes}
+        fresh = RedisKind(spec, self.ctx, admin=self.admin, version=self.version, node_users=kept)
         if self.health is not None:
             fresh.health = self.health.moved_to(fresh)
             self.health = None

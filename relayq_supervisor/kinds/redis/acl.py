@@ -30,13 +30,14 @@ log = logging.getLogger(__name__)
 
 ADMIN_USER = "relayq-admin"
 PASSWORD_FILE = "redis-admin.pass"
-# The user every node of a cluster publishes and reads the cluster view as ([cluster]):
-# its keys and channels only, and only the commands cluster/ uses, so no stop command.
-NODE_USER = "relayq-node"
-NODE_PASSWORD_FILE = "redis-node.pass"
-NODE_KEY_PATTERN = "relayq-cluster:*"
+# One user per declared node of a cluster ([cluster] nodes), `relayq-node-<node>`: it
+# writes only its own keys of the cluster view and answers only as itself; it runs only the
+# commands cluster/ uses, so no stop command. Its password: <run_dir>/redis-node-<node>.pass.
+NODE_USER_PREFIX = "relayq-node-"
+NODE_PASSWORD_FILE = "redis-node-{node}.pass"
+CLUSTER_PREFIX = "relayq-cluster:"      # cluster/link.py's key layout
 NODE_COMMANDS = (
-    "ping", "hello", "client|setname", "client|getname", "client|id", "select", "echo",
+    "ping", "hello", "client|setname", "client|getname", "client|id", "select", "echo", "time",
     "get", "set", "mget", "del", "exists", "expire", "ttl", "pttl", "type",
     "hset", "hget", "hgetall", "hdel",
     "zadd", "zrange", "zrangebyscore", "zremrangebyscore", "zrem", "zcard",
@@ -48,6 +49,7 @@ ACL_FILE = "redis-users.acl"
 PASSWORD_BYTES = 32
 
 CHANNEL_RULES_SINCE = (6, 2)      # `&pattern` (pub/sub channel permissions)
+READ_ONLY_KEYS_SINCE = (7, 0)     # `%R~pattern` (read-only key permissions)
 SUBCOMMAND_DENY_SINCE = (7, 0)    # `-command|subcommand`
 ACL_SINCE = (6, 0)
 # Commands of the default deny list that not every ACL-capable Redis has: `-name` of
@@ -267,36 +269,70 @@ def _password_rule(password: str) -> str:
     return "#" + hashlib.sha256(password.encode()).hexdigest()
 
 
-def node_user_line(node: AdminCredentials, version: tuple[int, ...]) -> str:
-    """`user relayq-node ...`: the cluster's keys and channels, only the commands it uses.
-    Everything else (SHUTDOWN, CONFIG, ACL, FLUSHALL, the workers' keys) is NOPERM, and
-    ACL LOG names the node that tried it."""
-    channels = ["resetchannels", "&" + NODE_KEY_PATTERN] if tuple(version[:2]) >= CHANNEL_RULES_SINCE else []
-    words = ["user", node.username, "on", _password_rule(node.password), "resetkeys", "~" + NODE_KEY_PATTERN,
+def node_user_name(node: str) -> str:
+    return NODE_USER_PREFIX + node
+
+
+def node_password_file(node: str) -> str:
+    return NODE_PASSWORD_FILE.format(node=node)
+
+
+def node_user_line(node: str, creds: AdminCredentials, version: tuple[int, ...]) -> str:
+    """`user relayq-node-<node> ...`: what node `node` publishes (its status, its `why`, its
+    audit stream), read access to the rest of the cluster view (the index of names too: the
+    Redis node writes the declared members there, cluster/publisher.py),
+    its own question channel and the answer channels, only the commands cluster/ uses.
+    Everything else (SHUTDOWN, CONFIG, ACL, FLUSHALL, the workers' keys, another node's
+    keys) is NOPERM, and ACL LOG names the user that tried it.
+
+    Redis 7.0 has read-only key patterns (`%R~`, "Key permissions" in the ACL docs); 6.x
+    grants read and write with one pattern, so there every node user may also write the
+    other nodes' keys (acl_weaknesses says so at start)."""
+    own = [f"~{CLUSTER_PREFIX}{kind}:{node}" for kind in ("node", "why", "audit")]
+    keys = [*own, f"%R~{CLUSTER_PREFIX}*"] if tuple(version[:2]) >= READ_ONLY_KEYS_SINCE \
+        else [f"~{CLUSTER_PREFIX}*"]
+    # a channel pattern allows both PUBLISH and SUBSCRIBE: what ties an answer to its node
+    # is the answering connection's user, checked by the asker (cluster/whois_ask.py)
+    channels = ["resetchannels", f"&{CLUSTER_PREFIX}whois:ask:{node}", f"&{CLUSTER_PREFIX}whois:answer:*"] \
+        if tuple(version[:2]) >= CHANNEL_RULES_SINCE else []
+    words = ["user", node_user_name(node), "on", _password_rule(creds.password), "resetkeys", *keys,
              *channels, "-@all", *(f"+{c}" for c in NODE_COMMANDS)]
     return " ".join(words)
 
 
+def acl_weaknesses(version: tuple[int, ...]) -> list[str]:
+    """What the node users cannot be kept from on this Redis version (logged at start)."""
+    v = ".".join(map(str, version))
+    found = []
+    if tuple(version[:2]) < READ_ONLY_KEYS_SINCE:
+        found.append(f"Redis {v} has no read-only key patterns (7.0): each node user may also overwrite "
+                     "the other nodes' status and audit stream")
+    if tuple(version[:2]) < CHANNEL_RULES_SINCE:
+        found.append(f"Redis {v} has no channel permissions (6.2): each node user may read every "
+                     "node's whois questions")
+    return found
+
+
 def acl_file_text(denied: tuple[str, ...], version: tuple[int, ...], creds: AdminCredentials,
-                  default_password: str | None = None, node: AdminCredentials | None = None) -> str:
-    """The content of the ACL file (two `user` lines, three with the cluster's node user)."""
+                  default_password: str | None = None, nodes: dict[str, AdminCredentials] | None = None) -> str:
+    """The content of the ACL file (two `user` lines, then one per node of the cluster)."""
     channels = ["&*"] if tuple(version[:2]) >= CHANNEL_RULES_SINCE else []
     auth = _password_rule(default_password) if default_password else "nopass"
     default = ["user", "default", "on", auth, "~*", *channels, *acl_rules(denied, version)]
     admin = ["user", creds.username, "on", _password_rule(creds.password), "~*", *channels, "+@all"]
     lines = [" ".join(default), " ".join(admin)]
-    if node is not None:
-        lines.append(node_user_line(node, version))
+    for name, node in sorted((nodes or {}).items()):
+        lines.append(node_user_line(name, node, version))
     return "\n".join(lines) + "\n"
 
 
 def write_acl_file(run_dir: str | os.PathLike, denied: tuple[str, ...], version: tuple[int, ...],
                    creds: AdminCredentials, default_password: str | None = None, owner: int | None = None,
-                   node: AdminCredentials | None = None) -> str:
+                   nodes: dict[str, AdminCredentials] | None = None) -> str:
     """Write `<run_dir>/redis-users.acl` (mode 0600, atomically; owned by `owner`, Redis'
     user, when it has one) and return its path; redis-server then gets `--aclfile PATH`."""
     path = os.path.join(os.fspath(run_dir), ACL_FILE)
-    text = acl_file_text(denied, version, creds, default_password, node)
+    text = acl_file_text(denied, version, creds, default_password, nodes)
     if _holds(path, text, owner):
         return path         # a restart: skip the write and its fsync on the way to Redis
     try:
