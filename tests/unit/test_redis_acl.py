@@ -13,12 +13,14 @@ from relayq_supervisor.kinds.redis.acl import (
     AclLogReader,
     AclSetupError,
     AdminCredentials,
+    Denial,
     acl_rules,
     find_client_process,
     parse_client_info,
     version_tuple,
     write_acl_file,
 )
+from relayq_supervisor.kinds.redis.health import denial_hint
 
 DENIED = RedisSpec.denied_commands
 
@@ -211,3 +213,15 @@ def test_find_client_process_ignores_unix_socket_and_garbage_addresses():
     assert find_client_process("/tmp/redis.sock:0", 6379) is None
     assert find_client_process("", 6379) is None
     assert find_client_process("not-an-ip:12", 6379) is None
+
+
+@pytest.mark.parametrize("reason, user, hint", [
+    ("command", "default", "only the supervisor may stop Redis"),
+    ("command", "relayq-node-n2", "user relayq-node-n2 may run only the cluster view's commands"),
+    ("key", "relayq-node-n2", "user relayq-node-n2 may not touch that key"),
+    ("channel", "relayq-node-n2", "user relayq-node-n2 may not touch that channel"),
+])
+def test_a_denial_log_line_says_what_kind_of_refusal_it_was(reason, user, hint):
+    d = Denial(command="set", reason=reason, context="toplevel", user=user, client_addr="10.0.0.2:5000",
+                         client_laddr=None, client_name=None, count_new=1, count_total=1, age_s=0.0, client_info={})
+    assert hint in denial_hint(d)

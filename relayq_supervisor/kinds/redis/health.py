@@ -136,9 +136,8 @@ class RedisHealth:
                                count_total=d.count_total, sender=sender, **({"note": note} if note else {}))
         written.append(event)
         p.remember(event)
-        log.warning("%s: denied %s x%d by user %s from %s (%s); only the supervisor may stop Redis: "
-                    "`relayqctl stop redis`", p.name, d.command, d.count_new, d.user, d.client_addr,
-                    self.describe_remote(sender) if sender else note)
+        log.warning("%s: denied %s x%d by user %s from %s (%s)%s", p.name, d.command, d.count_new, d.user,
+                    d.client_addr, self.describe_remote(sender) if sender else note, denial_hint(d))
 
     @staticmethod
     def describe_remote(sender: dict[str, Any]) -> str:
@@ -173,8 +172,8 @@ class RedisHealth:
             who = (f"x{d.count_new}: pids {pids}; Redis recorded the last: {who}" if folded["exact"] else
                    f"x{d.count_new} among pids {pids} (closed since the previous read); "
                    f"Redis recorded the last: {who}")
-        log.warning("%s: denied %s x%d by user %s from %s (%s); only the supervisor may stop Redis: "
-                    "`relayqctl stop redis`", p.name, d.command, d.count_new, d.user, d.client_addr, who)
+        log.warning("%s: denied %s x%d by user %s from %s (%s)%s", p.name, d.command, d.count_new, d.user,
+                    d.client_addr, who, denial_hint(d))
 
     def folded_clients(self, d: redis_acl.Denial, last: dict[str, Any] | None,
                        since: float | None) -> dict[str, Any] | None:
@@ -206,3 +205,15 @@ class RedisHealth:
                 "note": (f"Redis kept only the last of {d.count_new} clients" if exact else
                          f"{d.count_new} attempts among these {len(named)} clients (every connection "
                          "closed since the previous read); Redis kept only the last")}
+
+
+def denial_hint(d: redis_acl.Denial) -> str:
+    """What the operator is told with a denial: a refused command is one of the stop commands
+    (only the supervisor may run them); a refused key or channel is a user outside its own."""
+    if d.reason == "command" and d.user.startswith(redis_acl.NODE_USER_PREFIX):
+        return f"; user {d.user} may run only the cluster view's commands"
+    if d.reason == "command":
+        return "; only the supervisor may stop Redis: `relayqctl stop redis`"
+    if d.reason in ("key", "channel"):
+        return f"; user {d.user} may not touch that {d.reason}"
+    return ""
