@@ -50,7 +50,7 @@ from relayq_supervisor.systemd import ServiceLink
 from relayq_supervisor.witness.attribution import Attribution
 from relayq_supervisor.witness.evidence import Probe
 from relayq_supervisor.witness.tap import SignalTap
-from relayq_supervisor.witness.tracefs import CATCH_UP_READS, KernelWitness
+from relayq_supervisor.witness.tracefs import CATCH_UP_READS, READ_BUDGET_S, KernelWitness
 
 log = logging.getLogger(__name__)
 
@@ -501,10 +501,11 @@ class Node:
     def on_kernel_trace(self) -> None:
         """The trace pipe is readable: read it, then stop listening for a moment so that a
         busy node's events are read in batches, not one wake-up per fork (exits do not wait
-        for this: reap() drains the pipe first)."""
+        for this: reap() drains the pipe first). A backlog is read on in the next loop pass,
+        after what else is ready there (a status request, an exit), not in one long stretch."""
         w = self.kernel_witness
         assert w is not None
-        w.drain()
+        more = w.drain(budget_s=READ_BUDGET_S)
         if w.fd is None:
             return
         self.loop.remove_reader(w.fileno())
@@ -512,7 +513,7 @@ class Node:
             w.close()
             self.audit("kernel_witness_unavailable", reason=w.unavailable)
             return
-        self.loop.call_later(TRACE_READ_PAUSE_S, self.listen_to_kernel_trace)
+        self.loop.call_later(0 if more else TRACE_READ_PAUSE_S, self.listen_to_kernel_trace)
 
     def listen_to_kernel_trace(self) -> None:
         w = self.kernel_witness

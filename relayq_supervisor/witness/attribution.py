@@ -75,7 +75,7 @@ class Attribution:
         # reads the kernel witness's backlog now (set when it runs): a sender gone before the
         # tap could look was traced before its signal stopped the tracee, but the loop reads
         # the trace in bounded batches and may not have reached that line yet
-        self.catch_up: Callable[[], None] | None = None
+        self.catch_up: Callable[[], object] | None = None
         self.burst_timer = False
         self.traced: Counter[str] = Counter()     # "program SIGNAL" -> deliveries the tap saw and recorded
         # signals the kernel witness saw that the tap will also stop at: its sender, for

@@ -93,6 +93,10 @@ READ_SIZE = 1 << 16
 # where 8 reads (the first version) held it to ~2,500 lines/s, below what a node
 # exec'ing 1000 programs a second writes (3 lines each: fork, exec, exit).
 READS_PER_WAKEUP = 256
+# ...but the loop's reader callback stops after this much parsing and comes back on the next
+# loop pass: a signal line costs ~30 µs (its sender named, the burst counted), so 256 reads of
+# a signal storm would hold the loop ~0.5 s, and status requests, exits and the tap with it.
+READ_BUDGET_S = 0.01
 LOST_LOG_EVERY_S = 60.0
 
 # --- the witness -----------------------------------------------------------------------------
@@ -404,11 +408,14 @@ class KernelWitness:
 
     # --- reading --------------------------------------------------------------------------
 
-    def drain(self, reads: int = READS_PER_WAKEUP) -> None:
+    def drain(self, reads: int = READS_PER_WAKEUP, budget_s: float | None = None) -> bool:
         """Read what the kernel has (the loop's reader callback, and before exits are
-        judged, so the signal that caused one is known). Never blocks."""
+        judged, so the signal that caused one is known). Never blocks. True when it stopped
+        with more to read (the reads or the time budget spent)."""
         if self.fd is None:
-            return
+            return False
+        more = False
+        deadline = time.monotonic() + budget_s if budget_s is not None else None
         for _ in range(reads):
             try:
                 data = os.read(self.fd, READ_SIZE)
@@ -417,11 +424,17 @@ class KernelWitness:
             except OSError as e:
                 log.error("kernel witness: reading the trace failed (%s); stopped", e.strerror)
                 self.unavailable = f"trace read failed: {e.strerror}"
-                return
+                return False
             if not data:
                 break
             self.feed(data)
+            if deadline is not None and time.monotonic() > deadline:
+                more = True
+                break
+        else:
+            more = True
         self.history.capture_execs()
+        return more
 
     def feed(self, data: bytes) -> None:
         data = self.partial + data
