@@ -63,6 +63,12 @@ class ChildProcess:
             killed = self.containment.end_run(self.run) != 0 or killed
         return killed
 
+    def members(self) -> list[int] | None:
+        """Every process of its run, main one included, where its cgroup lists them; else None."""
+        if self.containment is None or self.run is None or self.run.group is None:
+            return None
+        return self.containment.members(self.run)
+
     def descendants(self) -> list[int]:
         """Its live processes other than the main one."""
         if self.containment is None or self.run is None:
@@ -162,6 +168,7 @@ class ProcessSpawner:
         self.close_pipe(p.name)
         self.pipes[p.name] = out_r
         self.loop.add_reader(out_r, self.on_output, p, out_r)
+        self.loop.call_soon(self.containment.prepare, p.name)     # the next run's group, off the restart path
         return ChildProcess(child.pid, child.pidfd, child.exec_result_fd, argv[0], self.containment, placed[0])
 
     def place(self, p: Program, run: Run, pid: int) -> Run:
@@ -214,6 +221,7 @@ class ProcessSpawner:
 
     def release(self, p: Program) -> None:
         self.close_pipe(p.name)
+        self.containment.discard(p.name)
         for output in self.outputs.pop(p.name, ()):
             output.close()
 

@@ -104,6 +104,11 @@ def make_group(path: str) -> None:
     os.makedirs(path, exist_ok=True)
 
 
+def make_new_group(path: str) -> None:
+    """mkdir the group, whose parent exists; FileExistsError if it exists already."""
+    os.mkdir(path)
+
+
 def place(path: str, pid: int) -> None:
     """Move `pid` (the whole process, all its threads) into the group."""
     with open(os.path.join(path, "cgroup.procs"), "w") as f:

@@ -1,6 +1,7 @@
 """What a stuck or bloated process looked like, read before the watchdog signals it:
 scheduler state, where it sleeps in the kernel, its kernel stack where readable, CPU
-time, RSS. And the RSS of a program's whole process group, for max_rss."""
+time, RSS. And the RSS of a program's whole run, for max_rss: the processes of its cgroup
+where it has one (a daemon that left with setsid() included), else of its process group."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,12 @@ from typing import Any
 
 import psutil
 
+from relayq_supervisor.linux.procfs import stat_fields
+
 STACK_LINES = 16
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+# proc(5)'s /proc/PID/stat fields (5) pgrp and (24) rss, in pages, as procfs.stat_fields indexes them
+_PGRP, _RSS_PAGES = 5 - 3, 24 - 3
 
 
 def _read(path: str, limit: int = 4096) -> str | None:
@@ -20,6 +26,13 @@ def _read(path: str, limit: int = 4096) -> str | None:
         return None
 
 
+def _pids() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+
+
 class Probe:
     """Reads /proc for the arbiter (core.arbiter.Probe); remembers CPU time per pid so
     evidence can say how much CPU the process used since the previous look."""
@@ -27,18 +40,19 @@ class Probe:
     def __init__(self) -> None:
         self.cpu_seen: dict[int, tuple[float, float]] = {}    # pid -> (monotonic, cpu seconds)
 
-    def rss(self, pgid: int) -> int | None:
-        """Resident bytes of every process in the group `pgid` (a program's main pid);
-        None when the group is gone."""
+    def rss(self, pgid: int, members: list[int] | None = None) -> int | None:
+        """Resident bytes of `members` (a run's cgroup) when given, else of every process
+        in the group `pgid` (a program's main pid); None when none of them is left.
+
+        Read from /proc/PID/stat alone, one read per pid: a psutil object per process on the
+        node every 5 s per program cost the loop ~0.1 ms a process."""
         total, found = 0, False
-        for proc in psutil.process_iter(["pid"]):
-            try:
-                if os.getpgid(proc.pid) != pgid:
-                    continue
-                total += proc.memory_info().rss
-                found = True
-            except (OSError, psutil.Error):
+        for pid in (members if members is not None else _pids()):
+            fields = stat_fields(pid)
+            if len(fields) <= _RSS_PAGES or (members is None and fields[_PGRP] != str(pgid)):
                 continue
+            total += int(fields[_RSS_PAGES]) * _PAGE
+            found = True
         return total if found else None
 
     def evidence(self, pid: int) -> dict[str, Any]:
