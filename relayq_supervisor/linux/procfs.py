@@ -205,18 +205,12 @@ def process_environ_value(pid: int, name: str) -> str | None:
     return None
 
 
-def stat_fields(pid: int) -> list[str]:
-    """The fields of /proc/PID/stat from (3) state on, so proc(5)'s field N is [N - 3]
-    (comm, which may hold spaces and parentheses, is skipped); empty when it is gone."""
+def process_state(pid: int) -> str | None:
+    """The state letter of /proc/PID/stat (R, S, D, Z, ...), or None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             text = f.read().decode("utf-8", "replace")
     except OSError:
-        return []
-    return text[text.rfind(")") + 1:].split()
-
-
-def process_state(pid: int) -> str | None:
-    """The state letter of /proc/PID/stat (R, S, D, Z, ...), or None when it is gone."""
-    rest = stat_fields(pid)
+        return None
+    rest = text[text.rfind(")") + 1:].split()
     return rest[0] if rest else None

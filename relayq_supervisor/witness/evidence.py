@@ -10,12 +10,8 @@ from typing import Any
 
 import psutil
 
-from relayq_supervisor.linux.procfs import stat_fields
-
 STACK_LINES = 16
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-# proc(5)'s /proc/PID/stat fields (5) pgrp and (24) rss, in pages, as procfs.stat_fields indexes them
-_PGRP, _RSS_PAGES = 5 - 3, 24 - 3
 
 
 def _read(path: str, limit: int = 4096) -> str | None:
@@ -24,6 +20,13 @@ def _read(path: str, limit: int = 4096) -> str | None:
             return f.read(limit).decode("utf-8", "replace").strip()
     except OSError:
         return None
+
+
+def _resident(pid: int) -> int | None:
+    """RSS in bytes: /proc/PID/statm's second field (resident pages), as proc(5) has it."""
+    text = _read(f"/proc/{pid}/statm", 256)
+    fields = text.split() if text else []
+    return int(fields[1]) * _PAGE if len(fields) > 1 else None
 
 
 def _pids() -> list[int]:
@@ -44,15 +47,19 @@ class Probe:
         """Resident bytes of `members` (a run's cgroup) when given, else of every process
         in the group `pgid` (a program's main pid); None when none of them is left.
 
-        Read from /proc/PID/stat alone, one read per pid: a psutil object per process on the
-        node every 5 s per program cost the loop ~0.1 ms a process."""
+        Without members, every pid on the node is asked its group (getpgid(2), no file
+        read) and only the group's are read: no psutil object per process."""
         total, found = 0, False
         for pid in (members if members is not None else _pids()):
-            fields = stat_fields(pid)
-            if len(fields) <= _RSS_PAGES or (members is None and fields[_PGRP] != str(pgid)):
+            try:
+                if members is None and os.getpgid(pid) != pgid:
+                    continue
+            except OSError:
                 continue
-            total += int(fields[_RSS_PAGES]) * _PAGE
-            found = True
+            resident = _resident(pid)
+            if resident is not None:
+                total += resident
+                found = True
         return total if found else None
 
     def evidence(self, pid: int) -> dict[str, Any]:
