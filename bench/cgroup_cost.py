@@ -82,15 +82,6 @@ def end_once(containment: Containment, use_kill_file: bool, out: int) -> float:
     return took
 
 
-def favordynmods(mount: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            if left.split()[4:5] == [mount]:
-                return "favordynmods" in right.split()[2].split(",")
-    return False
-
-
 def run(ctx: BenchContext) -> Section:
     method = (f"In the benchmark process, as root. Spawn: `core.spawn.spawn()` of `sleep` through the exec gate (as "
               f"the supervisor starts a program without the signal tap), three ways in turn each round, rounds "
@@ -134,7 +125,7 @@ def run(ctx: BenchContext) -> Section:
     end_rows = tuple((label, f"{Samples.of(v).median * 1000:.2f} ms", f"{Samples.of(v).max * 1000:.2f} ms")
                      for label, v in ends.items())
     worst_end = max(Samples.of(v).median for v in ends.values())
-    fast_moves = favordynmods(containment.hierarchy.mount)
+    fast_moves = containment.hierarchy.favordynmods
     return Section(
         NAME, TITLE, method,
         tables=(Table(f"Spawn, {rounds} rounds ({state})",

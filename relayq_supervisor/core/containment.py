@@ -89,7 +89,8 @@ class Containment:
         if self.hierarchy is None:
             return f"by process tree and environment ({self.why_none})"
         kill = "cgroup.kill" if self.base and self.hierarchy.has_kill_file(self.base) else "SIGKILL to each member"
-        return f"cgroup v{self.hierarchy.version} {self.base} ({kill})"
+        moves = "favordynmods" if self.hierarchy.favordynmods else "no favordynmods: a move waits for an RCU grace period"
+        return f"cgroup v{self.hierarchy.version} {self.base} ({kill}; {moves})"
 
     def new_run(self, instance: str) -> Run:
         """A fresh run of `instance`, with a group of its own where groups can be made (the
