@@ -52,6 +52,8 @@ class ChildProcess:
     def kill_group(self) -> bool:
         """SIGKILL to its process group and to every other descendant (its cgroup, or what
         carries its run's marker): a daemon that left the group with setsid() goes too."""
+        if self.containment is not None:
+            self.containment.warm_up()      # for the restart that may follow (core/containment.py)
         # The group id stays allocated while the group has members, so the number
         # still names our group, even after the leader is reaped; empty: ESRCH.
         try:
@@ -190,6 +192,8 @@ class ProcessSpawner:
         except OSError:
             data = b""
         if not data:
+            # its output ends as it dies, before its SIGCHLD: the restart's move can begin now
+            self.containment.warm_up()
             self.close_pipe(p.name)
             for output in self.outputs.get(p.name, ()):
                 if isinstance(output, ChildJournal):

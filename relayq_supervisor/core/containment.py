@@ -16,7 +16,9 @@ made new (mkdir that fails on an existing name: a predecessor's group of the sam
 may still be draining), and an old run's empty group is removed after the loop has
 started its successor. What stays on the path is the kernel's: moving a process between
 groups waits for an RCU grace period (cgroup_threadgroup_rwsem, several ms on an idle
-machine) unless the hierarchy is mounted with `favordynmods` (cgroup-v2.rst).
+machine) unless the hierarchy is mounted with `favordynmods` (cgroup-v2.rst). So the wait
+is begun early (`warm_up`, on the first sign of a child's end, in a thread of its own): a
+move that comes while that grace period runs, or just after, waits only for what is left.
 
 Without one (`[supervisor] cgroups = false`, no hierarchy, not allowed): a descendant is
 what the main process' tree holds, plus the supervisor's reparented children (orphans
@@ -30,6 +32,7 @@ import logging
 import os
 import signal
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from relayq_supervisor.background import start_task
@@ -65,6 +68,9 @@ class Containment:
         self._marks: dict[str, list[int]] = {}     # run id -> our children that carry it
         self._marks_at = float("-inf")
         self.prepared: dict[str, Run] = {}         # instance -> the empty group of its next run
+        self._warming: Future[None] | None = None
+        self._warmer: ThreadPoolExecutor | None = None
+        self._warm_refused = False
 
     @classmethod
     def open(cls, enabled: bool, key: str) -> Containment:
@@ -130,6 +136,26 @@ class Containment:
                     log.warning("%s: cannot make cgroup %s (%s); its descendants are found by process tree",
                                 instance, path, e.strerror)
                 return Run(run_id, None)
+
+    def warm_up(self) -> None:
+        """A move into a group is coming (a child ended, its restart may follow): begin the
+        kernel's grace period now, off the loop (see the module doc). Not where moves are
+        cheap (favordynmods) or one is already under way; given up after a refusal."""
+        hierarchy = self.hierarchy
+        if hierarchy is None or hierarchy.favordynmods or self._warm_refused or \
+                (self._warming is not None and not self._warming.done()):
+            return
+        if self._warmer is None:
+            self._warmer = ThreadPoolExecutor(1, thread_name_prefix="relayq-cgroup-warm")
+        self._warming = self._warmer.submit(self._rewrite_own, hierarchy)
+
+    def _rewrite_own(self, hierarchy: cgroups.Hierarchy) -> None:
+        try:
+            cgroups.rewrite_own(hierarchy)
+        except OSError as e:
+            log.info("cgroup %s: cannot write our own pid (%s); moves are not begun early", hierarchy.own,
+                     e.strerror)
+            self._warm_refused = True
 
     def place(self, run: Run, pid: int) -> None:
         """Before exec (at spawn's gate): every process it will ever fork is born in the group."""
@@ -240,6 +266,9 @@ class Containment:
         for task in list(self.draining.values()):
             task.cancel()
         self.prepared.clear()       # empty groups under base: removed with it
+        if self._warmer is not None:
+            self._warmer.shutdown(wait=False)
+            self._warmer = None
         if self.base is not None and not cgroups.remove(self.base):
             log.warning("cgroup %s: cannot remove it at exit (pids %s)", self.base,
                         " ".join(map(str, cgroups.all_members(self.base)[:10])))

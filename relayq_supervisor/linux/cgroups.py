@@ -120,6 +120,14 @@ def place(path: str, pid: int) -> None:
         f.write(str(pid))
 
 
+def rewrite_own(hierarchy: Hierarchy) -> None:
+    """Write this process' pid into the group it is in: no process moves, but the kernel
+    takes the lock every move takes (cgroup_threadgroup_rwsem, for writing), whose RCU
+    grace period then also covers a real move that comes while it runs or just after."""
+    with open(os.path.join(hierarchy.own, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+
+
 def members(path: str) -> list[int]:
     """The pids in the group itself (not its child groups); empty if it is gone."""
     try:

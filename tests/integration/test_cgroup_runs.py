@@ -131,3 +131,21 @@ def test_rss_of_a_process_group_without_cgroup(tmp_path, procs):
     proc.kill()
     proc.wait()
     assert probe.rss(proc.pid) is None
+
+
+def test_warm_up_moves_nothing(containment):
+    assert containment.hierarchy is not None
+    before = cgroups.group_of(os.getpid(), containment.hierarchy)
+    containment.warm_up()
+    if containment.hierarchy.favordynmods:
+        assert containment._warming is None        # moves are cheap there: nothing to begin
+        return
+    assert containment._warming is not None
+    containment._warming.result(timeout=10)
+    assert not containment._warm_refused, "writing our own pid into our own group was refused"
+    assert cgroups.group_of(os.getpid(), containment.hierarchy) == before
+    run, child = start(containment, "w", ["sleep", "1000"])      # and a move right after it works
+    assert cgroups.members(run.group or "") == [child.pid]
+    os.kill(child.pid, 9)
+    os.waitpid(child.pid, 0)
+    os.close(child.pidfd)
