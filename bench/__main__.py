@@ -1,7 +1,7 @@
 """python -m bench [--quick] [--only NAME]... [--output PATH] [--keep]
 
 Runs the benchmarks (restart, redis, idle, scale, tap, durability, adoption, systemd, metrics, storm, cluster,
-whois, journal, jobs, witness) and writes BENCHMARKS.md.
+whois, journal, jobs, witness, cgroup) and writes BENCHMARKS.md.
 A full run writes every section; `--only` replaces just the named sections of an
 existing BENCHMARKS.md; `--quick` (a smoke run) writes bench/BENCHMARKS.quick.md unless
 --output says otherwise, so it never overwrites the real numbers.
@@ -23,6 +23,7 @@ from relayq_supervisor.config import find_redis_tool
 
 from . import (
     adoption,
+    cgroup_cost,
     cluster_view,
     durability,
     idle_cost,
@@ -45,7 +46,7 @@ from .report import Document, Section, machine_line, tree_line
 
 BENCHMARKS = {m.NAME: m for m in (restart_latency, redis_recovery, idle_cost, scale, tap_cost, durability, adoption,
                                    systemd_order, metrics_cost, storm, cluster_view, whois_cost,
-                                   journal_cost, jobs, witness_cost)}
+                                   journal_cost, jobs, witness_cost, cgroup_cost)}
 NEEDS_CONTENDERS = {restart_latency.NAME, idle_cost.NAME}
 
 

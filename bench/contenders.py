@@ -145,15 +145,17 @@ class Contender:
 class RelayqSupervisor(Contender):
     def __init__(self, workdir: Path, signal_tap: bool | None = None, redis: RedisSetup | None = None,
                  restart: dict | None = None, program_extra: dict | None = None,
-                 kernel_trace: bool | None = None):
+                 kernel_trace: bool | None = None, cgroups: bool | None = None):
         super().__init__(workdir)
         self.signal_tap = signal_tap
         self.kernel_trace = kernel_trace
+        self.cgroups = cgroups
         self.redis = redis
         self.restart = FAST_RESTART if restart is None else restart
         self.program_extra = program_extra or {}
         settings = [f"{key} = {'true' if value else 'false'}"
-                    for key, value in (("signal_tap", signal_tap), ("kernel_trace", kernel_trace))
+                    for key, value in (("signal_tap", signal_tap), ("kernel_trace", kernel_trace),
+                                       ("cgroups", cgroups))
                     if value is not None]
         settings += [f"{key} = {json.dumps(value)}" for key, value in self.program_extra.items() if key == "user"]
         self.label = "relayq-supervisor" + (f" ({', '.join(settings)})" if settings else "")
@@ -173,6 +175,8 @@ class RelayqSupervisor(Contender):
             lines.append(f"signal_tap = {'true' if self.signal_tap else 'false'}")
         if self.kernel_trace is not None:
             lines.append(f"kernel_trace = {'true' if self.kernel_trace else 'false'}")
+        if self.cgroups is not None:
+            lines.append(f"cgroups = {'true' if self.cgroups else 'false'}")
         if self.redis is not None:
             lines += ["", "[redis]", f"binary = {json.dumps(self.redis.binary)}", f"port = {self.redis.port}",
                       'bind = ["127.0.0.1"]', 'dir = "redis"', f"args = {json.dumps(list(self.redis.args))}",

@@ -40,7 +40,9 @@ def contenders(ctx: BenchContext) -> tuple[list[Contender], list[str]]:
         out += [RelayqSupervisor(base / "relayq-tap", signal_tap=True),
                 RelayqSupervisor(base / "relayq-notap", signal_tap=False),
                 RelayqSupervisor(base / "relayq-tap-nowitness", signal_tap=True, kernel_trace=False),
-                RelayqSupervisor(base / "relayq-neither", signal_tap=False, kernel_trace=False)]
+                RelayqSupervisor(base / "relayq-neither", signal_tap=False, kernel_trace=False),
+                # and the run's cgroup's share (moving the child into it: section 15)
+                RelayqSupervisor(base / "relayq-nocgroup", signal_tap=False, cgroups=False)]
         if os.geteuid() == 0:
             # `user` takes spawn()'s fork path (setgroups/setresgid/setresuid/no_new_privs in the
             # child); root keeps the child able to run the venv's interpreter, wherever it lives
@@ -177,15 +179,17 @@ SPAWN_PATH = (
     "it first reads everything the trace has buffered (fork, exec and exit of every process on the node, and "
     "the signal that killed the child, whose sender it identifies); then it waitpid()s, records the exit, "
     "logs the transition and decides the restart, makes its pipes, and only then spawns: posix_spawn of the "
-    "dash gate, the witness's pid filter and PTRACE_SEIZE, then the gate's exec of the program (second "
-    "table). The audit write and its fsync come after the spawn, in the next loop pass.")
+    "dash gate, its move into the run's cgroup (section 15: the kernel's RCU grace period, milliseconds; the "
+    "`cgroups = false` row is the supervisor without it), the witness's pid filter and PTRACE_SEIZE, then the "
+    "gate's exec of the program (second table). The audit write and its fsync come after the spawn, in the "
+    "next loop pass.")
 
 
 def judge(field, samples, raw: Samples | None, mechanism: dict | None) -> tuple[list[Target], list[str]]:
     targets, notes = [], []
     runs = [c for c in field if isinstance(c, RelayqSupervisor) and samples[c.label]]
-    # the default config: these have targets (not the witness-less rows, nor the `user` row)
-    relayq = [c for c in runs if c.kernel_trace is None and not c.program_extra]
+    # the default config: these have targets (not the witness-less or cgroup-less rows, nor the `user` row)
+    relayq = [c for c in runs if c.kernel_trace is None and c.cgroups is None and not c.program_extra]
     sd = next((Samples.of(samples[c.label]) for c in field if isinstance(c, Supervisord) and samples[c.label]), None)
     for c in relayq:
         s = Samples.of(samples[c.label])

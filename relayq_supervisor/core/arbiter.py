@@ -65,7 +65,7 @@ class Audit(Protocol):
 class Probe(Protocol):
     """What the watchdog reads of a live process (witness/evidence.py)."""
 
-    def rss(self, pgid: int) -> int | None: ...
+    def rss(self, pgid: int, members: list[int] | None = None) -> int | None: ...
 
     def evidence(self, pid: int) -> dict[str, Any]: ...
 
@@ -269,7 +269,7 @@ class Arbiter:
     def check_rss(self, p: Program, proc: ChildHandle) -> None:
         if p.proc is not proc or p.watchdog is None or p.fired or self.probe is None:
             return
-        rss = self.probe.rss(proc.pid)
+        rss = self.probe.rss(proc.pid, proc.members())
         cause = p.watchdog.rss_reading(rss, p.spec.max_rss) if rss is not None else None
         if cause:
             self.fire(p, proc, cause)

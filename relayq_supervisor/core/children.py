@@ -52,6 +52,8 @@ class ChildProcess:
     def kill_group(self) -> bool:
         """SIGKILL to its process group and to every other descendant (its cgroup, or what
         carries its run's marker): a daemon that left the group with setsid() goes too."""
+        if self.containment is not None:
+            self.containment.warm_up()      # for the restart that may follow (core/containment.py)
         # The group id stays allocated while the group has members, so the number
         # still names our group, even after the leader is reaped; empty: ESRCH.
         try:
@@ -62,6 +64,12 @@ class ChildProcess:
         if self.containment is not None and self.run is not None:
             killed = self.containment.end_run(self.run) != 0 or killed
         return killed
+
+    def members(self) -> list[int] | None:
+        """Every process of its run, main one included, where its cgroup lists them; else None."""
+        if self.containment is None or self.run is None or self.run.group is None:
+            return None
+        return self.containment.members(self.run)
 
     def descendants(self) -> list[int]:
         """Its live processes other than the main one."""
@@ -162,6 +170,7 @@ class ProcessSpawner:
         self.close_pipe(p.name)
         self.pipes[p.name] = out_r
         self.loop.add_reader(out_r, self.on_output, p, out_r)
+        self.loop.call_soon(self.containment.prepare, p.name)     # the next run's group, off the restart path
         return ChildProcess(child.pid, child.pidfd, child.exec_result_fd, argv[0], self.containment, placed[0])
 
     def place(self, p: Program, run: Run, pid: int) -> Run:
@@ -183,6 +192,8 @@ class ProcessSpawner:
         except OSError:
             data = b""
         if not data:
+            # its output ends as it dies, before its SIGCHLD: the restart's move can begin now
+            self.containment.warm_up()
             self.close_pipe(p.name)
             for output in self.outputs.get(p.name, ()):
                 if isinstance(output, ChildJournal):
@@ -214,6 +225,7 @@ class ProcessSpawner:
 
     def release(self, p: Program) -> None:
         self.close_pipe(p.name)
+        self.containment.discard(p.name)
         for output in self.outputs.pop(p.name, ()):
             output.close()
 

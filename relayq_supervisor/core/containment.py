@@ -10,6 +10,16 @@ kills the whole group and removes it once empty; the supervisor's exit removes t
 One group per run, not per instance: a run's leftovers may still be dying while its
 successor starts, and a kill pass over the old group must not reach the new process.
 
+Off the restart path: once a run has started, its successor's empty group is made
+(`prepare`), so a restart only writes the new pid into cgroup.procs; a group is always
+made new (mkdir that fails on an existing name: a predecessor's group of the same run id
+may still be draining), and an old run's empty group is removed after the loop has
+started its successor. What stays on the path is the kernel's: moving a process between
+groups waits for an RCU grace period (cgroup_threadgroup_rwsem, several ms on an idle
+machine) unless the hierarchy is mounted with `favordynmods` (cgroup-v2.rst). So the wait
+is begun early (`warm_up`, on the first sign of a child's end, in a thread of its own): a
+move that comes while that grace period runs, or just after, waits only for what is left.
+
 Without one (`[supervisor] cgroups = false`, no hierarchy, not allowed): a descendant is
 what the main process' tree holds, plus the supervisor's reparented children (orphans
 come to a subreaper) that carry the run's RELAYQ_INSTANCE in their environment (set at
@@ -22,6 +32,7 @@ import logging
 import os
 import signal
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from relayq_supervisor.background import start_task
@@ -56,6 +67,10 @@ class Containment:
         self.draining: dict[str, asyncio.Task[None]] = {}
         self._marks: dict[str, list[int]] = {}     # run id -> our children that carry it
         self._marks_at = float("-inf")
+        self.prepared: dict[str, Run] = {}         # instance -> the empty group of its next run
+        self._warming: Future[None] | None = None
+        self._warmer: ThreadPoolExecutor | None = None
+        self._warm_refused = False
 
     @classmethod
     def open(cls, enabled: bool, key: str) -> Containment:
@@ -80,22 +95,67 @@ class Containment:
         if self.hierarchy is None:
             return f"by process tree and environment ({self.why_none})"
         kill = "cgroup.kill" if self.base and self.hierarchy.has_kill_file(self.base) else "SIGKILL to each member"
-        return f"cgroup v{self.hierarchy.version} {self.base} ({kill})"
+        moves = "favordynmods" if self.hierarchy.favordynmods else "no favordynmods: a move waits for an RCU grace period"
+        return f"cgroup v{self.hierarchy.version} {self.base} ({kill}; {moves})"
 
     def new_run(self, instance: str) -> Run:
-        """A fresh run of `instance`, with a group of its own where groups can be made."""
-        self.runs += 1
-        run_id = f"{instance}@{self.runs}"
-        if self.base is None:
-            return Run(run_id, None)
-        path = os.path.join(self.base, run_id)
+        """A fresh run of `instance`, with a group of its own where groups can be made (the
+        one `prepare` made ahead, if any)."""
+        run = self.prepared.pop(instance, None)
+        if run is not None:
+            return run
+        return self._make_run(instance, quiet=False)
+
+    def prepare(self, instance: str) -> None:
+        """Make the empty group of `instance`'s next run now, off the restart path."""
+        if self.base is not None and instance not in self.prepared:
+            run = self._make_run(instance, quiet=True)
+            if run.group is not None:
+                self.prepared[instance] = run
+
+    def discard(self, instance: str) -> None:
+        """Remove the group prepared for `instance`'s next run (it will not run again)."""
+        run = self.prepared.pop(instance, None)
+        if run is not None:
+            self._remove(run)
+
+    def _make_run(self, instance: str, quiet: bool) -> Run:
+        while True:
+            self.runs += 1
+            run_id = f"{instance}@{self.runs}"
+            if self.base is None:
+                return Run(run_id, None)
+            path = os.path.join(self.base, run_id)
+            try:
+                cgroups.make_new_group(path)
+                return Run(run_id, path)
+            except FileExistsError:
+                continue        # a predecessor's run of this id (adopted, or still draining)
+            except OSError as e:
+                if not quiet:
+                    log.warning("%s: cannot make cgroup %s (%s); its descendants are found by process tree",
+                                instance, path, e.strerror)
+                return Run(run_id, None)
+
+    def warm_up(self) -> None:
+        """A move into a group is coming (a child ended, its restart may follow): begin the
+        kernel's grace period now, off the loop (see the module doc). Not where moves are
+        cheap (favordynmods) or one is already under way; given up after a refusal."""
+        hierarchy = self.hierarchy
+        if hierarchy is None or hierarchy.favordynmods or self._warm_refused or \
+                (self._warming is not None and not self._warming.done()):
+            return
+        if self._warmer is None:
+            self._warmer = ThreadPoolExecutor(1, thread_name_prefix="relayq-cgroup-warm")
+        self._warming = self._warmer.submit(self._rewrite_own, hierarchy)
+
+    def _rewrite_own(self, hierarchy: cgroups.Hierarchy) -> None:
         try:
-            cgroups.make_group(path)
+            cgroups.rewrite_own(hierarchy)
         except OSError as e:
-            log.warning("%s: cannot make cgroup %s (%s); its descendants are found by process tree",
-                        instance, path, e.strerror)
-            return Run(run_id, None)
-        return Run(run_id, path)
+            log.info("cgroup %s: cannot write our own pid (%s); moves are not begun early", hierarchy.own,
+                     e.strerror)
+            self._warm_refused = True
 
     def place(self, run: Run, pid: int) -> None:
         """Before exec (at spawn's gate): every process it will ever fork is born in the group."""
@@ -110,6 +170,10 @@ class Containment:
         if group is None or not group.startswith(self.base + "/"):
             return None
         return Run(os.path.basename(group), group)
+
+    def members(self, run: Run) -> list[int]:
+        """Every process in the run's group and below (empty without a group)."""
+        return cgroups.all_members(run.group) if run.group is not None else []
 
     def descendants(self, run: Run, main_pid: int | None, *, fresh: bool = False) -> list[int]:
         """Every live process of this run but the main one. Without a group, from our
@@ -148,7 +212,7 @@ class Containment:
         empty group is removed. Answers how many were signalled now (-1: cgroup.kill, count
         unknown)."""
         if not self.descendants(run, None, fresh=True):
-            self._remove(run)
+            self._remove_soon(run)
             return 0
         killed = self._kill(run)
         if run.id not in self.draining:
@@ -174,6 +238,15 @@ class Containment:
             return cgroups.kill_all(run.group, self.hierarchy)
         return _kill_pids(self.descendants(run, None, fresh=True))
 
+    def _remove_soon(self, run: Run) -> None:
+        """After what the loop has due now (a restart): the group is empty, its removal can wait."""
+        if run.group is None:
+            return
+        try:
+            asyncio.get_running_loop().call_soon(self._remove, run)
+        except RuntimeError:
+            self._remove(run)
+
     @staticmethod
     def _remove(run: Run) -> None:
         if run.group is not None and not cgroups.remove(run.group):
@@ -192,6 +265,10 @@ class Containment:
         """Remove our groups (what the loop cannot wait for any more is left, and said)."""
         for task in list(self.draining.values()):
             task.cancel()
+        self.prepared.clear()       # empty groups under base: removed with it
+        if self._warmer is not None:
+            self._warmer.shutdown(wait=False)
+            self._warmer = None
         if self.base is not None and not cgroups.remove(self.base):
             log.warning("cgroup %s: cannot remove it at exit (pids %s)", self.base,
                         " ".join(map(str, cgroups.all_members(self.base)[:10])))

@@ -48,6 +48,10 @@ class ChildHandle(Protocol):
         """Its live processes other than the main one (daemons it forked included)."""
         ...
 
+    def members(self) -> list[int] | None:
+        """Every process of its run, the main one included, where its cgroup lists them; else None."""
+        ...
+
     def close(self) -> None: ...
 
 

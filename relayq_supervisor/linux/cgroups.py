@@ -39,6 +39,9 @@ class Hierarchy:
     own: str                # this process' group, as a directory under `mount`
     root: str = "/"         # the group the mount shows at its top (mountinfo's root field)
     controller: str = ""    # v1: the controller (or name=) that names the hierarchy in /proc/PID/cgroup
+    # Mounted with `favordynmods` (or booted with cgroup_favordynmods=true): moving a process
+    # into a group does not wait for an RCU grace period (cgroup-v2.rst, "favordynmods").
+    favordynmods: bool = False
 
     def has_kill_file(self, group: str) -> bool:
         """Whether `group` (not the root group: it has none) offers cgroup.kill (v2, Linux >= 5.14)."""
@@ -68,23 +71,25 @@ def parse_hierarchy(mountinfo: str, proc_cgroup: str) -> Hierarchy | None:
             for controller in (parts[1].split(",") if parts[1] else [""]):
                 paths[controller] = parts[2]
     mounts = _mounts(mountinfo)
-    for fstype, root, mount, _ in mounts:
+    for fstype, root, mount, options in mounts:
         if fstype == "cgroup2" and "" in paths:
-            return _under(2, root, mount, paths[""], "")
+            return _under(2, root, mount, paths[""], "", "favordynmods" in options)
     for choice in _V1_CHOICES:
         for fstype, root, mount, options in mounts:
             if fstype == "cgroup" and choice in options and choice in paths:
-                return _under(1, root, mount, paths[choice], choice)
+                return _under(1, root, mount, paths[choice], choice, "favordynmods" in options)
     return None
 
 
-def _under(version: int, root: str, mount: str, path: str, controller: str) -> Hierarchy | None:
+def _under(version: int, root: str, mount: str, path: str, controller: str,
+           favordynmods: bool) -> Hierarchy | None:
     # A mount of a subtree (root != "/") shows only groups below that root.
     root = root.rstrip("/")
     if root and not (path == root or path.startswith(root + "/")):
         return None
     rel = path[len(root):].strip("/")
-    return Hierarchy(version, mount, os.path.join(mount, rel) if rel else mount, root or "/", controller)
+    return Hierarchy(version, mount, os.path.join(mount, rel) if rel else mount, root or "/", controller,
+                     favordynmods)
 
 
 def own_hierarchy() -> Hierarchy | None:
@@ -104,10 +109,23 @@ def make_group(path: str) -> None:
     os.makedirs(path, exist_ok=True)
 
 
+def make_new_group(path: str) -> None:
+    """mkdir the group, whose parent exists; FileExistsError if it exists already."""
+    os.mkdir(path)
+
+
 def place(path: str, pid: int) -> None:
     """Move `pid` (the whole process, all its threads) into the group."""
     with open(os.path.join(path, "cgroup.procs"), "w") as f:
         f.write(str(pid))
+
+
+def rewrite_own(hierarchy: Hierarchy) -> None:
+    """Write this process' pid into the group it is in: no process moves, but the kernel
+    takes the lock every move takes (cgroup_threadgroup_rwsem, for writing), whose RCU
+    grace period then also covers a real move that comes while it runs or just after."""
+    with open(os.path.join(hierarchy.own, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
 
 
 def members(path: str) -> list[int]:

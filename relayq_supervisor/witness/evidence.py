@@ -1,6 +1,7 @@
 """What a stuck or bloated process looked like, read before the watchdog signals it:
 scheduler state, where it sleeps in the kernel, its kernel stack where readable, CPU
-time, RSS. And the RSS of a program's whole process group, for max_rss."""
+time, RSS. And the RSS of a program's whole run, for max_rss: the processes of its cgroup
+where it has one (a daemon that left with setsid() included), else of its process group."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ from typing import Any
 import psutil
 
 STACK_LINES = 16
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _read(path: str, limit: int = 4096) -> str | None:
@@ -20,6 +22,20 @@ def _read(path: str, limit: int = 4096) -> str | None:
         return None
 
 
+def _resident(pid: int) -> int | None:
+    """RSS in bytes: /proc/PID/statm's second field (resident pages), as proc(5) has it."""
+    text = _read(f"/proc/{pid}/statm", 256)
+    fields = text.split() if text else []
+    return int(fields[1]) * _PAGE if len(fields) > 1 else None
+
+
+def _pids() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+
+
 class Probe:
     """Reads /proc for the arbiter (core.arbiter.Probe); remembers CPU time per pid so
     evidence can say how much CPU the process used since the previous look."""
@@ -27,18 +43,23 @@ class Probe:
     def __init__(self) -> None:
         self.cpu_seen: dict[int, tuple[float, float]] = {}    # pid -> (monotonic, cpu seconds)
 
-    def rss(self, pgid: int) -> int | None:
-        """Resident bytes of every process in the group `pgid` (a program's main pid);
-        None when the group is gone."""
+    def rss(self, pgid: int, members: list[int] | None = None) -> int | None:
+        """Resident bytes of `members` (a run's cgroup) when given, else of every process
+        in the group `pgid` (a program's main pid); None when none of them is left.
+
+        Without members, every pid on the node is asked its group (getpgid(2), no file
+        read) and only the group's are read: no psutil object per process."""
         total, found = 0, False
-        for proc in psutil.process_iter(["pid"]):
+        for pid in (members if members is not None else _pids()):
             try:
-                if os.getpgid(proc.pid) != pgid:
+                if members is None and os.getpgid(pid) != pgid:
                     continue
-                total += proc.memory_info().rss
-                found = True
-            except (OSError, psutil.Error):
+            except OSError:
                 continue
+            resident = _resident(pid)
+            if resident is not None:
+                total += resident
+                found = True
         return total if found else None
 
     def evidence(self, pid: int) -> dict[str, Any]:

@@ -80,6 +80,9 @@ class FakeChild:
     def descendants(self) -> list[int]:
         return []
 
+    def members(self) -> list[int] | None:
+        return None
+
     def exec_error(self) -> str | None:
         return self.exec_failure
 
@@ -128,7 +131,7 @@ class FakeProbe:
     def __init__(self) -> None:
         self.rss_by_pid: dict[int, int] = {}
 
-    def rss(self, pgid: int) -> int | None:
+    def rss(self, pgid: int, members: list[int] | None = None) -> int | None:
         return self.rss_by_pid.get(pgid, 1024)
 
     def evidence(self, pid: int) -> dict[str, Any]:

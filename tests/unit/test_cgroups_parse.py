@@ -39,3 +39,9 @@ def test_mount_of_a_subtree_outside_our_group_is_not_used():
 
 def test_nothing_mounted():
     assert parse_hierarchy("22 1 0:21 / /proc rw - proc proc rw\n", "0::/\n") is None
+
+
+def test_favordynmods_from_the_mount_options():
+    fast = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate,favordynmods\n"
+    assert parse_hierarchy(fast, "0::/\n").favordynmods
+    assert not parse_hierarchy(fast.replace(",favordynmods", ""), "0::/\n").favordynmods
