@@ -48,6 +48,8 @@ BENCHMARKS = {m.NAME: m for m in (restart_latency, redis_recovery, idle_cost, sc
                                    systemd_order, metrics_cost, storm, cluster_view, whois_cost,
                                    journal_cost, jobs, witness_cost, cgroup_cost)}
 NEEDS_CONTENDERS = {restart_latency.NAME, idle_cost.NAME}
+# sections are numbered by their place here, never by hand (two at once took the same number)
+NUMBERED = {name: f"{i}. {m.TITLE}" for i, (name, m) in enumerate(BENCHMARKS.items(), 1)}
 
 
 def find_redis_server() -> str | None:
@@ -108,19 +110,20 @@ def main(argv: list[str] | None = None) -> int:
         for name in selected:
             module = BENCHMARKS[name]
             started = time.monotonic()
-            say(f"--- {module.TITLE}")
+            say(f"--- {NUMBERED[name]}")
             try:
                 section = module.run(ctx)
             except Exception as e:      # one broken benchmark must not lose the others' numbers
                 traceback.print_exc()
-                section = Section(name, module.TITLE, "", skipped=f"failed: {type(e).__name__}: {e}")
+                section = Section(name, NUMBERED[name], "", skipped=f"failed: {type(e).__name__}: {e}")
             finally:
                 leftovers = launcher.end_all()
             if leftovers:
                 section = dataclasses.replace(section, notes=section.notes + (
                     f"Cleanup had to kill {len(leftovers)} processes left behind: "
                     + "; ".join(leftovers[:5]) + ".",))
-            sections[name] = dataclasses.replace(section, seconds=time.monotonic() - started, command=command,
+            sections[name] = dataclasses.replace(section, title=NUMBERED[name], seconds=time.monotonic() - started,
+                                                 command=command,
                                                  load=load_average(), tree=tree)
             say(f"    done in {time.monotonic() - started:.0f} s" +
                 (f" (skipped: {section.skipped})" if section.skipped else ""))

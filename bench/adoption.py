@@ -29,7 +29,7 @@ from .processes import BenchError, free_port, is_zombie, load_average, poll_unti
 from .report import Section, Table, Target
 
 NAME = "adoption"
-TITLE = "7. Adoption after kill -9 of the supervisor (Redis and workers)"
+TITLE = "Adoption after kill -9 of the supervisor (Redis and workers)"
 ARGS = ("--appendonly", "yes", "--appendfsync", "everysec")
 NUMPROCS = 2
 GAP_TARGET_S = 0.300

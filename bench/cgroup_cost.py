@@ -21,7 +21,7 @@ from .context import BenchContext
 from .report import Samples, Section, Table, Target
 
 NAME = "cgroup"
-TITLE = "15. A cgroup per program run (spawn into it, empty it)"
+TITLE = "A cgroup per program run (spawn into it, empty it)"
 DAEMON = ["/bin/sh", "-c", "setsid sh -c 'sleep 1000' & exec sleep 1000"]
 SPACING_S = 0.05
 WAYS = ("no cgroup", "group made ahead", "group made ahead, warm_up() 3 ms before", "group made at spawn")

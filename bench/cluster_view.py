@@ -27,7 +27,7 @@ from .records import kill_and_time_restart, record_file, wait_first_start
 from .report import Section, Table, Target, mib, ms
 
 NAME = "cluster"
-TITLE = "11. Cluster view (heartbeats, stream memory, status --cluster, audit publishing)"
+TITLE = "Cluster view (heartbeats, stream memory, status --cluster, audit publishing)"
 NODE_COUNTS = (3, 10, 50)
 HEARTBEAT_S = 2.0
 TARGET_RATE = 5000          # audit events per second from one node

@@ -18,7 +18,7 @@ from .processes import BenchError, free_port, poll_until
 from .report import Section, Table, Target
 
 NAME = "durability"
-TITLE = "6. Acknowledged writes across kill -9 of Redis (appendfsync always)"
+TITLE = "Acknowledged writes across kill -9 of Redis (appendfsync always)"
 ARGS = ("--appendonly", "yes", "--appendfsync", "always", "--save", "")
 # No start limit (Redis' default now) and a short stable run, so 100 kills in a row restart quickly.
 RESTART = {"stable_after": 0.3, "start_limit_burst": 0, "backoff_initial": 0.05, "backoff_max": 1.0}

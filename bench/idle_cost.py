@@ -16,7 +16,7 @@ from .records import record_file, wait_first_start
 from .report import Section, Table, Target, mib
 
 NAME = "idle"
-TITLE = "3. Idle cost (20 sleeping children)"
+TITLE = "Idle cost (20 sleeping children)"
 CHILDREN = 20
 SETTLE_S = 3.0      # past start-up: relayq's ready_after timers (1 s), circus' first ticks
 

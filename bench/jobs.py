@@ -21,7 +21,7 @@ from .processes import BenchError, cpu_seconds, poll_until
 from .report import Samples, Section, Table, Target
 
 NAME = "jobs"
-TITLE = "13. Fork-per-job worker (witness only, tap, neither)"
+TITLE = "Fork-per-job worker (witness only, tap, neither)"
 
 # Each job is a forked child that does a little work and exits, as python-rq's work horse
 # does; the worker waits for it, as rq's does. The result is written once, then it sleeps

@@ -21,7 +21,7 @@ from .context import BenchContext
 from .report import Section, Table, Target
 
 NAME = "journal"
-TITLE = "12. Journal cost (per output line)"
+TITLE = "Journal cost (per output line)"
 LINE = b"x" * 79 + b"\n"
 CHUNK = LINE * (65536 // len(LINE))
 READER = ("import socket, sys\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\n"

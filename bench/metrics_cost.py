@@ -19,7 +19,7 @@ from .records import record_file, wait_first_start
 from .report import Samples, Section, Table, Target
 
 NAME = "metrics"
-TITLE = "9. Metrics cost (render, scrape, idle)"
+TITLE = "Metrics cost (render, scrape, idle)"
 CHILDREN = 20
 
 

@@ -16,7 +16,7 @@ from .records import MIN_RUN_S
 from .report import Samples, Section, Table, Target, ms, ratio
 
 NAME = "redis"
-TITLE = "2. Redis recovery (kill -9 to PONG)"
+TITLE = "Redis recovery (kill -9 to PONG)"
 
 
 def ping(port: int) -> bool:

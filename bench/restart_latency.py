@@ -27,7 +27,7 @@ from .records import MIN_RUN_S, kill_and_time_restart, record_file, wait_first_s
 from .report import Samples, Section, Table, Target, mib, ms, ratio
 
 NAME = "restart"
-TITLE = "1. Restart latency (kill -9 to new child start)"
+TITLE = "Restart latency (kill -9 to new child start)"
 
 
 def contenders(ctx: BenchContext) -> tuple[list[Contender], list[str]]:

@@ -14,7 +14,7 @@ from .records import kill_and_time_restart, record_file, wait_first_start
 from .report import Samples, Section, Table, Target, mib, ms
 
 NAME = "scale"
-TITLE = "4. Scale (10, 100, 1000 children)"
+TITLE = "Scale (10, 100, 1000 children)"
 SIZES = (10, 100, 1000)
 
 

@@ -19,7 +19,7 @@ from .redis_recovery import redis_status, wait_pong
 from .report import Samples, Section, Table, Target, ms
 
 NAME = "storm"
-TITLE = "10. Signal storm (5000 SIGTERMs to Redis from 20 shell loops)"
+TITLE = "Signal storm (5000 SIGTERMs to Redis from 20 shell loops)"
 LOOPS = 20
 PER_LOOP = 250
 

@@ -19,7 +19,7 @@ from under_systemd.harness import Refused, SystemdNamespace, host_refusal, poll,
 from under_systemd.product import CONFIG, TARGET, installed_files  # noqa: E402
 
 NAME = "systemd"
-TITLE = "8. Shutdown order under systemd (systemctl kill -s TERM)"
+TITLE = "Shutdown order under systemd (systemctl kill -s TERM)"
 UNIT = "relayq-supervisor.service"
 AUDIT = "/var/log/relayq/audit.jsonl"
 RUNS, QUICK_RUNS = 50, 10

@@ -15,7 +15,7 @@ from .redis_recovery import redis_status, wait_pong
 from .report import Samples, Section, Table, Target, ms
 
 NAME = "tap"
-TITLE = "5. Signal tap cost (redis-benchmark, tap on vs off)"
+TITLE = "Signal tap cost (redis-benchmark, tap on vs off)"
 TESTS = ("SET", "GET")
 RESULT_RE = re.compile(r"^(SET|GET): ([\d.]+) requests per second", re.M)
 

@@ -44,7 +44,7 @@ from relayq_supervisor.witness.connections import NetnsGate, OwnConnections
 from relayq_supervisor.witness.tracefs import ProcessHistory, SockState
 
 NAME = "whois"
-TITLE = "12. Cross-node attribution (Redis cost per 1,000 connections per node)"
+TITLE = "Cross-node attribution (Redis cost per 1,000 connections per node)"
 CONNECTIONS = 1000
 METHOD = ("One redis-server. Records: a node writes each connection's record (the identity an answer "
           "carries, ~700 bytes of JSON) with SET EX 600 at connect and again at close; Redis memory "

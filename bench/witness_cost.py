@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 NAME = "witness"
-TITLE = "14. Kernel witness cost (parsing, and CPU at 200, 1000, 5000 execs/s)"
+TITLE = "Kernel witness cost (parsing, and CPU at 200, 1000, 5000 execs/s)"
 
 
 def run(ctx):
