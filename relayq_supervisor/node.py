@@ -54,7 +54,9 @@ from relayq_supervisor.witness.tracefs import CATCH_UP_READS, READ_BUDGET_S, Ker
 
 log = logging.getLogger(__name__)
 
-TRACE_READ_PAUSE_S = 0.2      # at most 5 trace reads a second on a busy node; a lone event waits this long
+# at most 20 trace reads a second on a busy node; a lone event waits this long, and an exit
+# reads at most this much backlog before its restart (~0.6 ms of parsing at 1000 execs/s)
+TRACE_READ_PAUSE_S = 0.05
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 # Variables that describe the supervisor's own place under systemd, not the children's.
 _NOT_FOR_CHILDREN = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
@@ -589,7 +591,8 @@ class Node:
             if self.tap is not None and self.tap.handle(pid, status) is None:
                 continue
             if not caught_up and self.kernel_witness is not None:
-                self.kernel_witness.drain()
+                self.kernel_witness.drain(capture=False)
+                self.loop.call_soon(self.kernel_witness.capture_execs)     # after the restart
                 caught_up = True
             self.reaped.set()
             self.arbiter.child_exited(pid, status)

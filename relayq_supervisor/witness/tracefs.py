@@ -408,10 +408,12 @@ class KernelWitness:
 
     # --- reading --------------------------------------------------------------------------
 
-    def drain(self, reads: int = READS_PER_WAKEUP, budget_s: float | None = None) -> bool:
+    def drain(self, reads: int = READS_PER_WAKEUP, budget_s: float | None = None, capture: bool = True) -> bool:
         """Read what the kernel has (the loop's reader callback, and before exits are
         judged, so the signal that caused one is known). Never blocks. True when it stopped
-        with more to read (the reads or the time budget spent)."""
+        with more to read (the reads or the time budget spent). capture=False leaves the
+        /proc reads of the processes exec'd meanwhile to a later call (`capture_execs`): an
+        exit's restart must not wait for them."""
         if self.fd is None:
             return False
         more = False
@@ -433,8 +435,12 @@ class KernelWitness:
                 break
         else:
             more = True
-        self.history.capture_execs()
+        if capture:
+            self.history.capture_execs()
         return more
+
+    def capture_execs(self) -> None:
+        self.history.capture_execs()
 
     def feed(self, data: bytes) -> None:
         data = self.partial + data
