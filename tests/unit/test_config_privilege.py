@@ -12,6 +12,8 @@ import pytest
 
 from relayq_supervisor import config
 from relayq_supervisor.config import RLIM_INFINITY, Privileges, parse_config
+from relayq_supervisor.config import ground as config_ground
+from relayq_supervisor.config import privileges as config_privileges
 from relayq_supervisor.errors import ConfigError
 
 PATH = "/etc/relayq/config.toml"
@@ -96,20 +98,20 @@ def test_user_groups_are_checked(as_root):
 
 
 def test_a_limit_above_the_supervisors_hard_limit_is_refused_unless_it_may_raise_it(monkeypatch):
-    monkeypatch.setattr(config, "_can_raise_limits", lambda: False)
+    monkeypatch.setattr(config_privileges, "_can_raise_limits", lambda: False)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     assert error(program(f"limits = {{ nofile = {hard + 1} }}\n")) == (
         f"{PATH}:4: limits.nofile = {hard + 1} is above the supervisor's own hard limit ({hard}), which only "
         "root (CAP_SYS_RESOURCE) may exceed: raise it where the supervisor is started (e.g. LimitNOFILE= in "
         "its systemd unit) or ask for less")
-    monkeypatch.setattr(config, "_can_raise_limits", lambda: True)
+    monkeypatch.setattr(config_privileges, "_can_raise_limits", lambda: True)
     nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
     if hard < nr_open:      # with CAP_SYS_RESOURCE a program may get more than the supervisor has
         assert privileges(f"limits = {{ nofile = {hard + 1} }}\n").limits == (("nofile", hard + 1, hard + 1),)
 
 
 def test_nofile_is_capped_by_the_kernel(monkeypatch):
-    monkeypatch.setattr(config, "_can_raise_limits", lambda: True)
+    monkeypatch.setattr(config_privileges, "_can_raise_limits", lambda: True)
     nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
     assert error(program(f"limits = {{ nofile = {nr_open + 1} }}\n")) == (
         f"{PATH}:4: limits.nofile = {nr_open + 1} is above the kernel's cap on open files (fs.nr_open = {nr_open})")
@@ -147,7 +149,7 @@ def test_a_directory_the_user_cannot_search_is_refused_at_check(as_root, open_tm
 
 def test_a_redis_dir_of_another_owner_is_refused_at_check(as_root, open_tmp: Path, monkeypatch):
     tmp_path = open_tmp
-    monkeypatch.setattr(config, "redis_server_version", lambda binary: "7.0.0")
+    monkeypatch.setattr(config_ground, "redis_server_version", lambda binary: "7.0.0")
     binary = tmp_path / "redis-server"
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
