@@ -9,7 +9,9 @@ import asyncio
 import logging
 import sys
 
-from relayq_supervisor.config import Config, default_config_path, load_config, redis_version
+from relayq_supervisor.config.load import default_config_path, load_config
+from relayq_supervisor.config.model import Config
+from relayq_supervisor.config.redis import redis_version
 from relayq_supervisor.control.protocol import EXIT_OK, exit_status_of
 from relayq_supervisor.core.journal import INFO, PRIORITY, JournalSink, SupervisorJournal
 from relayq_supervisor.errors import RelayqError

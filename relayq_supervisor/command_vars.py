@@ -7,12 +7,12 @@ systemd's rules for ExecStart= (systemd.service(5), "Command lines"):
   then removed): zero or more arguments;
 - `$$` is a literal `$`; any other `$` (`$1`, `--x=$VAR`, a lone `$`) stays as written.
 
-Unlike systemd, an undefined variable is an error, not an empty string: `config.py`
+Unlike systemd, an undefined variable is an error, not an empty string: `config/program.py`
 refuses it at load (and `--check`) when it can know the environment, and a start that
 meets one gives up with its name. The program to run (argv[0]) is never expanded, so the
 config check can find it.
 
-Imports nothing of ours: config.py (the check) and core/arbiter.py (the start) use it.
+Imports nothing of ours: config/program.py (the check) and core/arbiter.py (the start) use it.
 """
 from __future__ import annotations
 

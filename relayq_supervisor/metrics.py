@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from relayq_supervisor import __version__
-from relayq_supervisor.config import ListenAddress
+from relayq_supervisor.config.model import ListenAddress
 from relayq_supervisor.core.states import State
 
 log = logging.getLogger(__name__)

@@ -505,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
 
     wait = args.wait if args.wait is not None else args.timeout + 5
     if args.config and not args.url:
-        from relayq_supervisor.config import ConfigError, load_config
+        from relayq_supervisor.config.load import load_config
+        from relayq_supervisor.errors import ConfigError
         from relayq_supervisor.kinds.redis.server import client_url
         try:
             spec = load_config(args.config).redis

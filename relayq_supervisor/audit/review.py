@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
-from relayq_supervisor.config import parse_signal
+from relayq_supervisor.config.values import parse_signal
 from relayq_supervisor.linux.files import FileIdentity
 from relayq_supervisor.printable import escape
 from relayq_supervisor.shell_text import command_line, cut

@@ -26,7 +26,8 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from relayq_supervisor.config import Config, read_secret
+from relayq_supervisor.config.model import Config
+from relayq_supervisor.config.paths import read_secret
 from relayq_supervisor.errors import RelayqError
 from relayq_supervisor.kinds.redis import server
 
@@ -74,7 +75,7 @@ def cluster_url(config: Config) -> str:
     if config.cluster.redis_url:
         return config.cluster.redis_url
     redis_spec = config.redis           # the Redis node: its own [redis]
-    assert redis_spec is not None       # config.py refuses [cluster] without either
+    assert redis_spec is not None       # config/cluster.py refuses [cluster] without either
     return server.client_url(redis_spec)
 
 

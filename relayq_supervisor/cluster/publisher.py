@@ -34,7 +34,7 @@ import redis.exceptions
 from relayq_supervisor import __version__
 from relayq_supervisor.background import start_task
 from relayq_supervisor.cluster import link
-from relayq_supervisor.config import Config
+from relayq_supervisor.config.model import Config
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import redis.exceptions
 
 from relayq_supervisor.audit import review
 from relayq_supervisor.cluster import link
-from relayq_supervisor.config import Config
+from relayq_supervisor.config.model import Config
 from relayq_supervisor.errors import RelayqError, UnknownProgram
 
 TIMEOUT_S = 2.0

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from relayq_supervisor.cluster import link
-from relayq_supervisor.config import Config
+from relayq_supervisor.config.model import Config
 
 ASK_PREFIX = link.PREFIX + "whois:ask:"
 ANSWER_PREFIX = link.PREFIX + "whois:answer:"

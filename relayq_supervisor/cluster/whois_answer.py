@@ -29,7 +29,7 @@ from relayq_supervisor.cluster.whois import (
     split_addr,
 )
 from relayq_supervisor.cluster.whois_ask import WhoisAsker
-from relayq_supervisor.config import Config
+from relayq_supervisor.config.model import Config
 from relayq_supervisor.kinds.redis import acl
 
 log = logging.getLogger(__name__)

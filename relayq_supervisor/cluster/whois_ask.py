@@ -33,7 +33,7 @@ from relayq_supervisor.cluster.whois import (
     pubsub_client,
     split_addr,
 )
-from relayq_supervisor.config import Config
+from relayq_supervisor.config.model import Config
 from relayq_supervisor.witness.connections import ADDRESSES_TTL_S, local_addresses
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ The modules, lowest first (each imports only from those above it):
   ground      the machine the config will run on (load_config with `ground`)
   load        load_config, parse_config
 
-This module is the public API: it re-exports what the rest of the package imports.
+This module re-exports the public names (the modules' own homes are preferred in imports;
+node.py, ctl.py, control/ and bench/ still import from here).
 """
 from relayq_supervisor.config.cluster import cluster_url_problem
 from relayq_supervisor.config.load import DEFAULT_CONFIG, default_config_path, load_config, parse_config
@@ -49,21 +50,20 @@ from relayq_supervisor.config.redis import (
     redis_server_version,
     redis_version,
 )
-from relayq_supervisor.config.source import _Locator
 from relayq_supervisor.config.supervisor import (
     LOG_TARGETS,
     load_supervisor_section,
     parse_listen,
     salvage_supervisor_section,
 )
-from relayq_supervisor.config.values import _MAXIMA, parse_signal, parse_size
+from relayq_supervisor.config.values import parse_signal, parse_size
 from relayq_supervisor.errors import ConfigError, ConfigSyntaxError
 
 __all__ = [
     "DEFAULT_CONFIG", "KERNEL_TRACE_AUTO", "LOG_CHOICES", "LOG_TARGETS", "NAME_MAX", "PATH_MAX",
     "REDIS_NAME", "REDIS_ON_ARGV", "REDIS_WATCHDOG_SEC", "RESERVED_NAMES", "RLIMITS", "RLIM_INFINITY",
     "SUPERVISOR_NAME", "ClusterSpec", "Config", "ConfigError", "ConfigSyntaxError", "ListenAddress",
-    "Privileges", "ProgramSpec", "RedisSpec", "RestartPolicy", "SupervisorSpec", "_Locator", "_MAXIMA",
+    "Privileges", "ProgramSpec", "RedisSpec", "RestartPolicy", "SupervisorSpec",
     "children_path", "cluster_url_problem", "default_config_path", "embedded_redis_tool",
     "find_redis_server", "find_redis_tool", "is_command_name", "load_config", "load_supervisor_section",
     "parse_config", "parse_listen", "parse_signal", "parse_size", "read_secret", "redis_server_version",

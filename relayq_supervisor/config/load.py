@@ -19,7 +19,6 @@ from relayq_supervisor.errors import ConfigError
 
 DEFAULT_CONFIG = "config.toml"
 
-
 _TOP_KEYS = {"supervisor": dict, "redis": dict, "program": list, "cluster": dict}
 
 

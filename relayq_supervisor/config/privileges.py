@@ -11,7 +11,6 @@ from relayq_supervisor.config.values import _str_list, parse_size
 
 _SIZE_LIMITS = ("core", "memlock", "as")   # bytes: "64MiB" as well as integers
 
-
 # Who a program runs as (the same keys in [redis] and each [[program]]).
 _PRIVILEGE_KEYS = {
     "user": str, "group": str, "supplementary_groups": list, "umask": str, "nice": int, "limits": dict,

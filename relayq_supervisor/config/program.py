@@ -19,7 +19,6 @@ from relayq_supervisor.config.values import _NAME_RE, _check_table, _environment
 # share <run_dir>/supervisor.lock and <log_dir>/supervisor.log with the supervisor itself.
 RESERVED_NAMES = {REDIS_NAME: "the [redis] table", SUPERVISOR_NAME: "the supervisor's own lock file"}
 
-
 _RESTART_KEYS = {
     "policy": str, "backoff_initial": (int, float), "backoff_factor": (int, float),
     "backoff_max": (int, float), "jitter": (int, float), "stable_after": (int, float),
@@ -31,8 +30,6 @@ _PROGRAM_KEYS = {
     "ready_after": (int, float), "autostart": bool, "log": str, "protect": bool, "restart": dict,
     "watchdog_sec": (int, float), "watchdog_signal": (str, int), "max_rss": (str, int),
 }
-
-
 _PROGRAM_KEYS.update(_PRIVILEGE_KEYS)
 
 

@@ -19,7 +19,6 @@ from relayq_supervisor.config.values import _check_table, _environment, _str_lis
 # Anything else (a space above all) would add rules of its own to the ACL file.
 _COMMAND_NAME_RE = re.compile(r"[a-z][a-z0-9_.-]*(?:\|[a-z0-9_.-]+)?")
 
-
 _REDIS_KEYS = {
     "binary": str, "port": int, "bind": list, "dir": str, "args": list, "config": dict, "include": (str, list),
     "protect": bool,

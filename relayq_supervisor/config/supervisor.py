@@ -24,7 +24,6 @@ _SUPERVISOR_KEYS: dict[str, type | tuple[type, ...]] = {
     "log_target": str,
 }
 
-
 LOG_TARGETS = ("auto", "journal", "stderr")
 
 

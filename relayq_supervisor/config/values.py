@@ -10,7 +10,6 @@ from relayq_supervisor.config.source import _Locator
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
-
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "a table"}
 
@@ -25,7 +24,6 @@ _MAXIMA: dict[str, int | float] = {
     "start_limit_burst": 10000, "start_limit_interval": 86400, "watchdog_sec": 86400,
     "heartbeat_interval": 3600,
 }
-
 
 # Signals whose default action is to ignore or suspend: a program that does not catch
 # them would never stop. SIGKILL is what the supervisor sends after stop_timeout.

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from relayq_supervisor.command_vars import UndefinedVariable, expand_command
-from relayq_supervisor.config import Config, ProgramSpec
+from relayq_supervisor.config.model import Config, ProgramSpec
 from relayq_supervisor.core import policy
 from relayq_supervisor.core.graph import Graph
 from relayq_supervisor.core.program import ChildHandle, ExitInfo, Program

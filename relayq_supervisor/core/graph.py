@@ -1,6 +1,6 @@
 """Who depends on whom, over program instances: start order, stop order, selections.
 
-Built once per configuration (config.py has already ordered the specs dependencies
+Built once per configuration (config/program.py has already ordered the specs dependencies
 first and refused cycles), so every lookup per event is a dict access.
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, Protocol, TypeVar
 
-from relayq_supervisor.config import ProgramSpec
+from relayq_supervisor.config.model import ProgramSpec
 from relayq_supervisor.errors import UnknownProgram
 
 

@@ -2,7 +2,7 @@
 
 No I/O and no OS calls: the clock and the random source are injected, so every
 decision is reproducible in tests. The policy is a config.RestartPolicy, already
-validated by config.py.
+validated by config/program.py.
 
 The rules (systemd's Restart=/StartLimitBurst= and OTP's restart intensity):
 - "always" restarts; "on-failure" restarts unless the run exited 0 (death by any
@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relayq_supervisor.config import RestartPolicy
+from relayq_supervisor.config.model import RestartPolicy
 
 RESTART = "restart"
 BACKOFF = "backoff"

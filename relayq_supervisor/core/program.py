@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from relayq_supervisor.config import ProgramSpec, run_as_name
+from relayq_supervisor.config.model import ProgramSpec
+from relayq_supervisor.config.privileges import run_as_name
 from relayq_supervisor.core.policy import RestartTracker
 from relayq_supervisor.core.states import ALIVE, ENDED, State, check_transition
 from relayq_supervisor.core.watchdog import Watchdog

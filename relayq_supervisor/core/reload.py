@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from relayq_supervisor.config import Config
+from relayq_supervisor.config.model import Config
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 job could read the supervisor's secrets, kill Redis or rewrite its data."""
 from __future__ import annotations
 
-from relayq_supervisor.config import Config
+from relayq_supervisor.config.model import Config
 
 
 def root_program_warnings(config: Config, supervisor_uid: int) -> list[str]:
@@ -14,7 +14,7 @@ def root_program_warnings(config: Config, supervisor_uid: int) -> list[str]:
         if spec.redis is not None:
             continue
         priv = spec.privileges
-        # a `user` with no uid is the supervisor's own user (config.py: only root changes user)
+        # a `user` with no uid is the supervisor's own user (config/privileges.py: only root changes user)
         uid = supervisor_uid if priv.user is None else priv.uid
         if uid == 0:
             via = "with no 'user' set, as the supervisor" if priv.user is None else "as user root"

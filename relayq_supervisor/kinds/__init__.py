@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from relayq_supervisor.config import Config, ProgramSpec, SupervisorSpec
+from relayq_supervisor.config.model import Config, ProgramSpec, SupervisorSpec
 
 
 class Cancellable(Protocol):

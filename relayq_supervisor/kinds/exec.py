@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from relayq_supervisor.config import ProgramSpec
+from relayq_supervisor.config.model import ProgramSpec
 from relayq_supervisor.linux.siginfo import signal_name
 
 if TYPE_CHECKING:

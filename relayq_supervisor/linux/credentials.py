@@ -18,7 +18,7 @@ import os
 import resource
 from collections.abc import Callable
 
-from relayq_supervisor.config import RLIMITS, Privileges
+from relayq_supervisor.config.model import RLIMITS, Privileges
 from relayq_supervisor.linux import prctl
 
 

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 from support import PYTHON, REDIS_SERVER, wait_for
 
-from relayq_supervisor.config import load_config
+from relayq_supervisor.config.load import load_config
 from relayq_supervisor.control.server import MAX_CONNECTIONS
 from relayq_supervisor.errors import ConfigError
 

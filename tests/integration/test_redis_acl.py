@@ -17,7 +17,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from support import PYTHON, embedded_redis_tool, find_redis_tool, free_port, wait_for, wait_for_redis
 
-from relayq_supervisor.config import RedisSpec, redis_version
+from relayq_supervisor.config.model import RedisSpec
+from relayq_supervisor.config.redis import redis_version
 from relayq_supervisor.kinds.redis.acl import (
     AclLogReader,
     AdminCredentials,

@@ -14,7 +14,7 @@ import time
 import psutil
 
 from relayq_supervisor import config
-from relayq_supervisor.config import embedded_redis_tool as embedded_redis_tool  # tests import it from here
+from relayq_supervisor.config.redis import embedded_redis_tool as embedded_redis_tool  # tests import it from here
 
 PYTHON = sys.executable
 

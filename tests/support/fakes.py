@@ -8,7 +8,8 @@ import itertools
 import signal
 from typing import Any
 
-from relayq_supervisor.config import Config, parse_config
+from relayq_supervisor.config.load import parse_config
+from relayq_supervisor.config.model import Config
 from relayq_supervisor.core.arbiter import Arbiter
 from relayq_supervisor.kinds import KindContext, make_kind
 

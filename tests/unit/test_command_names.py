@@ -1,7 +1,7 @@
 """The one check of a denied Redis command name, shared by config validation and the ACL writer."""
 import pytest
 
-from relayq_supervisor.config import is_command_name
+from relayq_supervisor.config.redis import is_command_name
 
 
 @pytest.mark.parametrize("text", ["shutdown", "config|set", "cluster|reset", "client|no-evict", "module"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from relayq_supervisor.command_vars import UndefinedVariable, expand_command, referenced
-from relayq_supervisor.config import parse_config
+from relayq_supervisor.config.load import parse_config
 from relayq_supervisor.errors import ConfigError
 
 PATH = "/etc/relayq/config.toml"

@@ -1,4 +1,4 @@
-"""config.py without processes: TOML text in, frozen specs or one `PATH:LINE: what is wrong` out.
+"""The config package without processes: TOML text in, frozen specs or one `PATH:LINE: what is wrong` out.
 
 parse_config() only reads the text; paths in the file resolve against the config's directory,
 so most tests use a path nothing exists under. Commands are looked up on PATH (`true`) or are
@@ -19,19 +19,14 @@ from pathlib import Path
 import pytest
 
 from relayq_supervisor import config
-from relayq_supervisor.config import (
-    ConfigError,
-    RedisSpec,
-    RestartPolicy,
-    _Locator,
-    children_path,
-    load_config,
-    load_supervisor_section,
-    parse_config,
-    parse_signal,
-    read_secret,
-)
 from relayq_supervisor.config import redis as redis_config
+from relayq_supervisor.config.load import load_config, parse_config
+from relayq_supervisor.config.model import RedisSpec, RestartPolicy
+from relayq_supervisor.config.paths import children_path, read_secret
+from relayq_supervisor.config.source import _Locator
+from relayq_supervisor.config.supervisor import load_supervisor_section
+from relayq_supervisor.config.values import parse_signal
+from relayq_supervisor.errors import ConfigError
 
 PATH = "/etc/relayq/config.toml"
 BASE = "/etc/relayq"

@@ -14,15 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import REDIS_SERVER
 
-from relayq_supervisor.config import (
-    _MAXIMA,
-    Config,
-    load_config,
-    load_supervisor_section,
-    parse_config,
-    salvage_supervisor_section,
-)
 from relayq_supervisor.config import paths as config_paths
+from relayq_supervisor.config.load import load_config, parse_config
+from relayq_supervisor.config.model import Config
+from relayq_supervisor.config.supervisor import load_supervisor_section, salvage_supervisor_section
+from relayq_supervisor.config.values import _MAXIMA
 from relayq_supervisor.errors import ConfigError, ConfigSyntaxError
 
 PATH = "/etc/relayq/test.toml"
@@ -412,7 +408,7 @@ def test_salvage_reads_the_supervisor_table_of_a_file_that_is_not_toml(tmp_path)
 
 
 def test_watchdog_signal_must_end_a_program():
-    from relayq_supervisor.config import parse_config
+    from relayq_supervisor.config.load import parse_config
     from relayq_supervisor.errors import ConfigError
     text = b'[[program]]\nname = "a"\ncommand = ["sleep", "1"]\nwatchdog_signal = "SIGSTOP"\n'
     with pytest.raises(ConfigError, match=r"/x.toml:4: 'watchdog_signal' SIGSTOP cannot stop a program: it only suspends"):

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from relayq_supervisor import config
-from relayq_supervisor.config import RLIM_INFINITY, Privileges, parse_config
 from relayq_supervisor.config import ground as config_ground
 from relayq_supervisor.config import privileges as config_privileges
+from relayq_supervisor.config.load import parse_config
+from relayq_supervisor.config.model import RLIM_INFINITY, Privileges
 from relayq_supervisor.errors import ConfigError
 
 PATH = "/etc/relayq/config.toml"

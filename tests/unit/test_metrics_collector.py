@@ -10,7 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relayq_supervisor.audit.log import make_event
-from relayq_supervisor.config import ListenAddress, parse_config
+from relayq_supervisor.config.load import parse_config
+from relayq_supervisor.config.model import ListenAddress
 from relayq_supervisor.core.program import ExitInfo
 from relayq_supervisor.core.states import State
 from relayq_supervisor.errors import ConfigError

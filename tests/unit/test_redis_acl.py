@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from relayq_supervisor.config import RedisSpec
+from relayq_supervisor.config.model import RedisSpec
 from relayq_supervisor.kinds.redis.acl import (
     AclLogReader,
     AclSetupError,

@@ -8,7 +8,8 @@ import re
 import pytest
 from support import REDIS_SERVER
 
-from relayq_supervisor.config import ConfigError, parse_config
+from relayq_supervisor.config.load import parse_config
+from relayq_supervisor.errors import ConfigError
 from relayq_supervisor.kinds.redis import conf
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="[redis] needs a redis-server binary to parse")

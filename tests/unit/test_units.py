@@ -127,7 +127,7 @@ def test_production_config_parses_and_has_the_schema_keys():
 
 
 def test_production_config_passes_the_config_loader(tmp_path):
-    from relayq_supervisor.config import parse_config
+    from relayq_supervisor.config.load import parse_config
 
     # The parser insists the Redis binary exists and is executable: point it at one. (load_config
     # would also run its --version, a process: tests/integration/test_hardening.py covers that.)

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
 
-from relayq_supervisor.config import ProgramSpec, RedisSpec, redis_version
+from relayq_supervisor.config.model import ProgramSpec, RedisSpec
+from relayq_supervisor.config.redis import redis_version
 from relayq_supervisor.errors import AclSetupError, StartupError
 from relayq_supervisor.kinds import Adoptable
 from relayq_supervisor.kinds.redis import acl, conf, server

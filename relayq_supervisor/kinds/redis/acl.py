@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from relayq_supervisor.config import is_command_name
+from relayq_supervisor.config.redis import is_command_name
 from relayq_supervisor.errors import AclSetupError
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ def acl_rules(denied: tuple[str, ...], version: tuple[int, ...]) -> list[str]:
     subs: dict[str, list[str]] = {}
     for item in denied:
         token = item.strip().lower()
-        # config.py checked the configured list; this guards every other caller.
+        # config/redis.py checked the configured list; this guards every other caller.
         if not is_command_name(token):
             raise AclSetupError(f"denied command {item!r} is not a command name "
                                 "(write e.g. \"shutdown\" or \"config|set\")")

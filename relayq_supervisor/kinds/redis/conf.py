@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from relayq_supervisor.config import RedisSpec
+from relayq_supervisor.config.model import RedisSpec
 
 CONF_FILE = "redis.conf"
 # What decides whether an acknowledged write survives a restart.
@@ -20,7 +20,7 @@ PERSISTENCE = ("appendonly", "appendfsync", "save", "dir", "dbfilename", "append
 
 
 def _quoted(word: str) -> str:
-    # config.py admits no quote, backslash or control character, so quoting needs no escapes;
+    # config/redis.py admits no quote, backslash or control character, so quoting needs no escapes;
     # an empty word ("") is how redis.conf writes an empty value.
     return f'"{word}"'
 

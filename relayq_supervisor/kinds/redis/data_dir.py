@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from relayq_supervisor.config import Privileges
+from relayq_supervisor.config.model import Privileges
 from relayq_supervisor.errors import StartupError
 
 DATA_DIR_MODE = 0o750
@@ -14,7 +14,7 @@ DATA_DIR_MODE = 0o750
 def prepare_data_dir(path: str, priv: Privileges) -> None:
     """Create `path` (and missing parents, 0755 by the umask); with a user to run as, the
     last directory is created for that user with DATA_DIR_MODE. StartupError when it
-    exists and belongs to someone else: config.py refuses the same at --check, this is
+    exists and belongs to someone else: config/ground.py refuses the same at --check, this is
     for a directory that changed since."""
     if priv.uid is None:
         os.makedirs(path, exist_ok=True)

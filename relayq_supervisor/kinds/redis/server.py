@@ -12,14 +12,15 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from relayq_supervisor.config import ProgramSpec, RedisSpec, read_secret
+from relayq_supervisor.config.model import ProgramSpec, RedisSpec
+from relayq_supervisor.config.paths import read_secret
 from relayq_supervisor.linux.procfs import cgroup_unit, listeners
 
 log = logging.getLogger(__name__)
 
 
 def settings(spec: ProgramSpec) -> RedisSpec:
-    """The [redis] settings of the Redis program (config.py sets them on it alone)."""
+    """The [redis] settings of the Redis program (config/redis.py sets them on it alone)."""
     if spec.redis is None:
         raise ValueError(f"program {spec.name} is not Redis")
     return spec.redis
