@@ -12,7 +12,7 @@ from relayq_supervisor.config.model import REDIS_NAME, Config, ProgramSpec
 from relayq_supervisor.config.paths import children_path
 from relayq_supervisor.config.program import _check_command_variables, _dependency_order, _parse_program
 from relayq_supervisor.config.redis import _parse_redis
-from relayq_supervisor.config.source import _Locator, _refuse_nul, _toml
+from relayq_supervisor.config.source import _Locator, _refuse_nul, _toml, read_config
 from relayq_supervisor.config.supervisor import _parse_supervisor
 from relayq_supervisor.config.values import _check_table
 from relayq_supervisor.errors import ConfigError
@@ -25,13 +25,8 @@ _TOP_KEYS = {"supervisor": dict, "redis": dict, "program": list, "cluster": dict
 def load_config(path: str | os.PathLike, ground: bool = True) -> Config:
     """The config at `path`; with `ground`, checked against this machine too (start-up,
     --check, reload); relayqctl reading [cluster] does without (it runs as an operator)."""
-    path = os.path.abspath(os.fspath(path))
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
-    return parse_config(raw, path, ground=ground)
+    absolute, raw = read_config(path)
+    return parse_config(raw, absolute, ground=ground)
 
 
 def parse_config(raw: bytes, path: str, ground: bool = False) -> Config:

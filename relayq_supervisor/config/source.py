@@ -2,6 +2,7 @@
 a key path (_Locator) for every later error, refusing NUL bytes in any string."""
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 
@@ -102,3 +103,13 @@ def _toml(raw: bytes, path: str) -> tuple[dict, str]:
         if m:
             raise ConfigSyntaxError(f"{path}:{m.group(1)}: invalid TOML: {msg} (column {m.group(2)})") from None
         raise ConfigSyntaxError(f"{path}: invalid TOML: {msg}") from None
+
+
+def read_config(path: str | os.PathLike) -> tuple[str, bytes]:
+    """(the config's absolute path, its bytes), or ConfigError naming why it cannot be read."""
+    path = os.path.abspath(os.fspath(path))
+    try:
+        with open(path, "rb") as f:
+            return path, f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None

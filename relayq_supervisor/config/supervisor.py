@@ -11,7 +11,7 @@ from typing import Any
 
 from relayq_supervisor.config.model import KERNEL_TRACE_AUTO, ListenAddress, SupervisorSpec
 from relayq_supervisor.config.paths import _resolve
-from relayq_supervisor.config.source import _Locator, _toml
+from relayq_supervisor.config.source import _Locator, _toml, read_config
 from relayq_supervisor.config.values import _check_table, _signal_number, _str_list
 from relayq_supervisor.errors import ConfigError
 
@@ -126,17 +126,12 @@ def load_supervisor_section(path: str | os.PathLike) -> SupervisorSpec:
     """Only [supervisor] (socket, logs): what relayqctl needs to reach a supervisor even
     when the rest of the file on disk is broken (a reload will say what is wrong).
     ConfigError when the file is not TOML at all: see salvage_supervisor_section."""
-    path = os.path.abspath(os.fspath(path))
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
-    data, text = _toml(raw, path)
+    absolute, raw = read_config(path)
+    data, text = _toml(raw, absolute)
     sup = data.get("supervisor", {})
     if not isinstance(sup, dict):
-        raise ConfigError(f"{path}: supervisor: must be a table")
-    return _parse_supervisor(_Locator(path, text), sup, Path(path).parent)
+        raise ConfigError(f"{absolute}: supervisor: must be a table")
+    return _parse_supervisor(_Locator(absolute, text), sup, Path(absolute).parent)
 
 
 def salvage_supervisor_section(path: str | os.PathLike) -> SupervisorSpec:
@@ -144,12 +139,8 @@ def salvage_supervisor_section(path: str | os.PathLike) -> SupervisorSpec:
     supervisor runs on the version it loaded): the [supervisor] table's lines alone,
     each `key = value` line that parses on its own, defaults for the rest. Never raises
     for a syntax error; a key it could not read keeps its default."""
-    path = os.path.abspath(os.fspath(path))
-    try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8", "replace")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    path, raw = read_config(path)
+    text = raw.decode("utf-8", "replace")
     sup: dict = {}
     inside = False
     for line in text.splitlines():
