@@ -1,4 +1,4 @@
-"""The publisher's counters for GET /metrics (registered by node.py when both are on)."""
+"""The publisher's counters for GET /metrics (registered by node/assembly.py when both are on)."""
 from __future__ import annotations
 
 from collections.abc import Iterator

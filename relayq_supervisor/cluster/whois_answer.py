@@ -1,7 +1,7 @@
 """Cross-node attribution, the answering side (every node): who on this node held an
 address and port at a moment, from /proc while the socket lives and from the kernel
 witness's records after (whois.py says how the answer is believed); and `Whois`, what
-node.py wires."""
+node/clustering.py wires."""
 from __future__ import annotations
 
 import asyncio
@@ -158,7 +158,7 @@ class LocalResolver:
 
 
 class Whois:
-    """What node.py wires: every node answers; the Redis node also asks."""
+    """What node/clustering.py wires: every node answers; the Redis node also asks."""
 
     def __init__(self, config: Config, admin: Callable[[], aioredis.Redis],
                  name_process: Callable[[int], dict[str, Any] | None],

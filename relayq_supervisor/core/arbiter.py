@@ -4,7 +4,7 @@ rules, stop in order, apply a reload.
 
 It owns no fd and makes no syscall of its own: processes come from a Spawner, time
 from a Clock, readiness and argv from each program's kind, attribution from the
-witness. The real ones are wired up in node.py; tests drive it with fakes.
+witness. The real ones are wired up in node/; tests drive it with fakes.
 """
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ class Adoptable:
 
 class ClientWitness(Protocol):
     """Who opened each TCP connection to Redis, from the kernel trace, kept after the client
-    exits (node.py wires the kernel witness in where it runs)."""
+    exits (node/witnessing.py wires the kernel witness in where it runs)."""
 
     def client_of(self, addr: str, at: float | None = None) -> dict[str, Any] | None:
         """The identity of the process that connected from `addr` (`127.0.0.1:47264`), with
