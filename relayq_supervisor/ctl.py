@@ -39,7 +39,7 @@ from relayq_supervisor.control.protocol import (
 from relayq_supervisor.core.locks import read_owner
 from relayq_supervisor.errors import ConfigSyntaxError, RelayqError
 from relayq_supervisor.printable import escape
-from relayq_supervisor.shell_text import command_line
+from relayq_supervisor.shell_text import command_line, cut, terminal_width
 
 
 class Unreachable(RelayqError):
@@ -78,10 +78,11 @@ def call(socket_path: str, cmd: str, timeout: float = 30.0, **args) -> dict:
     return protocol.parse_reply(data)
 
 
-def say(line: str) -> None:
+def say(line: str, width: int | None = None) -> None:
     """Print one human-readable line: text from other processes in it (argv, comm,
-    a child's output) is escaped so it cannot break or recolour the line."""
-    print(escape(line))
+    a child's output) is escaped so it cannot break or recolour the line; with `width`
+    (a terminal's), cut to fit it."""
+    print(cut(escape(line), width))
 
 
 def format_duration(seconds: float | None) -> str:
@@ -123,19 +124,22 @@ def use_colour(stream=None) -> bool:
     return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
-def print_status(status: dict, colour: bool = False) -> None:
+def print_status(status: dict, colour: bool = False, width: int | None = None) -> None:
     sup = status["supervisor"]
     redis = f"{sup.get('redis_binary')} {sup.get('redis_version')}" if sup.get("redis_binary") else \
         f"the cluster's at {sup['cluster']['redis']}" if sup.get("cluster") else "no redis"
     say(f"relayq-supervisor pid {sup['pid']}, up {format_duration(sup['uptime_s'])}, "
         f"config {sup['config']}, redis {redis}")
     for note in sup.get("notes", []):
-        say(f"  {note}")
-    print_programs(status["programs"], colour)
+        say(f"  {note}", width)
+    print_programs(status["programs"], colour, width=width)
 
 
-def print_programs(programs: list[dict], colour: bool, indent: str = "", aged: float = 0.0) -> None:
-    """The program table; `aged`: seconds since the status was taken (the cluster view's)."""
+def print_programs(programs: list[dict], colour: bool, indent: str = "", aged: float = 0.0,
+                   width: int | None = None) -> None:
+    """The program table; `aged`: seconds since the status was taken (the cluster view's).
+    With `width` (a terminal's) the DETAIL column is cut to fit: a reason can quote a
+    sender's whole command line (kilobytes of it); `--json` keeps all of it."""
     rows: list[tuple[str, ...]] = [("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "DETAIL")]
     for p in programs:     # cells escaped before widths are measured
         uptime = p["uptime_s"] + aged if p["uptime_s"] is not None else None
@@ -143,11 +147,12 @@ def print_programs(programs: list[dict], colour: bool, indent: str = "", aged: f
             p["name"], p["state"], str(p["pid"] or "-"), format_duration(uptime),
             str(p["restarts"]), describe_program(p))))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    detail_width = max(width - len(indent) - sum(widths) - 2 * 5, 20) if width else None
     for n, r in enumerate(rows):
         cells = [r[i].ljust(widths[i]) for i in range(5)]
         if colour and n and r[1] in STATE_COLOURS:     # padded first, so the columns stay aligned
             cells[1] = f"\x1b[{STATE_COLOURS[r[1]]}m{cells[1]}\x1b[0m"
-        print(indent + "  ".join(cells) + "  " + r[5])
+        print(indent + "  ".join(cells) + "  " + cut(r[5], detail_width))
 
 
 def cluster_view(args):
@@ -165,7 +170,7 @@ def cluster_status(args) -> int:
         if args.json:
             print(json.dumps({"nodes": result["nodes"]}, indent=2, default=str))
         else:
-            print_cluster(result)
+            print_cluster(result, terminal_width())
         return exit_status(result)
     tty = sys.stdout.isatty()
     try:
@@ -175,7 +180,7 @@ def cluster_status(args) -> int:
                 sys.stdout.write("\x1b[H\x1b[2J")
             print(time.strftime("%H:%M:%S") + "  every 1s, Ctrl-C to stop")
             try:
-                print_cluster(view.status())
+                print_cluster(view.status(), terminal_width())
             except ClusterUnreachable as e:
                 say(f"relayqctl: {e}; retrying")
             sys.stdout.flush()
@@ -184,16 +189,16 @@ def cluster_status(args) -> int:
         return EXIT_OK
 
 
-def print_cluster(result: dict) -> None:
+def print_cluster(result: dict, width: int | None = None) -> None:
     from relayq_supervisor.cluster.view import node_line
     colour = use_colour()
     say(f"cluster Redis {result['redis']}: {len(result['nodes'])} node(s)")
     for node in result["nodes"]:
-        say(node_line(node, format_duration))
+        say(node_line(node, format_duration), width)
         for note in (node.get("supervisor") or {}).get("notes", []):
-            say(f"    {note}")
+            say(f"    {note}", width)
         live = not node["stale"] and not node.get("shut_down")
-        print_programs(node.get("programs") or [], colour, "    ", node["seen_s_ago"] if live else 0.0)
+        print_programs(node.get("programs") or [], colour, "    ", node["seen_s_ago"] if live else 0.0, width)
 
 
 def supervisor_section(config_path: str) -> tuple[SupervisorSpec, bool]:
@@ -340,7 +345,7 @@ def run(args, path: str) -> int:
         if args.watch:
             return watch_status(args, path)
         result = checked(call(path, "status", args.timeout, names=args.names))
-        show(result, args.json, lambda r: print_status(r, use_colour()))
+        show(result, args.json, lambda r: print_status(r, use_colour(), terminal_width()))
         return EXIT_OK if all(p["state"] == "RUNNING" for p in result["programs"]) else EXIT_NOT_RUNNING
     if cmd in ("start", "stop", "restart"):
         extra = {"with_dependents": args.with_dependents, "force": args.force} if cmd == "stop" else {}
@@ -348,7 +353,7 @@ def run(args, path: str) -> int:
         ok = True
         for o in result["outcomes"]:
             ok &= o["ok"]
-            say(f"{o['name']}: {o['state']}" + (f" ({o['detail']})" if o.get("detail") else ""))
+            say(outcome_line(o), terminal_width())
         return EXIT_OK if ok else EXIT_FAILURE
     if cmd == "shutdown":
         pid = None
@@ -406,13 +411,18 @@ def watch_status(args, path: str, interval: float = 1.0) -> int:
                 sys.stdout.write("\x1b[H\x1b[2J")        # home, clear: redraw in place
             print(time.strftime("%H:%M:%S") + f"  every {interval:g}s, Ctrl-C to stop")
             if result is not None:
-                print_status(result, use_colour())
+                print_status(result, use_colour(), terminal_width())
             else:
                 print(text)
             sys.stdout.flush()
             time.sleep(max(0.0, interval - (time.monotonic() - began)))
     except KeyboardInterrupt:
         return EXIT_OK      # the way to end a watch
+
+
+def outcome_line(o: dict) -> str:
+    """`worker:1: BACKOFF (pid 813 died during the start: killed by SIGKILL, from pid 4412 ...)`"""
+    return f"{o['name']}: {o['state']}" + (f" ({o['detail']})" if o.get("detail") else "")
 
 
 def print_why(result: dict) -> None:

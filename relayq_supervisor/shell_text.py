@@ -8,7 +8,10 @@ process can forge a line of our output through its argv.
 from __future__ import annotations
 
 import shlex
+import shutil
+import sys
 from collections.abc import Iterable
+from typing import TextIO
 
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", "'": "\\'"}
 
@@ -39,3 +42,10 @@ def cut(text: str, width: int | None) -> str:
     if width is None or len(text) <= width:
         return text
     return text[: max(0, width - 3)] + "..."
+
+
+def terminal_width(stream: TextIO | None = None) -> int | None:
+    """The terminal's columns when `stream` (stdout) is one, else None: piped output and
+    `--json` keep every character; `COLUMNS` overrides, as for `ls`."""
+    stream = stream or sys.stdout
+    return shutil.get_terminal_size().columns if stream.isatty() else None

@@ -9,8 +9,6 @@ import collections
 import json
 import os
 import re
-import shutil
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ from typing import Any, BinaryIO
 from relayq_supervisor.config.values import parse_signal
 from relayq_supervisor.linux.files import FileIdentity
 from relayq_supervisor.printable import escape
-from relayq_supervisor.shell_text import command_line, cut
+from relayq_supervisor.shell_text import command_line, cut, terminal_width
 from relayq_supervisor.witness.identity import ProcessIdentity
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -416,7 +414,7 @@ def _client_parents(sender: dict[str, Any], width: int = 2) -> str:
 
 def _format_spawn(e: dict[str, Any]) -> str:
     # the whole command, quoted; cut only to fit a terminal (piped output keeps all of it)
-    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    width = terminal_width()
     prefix = f"{_subject(e.get('program'), e.get('pid'))} started: "
     # 13: the `HH:MM:SS.mmm ` that format_event puts before it
     return prefix + cut(command_line(e.get("argv") or ()), width - len(prefix) - 13 if width else None)

@@ -4,6 +4,7 @@ tests/integration/test_ctl.py."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from pathlib import Path
@@ -200,3 +201,49 @@ def test_why_shows_how_long_a_running_program_has_been_up(capsys):
                                "reason": "ready: still running 1s after its start"}, "last_stop": None})
     first = capsys.readouterr().out.splitlines()[0]
     assert first == "rqworker:2: RUNNING, pid 4242, up 12m34s (ready: still running 1s after its start)"
+
+
+# a sender whose command line carried its whole environment (an 8 KB dump was seen)
+HUGE_SENDER = "killed by SIGTERM from pid 4412 python3 monitor.py " + "A=" + "x" * 8000
+
+
+def test_status_table_cuts_a_long_detail_to_the_terminal_only(capsys):
+    program = {"name": "worker:0", "state": "RUNNING", "pid": 812, "uptime_s": 3.0, "restarts": 1,
+               "last_exit": {"description": HUGE_SENDER}}
+    ctl.print_status({"supervisor": {"pid": 1, "uptime_s": 5, "config": "/c.toml", "notes": ["n" * 300]},
+                      "programs": [program]}, width=80)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(len(line) <= 80 for line in lines[1:]), [len(line) for line in lines]
+    row = next(line for line in lines if line.startswith("worker:0"))
+    assert row.endswith("...") and "last: killed by SIGTERM from pid" in row and len(row) == 80
+    # in the cluster view too, under each node's indented table
+    ctl.print_programs([program], False, "    ", width=72)
+    assert all(len(line) <= 72 for line in capsys.readouterr().out.splitlines())
+    # no width (piped, not a terminal): every character stays
+    ctl.print_programs([program], False)
+    assert capsys.readouterr().out.rstrip("\n").endswith("x" * 8000)
+
+
+def test_an_outcome_line_is_cut_to_the_terminal_only(capsys):
+    outcome = {"name": "worker:1", "state": "BACKOFF", "ok": False,
+               "detail": "pid 813 died during the start: " + HUGE_SENDER}
+    ctl.say(ctl.outcome_line(outcome), 100)
+    line = capsys.readouterr().out.rstrip("\n")
+    assert len(line) == 100 and line.startswith("worker:1: BACKOFF (pid 813 died") and line.endswith("...")
+    ctl.say(ctl.outcome_line(outcome))
+    assert capsys.readouterr().out.rstrip("\n").endswith("x" * 8000 + ")")
+
+
+def test_terminal_width_only_for_a_terminal(tmp_path, monkeypatch):
+    import pty
+
+    from relayq_supervisor.shell_text import terminal_width
+    monkeypatch.setenv("COLUMNS", "77")
+    controller, terminal = pty.openpty()
+    try:
+        with open(terminal, "w", closefd=False) as tty, open(tmp_path / "out", "w") as piped:
+            assert terminal_width(tty) == 77
+            assert terminal_width(piped) is None
+    finally:
+        os.close(controller)
+        os.close(terminal)
