@@ -3,6 +3,7 @@ supervisor's socket (framing, size limit, and that supervision goes on) is teste
 tests/integration/test_ctl.py."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -247,3 +248,17 @@ def test_terminal_width_only_for_a_terminal(tmp_path, monkeypatch):
     finally:
         os.close(controller)
         os.close(terminal)
+
+
+def test_help_names_every_command_and_option():
+    """`relayqctl --help` and each COMMAND --help: no option left unexplained (--cluster,
+    --node, --watch, logs came in one day and their help with them)."""
+    parser = ctl.build_parser()
+    top = parser.format_help()
+    for text in ("logs", "--cluster", "--node", "--watch"):
+        assert text in top, text
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {c.dest for c in commands._choices_actions} == set(commands.choices)     # every command has a line
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            assert action.help, f"relayqctl {name}: {'/'.join(action.option_strings) or action.dest} has no help"
