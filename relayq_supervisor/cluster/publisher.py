@@ -91,6 +91,7 @@ class ClusterPublisher:
         assert config.cluster is not None
         self.spec = config.cluster
         self.url = link.display_url(link.cluster_url(config))
+        self.own_redis = not config.cluster.redis_url and config.redis is not None      # the Redis node
         self.client = link.async_client(config, TIMEOUT_S)
         self.status = status
         self.programs = programs
@@ -203,8 +204,9 @@ class ClusterPublisher:
                 log.info("cluster: %s answers again; sending %d held events in order", self.url, len(self.backlog))
         else:
             self.down_since = time.time()
-            # not yet answering at start is usual on the Redis node itself (its Redis starts after us)
-            log.log(logging.ERROR if was else logging.WARNING,
+            # not yet answering at start is usual on the Redis node itself (its Redis starts after us):
+            # no warning for that
+            log.log(logging.ERROR if was else logging.INFO if was is None and self.own_redis else logging.WARNING,
                     "cluster: %s does not answer (%s); events are held (at most %d) and sent when it does; "
                     "programs keep running", self.url, problem, self.max_backlog)
         if self.on_reachable is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import textwrap
 from pathlib import Path
 
@@ -231,3 +232,18 @@ def test_cluster_metrics_read_the_publisher(tmp_path):
     text = generate_latest(registry).decode()
     assert "relayq_cluster_events_dropped_total 1.0" in text
     assert "relayq_cluster_backlog_events 2.0" in text and "relayq_cluster_redis_up 0.0" in text
+
+
+def test_the_redis_node_warns_only_when_its_redis_was_up(tmp_path, caplog):
+    """The Redis node's publisher starts before its own Redis: not answering then is no warning
+    (every start of the Redis node logged one); a worker node's first failure and any later loss are."""
+    caplog.set_level(logging.INFO, logger="relayq_supervisor.cluster.publisher")
+    own = ClusterPublisher(parse(redis_table(tmp_path) + "[cluster]\nnode = 'n1'\n"), lambda: {}, lambda: [])
+    own.set_reachable(False, "Connection refused")
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    own.set_reachable(True, None)
+    own.set_reachable(False, "Connection refused")
+    assert [r.levelno for r in caplog.records][-1] == logging.ERROR
+    caplog.clear()
+    publisher(tmp_path, 10).set_reachable(False, "Connection refused")
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
