@@ -90,8 +90,12 @@ class Node:
         self.control: ControlServer | None = None
         self.sigfd: SignalFd | None = None
         self.notify_socket = ChildNotifySocket()
+        # the cluster's Redis answering starts nothing before take_over() has adopted or stopped
+        # what a crashed predecessor left (else Redis is started while its adoption is checked)
+        self.taken_over = False
         self.cluster = Clustering(config, status=self.status, programs=lambda: self.arbiter.programs,
-                                  reconcile=lambda: self.arbiter.reconcile(), redis_admin=self.redis_admin,
+                                  reconcile=lambda: self.arbiter.reconcile() if self.taken_over else None,
+                                  redis_admin=self.redis_admin,
                                   name_process=self.attribution.name_process,
                                   who_held=self.witnessing.who_held if self.witnessing.kernel is not None else None)
         self.kind_context = KindContext(supervisor=config.supervisor, call_later=self.loop.call_later,
@@ -264,6 +268,7 @@ class Node:
         except StartupError:
             self.close()
             raise
+        self.taken_over = True
         self.start_duties()
         self.arbiter.reconcile()
         self.service.publish()
