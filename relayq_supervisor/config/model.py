@@ -94,6 +94,7 @@ class ProgramSpec:
     watchdog_sec: float = 0.0           # silence allowed after READY (0 = off)
     watchdog_signal: int = int(signal.SIGABRT)
     max_rss: int = 0                    # bytes, whole process group (0 = off)
+    max_rss_interval: float = 5.0       # seconds between two RSS checks
     privileges: Privileges = Privileges()
 
     @property

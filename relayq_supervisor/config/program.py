@@ -28,7 +28,7 @@ _PROGRAM_KEYS = {
     "name": str, "command": list, "numprocs": int, "depends_on": list, "environment": dict,
     "directory": str, "stop_signal": (str, int), "stop_timeout": (int, float),
     "ready_after": (int, float), "autostart": bool, "log": str, "protect": bool, "restart": dict,
-    "watchdog_sec": (int, float), "watchdog_signal": (str, int), "max_rss": (str, int),
+    "watchdog_sec": (int, float), "watchdog_signal": (str, int), "max_rss": (str, int), "max_rss_interval": (int, float),
 }
 _PROGRAM_KEYS.update(_PRIVILEGE_KEYS)
 
@@ -62,6 +62,12 @@ def _watchdog_settings(loc: _Locator, where: tuple, table: dict) -> dict:
     except ValueError as e:
         raise loc.error(where + ("max_rss",), f"'max_rss': {e}") from None
     out = {"watchdog_sec": float(watchdog_sec), "max_rss": max_rss}
+    if "max_rss_interval" in table:
+        interval = table["max_rss_interval"]
+        if not 0.1 <= interval <= 3600:         # NaN fails both comparisons
+            raise loc.error(where + ("max_rss_interval",),
+                            "'max_rss_interval' must be 0.1 to 3600 seconds between two RSS checks")
+        out["max_rss_interval"] = float(interval)
     if "watchdog_signal" in table:
         out["watchdog_signal"] = _stop_signal(loc, where + ("watchdog_signal",), table["watchdog_signal"])
     return out

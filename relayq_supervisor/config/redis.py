@@ -24,7 +24,7 @@ _REDIS_KEYS = {
     "protect": bool,
     "restart": dict, "stop_timeout": (int, float), "log": str, "autostart": bool,
     "environment": dict, "denied_commands": list, "password_file": str,
-    "watchdog_sec": (int, float), "watchdog_signal": (str, int), "max_rss": (str, int),
+    "watchdog_sec": (int, float), "watchdog_signal": (str, int), "max_rss": (str, int), "max_rss_interval": (int, float),
     **_PRIVILEGE_KEYS,
 }
 

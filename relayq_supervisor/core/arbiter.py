@@ -29,7 +29,6 @@ from relayq_supervisor.linux.siginfo import signal_name
 from relayq_supervisor.witness.attribution import attribute_exit
 
 # How often a program with max_rss has its process group's RSS read.
-RSS_CHECK_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +235,7 @@ class Arbiter:
             p.watch(self.clock.call_later(spec.watchdog_sec, self.check_watchdog, p, proc))
             p.watch(kind.watch(p, lambda: self.sign_of_life(p, proc)))
         if spec.max_rss > 0:
-            p.watch(self.clock.call_later(RSS_CHECK_S, self.check_rss, p, proc))
+            p.watch(self.clock.call_later(spec.max_rss_interval, self.check_rss, p, proc))
 
     def sign_of_life(self, p: Program, proc: ChildHandle) -> None:
         if p.proc is proc and p.watchdog is not None:
@@ -274,7 +273,7 @@ class Arbiter:
         if cause:
             self.fire(p, proc, cause)
         else:
-            p.watch(self.clock.call_later(RSS_CHECK_S, self.check_rss, p, proc))
+            p.watch(self.clock.call_later(p.spec.max_rss_interval, self.check_rss, p, proc))
 
     def fire(self, p: Program, proc: ChildHandle, cause: str) -> None:
         """Keep the evidence, then watchdog_signal; SIGKILL after stop_timeout; the exit

@@ -130,6 +130,7 @@ log_dir = "log"
 name = "grows"
 command = ["{PYTHON}", "grows.py"]
 max_rss = "64MiB"
+max_rss_interval = 0.5
 ready_after = 0.2
 stop_timeout = 2
 """).start()

@@ -185,7 +185,7 @@ def test_programs_in_an_inline_array_are_located_on_its_line():
      "audit_backups, audit_ignore, audit_log, audit_max_bytes, cgroups, control_group, control_socket, doctor_root, "
      "health_interval, kernel_trace, log_backups, log_dir, log_max_bytes, log_target, metrics_listen, run_dir, signal_tap"),
     (PROGRAM + "nmprocs = 2\n", 4, "nmprocs",
-     "autostart, command, depends_on, directory, environment, group, limits, log, max_rss, name, nice, "
+     "autostart, command, depends_on, directory, environment, group, limits, log, max_rss, max_rss_interval, name, nice, "
      "no_new_privileges, numprocs, protect, ready_after, restart, stop_signal, stop_timeout, "
      "supplementary_groups, umask, user, watchdog_sec, watchdog_signal"),
     (PROGRAM + "[program.restart]\nbackof_max = 2\n", 5, "backof_max",
@@ -199,7 +199,7 @@ def test_unknown_keys_in_each_table(text, line, key, known):
 def test_unknown_keys_in_redis_tables(redis_bin):
     assert error(redis(redis_bin, "maxmemory = '1gb'\n")) == (
         f"{PATH}:3: unknown key 'maxmemory' (known keys: args, autostart, binary, bind, config, denied_commands, "
-        "dir, environment, group, include, limits, log, max_rss, nice, no_new_privileges, password_file, port, "
+        "dir, environment, group, include, limits, log, max_rss, max_rss_interval, nice, no_new_privileges, password_file, port, "
         "protect, restart, stop_timeout, supplementary_groups, umask, user, watchdog_sec, watchdog_signal)")
     assert error(redis(redis_bin, "[redis.restart]\nretries = 3\n")).startswith(
         f"{PATH}:4: unknown key 'retries' (known keys: backoff_factor, ")
@@ -458,6 +458,8 @@ def test_watchdog_fields():
         (3.0, signal.SIGQUIT, 512 * 1024**2, True)
     assert type(spec.watchdog_sec) is float
     assert parse(PROGRAM + "max_rss = 1048576\n").program("a").watched       # max_rss alone also watches
+    assert spec.max_rss_interval == 5.0
+    assert parse(PROGRAM + "max_rss = 1048576\nmax_rss_interval = 1\n").program("a").max_rss_interval == 1.0
 
 
 @pytest.mark.parametrize("line, message", [
@@ -468,6 +470,8 @@ def test_watchdog_fields():
     ("watchdog_signal = 'NOPE'",
      "'watchdog_signal': unknown signal 'NOPE': use a name like SIGTERM or TERM, or a number like 15"),
     ("watchdog_signal = 0", "'watchdog_signal': 0 is not a signal number"),
+    ("max_rss_interval = 0", "'max_rss_interval' must be 0.1 to 3600 seconds between two RSS checks"),
+    ("max_rss_interval = 1e9", "'max_rss_interval' must be 0.1 to 3600 seconds between two RSS checks"),
     ("max_rss = 'lots'", "'max_rss': 'lots' is not a size: write bytes like 536870912, or \"512MiB\", \"2GiB\""),
     ("max_rss = '5 parsecs'",
      "'max_rss': '5 parsecs' is not a size: write bytes like 536870912, or \"512MiB\", \"2GiB\""),
