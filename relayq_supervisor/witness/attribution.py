@@ -285,7 +285,8 @@ class Attribution:
 
     def kernel_record(self, seen: KernelSignal) -> dict[str, Any]:
         """What a burst of merges the tap never saw says, if no tap record comes for it."""
-        sender = self.name_witnessed(seen.sender) if seen.sender else None
+        identity = seen.sender_identity()
+        sender = self.name_witnessed(identity) if identity else None
         return {"code": seen.code_name, "sender": sender, "action": seen.result_name, "via": "tracefs",
                 "target_pid": seen.target_pid,
                 "who": lineage_text(sender) if sender else f"the kernel ({seen.code_name})"}

@@ -5,7 +5,8 @@ mark_victim). Pure text to data; the witness (tracefs.py) and its connection rec
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from relayq_supervisor.linux.siginfo import code_name, signal_name
@@ -177,6 +178,14 @@ class KernelSignal:
     sender_pid: int | None          # None when the kernel itself sent it (SI_KERNEL)
     sender: dict[str, Any] | None
     context: str | None = None      # for SI_KERNEL: the task that was running, not a sender
+    # a merge into a pending signal is only counted, its sender named only if its burst is
+    # ever recorded: naming it later from what the history held at `ts`
+    name_later: Callable[[], dict[str, Any]] | None = field(default=None, compare=False, repr=False)
+
+    def sender_identity(self) -> dict[str, Any] | None:
+        if self.sender is None and self.name_later is not None:
+            return self.name_later()
+        return self.sender
 
     @property
     def signal(self) -> str:

@@ -25,6 +25,7 @@ import dataclasses
 import errno
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -516,8 +517,15 @@ class KernelWitness:
         if s.sender_pid == self.self_pid or (s.sender_tgid is None and s.sender_tid == self.self_pid):
             return      # the supervisor records its own signals when it sends them
         self.signals += 1
-        self.history.capture_execs()
         code = code_name(s.signo, s.code)
+        if s.result == RESULT_ALREADY_PENDING and s.signo != signal.SIGKILL and s.code != SI_KERNEL and s.sender_pid != 0:
+            # a storm's merges: thousands a second, each only counted (attribution.on_kernel_signal)
+            pid, record, ts, task = s.sender_pid, self.history.get(s.sender_pid), s.ts, s.sender_task
+            self.on_signal(KernelSignal(ts=s.ts, signo=s.signo, code=s.code, target_pid=s.target_pid, result=s.result,
+                                        sender_pid=pid, sender=None,
+                                        name_later=lambda: self.namer.name_record(pid, record, ts, task, code)))
+            return
+        self.history.capture_execs()
         if s.code == SI_KERNEL:
             # the running task is whoever the kernel interrupted, not a sender: never blamed
             seen = KernelSignal(ts=s.ts, signo=s.signo, code=s.code, target_pid=s.target_pid, result=s.result,
