@@ -25,6 +25,7 @@ log = logging.getLogger(__package__)     # "relayq_supervisor.node": its lines r
 # at most 20 trace reads a second on a busy node; a lone event waits this long, and an exit
 # reads at most this much backlog before its restart (~0.6 ms of parsing at 1000 execs/s)
 TRACE_READ_PAUSE_S = 0.05
+CATCH_UP_BUDGET_S = 0.05       # ~13,000 sched lines: a quiet node's whole backlog, a storm's first part
 
 
 class TracedClients:
@@ -94,7 +95,9 @@ class Witnessing:
             raise StartupError(f"relayq-supervisor: kernel_trace = true, but the kernel trace is unavailable: "
                                f"{w.unavailable}; fix that, or set kernel_trace = \"auto\" to run without it")
         if w.fd is not None:
-            self.attribution.catch_up = lambda: w.drain(CATCH_UP_READS)
+            # bounded like the loop's own reads: in a storm the backlog is long, and its sender's
+            # line is then read on by the next passes (the tap's record names it as gone)
+            self.attribution.catch_up = lambda: w.drain(CATCH_UP_READS, budget_s=CATCH_UP_BUDGET_S)
             self.listen_to_kernel_trace()
             log.info("kernel witness: tracing signals to children in %s", w.instance)
             if redis_port and w.watch_clients(redis_port):
