@@ -50,6 +50,8 @@ class Question:
     late: Callable[[dict[str, Any] | None, str], None]
     answered: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     rejected: list[str] = field(default_factory=list)
+    settled: bool = False           # an answer was believed: later ones are still checked (a forger
+                                    # answering second is logged, not ignored) but change nothing
 
 
 class WhoisAsker:
@@ -182,7 +184,9 @@ class WhoisAsker:
             self.rejected += 1
             log.warning("cluster whois: answer about %s:%d rejected: %s", q.ip, q.port, problem)
             return
-        self.pending.pop(q.id, None)
+        if q.settled:
+            return                  # a second answer that checks out: the first one stands
+        q.settled = True
         if not q.answered.done():
             self.answered += 1
             q.answered.set_result(answer)
