@@ -15,6 +15,8 @@ import psutil
 
 from relayq_supervisor import config
 from relayq_supervisor.config.redis import embedded_redis_tool as embedded_redis_tool  # tests import it from here
+from relayq_supervisor.core.locks import owner_key
+from relayq_supervisor.linux import cgroups
 
 PYTHON = sys.executable
 
@@ -195,6 +197,19 @@ class Supervisor:
                 self.proc.wait()
         kill_tree(tree + list(self.seen))
         self.log_file.close()
+        remove_groups_of(str(self.config))
+
+
+def remove_groups_of(config_path: str, timeout: float = 5.0) -> None:
+    """The cgroup a supervisor on `config_path` made for its programs' runs: gone with it when
+    it exits cleanly; a test that SIGKILLed it (or whose successor never came) leaves it to us."""
+    hierarchy = cgroups.own_hierarchy()
+    if hierarchy is None:
+        return
+    base = os.path.join(hierarchy.own, f"relayq-{owner_key(os.path.abspath(config_path))}")
+    deadline = time.monotonic() + timeout
+    while not cgroups.remove(base) and time.monotonic() < deadline:
+        time.sleep(0.02)        # its last members are still being reaped
 
 
 def redis_config(tmp_path, port: int, *, programs: str = "", redis_extra: str = "", restart: str = "",
