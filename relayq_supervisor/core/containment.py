@@ -30,13 +30,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from relayq_supervisor.background import start_task
 from relayq_supervisor.linux import cgroups
+from relayq_supervisor.linux.pidfds import kill_pids
 from relayq_supervisor.linux.procfs import own_children, process_children, process_environ_value, process_state
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ class Containment:
     def _kill(self, run: Run) -> int:
         if run.group is not None and self.hierarchy is not None:
             return cgroups.kill_all(run.group, self.hierarchy)
-        return _kill_pids(self.descendants(run, None, fresh=True))
+        return kill_pids(self.descendants(run, None, fresh=True))
 
     def _remove_soon(self, run: Run) -> None:
         """After what the loop has due now (a restart): the group is empty, its removal can wait."""
@@ -273,19 +273,3 @@ class Containment:
             log.warning("cgroup %s: cannot remove it at exit (pids %s)", self.base,
                         " ".join(map(str, cgroups.all_members(self.base)[:10])))
 
-
-def _kill_pids(pids: list[int]) -> int:
-    killed = 0
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            continue
-        try:
-            signal.pidfd_send_signal(fd, signal.SIGKILL)
-            killed += 1
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-    return killed

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 from dataclasses import dataclass
+
+from relayq_supervisor.linux.pidfds import kill_pids
 
 # v1 hierarchies a process can be grouped in without changing any resource setting.
 _V1_CHOICES = ("pids", "name=systemd")
@@ -184,22 +185,11 @@ def kill_all(path: str, hierarchy: Hierarchy, use_kill_file: bool | None = None)
         except FileNotFoundError:
             if not os.path.isdir(path):
                 return 0
-    killed = 0
-    for pid in all_members(path):
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            continue
-        try:
-            group = group_of(pid, hierarchy)
-            if group is not None and (group == path or group.startswith(path.rstrip("/") + "/")):
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-                killed += 1
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-    return killed
+    def still_member(pid: int) -> bool:
+        group = group_of(pid, hierarchy)
+        return group is not None and (group == path or group.startswith(path.rstrip("/") + "/"))
+
+    return kill_pids(all_members(path), still_ours=still_member)
 
 
 def remove(path: str) -> bool:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 from relayq_supervisor.linux import ptrace
+from relayq_supervisor.linux.pidfds import kill_pids
 from relayq_supervisor.linux.procfs import own_children
 
 REAP_BATCH = 256        # waitpid() results per loop pass (a signal storm stops a tracee at each signal)
@@ -76,17 +76,7 @@ class Reaper:
             children = own_children()
             if not children or time.monotonic() > deadline:
                 return
-            for pid in children:
-                try:
-                    fd = os.pidfd_open(pid)     # not reaped yet, so the pid is still that child
-                except OSError:
-                    continue
-                try:
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-                except OSError:
-                    pass
-                finally:
-                    os.close(fd)
+            kill_pids(children)         # not reaped yet, so each pid is still that child
             self.reaped.clear()
             try:        # their SIGCHLD wakes the signalfd, whose handler reaps and sets this
                 await asyncio.wait_for(self.reaped.wait(), max(0.0, deadline - time.monotonic()))

@@ -129,11 +129,7 @@ class ClientConnections:
         if now - self.last_prune < PRUNE_EVERY_S:
             return
         self.last_prune = now
-        while self.closed and self.closed[0].closed is not None and self.closed[0].closed < now - self.max_age:
-            r = self.closed.popleft()
-            key = (r.ip, r.port)
-            if self.by_addr.get(key) is r:
-                del self.by_addr[key]
+        forget_closed(self.closed, self.by_addr, now - self.max_age)
 
     def closed_between(self, start: float, end: float) -> list[ClientRecord]:
         """Connections that closed in [start, end] (trace clock), oldest first."""
@@ -164,3 +160,13 @@ def client_filter_expression(*ports: int, server: int | None = None) -> str:
     if server is not None:
         expr = f"({expr}) || (sport == {int(server)} && oldstate == 1 && newstate == 8)"
     return expr
+
+
+def forget_closed(closed: deque, by_addr: dict, before: float) -> None:
+    """Drop the connection records (oldest first in `closed`) that closed before `before`,
+    from `by_addr` too unless a newer record has taken their address since."""
+    while closed and closed[0].closed is not None and closed[0].closed < before:
+        r = closed.popleft()
+        key = (r.ip, r.port)
+        if by_addr.get(key) is r:
+            del by_addr[key]

@@ -35,7 +35,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from relayq_supervisor.witness.clients import _ip_key
+from relayq_supervisor.witness.clients import _ip_key, forget_closed
 from relayq_supervisor.witness.history import PRUNE_EVERY_S, ProcessHistory, ProcessRecord, _live_match
 from relayq_supervisor.witness.trace_lines import SockState
 
@@ -251,10 +251,7 @@ class OwnConnections:
         if now - self.last_prune < PRUNE_EVERY_S:
             return
         self.last_prune = now
-        while self.closed and self.closed[0].closed is not None and self.closed[0].closed < now - self.max_age:
-            r = self.closed.popleft()
-            if self.by_addr.get((r.ip, r.port)) is r:
-                del self.by_addr[(r.ip, r.port)]
+        forget_closed(self.closed, self.by_addr, now - self.max_age)
 
     def get(self, ip: str, port: int) -> ConnectionRecord | None:
         key = _ip_key(ip.strip("[]"), port)

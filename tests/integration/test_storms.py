@@ -7,7 +7,6 @@ import errno
 import json
 import os
 import subprocess
-import time
 
 import pytest
 import redis
@@ -124,9 +123,13 @@ def test_a_full_disk_is_one_warning_events_stay_in_order_and_none_is_torn(make_s
     spare.write_bytes(b"\0" * 4096)             # freed first: a little space, soon full again
     fill(small_disk / "filler")
     wait_for(lambda: "audit: audit log" in sup.log() and "write failed" in sup.log(), what="the outage noticed")
-    time.sleep(1.0)                             # restarts go on while the disk is full
+    def restarts_go_on(more: int) -> None:
+        at = sup.program("crasher")["restarts"]
+        wait_for(lambda: sup.program("crasher")["restarts"] >= at + more, what=f"{more} more restarts")
+
+    restarts_go_on(3)                           # while the disk is full
     spare.unlink()
-    time.sleep(0.5)
+    restarts_go_on(2)                           # with a little space back: held events retried
     os.unlink(small_disk / "filler")
     wait_for(lambda: "writing again" in sup.log(), what="the audit log written again")
     assert sup.ctl("stop", "crasher").returncode == 0
