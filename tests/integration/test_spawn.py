@@ -87,6 +87,15 @@ def wait_exec(pid: int, program: str) -> None:
     wait_for(lambda: exe_of(pid) == real and cmdline(pid), f"pid {pid} to exec {program}")
 
 
+def wait_asleep(pid: int) -> None:
+    """Until `pid` sleeps (state S): past its exec, the dynamic loader still opens and closes
+    its libraries (a transient fd 3); `sleep` reaches S only in its nanosleep, after that."""
+    def state() -> str:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    wait_for(lambda: state() == "S", f"pid {pid} to sleep")
+
+
 def cmdline(pid: int) -> list[str]:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return [os.fsdecode(a) for a in f.read().split(b"\0")[:-1]]
@@ -149,6 +158,7 @@ def test_every_way_gives_the_same_start(way, children, output, parent_signals, t
     pid = child.pid
     assert read_exec_result(child.exec_result_fd) is None
     wait_exec(pid, SLEEP)
+    wait_asleep(pid)
     # a new session and process group of its own
     assert os.getsid(pid) == pid and os.getpgid(pid) == pid
     # nothing blocked, nothing ignored: the parent's mask and SIG_IGN did not leak
