@@ -1,13 +1,13 @@
 """Cross-node attribution, the answering side (every node): who on this node held an
-address and port at a moment, from /proc while the socket lives and from the kernel
-witness's records after (whois.py says how the answer is believed); and `Whois`, what
-node/clustering.py wires."""
+address and port at a moment, from the kernel witness's records and from /proc while the
+socket lives (whois_scan.py: never holding the loop for the whole scan; whois.py says how
+the answer is believed); and `Whois`, what node/clustering.py wires."""
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -29,14 +29,14 @@ from relayq_supervisor.cluster.whois import (
     split_addr,
 )
 from relayq_supervisor.cluster.whois_ask import WhoisAsker
+from relayq_supervisor.cluster.whois_scan import ScanStats, find_holder, still_holds
 from relayq_supervisor.config.model import Config
-from relayq_supervisor.kinds.redis import acl
 
 log = logging.getLogger(__name__)
 
 
 # (client ip, client port, Redis port, when (epoch), the Redis node's addresses) -> identity
-Resolver = Callable[[str, int, int, float | None, frozenset[str]], dict[str, Any] | None]
+Resolver = Callable[[str, int, int, float | None, frozenset[str]], Awaitable[dict[str, Any] | None]]
 
 
 class WhoisAnswerer:
@@ -94,23 +94,26 @@ class WhoisAnswerer:
             log.warning("cluster whois: an unreadable question ignored")
             return
         self.questions += 1
-        sender = self.resolve(ip, port, redis_port, at, redis_ips)
+        if len(self.answers) >= MAX_ANSWERS_IN_FLIGHT:
+            # each answer holds a connection for ANSWER_HOLD_S: a flood of questions must not
+            # become a flood of connections (nor of /proc scans); the asker says this node did not answer
+            log.warning("cluster whois: %d answers in flight; %s's question about %s:%d not answered",
+                        len(self.answers), asker, ip, port)
+            return
+        task = start_task(self.answer(asker, qid, ip, port, redis_port, at, redis_ips), f"cluster whois answer {qid}")
+        self.answers.add(task)
+        task.add_done_callback(self.answers.discard)
+
+    async def answer(self, asker: str, qid: str, ip: str, port: int, redis_port: int, at: float | None,
+                     redis_ips: frozenset[str]) -> None:
+        # resolving may scan /proc, a slice per loop pass (whois_scan.py): the loop goes on
+        # meanwhile, and an answer after the asker's deadline amends its event
+        sender = await self.resolve(ip, port, redis_port, at, redis_ips)
         log.info("cluster whois: %s asked who held %s:%d: %s", asker, ip, port,
                  f"pid {sender.get('pid')} ({sender.get('seen_by')})" if sender else "nobody known")
         note = None if sender is not None else \
             f"no process of {self.node} held {ip}:{port} then (gone before the witness saw it, or not ours)"
         answer = {"id": qid, "node": self.node, "found": sender is not None, "sender": sender, "note": note}
-        if len(self.answers) >= MAX_ANSWERS_IN_FLIGHT:
-            # each answer holds a connection for ANSWER_HOLD_S: a flood of questions must not
-            # become a flood of connections; the asker says this node did not answer
-            log.warning("cluster whois: %d answers in flight; %s's question about %s:%d not answered",
-                        len(self.answers), asker, ip, port)
-            return
-        task = start_task(self.answer(asker, qid, answer), f"cluster whois answer {qid}")
-        self.answers.add(task)
-        task.add_done_callback(self.answers.discard)
-
-    async def answer(self, asker: str, qid: str, answer: dict[str, Any]) -> None:
         client = link.async_client(self.config, TIMEOUT_S)
         try:
             answer["client_id"] = await client.client_id()
@@ -127,18 +130,17 @@ class WhoisAnswerer:
 class LocalResolver:
     """Who on this node held ip:port in a connection to the cluster's Redis at `at`: the
     kernel witness's record first (a closed connection needs nothing else; an open one, its
-    holder checked in /proc), else a /proc scan for the live holder of the socket (a
-    connection opened before the witness looked). The scan reads every process' sockets
-    (tens of ms on a busy node, on the loop): only when the trace has no answer."""
+    holder checked in /proc), else the live holder of the socket (a connection opened before
+    the witness looked), found by whois_scan.py a slice per loop pass."""
 
     def __init__(self, name_process: Callable[[int], dict[str, Any] | None],
                  who_held: Callable[[str, int, float | None], dict[str, Any] | None] | None):
         self.name_process = name_process
         self.who_held = who_held
+        self.scans = ScanStats()
 
-    def __call__(self, ip: str, port: int, redis_port: int, at: float | None,
-                 redis_ips: frozenset[str] = frozenset()) -> dict[str, Any] | None:
-        addr = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    async def __call__(self, ip: str, port: int, redis_port: int, at: float | None,
+                       redis_ips: frozenset[str] = frozenset()) -> dict[str, Any] | None:
         traced = self.who_held(ip, port, at) if self.who_held is not None else None
         if traced is not None:
             to = split_addr((traced.get("connection") or {}).get("to") or "")
@@ -146,13 +148,14 @@ class LocalResolver:
                 traced = None       # that port's connection went to another server
             elif not traced.get("alive") or (traced.get("connection") or {}).get("closed") is not None:
                 return traced
-            elif acl.process_holds_client_socket(traced["pid"], addr, redis_port):
+            elif await still_holds(traced["pid"], ip, port, redis_port, self.scans):
                 return traced       # still open, still its (pinned by the capture before the check)
-        pid = acl.find_client_process(addr, redis_port)
+        pid = await find_holder(ip, port, redis_port, self.scans)
         if pid is not None:
             identity = self.name_process(pid)
             # the socket check after the capture: a pid reused meanwhile is not blamed
-            if identity is not None and identity.get("alive") and acl.process_holds_client_socket(pid, addr, redis_port):
+            if identity is not None and identity.get("alive") and \
+                    await still_holds(pid, ip, port, redis_port, self.scans):
                 return dict(identity, seen_by="procfs")
         return None
 
@@ -164,7 +167,8 @@ class Whois:
                  name_process: Callable[[int], dict[str, Any] | None],
                  who_held: Callable[[str, int, float | None], dict[str, Any] | None] | None):
         self.config = config
-        self.answerer = WhoisAnswerer(config, LocalResolver(name_process, who_held))
+        self.resolver = LocalResolver(name_process, who_held)
+        self.answerer = WhoisAnswerer(config, self.resolver)
         self.asker = WhoisAsker(config, admin) if config.redis is not None else None
 
     def start(self) -> None:
@@ -192,7 +196,9 @@ class Whois:
         return sorted({(str(info[4][0]), port) for info in infos})
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"questions": self.answerer.questions}
+        scans = self.resolver.scans
+        out: dict[str, Any] = {"questions": self.answerer.questions, "proc_scans": scans.scans,
+                               "longest_scan_slice_ms": round(scans.longest_slice_s * 1000, 3)}
         if self.asker is not None:
             a = self.asker
             out.update(asked=a.asked, answered=a.answered, late=a.late_answers, rejected=a.rejected)

@@ -1,0 +1,100 @@
+"""Who on this node holds a TCP connection's socket now, found without holding the loop.
+
+The answerer's fallback when its witness has no record of a connection (one opened before
+the witness looked): the netns' socket tables say whether any socket is bound to the
+address at all (one read: most questions end here), then every process' fd links are read
+for that socket's inode, SLICE_S of them per loop pass (the loop runs what is due in
+between, as the witness's trace reads do). Whole, the scan costs 5-40 ms on a busy node
+(BENCHMARKS.md, whois); sliced, no single pass holds the loop much longer than SLICE_S.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from relayq_supervisor.linux.procfs import proc_start_ticks
+from relayq_supervisor.linux.sockets import connection_inodes, fd_target, open_fds, process_pids, socket_links
+
+SLICE_S = 0.002     # the longest the scan runs before it lets the loop run what is due
+FDS_PER_CHECK = 64  # fd links read between two looks at the clock
+
+
+class ScanStats:
+    """What the scans cost the loop (shown by the bench; the slices are the point)."""
+
+    def __init__(self) -> None:
+        self.scans = 0          # questions that needed the process scan
+        self.slices = 0         # loop passes those took
+        self.longest_slice_s = 0.0
+
+    def slice_ended(self, seconds: float) -> None:
+        self.slices += 1
+        self.longest_slice_s = max(self.longest_slice_s, seconds)
+
+
+class _Slices:
+    """The scan's clock: after slice_s of work, one loop pass for what is due."""
+
+    def __init__(self, stats: ScanStats, slice_s: float):
+        self.stats, self.slice_s = stats, slice_s
+        self.began = time.monotonic()
+
+    async def tick(self) -> None:
+        spent = time.monotonic() - self.began
+        if spent >= self.slice_s:
+            self.stats.slice_ended(spent)
+            await asyncio.sleep(0)
+            self.began = time.monotonic()
+
+    def end(self) -> None:
+        self.stats.slice_ended(time.monotonic() - self.began)
+
+
+async def _holds(pid: int, links: frozenset[str], slices: _Slices) -> bool:
+    for i, fd in enumerate(open_fds(pid)):
+        if fd_target(pid, fd) in links:
+            return True
+        if i % FDS_PER_CHECK == FDS_PER_CHECK - 1:      # a process with thousands of fds is sliced too
+            await slices.tick()
+    return False
+
+
+def _start_order(pid: int) -> tuple[float, int]:
+    ticks = proc_start_ticks(pid)
+    return (float(ticks) if ticks is not None else float("inf")), pid
+
+
+async def find_holder(ip: str, port: int, redis_port: int, stats: ScanStats | None = None,
+                      slice_s: float = SLICE_S) -> int | None:
+    """The local pid holding the socket ip:port -> `redis_port`, or None (no such socket in
+    this network namespace, or nobody we may inspect holds it). A socket inherited across
+    fork() is held by several processes; which of them wrote the command is unknowable, so
+    the oldest holder (the forking parent) is named."""
+    inodes = connection_inodes(ip, port, redis_port)
+    if not inodes:
+        return None
+    links = socket_links(inodes)
+    stats = stats if stats is not None else ScanStats()
+    stats.scans += 1
+    slices = _Slices(stats, slice_s)
+    held: list[int] = []
+    for pid in process_pids():
+        if await _holds(pid, links, slices):
+            held.append(pid)
+        await slices.tick()
+    slices.end()
+    return min(held, key=_start_order) if held else None
+
+
+async def still_holds(pid: int, ip: str, port: int, redis_port: int, stats: ScanStats | None = None,
+                      slice_s: float = SLICE_S) -> bool:
+    """Does `pid` hold the socket ip:port -> `redis_port` now? (One process' fds, sliced as
+    well.) Call it after pinning the pid (ProcessIdentity.capture) to rule out a pid reused
+    in between."""
+    inodes = connection_inodes(ip, port, redis_port)
+    if not inodes:
+        return False
+    slices = _Slices(stats if stats is not None else ScanStats(), slice_s)
+    found = await _holds(pid, socket_links(inodes), slices)
+    slices.end()
+    return found

@@ -1,0 +1,96 @@
+"""The answerer's /proc fallback (cluster/whois_scan.py, linux/sockets.py): the socket of a
+connection this process holds, found and named, and the scan handing the loop back between
+its slices instead of holding it for the whole of /proc."""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from relayq_supervisor.cluster.whois_answer import LocalResolver
+from relayq_supervisor.cluster.whois_scan import ScanStats, find_holder, still_holds
+from relayq_supervisor.linux.sockets import connection_inodes, local_forms
+
+
+@pytest.fixture
+def connection() -> Iterator[tuple[socket.socket, str, int, int]]:
+    """(a client socket this process holds, its ip, its port, the server's port)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    ip, port = client.getsockname()
+    try:
+        yield client, ip, port, server.getsockname()[1]
+    finally:
+        for s in (client, accepted, server):
+            s.close()
+
+
+def test_proc_net_tcp_forms_of_an_address():
+    # 127.0.0.1:80 on a little-endian host reads 0100007F:0050; its dual-stack form too
+    forms = local_forms("127.0.0.1", 80)
+    if sys.byteorder == "little":
+        assert "0100007F:0050" in forms
+        assert "0000000000000000FFFF00000100007F:0050" in forms
+    assert local_forms("::ffff:127.0.0.1", 80) == forms
+    assert len(local_forms("fd00::2", 6379)) == 1
+
+
+def test_the_socket_of_a_connection_and_only_it(connection):
+    client, ip, port, server_port = connection
+    assert connection_inodes(ip, port, server_port) == {os.fstat(client.fileno()).st_ino}
+    assert connection_inodes(ip, port, server_port + 1) == set()        # another server's port
+    assert connection_inodes("10.254.254.254", port, server_port) == set()
+    assert connection_inodes("not an address", port, server_port) == set()
+
+
+def test_the_holder_is_found_and_the_loop_runs_between_slices(connection):
+    _, ip, port, server_port = connection
+
+    async def scan() -> tuple[int | None, int, ScanStats]:
+        stats, ticks, done = ScanStats(), 0, False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)
+        ticks = 0
+        pid = await find_holder(ip, port, server_port, stats, slice_s=0.0)
+        done = True
+        await task
+        return pid, ticks, stats
+
+    pid, ticks, stats = asyncio.run(scan())
+    assert pid == os.getpid()
+    # every process of /proc was its own slice: the other task ran in between, many times
+    assert stats.scans == 1 and stats.slices > 1 and ticks >= stats.slices - 1
+    assert asyncio.run(still_holds(os.getpid(), ip, port, server_port))
+    assert not asyncio.run(still_holds(os.getpid(), ip, port + 1, server_port))
+
+
+def test_an_address_no_socket_has_needs_no_scan(connection):
+    _, ip, port, server_port = connection
+    stats = ScanStats()
+    assert asyncio.run(find_holder(ip, port, server_port + 1, stats)) is None
+    assert stats.scans == 0
+
+
+def test_the_resolver_names_the_live_holder_when_the_witness_has_no_record(connection):
+    _, ip, port, server_port = connection
+    resolver = LocalResolver(lambda pid: {"pid": pid, "alive": True}, lambda ip, port, at: None)
+    assert asyncio.run(resolver(ip, port, server_port, None)) == {"pid": os.getpid(), "alive": True,
+                                                                  "seen_by": "procfs"}
+    assert resolver.scans.scans == 1
+    # a holder that is gone by the time it is named is not blamed
+    gone = LocalResolver(lambda pid: {"pid": pid, "alive": False}, None)
+    assert asyncio.run(gone(ip, port, server_port, None)) is None
