@@ -57,7 +57,8 @@ METHOD = ("One redis-server. Records: a node writes each connection's record (th
           "questions one after the other: latency to a verified answer (CLIENT LIST ID checked) and traffic "
           "per question. The answering node's real lookup, a /proc socket scan, is timed on its own, and on a "
           "loop with a second task that notes the longest gap between its turns: the whole scan in one call "
-          "(as before) against the sliced one (cluster/whois_scan.py, a 2 ms slice per loop pass), for a live "
+          "(as before) against the sliced one (cluster/whois_scan.py: the socket's inode by sock_diag, "
+          "then a 2 ms slice of the fd scan per loop pass), for a live "
           "connection this process holds to the redis-server and for an address no socket has.")
 
 # an answer's sender as a worker node sends it: a gone redis-cli with two ancestors
@@ -197,9 +198,9 @@ def loop_holds(port: int, repeat: int) -> dict[str, dict[str, list[float]]]:
 
     cases = {
         "held: whole": lambda: whole(f"{ip}:{cport}"),
-        "held: sliced": lambda: find_holder(ip, cport, port),
+        "held: sliced": lambda: find_holder(ip, cport, port, frozenset({"127.0.0.1"})),
         "nobody: whole": lambda: whole("10.254.254.254:1"),
-        "nobody: sliced": lambda: find_holder("10.254.254.254", 1, port),
+        "nobody: sliced": lambda: find_holder("10.254.254.254", 1, port, frozenset({"127.0.0.1"})),
     }
     out: dict[str, dict[str, list[float]]] = {name: {"hold": [], "took": []} for name in cases}
     try:
@@ -281,7 +282,7 @@ HOLD_NAMES = {
     "held: whole": "a live connection, one scan on the loop (before)",
     "held: sliced": "a live connection, sliced (whois_scan.py)",
     "nobody: whole": "an address no socket has, one scan on the loop (before)",
-    "nobody: sliced": "an address no socket has, socket tables only (whois_scan.py)",
+    "nobody: sliced": "an address no socket has, one sock_diag lookup (whois_scan.py)",
 }
 HOLD_TARGET_MS = 5.0
 

@@ -148,14 +148,14 @@ class LocalResolver:
                 traced = None       # that port's connection went to another server
             elif not traced.get("alive") or (traced.get("connection") or {}).get("closed") is not None:
                 return traced
-            elif await still_holds(traced["pid"], ip, port, redis_port, self.scans):
+            elif await still_holds(traced["pid"], ip, port, redis_port, redis_ips, self.scans):
                 return traced       # still open, still its (pinned by the capture before the check)
-        pid = await find_holder(ip, port, redis_port, self.scans)
+        pid = await find_holder(ip, port, redis_port, redis_ips, self.scans)
         if pid is not None:
             identity = self.name_process(pid)
             # the socket check after the capture: a pid reused meanwhile is not blamed
             if identity is not None and identity.get("alive") and \
-                    await still_holds(pid, ip, port, redis_port, self.scans):
+                    await still_holds(pid, ip, port, redis_port, redis_ips, self.scans):
                 return dict(identity, seen_by="procfs")
         return None
 

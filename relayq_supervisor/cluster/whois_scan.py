@@ -1,8 +1,8 @@
 """Who on this node holds a TCP connection's socket now, found without holding the loop.
 
 The answerer's fallback when its witness has no record of a connection (one opened before
-the witness looked): the netns' socket tables say whether any socket is bound to the
-address at all (one read: most questions end here), then every process' fd links are read
+the witness looked): the kernel says whether any socket has that address at all and
+which (sock_diag, one lookup per Redis address: most questions end here), then every process' fd links are read
 for that socket's inode, SLICE_S of them per loop pass (the loop runs what is due in
 between, as the witness's trace reads do). Whole, the scan costs 5-40 ms on a busy node
 (BENCHMARKS.md, whois); sliced, no single pass holds the loop much longer than SLICE_S.
@@ -13,7 +13,15 @@ import asyncio
 import time
 
 from relayq_supervisor.linux.procfs import proc_start_ticks
-from relayq_supervisor.linux.sockets import connection_inodes, fd_target, open_fds, process_pids, socket_links
+from relayq_supervisor.linux.sockets import (
+    DiagUnavailable,
+    connection_inode,
+    connection_inodes,
+    fd_target,
+    open_fds,
+    process_pids,
+    socket_links,
+)
 
 SLICE_S = 0.002     # the longest the scan runs before it lets the loop run what is due
 FDS_PER_CHECK = 64  # fd links read between two looks at the clock
@@ -59,18 +67,37 @@ async def _holds(pid: int, links: frozenset[str], slices: _Slices) -> bool:
     return False
 
 
+def socket_inodes(ip: str, port: int, redis_port: int, redis_ips: frozenset[str]) -> set[int]:
+    """The inodes of this netns' sockets connected from ip:port to the Redis port: one
+    sock_diag lookup per Redis address when the asker named its addresses (microseconds),
+    else /proc/net/tcp* (a walk of the kernel's whole connection hash: milliseconds even
+    when nearly empty). A socket in TIME_WAIT (inode 0) is nobody's."""
+    if redis_ips:
+        try:
+            found = set()
+            for redis_ip in sorted(redis_ips):
+                try:
+                    found.add(connection_inode((ip, port), (redis_ip, redis_port)))
+                except ValueError:
+                    continue        # not an address
+            return {i for i in found if i}
+        except DiagUnavailable:
+            pass
+    return connection_inodes(ip, port, redis_port)
+
+
 def _start_order(pid: int) -> tuple[float, int]:
     ticks = proc_start_ticks(pid)
     return (float(ticks) if ticks is not None else float("inf")), pid
 
 
-async def find_holder(ip: str, port: int, redis_port: int, stats: ScanStats | None = None,
-                      slice_s: float = SLICE_S) -> int | None:
-    """The local pid holding the socket ip:port -> `redis_port`, or None (no such socket in
-    this network namespace, or nobody we may inspect holds it). A socket inherited across
+async def find_holder(ip: str, port: int, redis_port: int, redis_ips: frozenset[str] = frozenset(),
+                      stats: ScanStats | None = None, slice_s: float = SLICE_S) -> int | None:
+    """The local pid holding the socket ip:port -> `redis_port` (at one of `redis_ips` when
+    given), or None (no such socket in this network namespace, or nobody we may inspect holds it). A socket inherited across
     fork() is held by several processes; which of them wrote the command is unknowable, so
     the oldest holder (the forking parent) is named."""
-    inodes = connection_inodes(ip, port, redis_port)
+    inodes = socket_inodes(ip, port, redis_port, redis_ips)
     if not inodes:
         return None
     links = socket_links(inodes)
@@ -86,12 +113,12 @@ async def find_holder(ip: str, port: int, redis_port: int, stats: ScanStats | No
     return min(held, key=_start_order) if held else None
 
 
-async def still_holds(pid: int, ip: str, port: int, redis_port: int, stats: ScanStats | None = None,
-                      slice_s: float = SLICE_S) -> bool:
+async def still_holds(pid: int, ip: str, port: int, redis_port: int, redis_ips: frozenset[str] = frozenset(),
+                      stats: ScanStats | None = None, slice_s: float = SLICE_S) -> bool:
     """Does `pid` hold the socket ip:port -> `redis_port` now? (One process' fds, sliced as
     well.) Call it after pinning the pid (ProcessIdentity.capture) to rule out a pid reused
     in between."""
-    inodes = connection_inodes(ip, port, redis_port)
+    inodes = socket_inodes(ip, port, redis_port, redis_ips)
     if not inodes:
         return False
     slices = _Slices(stats if stats is not None else ScanStats(), slice_s)

@@ -13,7 +13,7 @@ import pytest
 
 from relayq_supervisor.cluster.whois_answer import LocalResolver
 from relayq_supervisor.cluster.whois_scan import ScanStats, find_holder, still_holds
-from relayq_supervisor.linux.sockets import connection_inodes, local_forms
+from relayq_supervisor.linux.sockets import connection_inode, connection_inodes, local_forms
 
 
 @pytest.fixture
@@ -50,6 +50,22 @@ def test_the_socket_of_a_connection_and_only_it(connection):
     assert connection_inodes("not an address", port, server_port) == set()
 
 
+def test_one_socket_by_its_four_tuple_from_the_kernel(connection):
+    client, ip, port, server_port = connection
+    inode = os.fstat(client.fileno()).st_ino
+    assert connection_inode((ip, port), ("127.0.0.1", server_port)) == inode
+    assert connection_inode((ip, port), ("127.0.0.2", server_port)) is None     # another destination
+    assert connection_inode((ip, port + 1), ("127.0.0.1", server_port)) is None
+    assert connection_inode((ip, port), ("::1", server_port)) is None           # families differ
+    # a dual-stack socket connected to a mapped IPv4 address is found by its IPv4 tuple
+    with socket.socket(socket.AF_INET6) as mapped:
+        mapped.connect(("::ffff:127.0.0.1", server_port))
+        assert connection_inode(("127.0.0.1", mapped.getsockname()[1]), ("127.0.0.1", server_port)) == \
+            os.fstat(mapped.fileno()).st_ino
+    client.close()          # its side lingers in FIN_WAIT: a socket nobody holds (inode 0), or none
+    assert not connection_inode((ip, port), ("127.0.0.1", server_port))
+
+
 def test_the_holder_is_found_and_the_loop_runs_between_slices(connection):
     _, ip, port, server_port = connection
 
@@ -65,7 +81,7 @@ def test_the_holder_is_found_and_the_loop_runs_between_slices(connection):
         task = asyncio.ensure_future(ticker())
         await asyncio.sleep(0)
         ticks = 0
-        pid = await find_holder(ip, port, server_port, stats, slice_s=0.0)
+        pid = await find_holder(ip, port, server_port, stats=stats, slice_s=0.0)
         done = True
         await task
         return pid, ticks, stats
@@ -81,16 +97,21 @@ def test_the_holder_is_found_and_the_loop_runs_between_slices(connection):
 def test_an_address_no_socket_has_needs_no_scan(connection):
     _, ip, port, server_port = connection
     stats = ScanStats()
-    assert asyncio.run(find_holder(ip, port, server_port + 1, stats)) is None
+    assert asyncio.run(find_holder(ip, port, server_port + 1, stats=stats)) is None
+    # the Redis node's addresses known: by sock_diag; a connection to another server is not it
+    assert asyncio.run(find_holder(ip, port, server_port, frozenset({"10.254.254.254", "fd00::1"}), stats)) is None
     assert stats.scans == 0
+    assert asyncio.run(find_holder(ip, port, server_port, frozenset({"127.0.0.1", "fd00::1"}), stats)) == os.getpid()
 
 
 def test_the_resolver_names_the_live_holder_when_the_witness_has_no_record(connection):
     _, ip, port, server_port = connection
     resolver = LocalResolver(lambda pid: {"pid": pid, "alive": True}, lambda ip, port, at: None)
-    assert asyncio.run(resolver(ip, port, server_port, None)) == {"pid": os.getpid(), "alive": True,
-                                                                  "seen_by": "procfs"}
-    assert resolver.scans.scans == 1
+    named = {"pid": os.getpid(), "alive": True, "seen_by": "procfs"}
+    assert asyncio.run(resolver(ip, port, server_port, None)) == named
+    assert asyncio.run(resolver(ip, port, server_port, None, frozenset({"127.0.0.1"}))) == named
+    assert asyncio.run(resolver(ip, port, server_port, None, frozenset({"10.254.254.254"}))) is None
+    assert resolver.scans.scans == 2
     # a holder that is gone by the time it is named is not blamed
     gone = LocalResolver(lambda pid: {"pid": pid, "alive": False}, None)
     assert asyncio.run(gone(ip, port, server_port, None)) is None
