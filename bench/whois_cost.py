@@ -56,7 +56,8 @@ METHOD = ("One redis-server. Records: a node writes each connection's record (th
           "answerer's lookup replaced by that recorded identity; idle cost of their subscriptions, then "
           "questions one after the other: latency to a verified answer (CLIENT LIST ID checked) and traffic "
           "per question. The answering node's real lookup, a /proc socket scan, is timed on its own, and on a "
-          "loop with a second task that notes the longest gap between its turns: the whole scan in one call "
+          "loop with a second task that notes the longest gap between its turns (in its thread's CPU time, which "
+          "the machine's other load does not inflate, and in wall time): the whole scan in one call "
           "(as before) against the sliced one (cluster/whois_scan.py: the socket's inode by sock_diag, "
           "then a 2 ms slice of the fd scan per loop pass), for a live "
           "connection this process holds to the redis-server and for an address no socket has.")
@@ -163,27 +164,30 @@ def resolver_scan_ms(repeat: int) -> float:
     return statistics.median(times)
 
 
-async def held_loop(lookup: Callable[[], Awaitable[object]]) -> tuple[float, float]:
-    """(the longest the loop went without running another task, the lookup's whole time),
-    in ms, while `lookup` runs on it: a second task notes the gap between its turns."""
-    done, longest, last = False, 0.0, time.perf_counter()
+async def held_loop(lookup: Callable[[], Awaitable[object]]) -> tuple[float, float, float]:
+    """While `lookup` runs on the loop, a second task notes the gaps between its turns: (the
+    longest gap in CPU time (the lookup's own hold: the machine's other load excluded), the
+    longest in wall time, the lookup's whole time), in ms."""
+    done, longest_cpu, longest_wall = False, 0.0, 0.0
+    last_cpu, last_wall = time.thread_time(), time.perf_counter()
 
     async def ticker() -> None:
-        nonlocal longest, last
+        nonlocal longest_cpu, longest_wall, last_cpu, last_wall
         while not done:
             await asyncio.sleep(0)
-            now = time.perf_counter()
-            longest, last = max(longest, now - last), now
+            cpu, wall = time.thread_time(), time.perf_counter()
+            longest_cpu, longest_wall = max(longest_cpu, cpu - last_cpu), max(longest_wall, wall - last_wall)
+            last_cpu, last_wall = cpu, wall
 
     task = asyncio.ensure_future(ticker())
     await asyncio.sleep(0)
-    longest, last = 0.0, time.perf_counter()
+    longest_cpu, longest_wall, last_cpu, last_wall = 0.0, 0.0, time.thread_time(), time.perf_counter()
     began = time.perf_counter()
     await lookup()
     took = time.perf_counter() - began
     done = True
     await task
-    return longest * 1000, took * 1000
+    return longest_cpu * 1000, longest_wall * 1000, took * 1000
 
 
 def loop_holds(port: int, repeat: int) -> dict[str, dict[str, list[float]]]:
@@ -202,12 +206,13 @@ def loop_holds(port: int, repeat: int) -> dict[str, dict[str, list[float]]]:
         "nobody: whole": lambda: whole("10.254.254.254:1"),
         "nobody: sliced": lambda: find_holder("10.254.254.254", 1, port, frozenset({"127.0.0.1"})),
     }
-    out: dict[str, dict[str, list[float]]] = {name: {"hold": [], "took": []} for name in cases}
+    out: dict[str, dict[str, list[float]]] = {name: {"hold": [], "wall": [], "took": []} for name in cases}
     try:
         for _ in range(repeat):
             for name, lookup in cases.items():     # interleaved: the machine's load falls on all alike
-                hold, took = asyncio.run(held_loop(lookup))
+                hold, wall, took = asyncio.run(held_loop(lookup))
                 out[name]["hold"].append(hold)
+                out[name]["wall"].append(wall)
                 out[name]["took"].append(took)
     finally:
         conn.close()
@@ -276,8 +281,8 @@ def rows(m: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
     )
 
 
-HOLD_COLUMNS = ("lookup (the witness has no record)", "loop's longest hold: median", "max",
-                "time to the pid: median")
+HOLD_COLUMNS = ("lookup (the witness has no record)", "loop's longest hold (CPU): median", "max",
+                "longest hold (wall, with the machine's load): median", "time to the pid (wall): median")
 HOLD_NAMES = {
     "held: whole": "a live connection, one scan on the loop (before)",
     "held: sliced": "a live connection, sliced (whois_scan.py)",
@@ -289,7 +294,8 @@ HOLD_TARGET_MS = 5.0
 
 def hold_rows(m: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
     return tuple((HOLD_NAMES[name], f"{statistics.median(v['hold']):.2f} ms", f"{max(v['hold']):.2f} ms",
-                  f"{statistics.median(v['took']):.2f} ms") for name, v in m["holds"].items())
+                  f"{statistics.median(v['wall']):.2f} ms", f"{statistics.median(v['took']):.2f} ms")
+                 for name, v in m["holds"].items())
 
 
 COLUMNS = ("design", "Redis memory per 1,000 connections", "Redis traffic per 1,000 connections",
@@ -314,7 +320,7 @@ def run(ctx: BenchContext) -> Section:
                 ))),
         targets=(Target("a named answer within 2 s (issue 16's test deadline)",
                         f"p95 {q['p95_ms']:.1f} ms + the scan", q["p95_ms"] + m["scan_ms"] < 2000),
-                 Target(f"the answerer's live lookup holds the loop under {HOLD_TARGET_MS:g} ms (median)",
+                 Target(f"the answerer's live lookup holds the loop under {HOLD_TARGET_MS:g} ms of CPU (median)",
                         f"{sliced_hold:.2f} ms", sliced_hold < HOLD_TARGET_MS)),
         seconds=time.monotonic() - began)
 

@@ -9,7 +9,7 @@ owns what lives as long as the process (locks, the loop's fds) and says in which
 the pieces start and stop. The pieces, each behind a narrow interface:
 `witnessing` (the signal tap and the kernel witness), `reaping` (waitpid, leftovers),
 `records` (supervisor.log, the audit log), `startup` (locks, a predecessor's processes),
-`clustering` ([cluster]: publisher and whois).
+`clustering` ([cluster]: publisher and whois), `reloading` (a new config, applied).
 """
 from __future__ import annotations
 
@@ -24,30 +24,29 @@ from typing import Any
 
 from relayq_supervisor import doctor, kinds
 from relayq_supervisor.background import start_task
-from relayq_supervisor.config import Config, children_path, load_config
+from relayq_supervisor.config import Config, children_path
 from relayq_supervisor.control.server import ControlServer
-from relayq_supervisor.core import reload as reload_diff
 from relayq_supervisor.core.arbiter import Arbiter
 from relayq_supervisor.core.children import ProcessSpawner
 from relayq_supervisor.core.containment import Containment
-from relayq_supervisor.core.locks import OwnerLocks, owner_key, program_key
+from relayq_supervisor.core.locks import OwnerLocks, owner_key
 from relayq_supervisor.core.program import Program
 from relayq_supervisor.core.states import State
-from relayq_supervisor.errors import RelayqError, ReloadRefused, StartupError
+from relayq_supervisor.errors import RelayqError, StartupError
 from relayq_supervisor.ground import GroundWatch
-from relayq_supervisor.kinds import Cancellable, KindContext, ProgramKind
+from relayq_supervisor.kinds import Cancellable, KindContext
 from relayq_supervisor.kinds.redis import RedisKind
 from relayq_supervisor.linux import prctl
 from relayq_supervisor.linux.journal import SOCKET_ENV
 from relayq_supervisor.linux.notify_socket import ChildNotifySocket
-from relayq_supervisor.linux.procfs import proc_start_ticks
 from relayq_supervisor.linux.siginfo import signal_name
 from relayq_supervisor.linux.signalfd import SignalFd
 from relayq_supervisor.metrics import SupervisorMetrics
 from relayq_supervisor.node.clustering import Clustering
 from relayq_supervisor.node.reaping import Reaper
 from relayq_supervisor.node.records import Records
-from relayq_supervisor.node.startup import Adoption, Orphan, claim_ground, take_program_locks
+from relayq_supervisor.node.reloading import Reloader
+from relayq_supervisor.node.startup import Adoption, ChildNotes, Orphan, claim_ground, take_program_locks
 from relayq_supervisor.node.witnessing import Witnessing
 from relayq_supervisor.systemd import ServiceLink
 from relayq_supervisor.witness.attribution import Attribution
@@ -79,7 +78,6 @@ class Node:
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.shutdown_requested = asyncio.Event()
-        self._notes_due: set[str] = set()
         self.loop = asyncio.get_running_loop()
         self.locks = OwnerLocks(config.path, lambda path, owner: self.audit("lock_conflict", path=path, owner=owner))
         self.attribution = Attribution(self, config.supervisor.audit_ignore, self.loop.call_later)
@@ -122,6 +120,8 @@ class Node:
                                spawner=self.spawner,
                                clock=LoopClock(self.loop), audit=self.audit, witness=self, base_env=base_env,
                                probe=Probe(), on_change=self.changed, remote_ready=self.cluster.remote_ready)
+        self.child_notes = ChildNotes(self.loop, self.locks, lambda base: self.arbiter.graph.instances(base))
+        self.reloader = Reloader(self.arbiter, self.locks, self.service, self.kind_context, self.reloaded)
         self.reaper = Reaper(self.loop, self.witnessing, self.arbiter.child_exited,
                              trace_backlog=self.witnessing.kernel is not None)
         self.orphans: list[Orphan] = []     # a crashed predecessor's workers, still running
@@ -167,18 +167,8 @@ class Node:
         self.service.publish()
         self.cluster.status_changed()
         if p.state == State.STARTING and p.pid is not None:
-            # One rewrite of the program's lock per loop pass, however many instances started
-            # in it (a boot of 1000 instances would otherwise rewrite it 1000 times).
-            if not self._notes_due:
-                self.loop.call_soon(self._note_children)
-            self._notes_due.add(p.base)
+            self.child_notes.started(p)
             self.arbiter.kinds[p.base].record_running(p.pid)
-
-    def _note_children(self) -> None:
-        due, self._notes_due = self._notes_due, set()
-        for base in due:
-            self.locks.note(program_key(base), children={q.name: {"pid": q.pid, "start_ticks": proc_start_ticks(q.pid)}
-                                                         for q in self.arbiter.graph.instances(base) if q.pid})
 
     def kept_files(self) -> list[str]:
         return [path for kind in self.arbiter.kinds.values() for path in kind.kept_files()]
@@ -316,7 +306,7 @@ class Node:
             if info.signo in (signal.SIGTERM, signal.SIGINT):
                 self.request_shutdown(f"{signal_name(info.signo)} from pid {info.pid}")
             elif info.signo == signal.SIGHUP:
-                start_task(self.reload_logged(f"SIGHUP from pid {info.pid}"), "reload on SIGHUP")
+                start_task(self.reloader.reload_logged(f"SIGHUP from pid {info.pid}"), "reload on SIGHUP")
         self.reap()
 
     def reap(self) -> None:
@@ -327,57 +317,14 @@ class Node:
         for pid, fields in self.notify_socket.receive():
             self.arbiter.notified(pid, fields)
 
-    # --- reload --------------------------------------------------------------------------
-
-    async def reload_logged(self, who: str) -> None:
-        try:
-            await self.reload(who)
-        except RelayqError as e:
-            log.error("reload rejected, nothing changed: %s", e)
+    # --- reload (node/reloading.py) ---------------------------------------------------
 
     async def reload(self, who: str) -> dict[str, Any]:
-        """Re-read the config: a broken one changes nothing; otherwise only what changed
-        is stopped, started or restarted. ConfigError or ReloadRefused otherwise."""
-        new = load_config(self.config.path)
-        refusal = kinds.refuse_reload(self.config, new) or (
-            "a changed [cluster] needs a restart of the supervisor" if new.cluster != self.config.cluster else None)
-        if refusal:
-            raise ReloadRefused(f"{new.path}: {refusal}; nothing changed")
-        changes = reload_diff.diff(self.config, new)
-        taken = []
-        try:        # locks first: a program owned elsewhere changes nothing
-            for name in changes.added:
-                self.locks.take_program(name, self.config.supervisor.run_dir)
-                taken.append(name)
-        except StartupError as e:
-            for name in taken:
-                self.locks.release(program_key(name))
-            raise ReloadRefused(f"{e}; nothing changed") from None
-        log.info("reloading %s (%s)", new.path, who)
-        self.service.reloading()
-        try:
-            await self.arbiter.apply(new, changes, self.reloaded_kinds(new, changes))
-        finally:
-            self.service.reloaded()
-        for name in changes.removed:
-            self.locks.release(program_key(name))
-        self.config = self.arbiter.config
-        self.ground.config_loaded()
-        summary = changes.to_dict()
-        log.info("reloaded: %s", ", ".join(f"{k} {v}" for k, v in summary.items() if v) or "nothing changed")
-        return {"changes": summary}
+        return await self.reloader.reload(who)
 
-    def reloaded_kinds(self, new: Config, changes: reload_diff.Changes) -> dict[str, ProgramKind]:
-        old = self.arbiter.kinds
-        out = {}
-        for spec in new.programs:
-            kind = old.get(spec.name)
-            if kind is None:
-                kind = kinds.make_kind(spec, self.kind_context)
-            elif kind.spec != spec:
-                kind = kind.with_spec(spec)
-            out[spec.name] = kind
-        return out
+    def reloaded(self, new: Config) -> None:
+        self.config = new
+        self.ground.config_loaded()
 
     # --- shutdown -----------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Start-up: the ground this supervisor claims (abstract names, locks), what a crashed
-predecessor left running (recorded in its program locks), and taking it over: adopt what
-a kind verifies (Redis, without downtime), stop the predecessor's other processes."""
+predecessor left running (recorded in its program locks; `ChildNotes` records ours), and
+taking it over: adopt what a kind verifies (Redis, without downtime), stop the
+predecessor's other processes."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +9,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from relayq_supervisor.config import Config
@@ -16,7 +17,7 @@ from relayq_supervisor.core.arbiter import Arbiter, Audit
 from relayq_supervisor.core.children import AdoptedProcess
 from relayq_supervisor.core.containment import Containment
 from relayq_supervisor.core.graph import Graph
-from relayq_supervisor.core.locks import OwnerLocks, program_lock_path
+from relayq_supervisor.core.locks import OwnerLocks, program_key, program_lock_path
 from relayq_supervisor.core.program import Program
 from relayq_supervisor.linux.procfs import proc_start_ticks
 from relayq_supervisor.linux.siginfo import signal_name
@@ -63,6 +64,31 @@ def take_program_locks(locks: OwnerLocks, config: Config, graph: Graph[Program],
                  and proc_start_ticks(rec["pid"]) == rec.get("start_ticks")}
         locks.take_program(spec.name, run_dir, keep={"children": alive} if alive else None)
         orphans += [(p, alive[p.name]["pid"]) for p in graph.instances(spec.name) if p.name in alive]
+
+
+class ChildNotes:
+    """Each program's lock names its running processes (pid, start ticks): where a successor
+    looks for them after a crash of this supervisor (take_program_locks). One rewrite of a
+    program's lock per loop pass, however many of its instances started in it (a boot of
+    1000 instances would otherwise rewrite it 1000 times)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, locks: OwnerLocks,
+                 instances: Callable[[str], Iterable[Program]]):
+        self.loop = loop
+        self.locks = locks
+        self.instances = instances
+        self.due: set[str] = set()
+
+    def started(self, p: Program) -> None:
+        if not self.due:
+            self.loop.call_soon(self.write)
+        self.due.add(p.base)
+
+    def write(self) -> None:
+        due, self.due = self.due, set()
+        for base in due:
+            self.locks.note(program_key(base), children={q.name: {"pid": q.pid, "start_ticks": proc_start_ticks(q.pid)}
+                                                         for q in self.instances(base) if q.pid})
 
 
 class Seizing(Protocol):
