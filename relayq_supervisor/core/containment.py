@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 DRAIN_DEADLINE_S = 5.0      # killing a group's members: give up (and say so) after this long
 DRAIN_PAUSE_S = 0.02
 # Without groups, the supervisor's children are sorted by marker once for a whole status
-# call (one environ read each), not once per program: 1000 instances would read 10^6.
+# call, not once per program: 1000 instances would read 10^6 (and the environ of none of
+# the main processes: _marked).
 MARKS_FRESH_S = 0.2
 MARKER = "RELAYQ_INSTANCE"  # "<instance>@<run>", in every program's environment
 
@@ -67,6 +68,7 @@ class Containment:
         self.draining: dict[str, asyncio.Task[None]] = {}
         self._marks: dict[str, list[int]] = {}     # run id -> our children that carry it
         self._marks_at = float("-inf")
+        self.mains: dict[int, str] = {}            # main pid -> its run id, while it is our child
         self.prepared: dict[str, Run] = {}         # instance -> the empty group of its next run
         self._warming: Future[None] | None = None
         self._warmer: ThreadPoolExecutor | None = None
@@ -159,6 +161,7 @@ class Containment:
 
     def place(self, run: Run, pid: int) -> None:
         """Before exec (at spawn's gate): every process it will ever fork is born in the group."""
+        self.mains[pid] = run.id
         if run.group is not None:
             cgroups.place(run.group, pid)
 
@@ -196,13 +199,21 @@ class Containment:
         return sorted(found)
 
     def _marked(self, fresh: bool) -> dict[str, list[int]]:
+        """Our children by marker: a main process we spawned carries its run's (placed at
+        spawn, forgotten at end_run, after its reap), only the others' (orphans adopted as
+        subreaper) are read from /proc/PID/environ, which reaches into each one's memory."""
         now = time.monotonic()
         if fresh or now - self._marks_at > MARKS_FRESH_S:
             marks: dict[str, list[int]] = {}
-            for pid in own_children():
-                mark = process_environ_value(pid, MARKER)
+            children = own_children()
+            for pid in children:
+                mark = self.mains.get(pid)
+                if mark is None:
+                    mark = process_environ_value(pid, MARKER)
                 if mark is not None:
                     marks.setdefault(mark, []).append(pid)
+            alive = set(children)       # a main no longer our child is forgotten, however that came
+            self.mains = {pid: run_id for pid, run_id in self.mains.items() if pid in alive}
             self._marks, self._marks_at = marks, now
         return self._marks
 
@@ -211,6 +222,8 @@ class Containment:
         again to what those forked meanwhile, until none is left or DRAIN_DEADLINE_S; an
         empty group is removed. Answers how many were signalled now (-1: cgroup.kill, count
         unknown)."""
+        for pid in [pid for pid, run_id in self.mains.items() if run_id == run.id]:
+            del self.mains[pid]
         if not self.descendants(run, None, fresh=True):
             self._remove_soon(run)
             return 0
