@@ -4,15 +4,18 @@ its slices instead of holding it for the whole of /proc."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from relayq_supervisor.cluster.whois_answer import LocalResolver
+from relayq_supervisor.cluster.whois_answer import LocalResolver, WhoisAnswerer
 from relayq_supervisor.cluster.whois_scan import ScanStats, find_holder, still_holds
+from relayq_supervisor.config.load import parse_config
 from relayq_supervisor.linux.sockets import connection_inode, connection_inodes, local_forms
 
 
@@ -115,3 +118,32 @@ def test_the_resolver_names_the_live_holder_when_the_witness_has_no_record(conne
     # a holder that is gone by the time it is named is not blamed
     gone = LocalResolver(lambda pid: {"pid": pid, "alive": False}, None)
     assert asyncio.run(gone(ip, port, server_port, None)) is None
+
+
+def test_a_question_is_answered_from_a_task_of_its_own():
+    """question() returns at once, whatever the look costs; the answer goes when it is done
+    (here to a Redis that refuses: said in the log, nothing raised)."""
+    config = parse_config(b"[cluster]\nnode = 'n2'\nredis_url = 'redis://127.0.0.1:1/0'\n"
+                          b"[[program]]\nname = 'w'\ncommand = ['true']\n", "/etc/relayq/config.toml")
+    asked: list[tuple[str, int]] = []
+
+    async def scenario() -> tuple[int, bool]:
+        release = asyncio.Event()
+
+        async def resolve(ip: str, port: int, redis_port: int, at: float | None,
+                          redis_ips: frozenset[str]) -> dict[str, Any] | None:
+            asked.append((ip, port))
+            await release.wait()
+            return None
+
+        answerer = WhoisAnswerer(config, resolve)
+        answerer.question(json.dumps({"id": "q1", "ip": "10.0.0.2", "port": 51234, "redis_port": 6379,
+                                      "asker": "n1", "at": None}).encode())
+        in_flight = len(answerer.answers)
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*answerer.answers), 10)
+        return in_flight, not answerer.answers
+
+    in_flight, done = asyncio.run(scenario())
+    assert (in_flight, asked, done) == (1, [("10.0.0.2", 51234)], True)
