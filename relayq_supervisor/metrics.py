@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
@@ -87,6 +88,10 @@ class SupervisorMetrics:
         self.loop_lag = Histogram("relayq_supervisor_loop_lag_seconds", "How late the supervisor's loop ran a "
                                   f"timer due every {LAG_INTERVAL_S:g}s (a blocked loop delays restarts)",
                                   buckets=LAG_BUCKETS, registry=r)
+        self.render_hold = Histogram("relayq_metrics_render_hold_seconds", "The longest time one scrape's "
+                                     "render held the supervisor's loop at once (what it delayed everything "
+                                     "else by; the lag probe sees it only when its timer falls due meanwhile)",
+                                     buckets=LAG_BUCKETS, registry=r)
         Info("relayq_supervisor", "The supervisor's version and host", registry=r).info(
             {"version": __version__, "hostname": socket.gethostname()})
         ProcessCollector(registry=r)
@@ -146,7 +151,11 @@ class SupervisorMetrics:
 
     async def _render_sliced(self) -> bytes:
         programs = await self.programs.render_sliced()
-        return generate_latest(self.registry) + programs
+        await asyncio.sleep(0)
+        began = time.perf_counter()
+        registry = generate_latest(self.registry)       # shows the holds of the scrapes before this one
+        self.render_hold.observe(max(self.programs.longest_step, time.perf_counter() - began))
+        return registry + programs
 
     async def start(self, address: ListenAddress, group_gid: int | None = None) -> None:
         """Listen (OSError if the address cannot be bound) and start the lag probe."""

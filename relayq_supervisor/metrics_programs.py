@@ -23,6 +23,7 @@ samples): nothing here formats a sample.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -31,7 +32,7 @@ from prometheus_client.exposition import generate_latest
 
 from relayq_supervisor.core.states import State
 
-SLICE = 20          # instances formatted per slice: ~12 samples each, ~1-2 ms a slice
+SLICE = 10          # instances formatted per slice: ~12 samples each, under 1 ms a slice
 STATES = tuple(State)
 
 
@@ -165,6 +166,7 @@ class ProgramText:
         self.headers = [generate_latest(_Families([f])) for f in new_families()]
         self.kept: dict[str, tuple[Row, Lines]] = {}      # by instance name
         self.formatted = 0      # rows formatted since start (the others were reused)
+        self.longest_step = 0.0     # of the last render_sliced: its longest stretch on the loop, seconds
 
     def _snapshot(self) -> tuple[list[Row], list[Lines | None], list[int]]:
         rows = [row_of(p) for p in self.programs()]
@@ -204,9 +206,14 @@ class ProgramText:
     async def render_sliced(self) -> bytes:
         """The programs as they are now, formatted a slice at a time with the loop free
         to run what is due between two slices."""
+        longest, began = 0.0, time.perf_counter()
         rows, got, stale = self._snapshot()
         for start in range(0, len(stale), self.slice_size):
             if start:
+                longest = max(longest, time.perf_counter() - began)
                 await asyncio.sleep(0)
+                began = time.perf_counter()
             self._format(rows, got, stale[start:start + self.slice_size])
-        return self._join(rows, got)
+        text = self._join(rows, got)
+        self.longest_step = max(longest, time.perf_counter() - began)
+        return text
