@@ -32,7 +32,7 @@ from prometheus_client.exposition import generate_latest
 
 from relayq_supervisor.core.states import State
 
-SLICE = 10          # instances formatted per slice: ~12 samples each, under 1 ms a slice
+SLICE = 5           # instances formatted per slice: ~12 samples each, under 1 ms a slice
 STATES = tuple(State)
 
 

@@ -52,7 +52,7 @@ def change(p: SimpleNamespace, rng: random.Random, clock: Clock) -> None:
 def test_same_bytes_as_the_whole_render_through_random_changes():
     rng = random.Random(15)
     clock = Clock()
-    programs = [program(f"w:{i}", clock) for i in range(30)] + [program('odd"name\\x:0', clock)]
+    programs = [program(f"w:{i}", clock) for i in range(30)] + [program('odd"name\\x\n:0', clock)]
     text = ProgramText(lambda: programs, slice_size=4)
     for round_ in range(40):
         for p in rng.sample(programs, rng.randrange(0, 6)):
