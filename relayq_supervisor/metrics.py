@@ -95,7 +95,7 @@ class SupervisorMetrics:
         Info("relayq_supervisor", "The supervisor's version and host", registry=r).info(
             {"version": __version__, "hostname": socket.gethostname()})
         ProcessCollector(registry=r)
-        self.programs = ProgramText(programs)      # exposed after the registry's families
+        self.program_text = ProgramText(programs)      # exposed after the registry's families
         if journal_counts is not None:
             r.register(JournalCollector(journal_counts))
         self._lag_timer: asyncio.TimerHandle | None = None
@@ -138,7 +138,7 @@ class SupervisorMetrics:
 
     def render(self) -> bytes:
         """The whole text at once (tests, benchmarks)."""
-        return generate_latest(self.registry) + self.programs.render()
+        return generate_latest(self.registry) + self.program_text.render()
 
     async def render_sliced(self) -> bytes:
         """What a scrape answers: the program families a slice at a time (see
@@ -150,11 +150,11 @@ class SupervisorMetrics:
         return await asyncio.shield(self._rendering)
 
     async def _render_sliced(self) -> bytes:
-        programs = await self.programs.render_sliced()
+        programs = await self.program_text.render_sliced()
         await asyncio.sleep(0)
         began = time.perf_counter()
         registry = generate_latest(self.registry)       # shows the holds of the scrapes before this one
-        self.render_hold.observe(max(self.programs.longest_step, time.perf_counter() - began))
+        self.render_hold.observe(max(self.program_text.longest_step, time.perf_counter() - began))
         return registry + programs
 
     async def start(self, address: ListenAddress, group_gid: int | None = None) -> None:
@@ -178,8 +178,8 @@ class SupervisorMetrics:
 class MetricsServer:
     """A minimal HTTP/1.1 responder for GET /metrics: one answer per connection."""
 
-    def __init__(self, address: ListenAddress, render: Callable[[], bytes | Awaitable[bytes]], *, group_gid: int | None = None,
-                 max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT_S,
+    def __init__(self, address: ListenAddress, render: Callable[[], bytes | Awaitable[bytes]], *,
+                 group_gid: int | None = None, max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT_S,
                  write_timeout: float = WRITE_TIMEOUT_S):
         self.address = address
         self.render = render

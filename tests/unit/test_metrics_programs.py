@@ -116,7 +116,7 @@ def test_scrapes_at_once_share_one_render():
         return m, texts
     m, texts = asyncio.run(main())
     assert texts[0] is texts[1] is texts[2]
-    assert m.programs.formatted == 45
+    assert m.program_text.formatted == 45
     assert b'relayq_program_state{instance="w:44",program="w",state="RUNNING"} 1.0\n' in texts[0]
     # the shared render's hold of the loop is observed once, and shown at the next scrape
     assert b"relayq_metrics_render_hold_seconds_count 1.0\n" in m.render()
