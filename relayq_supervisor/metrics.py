@@ -1,9 +1,11 @@
 """Prometheus metrics: `[supervisor] metrics_listen` serves `GET /metrics` on the loop.
 
-What programs are doing is read from the arbiter's programs at scrape time (a custom
-collector), so no transition does any bookkeeping for metrics. What happened (signals,
-denied Redis commands, failed audit writes) is counted where the audit event is made
-(`Node.audit` sees every event). The text is rendered by `prometheus_client`.
+What programs are doing is read from the arbiter's programs at scrape time
+(metrics_programs.py, which keeps each instance's lines while it does not change and
+formats the others a slice at a time), so no transition does any bookkeeping for
+metrics. What happened (signals, denied Redis commands, failed audit writes) is counted
+where the audit event is made (`Node.audit` sees every event). The text is rendered by
+`prometheus_client`.
 
 The endpoint runs on the supervisor's own loop, never in a thread of its own
 (prometheus_client's HTTP server would add one): every step is non-blocking, each
@@ -17,16 +19,17 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple, Protocol
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from relayq_supervisor import __version__
 from relayq_supervisor.config.model import ListenAddress
-from relayq_supervisor.core.states import State
+from relayq_supervisor.metrics_programs import ProgramText, Shown
 
 log = logging.getLogger(__name__)
 
@@ -36,77 +39,6 @@ MAX_CONNECTIONS = 4         # scrapers at once; Prometheus uses one per target
 HEADER_TIMEOUT_S = 5.0      # to send the request line and headers
 WRITE_TIMEOUT_S = 10.0      # to take the whole answer; then the connection is dropped
 MAX_HEADER_BYTES = 16 * 1024
-
-
-class Shown(Protocol):
-    """What the collector reads of a program (core.program.Program)."""
-    name: str
-    state: State
-    restarts: int
-    started_wall: float | None
-    next_start_at: float | None
-    last_exit: Any
-
-    @property
-    def base(self) -> str: ...
-
-    def clock(self) -> float: ...
-
-
-class _ProgramFamilies(NamedTuple):
-    up: GaugeMetricFamily
-    state: GaugeMetricFamily
-    restarts: CounterMetricFamily
-    last_exit: GaugeMetricFamily
-    started: GaugeMetricFamily
-    backoff: GaugeMetricFamily
-
-
-class ProgramCollector:
-    """The programs' families, computed from their fields at each scrape."""
-
-    def __init__(self, programs: Callable[[], Iterable[Shown]]):
-        self.programs = programs
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(self._families())
-
-    def collect(self) -> Iterator[Metric]:
-        f = self._families()
-        for p in self.programs():
-            labels = [p.base, p.name]
-            f.up.add_metric(labels, 1.0 if p.state == State.RUNNING else 0.0)
-            for s in State:
-                f.state.add_metric([*labels, str(s)], 1.0 if p.state == s else 0.0)
-            f.restarts.add_metric(labels, float(p.restarts))
-            if p.last_exit is not None:
-                f.last_exit.add_metric(labels, float(p.last_exit.at))
-            if p.started_wall is not None:
-                f.started.add_metric(labels, float(p.started_wall))
-            wait = 0.0
-            if p.state == State.BACKOFF and p.next_start_at is not None:
-                wait = max(0.0, p.next_start_at - p.clock())
-            f.backoff.add_metric(labels, wait)
-        return iter(f)
-
-    @staticmethod
-    def _families() -> _ProgramFamilies:
-        labels = ["program", "instance"]
-        return _ProgramFamilies(
-            GaugeMetricFamily("relayq_program_up", "1 while the instance is RUNNING (ready), else 0",
-                              labels=labels),
-            GaugeMetricFamily("relayq_program_state", "1 for the state the instance is in, 0 for the others",
-                              labels=[*labels, "state"]),
-            CounterMetricFamily("relayq_program_restarts", "Automatic restarts of the instance (operator starts "
-                                "not counted); starts again at 0 when a reload replaces the instance",
-                                labels=labels),
-            GaugeMetricFamily("relayq_program_last_exit_timestamp_seconds",
-                              "Unix time its last run ended (absent before the first exit)", labels=labels),
-            GaugeMetricFamily("relayq_program_start_timestamp_seconds",
-                              "Unix time of its last start (absent before the first start)", labels=labels),
-            GaugeMetricFamily("relayq_program_backoff_seconds",
-                              "Seconds until its next start while in BACKOFF, else 0", labels=labels),
-        )
 
 
 class JournalCollector:
@@ -156,13 +88,18 @@ class SupervisorMetrics:
         self.loop_lag = Histogram("relayq_supervisor_loop_lag_seconds", "How late the supervisor's loop ran a "
                                   f"timer due every {LAG_INTERVAL_S:g}s (a blocked loop delays restarts)",
                                   buckets=LAG_BUCKETS, registry=r)
+        self.render_hold = Histogram("relayq_metrics_render_hold_seconds", "The longest time one scrape's "
+                                     "render held the supervisor's loop at once (what it delayed everything "
+                                     "else by; the lag probe sees it only when its timer falls due meanwhile)",
+                                     buckets=LAG_BUCKETS, registry=r)
         Info("relayq_supervisor", "The supervisor's version and host", registry=r).info(
             {"version": __version__, "hostname": socket.gethostname()})
         ProcessCollector(registry=r)
-        r.register(ProgramCollector(programs))
+        self.program_text = ProgramText(programs)      # exposed after the registry's families
         if journal_counts is not None:
             r.register(JournalCollector(journal_counts))
         self._lag_timer: asyncio.TimerHandle | None = None
+        self._rendering: asyncio.Task[bytes] | None = None
         self.server: MetricsServer | None = None
 
     # --- counted where the audit events are made ----------------------------------
@@ -200,15 +137,36 @@ class SupervisorMetrics:
     # --- serving ----------------------------------------------------------------------
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The whole text at once (tests, benchmarks)."""
+        return generate_latest(self.registry) + self.program_text.render()
+
+    async def render_sliced(self) -> bytes:
+        """What a scrape answers: the program families a slice at a time (see
+        metrics_programs.py), then the registry's (a few dozen samples) at once. Scrapes
+        arriving while one renders share its text."""
+        if self._rendering is None or self._rendering.done():
+            self._rendering = self.loop.create_task(self._render_sliced())
+        # shielded: a scraper dropped mid-render does not cancel the others' text
+        return await asyncio.shield(self._rendering)
+
+    async def _render_sliced(self) -> bytes:
+        programs = await self.program_text.render_sliced()
+        await asyncio.sleep(0)
+        began = time.perf_counter()
+        registry = generate_latest(self.registry)       # shows the holds of the scrapes before this one
+        self.render_hold.observe(max(self.program_text.longest_step, time.perf_counter() - began))
+        return registry + programs
 
     async def start(self, address: ListenAddress, group_gid: int | None = None) -> None:
         """Listen (OSError if the address cannot be bound) and start the lag probe."""
-        self.server = MetricsServer(address, self.render, group_gid=group_gid)
+        self.server = MetricsServer(address, self.render_sliced, group_gid=group_gid)
         await self.server.start()
         self._schedule_probe(self.loop.time() + LAG_INTERVAL_S)
 
     def close(self) -> None:
+        if self._rendering is not None:
+            self._rendering.cancel()
+            self._rendering = None
         if self._lag_timer is not None:
             self._lag_timer.cancel()
             self._lag_timer = None
@@ -220,8 +178,8 @@ class SupervisorMetrics:
 class MetricsServer:
     """A minimal HTTP/1.1 responder for GET /metrics: one answer per connection."""
 
-    def __init__(self, address: ListenAddress, render: Callable[[], bytes], *, group_gid: int | None = None,
-                 max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT_S,
+    def __init__(self, address: ListenAddress, render: Callable[[], bytes | Awaitable[bytes]], *,
+                 group_gid: int | None = None, max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT_S,
                  write_timeout: float = WRITE_TIMEOUT_S):
         self.address = address
         self.render = render
@@ -308,6 +266,8 @@ class MetricsServer:
             writer.write(_response(404, b"not found: the metrics are at /metrics\n"))
         else:
             body = self.render()
+            if not isinstance(body, bytes):
+                body = await body
             writer.write(_response(200, body, content_type=CONTENT_TYPE_LATEST.encode(),
                                    head_only=parts[0] == b"HEAD"))
         await asyncio.wait_for(writer.drain(), self.write_timeout)

@@ -96,6 +96,8 @@ def test_scrape_reports_programs_and_counters_move_after_kill_9(make_supervisor)
     assert value(moved, "relayq_signals_total", signal="SIGTERM", action="delivered", via="supervisor") \
         == before + 1
     assert value(moved, "relayq_supervisor_loop_lag_seconds_count") > 0
+    # every scrape before this one measured its hold of the loop
+    assert value(moved, "relayq_metrics_render_hold_seconds_count") >= 2
     assert value(moved, "relayq_audit_write_errors_total") == 0
 
 

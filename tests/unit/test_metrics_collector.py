@@ -261,3 +261,24 @@ def test_unix_socket_endpoint(tmp_path):
             server.close()
     assert asyncio.run(main()).endswith(b"x 1\n")
     assert not (tmp_path / "metrics.sock").exists()
+
+
+def test_the_endpoint_answers_with_the_sliced_render():
+    programs = [fake_program(f"w:{i}", State.RUNNING, restarts=i) for i in range(12)]
+
+    async def main():
+        m = SupervisorMetrics(lambda: programs, asyncio.get_running_loop())
+        server = MetricsServer(ListenAddress("127.0.0.1", 0), m.render_sliced)
+        port = await started(server)
+        try:
+            return await exchange(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+        finally:
+            server.close()
+            m.close()
+    answer = asyncio.run(main())
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    text = answer.split(b"\r\n\r\n", 1)[1].decode()
+    got = {(s.name, frozenset(s.labels.items())): s.value
+           for family in text_string_to_metric_families(text) for s in family.samples}
+    assert got[("relayq_program_restarts_total", labels(program="w", instance="w:11"))] == 11
+    assert sum(v for (n, _), v in got.items() if n == "relayq_program_up") == 12
