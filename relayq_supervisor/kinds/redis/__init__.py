@@ -22,7 +22,7 @@ from relayq_supervisor.config.model import ProgramSpec, RedisSpec
 from relayq_supervisor.config.redis import redis_version
 from relayq_supervisor.errors import AclSetupError, StartupError
 from relayq_supervisor.kinds import Adoptable
-from relayq_supervisor.kinds.redis import acl, conf, server
+from relayq_supervisor.kinds.redis import acl, conf, credentials, server
 from relayq_supervisor.kinds.redis.data_dir import prepare_data_dir
 from relayq_supervisor.kinds.redis.health import RedisHealth
 from relayq_supervisor.kinds.redis.liveness import pinger
@@ -49,8 +49,8 @@ class RedisKind:
     kill_on_stop_timeout = False
     ready_by_notify = False     # RUNNING only after the CONFIG GET check, whatever Redis 7 notifies
 
-    def __init__(self, spec: ProgramSpec, ctx: KindContext, *, admin: acl.AdminCredentials | None = None,
-                 version: str | None = None, node_users: dict[str, acl.AdminCredentials] | None = None):
+    def __init__(self, spec: ProgramSpec, ctx: KindContext, *, admin: credentials.AdminCredentials | None = None,
+                 version: str | None = None, node_users: dict[str, credentials.AdminCredentials] | None = None):
         assert spec.redis is not None
         self.spec = spec
         self.redis: RedisSpec = spec.redis
@@ -84,12 +84,12 @@ class RedisKind:
         self.version = redis_version(r.binary)
         try:
             self._set_url()
-            self.admin = acl.AdminCredentials.load_or_create(self.ctx.supervisor.run_dir)
+            self.admin = credentials.AdminCredentials.load_or_create(self.ctx.supervisor.run_dir)
             # one password file per node of the cluster: the operator copies each to its node
-            self.node_users = {node: acl.AdminCredentials.load_or_create(
-                self.ctx.supervisor.run_dir, acl.node_user_name(node), acl.node_password_file(node))
+            self.node_users = {node: credentials.AdminCredentials.load_or_create(
+                self.ctx.supervisor.run_dir, credentials.node_user_name(node), credentials.node_password_file(node))
                 for node in r.cluster_nodes}
-            if old := acl.remove_shared_node_password(self.ctx.supervisor.run_dir):
+            if old := credentials.remove_shared_node_password(self.ctx.supervisor.run_dir):
                 log.info("cluster: deleted %s, the shared node user's password: each node has its own user "
                          "now (redis-node-<node>.pass)", old)
             if self.node_users:
@@ -104,9 +104,9 @@ class RedisKind:
 
     def restore_files(self) -> None:
         if self.admin is not None:
-            acl.save_credentials(self.admin)
+            credentials.save_credentials(self.admin)
             for node_user in self.node_users.values():  # the other nodes hold a copy: the same password again
-                acl.save_credentials(node_user)
+                credentials.save_credentials(node_user)
             self.write_acl()
 
     async def adoptable(self) -> Adoptable | None:
