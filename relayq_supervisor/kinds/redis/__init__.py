@@ -23,7 +23,7 @@ from relayq_supervisor.config.redis import redis_version
 from relayq_supervisor.errors import AclSetupError, StartupError
 from relayq_supervisor.kinds import Adoptable
 from relayq_supervisor.kinds.redis import acl, conf, credentials, server
-from relayq_supervisor.kinds.redis.data_dir import prepare_data_dir
+from relayq_supervisor.kinds.redis.data_dir import DATA_DIR_LOCK, prepare_data_dir, record_name, trusted_record
 from relayq_supervisor.kinds.redis.health import RedisHealth
 from relayq_supervisor.kinds.redis.liveness import pinger
 from relayq_supervisor.linux.procfs import proc_start_ticks
@@ -69,18 +69,32 @@ class RedisKind:
 
     @property
     def lock_path(self) -> str:
-        return os.path.join(self.redis.dir, "relayq.lock")
+        """The data dir's own flock: what other tools (and supervisors in another network
+        namespace) see. Redis' user may delete it; it holds no record anyone trusts."""
+        return os.path.join(self.redis.dir, DATA_DIR_LOCK)
+
+    @property
+    def record_path(self) -> str:
+        """The owner record of the data dir, with the Redis it runs: in run_dir, where only the
+        supervisor writes, named by the data dir (data_dir.record_name)."""
+        return os.path.join(self.ctx.supervisor.run_dir, record_name(self.redis.dir))
 
     def prepare(self) -> None:
         r = self.redis
         prepare_data_dir(r.dir, self.spec.privileges)
+        why = ": two servers on one data directory would overwrite each other's dump"
+        # a second supervisor on this data dir is refused by its abstract name, which no file
+        # operation of Redis' user can free, then by the flock of our record in run_dir
+        self.ctx.locks.hold_name("redis-dir", r.dir, self.lock_path)
         # what a predecessor recorded, read before our record replaces it; kept in ours
         # while that Redis lives, so a refused start cannot erase the trail to it
-        recorded = (self.ctx.locks.read(self.lock_path) or {}).get("redis")
+        recorded = (trusted_record(self.record_path) or trusted_record(self.lock_path) or {}).get("redis")
         self.previous = recorded if isinstance(recorded, dict) and _still_running(recorded) else None
-        self.ctx.locks.take("redis-dir", self.lock_path, f"Redis data directory {r.dir}",
-                            ": two servers on one data directory would overwrite each other's dump",
-                            keep={"redis": self.previous} if self.previous else None)
+        self.ctx.locks.take("redis-dir", self.record_path, f"Redis data directory {r.dir}", why,
+                            keep={"redis_dir": os.path.realpath(r.dir),
+                                  **({"redis": self.previous} if self.previous else {})})
+        self.ctx.locks.take("redis-dir-flock", self.lock_path, f"Redis data directory {r.dir}", why,
+                            keep={"record": self.record_path})
         self.version = redis_version(r.binary)
         try:
             self._set_url()
