@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import select
 import signal
 import subprocess
@@ -95,8 +96,10 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port,
     passes = {n: n1.dir / "run" / f"redis-node-{n}.pass" for n in ("n1", "n2", "n3")}
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in passes.values())
     assert len({p.read_text() for p in passes.values()}) == 3             # a password per node
-    # a cloned machine that kept its name, n3, is live: a second n3 says so
-    with redis.Redis(port=port) as r:
+    # a cloned machine that kept its name, n3, is live: a second n3 says so (written as the admin:
+    # the workers' user may not write the cluster view)
+    admin = (n1.dir / "run" / "redis-admin.pass").read_text().strip()
+    with redis.Redis(port=port, username="relayq-admin", password=admin) as r:
         r.set("relayq-cluster:node:n3", json.dumps({"host": "clone-host", "pid": 7, "heartbeat_interval": 60}),
               ex=86400)
     n2 = make_supervisor(worker_node("n2", port, str(passes["n2"])), "n2").start()
@@ -116,7 +119,7 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port,
     assert [p["state"] for p in found["n2"]["programs"]] == ["RUNNING"]
     assert found["n2"]["pid"] == n2.pid and found["n2"]["stale"] is False
     assert found["n2"]["supervisor"]["cluster"]["reachable"] is True
-    # read with the node user's credentials from a worker node, with the workers' on the Redis node
+    # read as the node's view user from a worker node, as its own node user on the Redis node
     code, seen_from_n2 = cluster_status(n2)
     assert code == 0 and {n["node"] for n in seen_from_n2["nodes"]} == {"n1", "n2", "n3"}
     table = n1.ctl("status", "--cluster")
@@ -190,9 +193,14 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port,
     assert "STALE" in n1.ctl("status", "--cluster").stdout
 
 
-def test_worker_node_waits_for_the_cluster_redis_and_its_backlog_arrives_in_order(make_supervisor, port):
-    # n2 first: the cluster's Redis is not there yet, so its worker waits (workers' credentials)
-    n2 = make_supervisor(worker_node("n2", port), "n2").start()
+def test_worker_node_waits_for_the_cluster_redis_and_its_backlog_arrives_in_order(make_supervisor, port, tmp_path):
+    # n2 first: the cluster's Redis is not there yet, so its worker waits. Its password file is
+    # made ahead where n1 keeps it (n1 reuses it): the workers' user may not write the view
+    password = tmp_path / "n1" / "run" / "redis-node-n2.pass"
+    password.parent.mkdir(parents=True)
+    password.write_text(secrets.token_hex(32) + "\n")
+    password.chmod(0o600)
+    n2 = make_supervisor(worker_node("n2", port, str(password)), "n2").start()
     w = n2.wait_state("worker", "STOPPED")
     assert "waiting for redis (remote)" in w["reason"]
     assert any("unreachable" in note for note in n2.status()["supervisor"]["notes"])

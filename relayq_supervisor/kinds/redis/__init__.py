@@ -180,7 +180,7 @@ class RedisKind:
         return acl.write_acl_file(self.ctx.supervisor.run_dir, self.redis.denied_commands, acl.version_tuple(self.version or ""),
                                   self.admin, default_password=server.default_password(self.spec),
                                   owner=self.spec.privileges.uid,
-                                  nodes=self.node_users)
+                                  nodes=self.node_users, redis_node=self.redis.cluster_node)
 
     def preflight(self) -> str | None:
         holder = server.port_holder(server.ping_host(self.spec), self.redis.port)

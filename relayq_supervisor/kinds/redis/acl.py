@@ -32,6 +32,7 @@ from relayq_supervisor.kinds.redis.credentials import (
     node_user_name,
     remove_shared_node_password,
     save_credentials,
+    view_user_name,
 )
 
 __all__ = [
@@ -51,6 +52,12 @@ NODE_COMMANDS = (
     "xadd", "xrange", "xrevrange", "xread", "xlen", "xtrim",
     "eval",         # the publisher's batch of XADDs in one round trip (the ACL applies inside)
     "publish", "subscribe", "unsubscribe",
+)
+# What relayq-view-<node> may run: the reads of cluster/view.py, nothing that writes.
+VIEW_COMMANDS = (
+    "ping", "hello", "client|setname", "client|getname", "client|id", "select", "echo", "time",
+    "get", "mget", "exists", "ttl", "pttl", "type", "hget", "hgetall",
+    "zrange", "zrangebyscore", "zcard", "xrange", "xrevrange", "xread", "xlen",
 )
 ACL_FILE = "redis-users.acl"
 
@@ -148,7 +155,16 @@ def _password_rule(password: str) -> str:
     return "#" + hashlib.sha256(password.encode()).hexdigest()
 
 
-def node_user_line(node: str, creds: AdminCredentials, version: tuple[int, ...]) -> str:
+def keys_outside(prefix: str) -> list[str]:
+    """Glob patterns that match every name except those starting with `prefix`: an ACL
+    pattern can only allow, so "all but the cluster view" is spelt as the names that differ
+    from `prefix` at some position i (`prefix[:i][^c]*`) or are a proper prefix of it. The
+    empty name matches none of them. Checked by Redis 6.2 and 7.0 alike (stringmatchlen)."""
+    assert not set(prefix) & set("*?[]\\^"), prefix
+    return [f"{prefix[:i]}[^{c}]*" for i, c in enumerate(prefix)] + [prefix[:i] for i in range(1, len(prefix))]
+
+
+def node_user_line(node: str, creds: AdminCredentials, version: tuple[int, ...], redis_node: bool = False) -> str:
     """`user relayq-node-<node> ...`: what node `node` publishes (its status, its `why`, its
     audit stream), read access to the rest of the cluster view (the index of names too: the
     Redis node writes the declared members there, cluster/publisher.py),
@@ -157,17 +173,36 @@ def node_user_line(node: str, creds: AdminCredentials, version: tuple[int, ...])
     keys) is NOPERM, and ACL LOG names the user that tried it.
 
     Redis 7.0 has read-only key patterns (`%R~`, "Key permissions" in the ACL docs); 6.x
-    grants read and write with one pattern, so there every node user may also write the
-    other nodes' keys (acl_weaknesses says so at start)."""
-    own = [f"~{CLUSTER_PREFIX}{kind}:{node}" for kind in ("node", "why", "audit")]
-    keys = [*own, f"%R~{CLUSTER_PREFIX}*"] if tuple(version[:2]) >= READ_ONLY_KEYS_SINCE \
-        else [f"~{CLUSTER_PREFIX}*"]
+    grants read and write with one pattern, so there a node user gets its own keys and the
+    index (read by the publisher's ZCARD) and no other node's: it reads the view as
+    `relayq-view-<node>` (view_user_line). The Redis node's own user (`redis_node`) writes
+    the index and asks the other nodes (cluster/whois_ask.py): all of the view; its password
+    never leaves the Redis node, whose supervisor holds the admin user anyway."""
+    v = tuple(version[:2])
+    if redis_node:
+        keys = [f"~{CLUSTER_PREFIX}*"]
+    else:
+        keys = [f"~{CLUSTER_PREFIX}{kind}:{node}" for kind in ("node", "why", "audit")]
+        keys.append(f"%R~{CLUSTER_PREFIX}*" if v >= READ_ONLY_KEYS_SINCE else f"~{CLUSTER_PREFIX}nodes")
     # a channel pattern allows both PUBLISH and SUBSCRIBE: what ties an answer to its node
     # is the answering connection's user, checked by the asker (cluster/whois_ask.py)
-    channels = ["resetchannels", f"&{CLUSTER_PREFIX}whois:ask:{node}", f"&{CLUSTER_PREFIX}whois:answer:*"] \
-        if tuple(version[:2]) >= CHANNEL_RULES_SINCE else []
+    channels = [f"&{CLUSTER_PREFIX}*"] if redis_node else \
+        [f"&{CLUSTER_PREFIX}whois:ask:{node}", f"&{CLUSTER_PREFIX}whois:answer:*"]
     words = ["user", node_user_name(node), "on", _password_rule(creds.password), "resetkeys", *keys,
-             *channels, "-@all", *(f"+{c}" for c in NODE_COMMANDS)]
+             *(["resetchannels", *channels] if v >= CHANNEL_RULES_SINCE else []),
+             "-@all", *(f"+{c}" for c in NODE_COMMANDS)]
+    return " ".join(words)
+
+
+def view_user_line(node: str, creds: AdminCredentials, version: tuple[int, ...]) -> str:
+    """`user relayq-view-<node> ...`, with node `node`'s password: the cluster view read-only
+    (relayqctl status/audit/why --cluster, cluster/view.py), by its commands (all versions)
+    and, on 7.0+, by its key pattern too."""
+    v = tuple(version[:2])
+    keys = [f"%R~{CLUSTER_PREFIX}*" if v >= READ_ONLY_KEYS_SINCE else f"~{CLUSTER_PREFIX}*"]
+    words = ["user", view_user_name(node), "on", _password_rule(creds.password), "resetkeys", *keys,
+             *(["resetchannels"] if v >= CHANNEL_RULES_SINCE else []),
+             "-@all", *(f"+{c}" for c in VIEW_COMMANDS)]
     return " ".join(words)
 
 
@@ -176,34 +211,55 @@ def acl_weaknesses(version: tuple[int, ...]) -> list[str]:
     v = ".".join(map(str, version))
     found = []
     if tuple(version[:2]) < READ_ONLY_KEYS_SINCE:
-        found.append(f"Redis {v} has no read-only key patterns (7.0): each node user may also overwrite "
-                     "the other nodes' status and audit stream")
+        found.append(f"Redis {v} has no read-only key patterns (7.0): each node user may also rewrite the "
+                     f"index of node names ({CLUSTER_PREFIX}nodes, written again by the Redis node at each "
+                     "heartbeat), not another node's status, why or audit stream")
     if tuple(version[:2]) < CHANNEL_RULES_SINCE:
         found.append(f"Redis {v} has no channel permissions (6.2): each node user may read every "
-                     "node's whois questions")
+                     "node's whois questions, and the workers' user may ask them")
     return found
 
 
+def default_keys(version: tuple[int, ...], guard_cluster: bool) -> list[str]:
+    """The `default` user's (the workers') keys and channels: all of them; with
+    `guard_cluster` (the nodes publish as their own users) none of the cluster view's to
+    write, nor its channels; on 7.0+ still readable (`%R~*`)."""
+    v = tuple(version[:2])
+    channels = (["resetchannels", *(f"&{p}" for p in keys_outside(CLUSTER_PREFIX))] if guard_cluster else ["&*"]) \
+        if v >= CHANNEL_RULES_SINCE else []
+    if not guard_cluster:
+        return ["~*", *channels]
+    outside = [f"~{p}" for p in keys_outside(CLUSTER_PREFIX)]
+    return [*(["%R~*"] if v >= READ_ONLY_KEYS_SINCE else []), *outside, *channels]
+
+
 def acl_file_text(denied: tuple[str, ...], version: tuple[int, ...], creds: AdminCredentials,
-                  default_password: str | None = None, nodes: dict[str, AdminCredentials] | None = None) -> str:
-    """The content of the ACL file (two `user` lines, then one per node of the cluster)."""
+                  default_password: str | None = None, nodes: dict[str, AdminCredentials] | None = None,
+                  redis_node: str = "") -> str:
+    """The content of the ACL file: `default` (the workers), the admin, then two users per
+    node of the cluster (`relayq-node-<node>`, `relayq-view-<node>`). `redis_node`: the name
+    of the node Redis runs on (its user has all of the view). Once another node has its
+    own user, the workers' `default` user may not write the cluster view (default_keys)."""
+    nodes = nodes or {}
     channels = ["&*"] if tuple(version[:2]) >= CHANNEL_RULES_SINCE else []
     auth = _password_rule(default_password) if default_password else "nopass"
-    default = ["user", "default", "on", auth, "~*", *channels, *acl_rules(denied, version)]
+    guard = bool(set(nodes) - {redis_node})
+    default = ["user", "default", "on", auth, *default_keys(version, guard), *acl_rules(denied, version)]
     admin = ["user", creds.username, "on", _password_rule(creds.password), "~*", *channels, "+@all"]
     lines = [" ".join(default), " ".join(admin)]
-    for name, node in sorted((nodes or {}).items()):
-        lines.append(node_user_line(name, node, version))
+    for name, node in sorted(nodes.items()):
+        lines.append(node_user_line(name, node, version, redis_node=name == redis_node))
+        lines.append(view_user_line(name, node, version))
     return "\n".join(lines) + "\n"
 
 
 def write_acl_file(run_dir: str | os.PathLike, denied: tuple[str, ...], version: tuple[int, ...],
                    creds: AdminCredentials, default_password: str | None = None, owner: int | None = None,
-                   nodes: dict[str, AdminCredentials] | None = None) -> str:
+                   nodes: dict[str, AdminCredentials] | None = None, redis_node: str = "") -> str:
     """Write `<run_dir>/redis-users.acl` (mode 0600, atomically; owned by `owner`, Redis'
     user, when it has one) and return its path; redis-server then gets `--aclfile PATH`."""
     path = os.path.join(os.fspath(run_dir), ACL_FILE)
-    text = acl_file_text(denied, version, creds, default_password, nodes)
+    text = acl_file_text(denied, version, creds, default_password, nodes, redis_node)
     if _holds(path, text, owner):
         return path         # a restart: skip the write and its fsync on the way to Redis
     try:

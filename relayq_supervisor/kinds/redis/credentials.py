@@ -21,6 +21,8 @@ PASSWORD_FILE = "redis-admin.pass"
 # writes only its own keys of the cluster view and answers only as itself; it runs only the
 # commands cluster/ uses, so no stop command. Its password: <run_dir>/redis-node-<node>.pass.
 NODE_USER_PREFIX = "relayq-node-"
+# ... and `relayq-view-<node>`, with the same password: the cluster view, read-only.
+VIEW_USER_PREFIX = "relayq-view-"
 NODE_PASSWORD_FILE = "redis-node-{node}.pass"
 # Before one user per node, every node shared one user and this password file: unused now.
 SHARED_NODE_PASSWORD_FILE = "redis-node.pass"
@@ -163,6 +165,11 @@ def _write_private_file(path: str, text: str, replace: bool, owner: int | None =
 
 def node_user_name(node: str) -> str:
     return NODE_USER_PREFIX + node
+
+
+def view_user_name(node: str) -> str:
+    """The read-only twin of node `node`'s user, with the same password (acl.view_user_line)."""
+    return VIEW_USER_PREFIX + node
 
 
 def node_password_file(node: str) -> str:
