@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import secrets
 import signal
 import subprocess
-import sys
 import textwrap
+from pathlib import Path
 
 import pytest
-from support import REDIS_SERVER, Supervisor, free_port, wait_for
+import redis
+from support import PYTHON, REDIS_SERVER, Supervisor, free_port, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="changing Redis' user takes root")
 
@@ -114,5 +116,57 @@ def test_redis_user_can_neither_forge_nor_remove_the_data_dir_record(open_tmp, s
         first.log()
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__]))
+@pytest.fixture
+def made_user():
+    """A system user (and its group) of the test's own, removed after (once nothing runs as it)."""
+    name = f"rq-{secrets.token_hex(4)}"
+    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        removed = subprocess.run(["userdel", name], capture_output=True, text=True)
+        subprocess.run(["groupdel", name], capture_output=True)
+        assert removed.returncode == 0, f"userdel {name}: {removed.stderr}"
+
+
+def owners(top: Path) -> set[int]:
+    return {p.lstat().st_uid for p in (top, *top.rglob("*")) if p.name != "relayq.lock"}
+
+
+def test_a_new_redis_user_gets_the_data_dir_the_supervisor_made(open_tmp, made_user, supervisors):
+    # made_user before supervisors: fixtures end in reverse, so Redis has stopped when the user goes
+    data, run, port = open_tmp / "data", open_tmp / "run", free_port()
+    text = config(port, str(data)).replace('args = ["--save", ""]', 'args = ["--save", "", "--appendonly", "yes"]')
+    sup = Supervisor(open_tmp, text)
+    supervisors.append(sup)
+    sup.start()
+    sup.wait_state("redis", "RUNNING")
+    with redis.Redis(port=port, socket_timeout=5) as conn:
+        conn.set("kept", "across the change of user")
+    wait_for(lambda: [p for p in data.rglob("*.aof") if p.stat().st_size > 0], what="the AOF with the write")
+    assert owners(data) == {NOBODY.pw_uid}
+
+    # a reload that changes Redis' user: restarted as the new user, in its own data dir
+    sup.config.write_text(text.replace('user = "nobody"', f'user = "{made_user.pw_name}"'))
+    sup.ctl("reload", check=True)
+    pid = sup.wait_state("redis", "RUNNING", user=made_user.pw_name)["pid"]
+    sup.seen.add(pid)
+    assert owners(data) == {made_user.pw_uid}
+    assert (data / "relayq.lock").stat().st_uid == 0           # what was not the old user's stays as it was
+    for name in ("redis.conf", "redis-users.acl"):
+        assert (run / name).stat().st_uid == made_user.pw_uid
+    with redis.Redis(port=port, socket_timeout=5) as conn:
+        assert conn.get("kept") == b"across the change of user"
+        assert conn.set("written", "by the new user")         # its AOF is writable by it
+
+    # a data dir the supervisor did not make is not taken over: --check names the chown to run
+    other = open_tmp / "theirs"
+    other.mkdir(mode=0o750)
+    os.chown(other, NOBODY.pw_uid, NOBODY.pw_gid)
+    (open_tmp / "theirs.toml").write_text(config(free_port(), str(other)).replace('user = "nobody"',
+                                                                                  f'user = "{made_user.pw_name}"'))
+    r = subprocess.run([PYTHON, "-m", "relayq_supervisor", "--check", "-c", str(open_tmp / "theirs.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "the supervisor did not make it" in r.stderr, r.stderr
+    assert f"`chown -R {made_user.pw_name}: {other}`" in r.stderr and "Traceback" not in r.stderr

@@ -81,7 +81,6 @@ class RedisKind:
 
     def prepare(self) -> None:
         r = self.redis
-        prepare_data_dir(r.dir, self.spec.privileges)
         why = ": two servers on one data directory would overwrite each other's dump"
         # a second supervisor on this data dir is refused by its abstract name, which no file
         # operation of Redis' user can free, then by the flock of our record in run_dir
@@ -93,6 +92,8 @@ class RedisKind:
         self.ctx.locks.take("redis-dir", self.record_path, f"Redis data directory {r.dir}", why,
                             keep={"redis_dir": os.path.realpath(r.dir),
                                   **({"redis": self.previous} if self.previous else {})})
+        # once ours; not given to a new user while the previous user's Redis still runs in it
+        prepare_data_dir(r.dir, self.spec.privileges, give=self.previous is None)
         self.ctx.locks.take("redis-dir-flock", self.lock_path, f"Redis data directory {r.dir}", why,
                             keep={"record": self.record_path})
         self.version = redis_version(r.binary)
@@ -186,6 +187,11 @@ class RedisKind:
         holder = server.port_holder(server.ping_host(self.spec), self.redis.port)
         if holder:
             return self.port_message(holder)
+        try:
+            # a reload that changed Redis' user: the data dir the supervisor made goes with it
+            prepare_data_dir(self.redis.dir, self.spec.privileges)
+        except (StartupError, OSError) as e:
+            return str(e).removeprefix("relayq-supervisor: ")
         try:
             self.write_acl()
         except (AclSetupError, OSError, ValueError) as e:
