@@ -110,6 +110,24 @@ def test_connection_uses_the_node_user_with_password_file(tmp_path):
     assert link.display_url(link.cluster_url(config)) == "redis://h:7000/2"
 
 
+def test_a_reader_logs_in_as_the_view_user_and_the_redis_node_as_its_own_user(tmp_path):
+    secret = tmp_path / "redis-node-n2.pass"
+    secret.write_text("s3cret\n")
+    config = parse(f"[cluster]\nnode = 'n2'\nredis_url = 'redis://h:7000/2'\npassword_file = '{secret}'\n" + WORKER)
+    options = link.connection_options(config, 1.0, reader=True)
+    assert (options["username"], options["password"]) == ("relayq-view-n2", "s3cret")
+    # the Redis node: its own user, its password read from run_dir at each connect (made after the client)
+    run = tmp_path / "run"
+    node = parse(f"[supervisor]\nrun_dir = '{run}'\n" + redis_table(tmp_path) + "[cluster]\nnode = 'n1'\nnodes = ['n2']\n")
+    provider = link.connection_options(node, 1.0)["credential_provider"]
+    assert provider.get_credentials() == ()         # not made yet: the URL's (no AUTH)
+    run.mkdir()
+    (run / "redis-node-n1.pass").write_text("own\n")
+    assert provider.get_credentials() == ("relayq-node-n1", "own")
+    assert link.connection_options(node, 1.0, reader=True)["credential_provider"].get_credentials() == \
+        ("relayq-view-n1", "own")
+
+
 @pytest.mark.parametrize("version, channels, read_only", [
     ((7, 2, 4), True, True), ((7, 0, 15), True, True), ((6, 2, 6), True, False), ((6, 0, 16), False, False)])
 def test_a_user_per_node_acl_lines(version, channels, read_only):
