@@ -280,3 +280,13 @@ def test_a_node_users_connections_leave_no_denial(make_supervisor, port, tmp_pat
     wait_for(lambda: any(e["command"] == "shutdown" for e in n1.audit_events("redis_denied")),
              what="the SHUTDOWN denial audited")
     assert [e["command"] for e in n1.audit_events("redis_denied")] == ["shutdown"], n1.audit_events("redis_denied")
+
+    # a node not declared, on the workers' credentials: its workers run, its status says why it is
+    # not in the view (the workers' user may not write there once nodes have users of their own)
+    n4 = make_supervisor(worker_node("n4", port), "n4").start()
+    n4.wait_state("worker", "RUNNING")
+    wait_for(lambda: any("refuses this node's writes" in note and "password_file" in note
+                         for note in n4.status()["supervisor"]["notes"]), what="n4's refused writes in its status")
+    view = {"username": "relayq-view-n2", "password": creds["password"]}   # 6.2: a node user reads no other node's key
+    with redis.Redis(port=port, **quiet_handshake(), **view) as r:
+        assert r.zrange("relayq-cluster:nodes", 0, -1) and not r.exists("relayq-cluster:node:n4")
