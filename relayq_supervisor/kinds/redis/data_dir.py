@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import pwd
 import stat
 from typing import Any
 
@@ -96,10 +95,11 @@ def _mark(path: str, uid: int) -> None:
 
 
 def give_tree(top: str, old_uid: int, uid: int, gid: int | None) -> int:
-    """chown to uid (and gid, where the group was the old user's) everything under `top` that
-    old_uid owns; the number changed. By directory fd and without following symbolic links,
-    so that a link or a renamed directory planted by the old user leads nowhere else."""
-    old_gid = pwd_gid(old_uid)
+    """chown to uid (and gid, where the group was the one `top` had: the old user's, given with
+    it) everything under `top` that old_uid owns; the number changed. By directory fd and
+    without following symbolic links, so that a link or a renamed directory planted by the
+    old user leads nowhere else."""
+    old_gid = os.lstat(top).st_gid
     changed = 0
     for _, dirs, files, dir_fd in os.fwalk(top, follow_symlinks=False):
         # the directory itself, then its entries (a subdirectory is given here and found given
@@ -119,10 +119,3 @@ def _give(name: str, dir_fd: int, old_uid: int, old_gid: int | None, uid: int, g
         return 1
     except FileNotFoundError:
         return 0
-
-
-def pwd_gid(uid: int) -> int | None:
-    try:
-        return pwd.getpwuid(uid).pw_gid
-    except KeyError:
-        return None
