@@ -26,13 +26,13 @@ from relayq_supervisor.kinds.redis.credentials import (
     NODE_USER_PREFIX,
     PASSWORD_FILE,
     AdminCredentials,
-    _holds,
-    _write_private_file,
+    holds_exactly,
     node_password_file,
     node_user_name,
     remove_shared_node_password,
     save_credentials,
     view_user_name,
+    write_private_file,
 )
 
 __all__ = [
@@ -260,10 +260,10 @@ def write_acl_file(run_dir: str | os.PathLike, denied: tuple[str, ...], version:
     user, when it has one) and return its path; redis-server then gets `--aclfile PATH`."""
     path = os.path.join(os.fspath(run_dir), ACL_FILE)
     text = acl_file_text(denied, version, creds, default_password, nodes, redis_node)
-    if _holds(path, text, owner):
+    if holds_exactly(path, text, owner):
         return path         # a restart: skip the write and its fsync on the way to Redis
     try:
-        _write_private_file(path, text, replace=True, owner=owner)
+        write_private_file(path, text, replace=True, owner=owner)
     except OSError as e:
         raise AclSetupError(f"cannot write the Redis ACL file {path}: {e.strerror}") from None
     return path

@@ -53,8 +53,8 @@ class AdminCredentials:
         password = secrets.token_hex(PASSWORD_BYTES)
         try:
             if problem:
-                _write_private_file(path, password + "\n", replace=True)
-            elif not _write_private_file(path, password + "\n", replace=False):
+                write_private_file(path, password + "\n", replace=True)
+            elif not write_private_file(path, password + "\n", replace=False):
                 # Another process created it between our read and our link: use theirs.
                 theirs, problem = _read_password_file(path)
                 if theirs is None:
@@ -84,7 +84,7 @@ def remove_shared_node_password(run_dir: str) -> str | None:
 
 def save_credentials(admin: AdminCredentials) -> None:
     """Write the password we run with back to its file (its directory was deleted under us)."""
-    _write_private_file(admin.path, admin.password + "\n", replace=True)
+    write_private_file(admin.path, admin.password + "\n", replace=True)
 
 
 def _read_password_file(path: str) -> tuple[str | None, str | None]:
@@ -114,7 +114,7 @@ def _read_password_file(path: str) -> tuple[str | None, str | None]:
     return text, None
 
 
-def _holds(path: str, text: str, owner: int | None = None) -> bool:
+def holds_exactly(path: str, text: str, owner: int | None = None) -> bool:
     """True when `path` is a 0600 regular file of `owner` (default: us) with exactly `text`."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -130,7 +130,7 @@ def _holds(path: str, text: str, owner: int | None = None) -> bool:
         os.close(fd)
 
 
-def _write_private_file(path: str, text: str, replace: bool, owner: int | None = None) -> bool:
+def write_private_file(path: str, text: str, replace: bool, owner: int | None = None) -> bool:
     """Write `text` to `path` with mode 0600, complete or not at all: a temporary file
     in the same directory, then rename (replace) or link (create only if absent).
     `owner`: the uid it is given (Redis' user, the only one who may read it).
