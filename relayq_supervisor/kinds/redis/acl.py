@@ -166,8 +166,8 @@ def keys_outside(prefix: str) -> list[str]:
 
 def node_user_line(node: str, creds: AdminCredentials, version: tuple[int, ...], redis_node: bool = False) -> str:
     """`user relayq-node-<node> ...`: what node `node` publishes (its status, its `why`, its
-    audit stream), read access to the rest of the cluster view (the index of names too: the
-    Redis node writes the declared members there, cluster/publisher.py),
+    audit stream), on 7.0+ read access to the rest of the cluster view (the index of names too:
+    the Redis node writes the declared members there, cluster/publisher.py),
     its own question channel and the answer channels, only the commands cluster/ uses.
     Everything else (SHUTDOWN, CONFIG, ACL, FLUSHALL, the workers' keys, another node's
     keys) is NOPERM, and ACL LOG names the user that tried it.
