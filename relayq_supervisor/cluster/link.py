@@ -1,7 +1,9 @@
 """Where the cluster view lives in Redis, and how a node connects to it.
 
 Every key starts with `relayq-cluster:`; node N, logged in as its own ACL user
-`relayq-node-N` (kinds/redis/acl.py), may write only its own keys, and read the rest:
+`relayq-node-N` (kinds/redis/acl.py), may write only its own keys, and read the rest
+(on Redis 6.x, as `relayq-view-N`); once the Redis node declares other nodes, the workers'
+`default` user may write none of them:
 - `relayq-cluster:nodes`: a sorted set, node name -> the epoch it was last written: the
   Redis node's declared members ([cluster] nodes), written by the Redis node, and any node
   that publishes with the workers' credentials, written by itself; a name without a
@@ -18,6 +20,7 @@ Every key starts with `relayq-cluster:`; node N, logged in as its own ACL user
 from __future__ import annotations
 
 import inspect
+import os
 import urllib.parse
 from typing import TYPE_CHECKING
 
@@ -25,12 +28,13 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.credentials import CredentialProvider
 from redis.retry import Retry
 
 from relayq_supervisor.config.model import Config
 from relayq_supervisor.config.paths import read_secret
 from relayq_supervisor.errors import RelayqError
-from relayq_supervisor.kinds.redis import server
+from relayq_supervisor.kinds.redis import credentials, server
 
 if TYPE_CHECKING:
     from typing import Any
@@ -103,9 +107,12 @@ def display_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def connection_options(config: Config, timeout: float) -> dict[str, Any]:
+def connection_options(config: Config, timeout: float, reader: bool = False) -> dict[str, Any]:
     """redis-py keyword arguments: host, port, db and TLS from the URL; this node's own user
-    `relayq-node-<node>` with [cluster] password_file, else whatever credentials the URL holds."""
+    `relayq-node-<node>` with [cluster] password_file (`relayq-view-<node>`, read-only, for a
+    `reader`: on Redis 6.x a node user reads no other node's keys); on the Redis node its own
+    user, whose password the Redis node keeps in run_dir (when this process may read it: the
+    supervisor, relayqctl as root); else whatever credentials the URL holds (the workers')."""
     assert config.cluster is not None
     url = cluster_url(config)
     parts = urllib.parse.urlsplit(url)
@@ -119,12 +126,39 @@ def connection_options(config: Config, timeout: float) -> dict[str, Any]:
     }
     if parts.scheme == "rediss":
         options["ssl"] = True
+    node = config.cluster.node
+    user = credentials.view_user_name(node) if reader else node_user(node)
     if config.cluster.password_file:
         try:
-            options.update(username=node_user(config.cluster.node), password=read_secret(config.cluster.password_file))
+            options.update(username=user, password=read_secret(config.cluster.password_file))
         except ValueError as e:
             raise ClusterUnreachable(str(e)) from None
+    elif config.redis is not None and not config.cluster.redis_url:
+        own = os.path.join(config.supervisor.run_dir, credentials.node_password_file(node))
+        options["credential_provider"] = OwnOrWorkers(user, own, options.pop("username"), options.pop("password"))
     return options
+
+
+class OwnOrWorkers(CredentialProvider):
+    """The Redis node's own user, its password read at each connect (the supervisor makes
+    the file in its prepare, after its clients exist), else the workers' credentials (not
+    made yet, or not ours to read: relayqctl run by another user)."""
+
+    def __init__(self, user: str, password_file: str, url_user: str | None, url_password: str | None):
+        self.user, self.password_file = user, password_file
+        self.url_user, self.url_password = url_user, url_password
+
+    def get_credentials(self) -> tuple[str, ...]:     # type: ignore[override]
+        try:
+            return self.user, read_secret(self.password_file)
+        except ValueError:
+            pass
+        if self.url_password is None:
+            return ()           # redis-py then sends no AUTH
+        return (self.url_user, self.url_password) if self.url_user else (self.url_password,)
+
+    async def get_credentials_async(self) -> tuple[str, ...]:     # type: ignore[override]
+        return self.get_credentials()
 
 
 def async_client(config: Config, timeout: float) -> aioredis.Redis:
@@ -132,5 +166,5 @@ def async_client(config: Config, timeout: float) -> aioredis.Redis:
     return aioredis.Redis(retry=AsyncRetry(NoBackoff(), 0), **connection_options(config, timeout))
 
 
-def sync_client(config: Config, timeout: float) -> redis.Redis:
-    return redis.Redis(retry=Retry(NoBackoff(), 0), **connection_options(config, timeout))
+def sync_client(config: Config, timeout: float, reader: bool = False) -> redis.Redis:
+    return redis.Redis(retry=Retry(NoBackoff(), 0), **connection_options(config, timeout, reader))

@@ -117,6 +117,7 @@ class ClusterPublisher:
         self.maxlen = link.STREAM_MAXLEN     # shared with the other nodes: learnt at each status (ZCARD)
         self.name_checked = False
         self.name_clash: str | None = None      # another host publishes under our node name
+        self.refused: str | None = None         # the cluster's Redis answers but denies our writes (NOPERM)
 
     # --- what the supervisor calls (never blocks) ---------------------------------------
 
@@ -149,6 +150,8 @@ class ClusterPublisher:
             since = time.strftime("%H:%M:%S", time.localtime(self.down_since)) if self.down_since else "?"
             parts.append(f"cluster Redis {self.url} unreachable since {since} ({self.problem}); "
                          f"{len(self.backlog)} events waiting")
+        if self.refused:
+            parts.append(self.refused)
         if self.name_clash:
             parts.append(self.name_clash)
         if self.dropped:
@@ -181,7 +184,18 @@ class ClusterPublisher:
                     await self.send_status()
                     next_beat = loop.time() + self.spec.heartbeat_interval
                 self.set_reachable(True, None)
+                self.refused = None
                 delay = RETRY_MIN_S
+            except redis.exceptions.NoPermissionError as e:
+                # Redis answers (a remote `redis` dependency is met: the workers run), but this
+                # node may not write there: the view lacks it, which status says
+                self.set_reachable(True, None)
+                self.status_due = True
+                if self.refused is None:
+                    log.error("cluster: %s", self.refusal(e))
+                self.refused = self.refusal(e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
             except (redis.exceptions.RedisError, OSError, TimeoutError) as e:
                 self.status_due = True
                 self.set_reachable(False, str(e) or type(e).__name__)
@@ -191,6 +205,13 @@ class ClusterPublisher:
                 log.exception("cluster: publishing failed; trying again in %gs", RETRY_MAX_S)
                 self.status_due = True
                 await asyncio.sleep(RETRY_MAX_S)
+
+    def refusal(self, e: Exception) -> str:
+        hint = "" if self.spec.password_file else (
+            ": this node publishes with the workers' credentials, which may not write the cluster view once "
+            f"the Redis node declares [cluster] nodes: add {self.spec.node!r} there, copy its "
+            f"<run_dir>/redis-node-{self.spec.node}.pass here and set [cluster] password_file")
+        return f"the cluster's Redis refuses this node's writes ({e}){hint}"
 
     def set_reachable(self, up: bool, problem: str | None) -> None:
         if up == self.reachable:

@@ -36,7 +36,7 @@ class ClusterView:
             raise RelayqError(f"{config.path} has no [cluster] table: this node is not part of a cluster view")
         self.url = link.display_url(link.cluster_url(config))
         self.node = config.cluster.node
-        self.client = link.sync_client(config, timeout)
+        self.client = link.sync_client(config, timeout, reader=True)
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:

@@ -10,7 +10,7 @@ import stat
 from relayq_supervisor.config.model import Config, Privileges, SupervisorSpec
 from relayq_supervisor.config.paths import _check_directory, _check_file_slot, children_path
 from relayq_supervisor.config.privileges import _user_name
-from relayq_supervisor.config.redis import redis_server_version
+from relayq_supervisor.config.redis import data_dir_made_for, redis_server_version
 from relayq_supervisor.config.source import _Locator
 
 
@@ -115,10 +115,14 @@ def _check_privileged_ground(loc: _Locator, config: Config, where_of: dict[str, 
         except OSError:
             st = None
         if st is not None and st.st_uid != priv.uid:
-            raise loc.error(where + ("dir",), f"Redis dir {r.dir} is owned by {_user_name(st.st_uid)}, not by Redis' "
-                                              f"user {priv.user}: the supervisor does not take over a directory it did "
-                                              f"not create; `chown -R {priv.user}: {r.dir}` or set another dir")
-        _check_user_access(loc, where + ("dir",), r.dir, priv, os.W_OK | os.X_OK, "Redis dir")
+            if data_dir_made_for(r.dir) != st.st_uid:
+                raise loc.error(where + ("dir",), f"Redis dir {r.dir} is owned by {_user_name(st.st_uid)}, not by "
+                                                  f"Redis' user {priv.user}, and the supervisor did not make it: it "
+                                                  f"does not take it over; `chown -R {priv.user}: {r.dir}` or set "
+                                                  "another dir")
+            # made by the supervisor for Redis' previous user: given to the new one at start
+        else:
+            _check_user_access(loc, where + ("dir",), r.dir, priv, os.W_OK | os.X_OK, "Redis dir")
         _check_user_access(loc, ("supervisor", "run_dir"), config.supervisor.run_dir, priv, os.X_OK,
                            "run_dir (Redis reads its config and ACL files there)")
         for path in r.include:

@@ -47,7 +47,8 @@ def parse_config(raw: bytes, path: str, ground: bool = False) -> Config:
     if "redis" in data:
         redis = _parse_redis(loc, data["redis"], base, run_dir)
         if cluster is not None and redis.redis is not None:
-            redis = dataclasses.replace(redis, redis=dataclasses.replace(redis.redis, cluster_nodes=cluster.nodes))
+            redis = dataclasses.replace(redis, redis=dataclasses.replace(redis.redis, cluster_nodes=cluster.nodes,
+                                                                     cluster_node=cluster.node))
         programs.append(redis)
         wheres.append(("redis",))
     env_path = children_path()

@@ -37,6 +37,7 @@ class RedisSpec:
     password_file: str = ""             # the `default` user's password (0600 file); "" = none
     # [cluster] nodes on the Redis node: one ACL user `relayq-node-<node>` each
     cluster_nodes: tuple[str, ...] = ()
+    cluster_node: str = ""              # [cluster] node on the Redis node: its own name
     # Commands the `default` user may not run (the Redis command guard).
     denied_commands: tuple[str, ...] = (
         "shutdown", "debug", "config|set", "config|rewrite", "replicaof", "slaveof",

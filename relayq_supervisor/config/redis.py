@@ -29,6 +29,21 @@ _REDIS_KEYS = {
 }
 
 
+# Set by the supervisor on a Redis data dir it made (kinds/redis/data_dir.py): the uid it made
+# it, or last gave it, for. A `trusted.` attribute: only root reads or writes it (xattr(7)),
+# so Redis' user cannot claim a directory was made for it.
+DATA_DIR_MARK = "trusted.relayq-supervisor.redis-user"
+
+
+def data_dir_made_for(path: str) -> int | None:
+    """The uid the supervisor made Redis dir `path` for (its mark), or None: not marked,
+    not readable (not root), or a file system without extended attributes."""
+    try:
+        return int(os.getxattr(path, DATA_DIR_MARK, follow_symlinks=False))
+    except (OSError, ValueError):
+        return None
+
+
 def is_command_name(text: str) -> bool:
     """True for a lower-case Redis command name, optionally with a subcommand: `shutdown`, `config|set`."""
     return _COMMAND_NAME_RE.fullmatch(text) is not None

@@ -15,6 +15,7 @@ apart by them (their lock files still are, while run_dir stands).
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import hashlib
@@ -106,9 +107,14 @@ def read_owner(path: str) -> dict[str, Any] | None:
 ABSTRACT_PREFIX = "relayq-supervisor/"
 
 
+def path_key(path: str) -> str:
+    """A short name for a directory, the same for every supervisor naming it (its real path hashed)."""
+    return hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]
+
+
 def abstract_name(what: str, path: str) -> str:
     """The abstract socket name (without its leading NUL) that stands for owning `path`."""
-    return f"{ABSTRACT_PREFIX}{what}/{hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]}"
+    return f"{ABSTRACT_PREFIX}{what}/{path_key(path)}"
 
 
 def holder_of(name: str) -> int | None:
@@ -138,6 +144,15 @@ def claim_name(name: str) -> socket.socket | None:
         raise
 
 
+def answer_rival(claimed: socket.socket) -> None:
+    """A refused rival connected to learn our pid (SO_PEERCRED at connect): close it."""
+    try:
+        conn, _ = claimed.accept()
+        conn.close()
+    except OSError:
+        pass
+
+
 class OwnerLocks:
     """Every lock this supervisor holds, by key (`supervisor`, a program name, `redis-dir`),
     each recording this process as owner."""
@@ -147,6 +162,7 @@ class OwnerLocks:
         self.on_conflict = on_conflict      # (path, owner record): audited as lock_conflict
         self.held: dict[str, OwnerLock] = {}
         self.names: dict[str, socket.socket] = {}      # abstract socket names we hold
+        self.answering: list[tuple[asyncio.AbstractEventLoop, int]] = []   # (loop, fd) of hold_name's readers
 
     def claim(self, what: str, path: str, record_path: str) -> socket.socket:
         """Hold the abstract name standing for `path` (a config, a run_dir), or StartupError
@@ -165,6 +181,17 @@ class OwnerLocks:
                                f"socket @{name})") from None
         self.names[name] = s
         return s
+
+    def hold_name(self, what: str, path: str, record_path: str) -> None:
+        """claim(), and answer refused rivals on the running loop (they connect to learn our
+        pid); without a loop (a unit test) they are answered by the kernel's backlog alone."""
+        claimed = self.claim(what, path, record_path)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.add_reader(claimed.fileno(), answer_rival, claimed)
+        self.answering.append((loop, claimed.fileno()))
 
     def owner_record(self) -> dict[str, Any]:
         pid = os.getpid()
@@ -210,6 +237,10 @@ class OwnerLocks:
     def release_all(self) -> None:
         for key in list(self.held):
             self.release(key)
+        for loop, fd in self.answering:
+            if not loop.is_closed():
+                loop.remove_reader(fd)
+        self.answering.clear()
         for s in self.names.values():
             s.close()
         self.names.clear()

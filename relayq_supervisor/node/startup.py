@@ -8,7 +8,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -17,7 +16,7 @@ from relayq_supervisor.core.arbiter import Arbiter, Audit
 from relayq_supervisor.core.children import AdoptedProcess
 from relayq_supervisor.core.containment import Containment
 from relayq_supervisor.core.graph import Graph
-from relayq_supervisor.core.locks import OwnerLocks, program_key, program_lock_path
+from relayq_supervisor.core.locks import OwnerLocks, answer_rival, program_key, program_lock_path
 from relayq_supervisor.core.program import Program
 from relayq_supervisor.linux.procfs import proc_start_ticks
 from relayq_supervisor.linux.siginfo import signal_name
@@ -34,20 +33,11 @@ def claim_ground(locks: OwnerLocks, config: Config, loop: asyncio.AbstractEventL
     lock_path = os.path.join(sup.run_dir, "supervisor.lock")
     for what, path in (("run_dir", sup.run_dir), ("config", config.path)):
         claimed = locks.claim(what, path, lock_path)
-        loop.add_reader(claimed.fileno(), answer_claim, claimed)
+        loop.add_reader(claimed.fileno(), answer_rival, claimed)
     for d in (sup.run_dir, sup.log_dir, os.path.dirname(sup.audit_log), os.path.dirname(sup.control_socket)):
         os.makedirs(d, exist_ok=True)
     # the record names the socket: relayqctl finds it there when the config on disk is broken
     locks.take("supervisor", lock_path, sup.run_dir, keep={"control_socket": sup.control_socket})
-
-
-def answer_claim(claimed: socket.socket) -> None:
-    """A refused rival connected to learn our pid (SO_PEERCRED at connect): close it."""
-    try:
-        conn, _ = claimed.accept()
-        conn.close()
-    except OSError:
-        pass
 
 
 def take_program_locks(locks: OwnerLocks, config: Config, graph: Graph[Program], orphans: list[Orphan]) -> None:

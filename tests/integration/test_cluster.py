@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import select
 import signal
 import subprocess
@@ -95,8 +96,10 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port,
     passes = {n: n1.dir / "run" / f"redis-node-{n}.pass" for n in ("n1", "n2", "n3")}
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in passes.values())
     assert len({p.read_text() for p in passes.values()}) == 3             # a password per node
-    # a cloned machine that kept its name, n3, is live: a second n3 says so
-    with redis.Redis(port=port) as r:
+    # a cloned machine that kept its name, n3, is live: a second n3 says so (written as the admin:
+    # the workers' user may not write the cluster view)
+    admin = (n1.dir / "run" / "redis-admin.pass").read_text().strip()
+    with redis.Redis(port=port, username="relayq-admin", password=admin) as r:
         r.set("relayq-cluster:node:n3", json.dumps({"host": "clone-host", "pid": 7, "heartbeat_interval": 60}),
               ex=86400)
     n2 = make_supervisor(worker_node("n2", port, str(passes["n2"])), "n2").start()
@@ -116,7 +119,7 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port,
     assert [p["state"] for p in found["n2"]["programs"]] == ["RUNNING"]
     assert found["n2"]["pid"] == n2.pid and found["n2"]["stale"] is False
     assert found["n2"]["supervisor"]["cluster"]["reachable"] is True
-    # read with the node user's credentials from a worker node, with the workers' on the Redis node
+    # read as the node's view user from a worker node, as its own node user on the Redis node
     code, seen_from_n2 = cluster_status(n2)
     assert code == 0 and {n["node"] for n in seen_from_n2["nodes"]} == {"n1", "n2", "n3"}
     table = n1.ctl("status", "--cluster")
@@ -190,9 +193,14 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port,
     assert "STALE" in n1.ctl("status", "--cluster").stdout
 
 
-def test_worker_node_waits_for_the_cluster_redis_and_its_backlog_arrives_in_order(make_supervisor, port):
-    # n2 first: the cluster's Redis is not there yet, so its worker waits (workers' credentials)
-    n2 = make_supervisor(worker_node("n2", port), "n2").start()
+def test_worker_node_waits_for_the_cluster_redis_and_its_backlog_arrives_in_order(make_supervisor, port, tmp_path):
+    # n2 first: the cluster's Redis is not there yet, so its worker waits. Its password file is
+    # made ahead where n1 keeps it (n1 reuses it): the workers' user may not write the view
+    password = tmp_path / "n1" / "run" / "redis-node-n2.pass"
+    password.parent.mkdir(parents=True)
+    password.write_text(secrets.token_hex(32) + "\n")
+    password.chmod(0o600)
+    n2 = make_supervisor(worker_node("n2", port, str(password)), "n2").start()
     w = n2.wait_state("worker", "STOPPED")
     assert "waiting for redis (remote)" in w["reason"]
     assert any("unreachable" in note for note in n2.status()["supervisor"]["notes"])
@@ -272,3 +280,13 @@ def test_a_node_users_connections_leave_no_denial(make_supervisor, port, tmp_pat
     wait_for(lambda: any(e["command"] == "shutdown" for e in n1.audit_events("redis_denied")),
              what="the SHUTDOWN denial audited")
     assert [e["command"] for e in n1.audit_events("redis_denied")] == ["shutdown"], n1.audit_events("redis_denied")
+
+    # a node not declared, on the workers' credentials: its workers run, its status says why it is
+    # not in the view (the workers' user may not write there once nodes have users of their own)
+    n4 = make_supervisor(worker_node("n4", port), "n4").start()
+    n4.wait_state("worker", "RUNNING")
+    wait_for(lambda: any("refuses this node's writes" in note and "password_file" in note
+                         for note in n4.status()["supervisor"]["notes"]), what="n4's refused writes in its status")
+    view = {"username": "relayq-view-n2", "password": creds["password"]}   # 6.2: a node user reads no other node's key
+    with redis.Redis(port=port, **quiet_handshake(), **view) as r:
+        assert r.zrange("relayq-cluster:nodes", 0, -1) and not r.exists("relayq-cluster:node:n4")

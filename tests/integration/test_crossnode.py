@@ -260,13 +260,15 @@ IMPOSTOR = textwrap.dedent("""\
     host, port, password = sys.argv[1], int(sys.argv[2]), open(sys.argv[3]).read().strip()
     def as_n2():
         return redis.Redis(host=host, port=port, username="relayq-node-n2", password=password)
-    try:
-        as_n2().execute_command("SUBSCRIBE", "relayq-cluster:whois:ask:n3")
-        print("subscribed", flush=True)
-    except redis.exceptions.NoPermissionError:
-        print("refused", flush=True)
-    # told n3's questions all the same (the workers' user may read every channel)
-    sub = redis.Redis(host=host, port=port).pubsub(ignore_subscribe_messages=True)
+    for user in (as_n2(), redis.Redis(host=host, port=port)):     # n2's user, then the workers'
+        try:
+            user.execute_command("SUBSCRIBE", "relayq-cluster:whois:ask:n3")
+            print("subscribed", flush=True)
+        except redis.exceptions.NoPermissionError:
+            print("refused", flush=True)
+    # told n3's questions all the same (here by the admin's password: however it learnt them)
+    admin = redis.Redis(host=host, port=port, username="relayq-admin", password=open(sys.argv[4]).read().strip())
+    sub = admin.pubsub(ignore_subscribe_messages=True)
     sub.subscribe("relayq-cluster:whois:ask:n3")
     print("listening", flush=True)
     held = []                  # each answering connection stays open for n1's check
@@ -295,10 +297,12 @@ def test_n2s_credentials_cannot_answer_as_n3(cluster, procs):
             """), str(cluster.node_pass("n3")), *command], check=True)
     as_n3("SET", "relayq-cluster:node:n3", json.dumps({"addresses": [outsider.ipv4]}), "EX", "60")
     impostor = outsider.popen([PYTHON, "-c", IMPOSTOR, cluster.hosts.a.ipv4, str(cluster.port),
-                               str(cluster.node_pass("n2"))], stdout=subprocess.PIPE, text=True)
+                               str(cluster.node_pass("n2")), str(cluster.n1.dir / "run" / "redis-admin.pass")],
+                              stdout=subprocess.PIPE, text=True)
     procs.append(impostor)
     try:
         assert impostor.stdout.readline().strip() == "refused"      # n3's questions are not n2's to read
+        assert impostor.stdout.readline().strip() == "refused"      # nor the workers' (issue 17)
         assert impostor.stdout.readline().strip() == "listening"
         probe = outsider.run([PYTHON, "-c", textwrap.dedent(f"""\
             import socket

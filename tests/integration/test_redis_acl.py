@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import select
 import subprocess
 import textwrap
@@ -77,12 +78,12 @@ def redis_binary(request):
 
 @pytest.fixture
 def start_redis(redis_binary, tmp_path, procs):
-    def start(default_password: str | None = None) -> RedisUnderTest:
+    def start(default_password: str | None = None, nodes: dict | None = None, redis_node: str = "") -> RedisUnderTest:
         run_dir = tmp_path / "run"
         run_dir.mkdir(exist_ok=True)
         version = version_tuple(redis_version(redis_binary))
         creds = AdminCredentials.load_or_create(run_dir)
-        acl = write_acl_file(run_dir, DENIED, version, creds, default_password)
+        acl = write_acl_file(run_dir, DENIED, version, creds, default_password, nodes=nodes, redis_node=redis_node)
         port = free_port()
         log_path = str(tmp_path / f"redis-{port}.log")
         with open(log_path, "wb") as out:
@@ -103,6 +104,46 @@ def _expect_noperm(conn: redis.Redis, *command):
 
 
 # --- real servers -------------------------------------------------------------------
+
+def test_a_node_writes_only_its_own_keys_and_the_workers_none_of_the_cluster_view(start_redis, tmp_path):
+    """Issue 17 on 6.2 and 7.x alike: a node user's write to another node's key is NOPERM, and
+    so is any write of the workers' `default` user to the cluster view, once nodes have users."""
+    pw = {n: AdminCredentials(f"relayq-node-{n}", secrets.token_hex(32)) for n in ("n1", "n2", "n3")}
+    r = start_redis(nodes=pw, redis_node="n1")
+    seven = r.version[:2] >= (7, 0)
+    n2 = r.client(username="relayq-node-n2", password=pw["n2"].password)
+    assert n2.set("relayq-cluster:node:n2", "{}") and n2.xadd("relayq-cluster:audit:n2", {"e": "1"})
+    assert n2.hset("relayq-cluster:why:n2", "w", "{}") == 1
+    for command in (("SET", "relayq-cluster:node:n3", "{}"), ("XADD", "relayq-cluster:audit:n3", "*", "e", "forged"),
+                    ("DEL", "relayq-cluster:why:n3"), ("XTRIM", "relayq-cluster:audit:n3", "MAXLEN", "0"),
+                    ("EVAL", "return redis.call('SET', KEYS[1], 'x')", "1", "relayq-cluster:node:n3"),
+                    ("SET", "jobs", "x")):
+        _expect_noperm(n2, *command)
+    n1 = r.client(username="relayq-node-n1", password=pw["n1"].password)    # the Redis node's own user
+    assert n1.zadd("relayq-cluster:nodes", {"n2": 1, "n3": 1}) == 2 and n1.set("relayq-cluster:node:n3", "{}")
+    if seven:       # the rest of the view read-only
+        assert n2.get("relayq-cluster:node:n3") == b"{}" and n2.zcard("relayq-cluster:nodes") == 2
+        _expect_noperm(n2, "ZREM", "relayq-cluster:nodes", "n3")
+    else:           # 6.x: its own keys and the index (acl_weaknesses), no other node's, not even to read
+        assert n2.zcard("relayq-cluster:nodes") == 2
+        _expect_noperm(n2, "GET", "relayq-cluster:node:n3")
+    # the view user (node n2's password): every node's keys, read-only
+    view = r.client(username="relayq-view-n2", password=pw["n2"].password)
+    assert view.get("relayq-cluster:node:n3") == b"{}" and view.xrange("relayq-cluster:audit:n2")
+    for command in (("SET", "relayq-cluster:node:n2", "{}"), ("DEL", "relayq-cluster:node:n3"),
+                    ("XADD", "relayq-cluster:audit:n2", "*", "e", "1")):
+        _expect_noperm(view, *command)
+    # the workers: their own keys as before, none of the view
+    workers = r.client()
+    assert workers.set("relayq:queue:x", "job") and workers.set("relayq-clusterish", "1")
+    for command in (("SET", "relayq-cluster:node:n2", "{}"), ("XADD", "relayq-cluster:audit:n2", "*", "e", "forged"),
+                    ("DEL", "relayq-cluster:nodes"), ("RENAME", "relayq:queue:x", "relayq-cluster:node:n3"),
+                    ("PUBLISH", "relayq-cluster:whois:ask:n2", "{}")):
+        _expect_noperm(workers, *command)
+    if seven:
+        assert workers.get("relayq-cluster:node:n2") == b"{}"
+    assert n1.get("relayq-cluster:node:n3") == b"{}"        # nothing the workers tried went through
+
 
 def test_default_user_cannot_stop_or_reconfigure_redis_but_can_work(start_redis):
     r = start_redis()

@@ -353,11 +353,15 @@ def test_deleted_run_dir_gets_redis_admin_password_back(make_supervisor, port):
     """A successor after a crash adopts Redis with the password in run_dir: it must survive a
     deleted run_dir, with the same password (Redis still runs with it)."""
     sup = make_supervisor(redis_config(None, port)).start()
-    sup.wait_state("redis", "RUNNING")
+    redis_pid = sup.wait_state("redis", "RUNNING")["pid"]
     password = sup.dir / "run" / "redis-admin.pass"
     before = password.read_text()
     shutil.rmtree(sup.dir / "run", ignore_errors=True)
     wait_for(lambda: password.exists() and password.read_text() == before, timeout=10,
              what="the admin password file back")
+    # and the data dir's owner record, which names the Redis to adopt (kinds/redis/data_dir.py)
+    wait_for(lambda: [r for r in (sup.dir / "run").glob("redis-dir@*.lock")
+                      if json.loads(r.read_text() or "{}").get("redis", {}).get("pid") == redis_pid],
+             timeout=10, what="the data dir's record back with Redis' pid")
     assert password.stat().st_mode & 0o777 == 0o600
     assert sup.program("redis")["state"] == "RUNNING"

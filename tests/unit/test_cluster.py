@@ -16,7 +16,7 @@ from relayq_supervisor.cluster.publisher import ClusterPublisher
 from relayq_supervisor.cluster.view import entry_event, exit_status
 from relayq_supervisor.config.load import parse_config
 from relayq_supervisor.errors import ConfigError
-from relayq_supervisor.kinds.redis.acl import AdminCredentials, acl_file_text, acl_weaknesses
+from relayq_supervisor.kinds.redis.acl import AdminCredentials, acl_file_text, acl_weaknesses, keys_outside
 
 PATH = "/etc/relayq/config.toml"
 WORKER = "[[program]]\nname = 'worker'\ncommand = ['true']\ndepends_on = ['redis']\n"
@@ -110,34 +110,77 @@ def test_connection_uses_the_node_user_with_password_file(tmp_path):
     assert link.display_url(link.cluster_url(config)) == "redis://h:7000/2"
 
 
+def test_a_reader_logs_in_as_the_view_user_and_the_redis_node_as_its_own_user(tmp_path):
+    secret = tmp_path / "redis-node-n2.pass"
+    secret.write_text("s3cret\n")
+    config = parse(f"[cluster]\nnode = 'n2'\nredis_url = 'redis://h:7000/2'\npassword_file = '{secret}'\n" + WORKER)
+    options = link.connection_options(config, 1.0, reader=True)
+    assert (options["username"], options["password"]) == ("relayq-view-n2", "s3cret")
+    # the Redis node: its own user, its password read from run_dir at each connect (made after the client)
+    run = tmp_path / "run"
+    node = parse(f"[supervisor]\nrun_dir = '{run}'\n" + redis_table(tmp_path) + "[cluster]\nnode = 'n1'\nnodes = ['n2']\n")
+    provider = link.connection_options(node, 1.0)["credential_provider"]
+    assert provider.get_credentials() == ()         # not made yet: the URL's (no AUTH)
+    run.mkdir()
+    (run / "redis-node-n1.pass").write_text("own\n")
+    assert provider.get_credentials() == ("relayq-node-n1", "own")
+    assert link.connection_options(node, 1.0, reader=True)["credential_provider"].get_credentials() == \
+        ("relayq-view-n1", "own")
+
+
 @pytest.mark.parametrize("version, channels, read_only", [
     ((7, 2, 4), True, True), ((7, 0, 15), True, True), ((6, 2, 6), True, False), ((6, 0, 16), False, False)])
 def test_a_user_per_node_acl_lines(version, channels, read_only):
     admin = AdminCredentials("relayq-admin", "a" * 64)
-    nodes = {"n3": AdminCredentials("relayq-node-n3", "c" * 64), "n2": AdminCredentials("relayq-node-n2", "b" * 64)}
-    lines = acl_file_text(("shutdown",), version, admin, nodes=nodes).splitlines()
-    assert len(lines) == 4
-    n2, n3 = lines[2].split(), lines[3].split()
-    assert n2[:3] == ["user", "relayq-node-n2", "on"] and "b" * 64 not in lines[2]
-    assert n3[:3] == ["user", "relayq-node-n3", "on"] and n2[3] != n3[3]       # its own password
+    nodes = {"n3": AdminCredentials("relayq-node-n3", "c" * 64), "n2": AdminCredentials("relayq-node-n2", "b" * 64),
+             "n1": AdminCredentials("relayq-node-n1", "d" * 64)}
+    lines = acl_file_text(("shutdown",), version, admin, nodes=nodes, redis_node="n1").splitlines()
+    assert len(lines) == 8          # default, admin, then relayq-node-<n> and relayq-view-<n> per node
+    users = {line.split()[1]: line.split() for line in lines}
+    n1, n2, n3, view2 = users["relayq-node-n1"], users["relayq-node-n2"], users["relayq-node-n3"], users["relayq-view-n2"]
+    assert n2[:3] == ["user", "relayq-node-n2", "on"] and "b" * 64 not in " ".join(n2)
+    assert n2[3] != n3[3] and view2[3] == n2[3]       # its own password, shared with its view user
     assert "-@all" in n2 and "+xadd" in n2
     assert not {"+shutdown", "+config", "+acl", "+@all", "~*", "+flushall"} & set(n2)
-    if read_only:       # its own keys and the index read-write, the rest read-only
-        assert {"~relayq-cluster:node:n2", "~relayq-cluster:why:n2", "~relayq-cluster:audit:n2",
-                "%R~relayq-cluster:*"} <= set(n2)
-        assert "~relayq-cluster:nodes" not in n2            # the index: written by the Redis node
-        assert not [w for w in n2 if w.startswith("~") and "n3" in w]
-        assert "~relayq-cluster:*" not in n2
-    else:               # 6.x: one pattern reads and writes; said at start
-        assert "~relayq-cluster:*" in n2 and not [w for w in n2 if w.startswith("%")]
-        assert "overwrite" in " ".join(acl_weaknesses(version))
+    own = {"~relayq-cluster:node:n2", "~relayq-cluster:why:n2", "~relayq-cluster:audit:n2"}
+    assert own <= set(n2)
+    assert not [w for w in n2 if "~" in w and "n3" in w] and "~relayq-cluster:*" not in n2
+    if read_only:       # its own keys read-write, the rest (the index too) read-only
+        assert "%R~relayq-cluster:*" in n2 and "~relayq-cluster:nodes" not in n2
+    else:               # 6.x: one pattern reads and writes: its own keys and the index; said at start
+        assert "~relayq-cluster:nodes" in n2 and not [w for w in n2 if w.startswith("%")]
+        assert "index of node names" in " ".join(acl_weaknesses(version))
+    # the view user: every cluster key, read commands only
+    assert ("%R~relayq-cluster:*" if read_only else "~relayq-cluster:*") in view2
+    assert "+xrange" in view2 and not {"+set", "+xadd", "+del", "+hset", "+zadd", "+eval", "+publish"} & set(view2)
+    # the Redis node's own user: all of the view (it writes the index, asks every node)
+    assert "~relayq-cluster:*" in n1
+    # the workers may write anything but the cluster view
+    default = users["default"]
+    assert "~*" not in default and "~[^r]*" in default and "~relayq-cluster[^:]*" in default
+    assert ("%R~*" in default) == read_only
     if channels:        # its own questions; answers to the asker
         assert {"&relayq-cluster:whois:ask:n2", "&relayq-cluster:whois:answer:*"} <= set(n2)
         assert "&relayq-cluster:whois:ask:n3" not in n2 and "&relayq-cluster:*" not in n2
+        assert "&*" not in default and "&relayq-cluster[^:]*" in default
     else:
         assert not [w for w in n2 if w.startswith("&")]
+    # no other node declared (the nodes publish with the workers' credentials): the workers keep the view
+    alone = acl_file_text(("shutdown",), version, admin, nodes={"n1": nodes["n1"]}, redis_node="n1").splitlines()
+    assert "~*" in alone[0].split()
     assert len(acl_file_text(("shutdown",), version, admin).splitlines()) == 2
     assert acl_weaknesses(version) == [] if read_only else acl_weaknesses(version)
+
+
+def test_keys_outside_the_cluster_prefix():
+    import fnmatch
+    patterns = keys_outside("relayq-cluster:")
+    def allowed(key):
+        return any(fnmatch.fnmatchcase(key, p.replace("[^", "[!")) for p in patterns)
+    for key in ("jobs", "r", "relayq", "relayq-cluster", "relayq-clusterX", "Relayq-cluster:x", "rq:1"):
+        assert allowed(key), key
+    for key in ("relayq-cluster:", "relayq-cluster:node:n1", "relayq-cluster:nodes"):
+        assert not allowed(key), key
 
 
 def publisher(tmp_path: Path, max_backlog: int) -> ClusterPublisher:

@@ -22,8 +22,8 @@ from relayq_supervisor.config.model import ProgramSpec, RedisSpec
 from relayq_supervisor.config.redis import redis_version
 from relayq_supervisor.errors import AclSetupError, StartupError
 from relayq_supervisor.kinds import Adoptable
-from relayq_supervisor.kinds.redis import acl, conf, server
-from relayq_supervisor.kinds.redis.data_dir import prepare_data_dir
+from relayq_supervisor.kinds.redis import acl, conf, credentials, server
+from relayq_supervisor.kinds.redis.data_dir import DATA_DIR_LOCK, prepare_data_dir, record_name, trusted_record
 from relayq_supervisor.kinds.redis.health import RedisHealth
 from relayq_supervisor.kinds.redis.liveness import pinger
 from relayq_supervisor.linux.procfs import proc_start_ticks
@@ -49,8 +49,8 @@ class RedisKind:
     kill_on_stop_timeout = False
     ready_by_notify = False     # RUNNING only after the CONFIG GET check, whatever Redis 7 notifies
 
-    def __init__(self, spec: ProgramSpec, ctx: KindContext, *, admin: acl.AdminCredentials | None = None,
-                 version: str | None = None, node_users: dict[str, acl.AdminCredentials] | None = None):
+    def __init__(self, spec: ProgramSpec, ctx: KindContext, *, admin: credentials.AdminCredentials | None = None,
+                 version: str | None = None, node_users: dict[str, credentials.AdminCredentials] | None = None):
         assert spec.redis is not None
         self.spec = spec
         self.redis: RedisSpec = spec.redis
@@ -69,27 +69,42 @@ class RedisKind:
 
     @property
     def lock_path(self) -> str:
-        return os.path.join(self.redis.dir, "relayq.lock")
+        """The data dir's own flock: what other tools (and supervisors in another network
+        namespace) see. Redis' user may delete it; it holds no record anyone trusts."""
+        return os.path.join(self.redis.dir, DATA_DIR_LOCK)
+
+    @property
+    def record_path(self) -> str:
+        """The owner record of the data dir, with the Redis it runs: in run_dir, where only the
+        supervisor writes, named by the data dir (data_dir.record_name)."""
+        return os.path.join(self.ctx.supervisor.run_dir, record_name(self.redis.dir))
 
     def prepare(self) -> None:
         r = self.redis
-        prepare_data_dir(r.dir, self.spec.privileges)
+        why = ": two servers on one data directory would overwrite each other's dump"
+        # a second supervisor on this data dir is refused by its abstract name, which no file
+        # operation of Redis' user can free, then by the flock of our record in run_dir
+        self.ctx.locks.hold_name("redis-dir", r.dir, self.lock_path)
         # what a predecessor recorded, read before our record replaces it; kept in ours
         # while that Redis lives, so a refused start cannot erase the trail to it
-        recorded = (self.ctx.locks.read(self.lock_path) or {}).get("redis")
+        recorded = (trusted_record(self.record_path) or trusted_record(self.lock_path) or {}).get("redis")
         self.previous = recorded if isinstance(recorded, dict) and _still_running(recorded) else None
-        self.ctx.locks.take("redis-dir", self.lock_path, f"Redis data directory {r.dir}",
-                            ": two servers on one data directory would overwrite each other's dump",
-                            keep={"redis": self.previous} if self.previous else None)
+        self.ctx.locks.take("redis-dir", self.record_path, f"Redis data directory {r.dir}", why,
+                            keep={"redis_dir": os.path.realpath(r.dir),
+                                  **({"redis": self.previous} if self.previous else {})})
+        # once ours; not given to a new user while the previous user's Redis still runs in it
+        prepare_data_dir(r.dir, self.spec.privileges, give=self.previous is None)
+        self.ctx.locks.take("redis-dir-flock", self.lock_path, f"Redis data directory {r.dir}", why,
+                            keep={"record": self.record_path})
         self.version = redis_version(r.binary)
         try:
             self._set_url()
-            self.admin = acl.AdminCredentials.load_or_create(self.ctx.supervisor.run_dir)
+            self.admin = credentials.AdminCredentials.load_or_create(self.ctx.supervisor.run_dir)
             # one password file per node of the cluster: the operator copies each to its node
-            self.node_users = {node: acl.AdminCredentials.load_or_create(
-                self.ctx.supervisor.run_dir, acl.node_user_name(node), acl.node_password_file(node))
+            self.node_users = {node: credentials.AdminCredentials.load_or_create(
+                self.ctx.supervisor.run_dir, credentials.node_user_name(node), credentials.node_password_file(node))
                 for node in r.cluster_nodes}
-            if old := acl.remove_shared_node_password(self.ctx.supervisor.run_dir):
+            if old := credentials.remove_shared_node_password(self.ctx.supervisor.run_dir):
                 log.info("cluster: deleted %s, the shared node user's password: each node has its own user "
                          "now (redis-node-<node>.pass)", old)
             if self.node_users:
@@ -104,9 +119,9 @@ class RedisKind:
 
     def restore_files(self) -> None:
         if self.admin is not None:
-            acl.save_credentials(self.admin)
+            credentials.save_credentials(self.admin)
             for node_user in self.node_users.values():  # the other nodes hold a copy: the same password again
-                acl.save_credentials(node_user)
+                credentials.save_credentials(node_user)
             self.write_acl()
 
     async def adoptable(self) -> Adoptable | None:
@@ -166,12 +181,17 @@ class RedisKind:
         return acl.write_acl_file(self.ctx.supervisor.run_dir, self.redis.denied_commands, acl.version_tuple(self.version or ""),
                                   self.admin, default_password=server.default_password(self.spec),
                                   owner=self.spec.privileges.uid,
-                                  nodes=self.node_users)
+                                  nodes=self.node_users, redis_node=self.redis.cluster_node)
 
     def preflight(self) -> str | None:
         holder = server.port_holder(server.ping_host(self.spec), self.redis.port)
         if holder:
             return self.port_message(holder)
+        try:
+            # a reload that changed Redis' user: the data dir the supervisor made goes with it
+            prepare_data_dir(self.redis.dir, self.spec.privileges)
+        except (StartupError, OSError) as e:
+            return str(e).removeprefix("relayq-supervisor: ")
         try:
             self.write_acl()
         except (AclSetupError, OSError, ValueError) as e:

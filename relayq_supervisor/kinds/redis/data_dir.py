@@ -1,21 +1,68 @@
 """Redis' data directory when Redis runs as its own user: made by the supervisor for
 that user (0750, so no other program's user can read or rewrite the dump and the AOF),
-never taken over from another owner."""
+never taken over from another owner; and where the record of the Redis running in it
+lives, out of reach of Redis' user.
+
+Redis' user owns its data dir, so it may delete or replace any file in it (write
+permission on a directory is enough to unlink its entries: path_resolution(7),
+unlink(2)). The owner record (the supervisor and the Redis it started, which the next
+supervisor adopts after a crash) is therefore kept in run_dir, which only the supervisor
+writes, under a name derived from the data dir's real path; the data dir keeps a plain
+flock file (`relayq.lock`) for other tools, trusted for nothing.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import stat
+from typing import Any
 
 from relayq_supervisor.config.model import Privileges
+from relayq_supervisor.config.redis import DATA_DIR_MARK, data_dir_made_for
 from relayq_supervisor.errors import StartupError
 
+log = logging.getLogger(__name__)
+
 DATA_DIR_MODE = 0o750
+DATA_DIR_LOCK = "relayq.lock"
 
 
-def prepare_data_dir(path: str, priv: Privileges) -> None:
+def record_name(path: str) -> str:
+    """`redis-dir@<hash>.lock`: the record's file in run_dir for data dir `path` (its real
+    path hashed, so that every spelling of one dir names one record; '@' is not allowed in a
+    program name, so no program's `<name>.lock` can be it)."""
+    return f"redis-dir@{hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]}.lock"
+
+
+def trusted_record(path: str) -> dict[str, Any] | None:
+    """The JSON record at `path` when only we could have written it: a regular file (not a
+    symbolic link) of our own uid that nobody else may write. None otherwise: a file Redis'
+    user made in its data dir says nothing about which Redis to adopt."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return None
+        record = json.loads(os.read(fd, 1 << 16) or b"null")
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    return record if isinstance(record, dict) else None
+
+
+def prepare_data_dir(path: str, priv: Privileges, give: bool = True) -> None:
     """Create `path` (and missing parents, 0755 by the umask); with a user to run as, the
-    last directory is created for that user with DATA_DIR_MODE. StartupError when it
-    exists and belongs to someone else: config/ground.py refuses the same at --check, this is
-    for a directory that changed since."""
+    last directory is created for that user with DATA_DIR_MODE and marked as made for it.
+    A directory marked as made for Redis' previous user is given to the new one (`give`,
+    when no Redis of the previous user still runs in it): what systemd does for a
+    StateDirectory= whose User= changed. StartupError when it belongs to someone else:
+    config/ground.py refuses the same at --check, this is for a directory that changed since."""
     if priv.uid is None:
         os.makedirs(path, exist_ok=True)
         return
@@ -24,9 +71,51 @@ def prepare_data_dir(path: str, priv: Privileges) -> None:
         os.mkdir(path, DATA_DIR_MODE)
     except FileExistsError:
         owner = os.stat(path).st_uid
-        if owner != priv.uid:
-            raise StartupError(f"relayq-supervisor: Redis dir {path} is owned by uid {owner}, not by Redis' user "
-                               f"{priv.user}: `chown -R {priv.user}: {path}` or set another dir") from None
-        return
+        if owner == priv.uid:
+            return
+        if data_dir_made_for(path) == owner and os.geteuid() == 0 and give:
+            changed = give_tree(path, owner, priv.uid, priv.gid)
+            _mark(path, priv.uid)
+            log.warning("redis: Redis' user is now %s: gave it %s (made for uid %d), %d entries changed owner",
+                        priv.user, path, owner, changed)
+            return
+        made = "" if data_dir_made_for(path) == owner else ", and the supervisor did not make it"
+        raise StartupError(f"relayq-supervisor: Redis dir {path} is owned by uid {owner}, not by Redis' user "
+                           f"{priv.user}{made}: `chown -R {priv.user}: {path}` or set another dir") from None
     os.chown(path, priv.uid, priv.gid if priv.gid is not None else -1)
     os.chmod(path, DATA_DIR_MODE)      # exact, whatever the umask
+    _mark(path, priv.uid)
+
+
+def _mark(path: str, uid: int) -> None:
+    try:
+        os.setxattr(path, DATA_DIR_MARK, str(uid).encode(), follow_symlinks=False)
+    except OSError as e:    # no extended attributes here: a change of user will need a chown by hand
+        log.info("redis: cannot mark %s as made for uid %d (%s)", path, uid, e.strerror)
+
+
+def give_tree(top: str, old_uid: int, uid: int, gid: int | None) -> int:
+    """chown to uid (and gid, where the group was the one `top` had: the old user's, given with
+    it) everything under `top` that old_uid owns; the number changed. By directory fd and
+    without following symbolic links, so that a link or a renamed directory planted by the
+    old user leads nowhere else."""
+    old_gid = os.lstat(top).st_gid
+    changed = 0
+    for _, dirs, files, dir_fd in os.fwalk(top, follow_symlinks=False):
+        # the directory itself, then its entries (a subdirectory is given here and found given
+        # when visited; a symbolic link itself, never what it points to)
+        for name in (".", *dirs, *files):
+            changed += _give(name, dir_fd, old_uid, old_gid, uid, gid)
+    return changed
+
+
+def _give(name: str, dir_fd: int, old_uid: int, old_gid: int | None, uid: int, gid: int | None) -> int:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if st.st_uid != old_uid:
+            return 0
+        new_gid = gid if gid is not None and st.st_gid == old_gid else -1
+        os.chown(name, uid, new_gid, dir_fd=dir_fd, follow_symlinks=False)
+        return 1
+    except FileNotFoundError:
+        return 0

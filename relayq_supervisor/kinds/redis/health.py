@@ -16,7 +16,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from relayq_supervisor.background import start_task
-from relayq_supervisor.kinds.redis import acl as redis_acl
+from relayq_supervisor.kinds.redis.acl_log import AclLogReader, Denial
+from relayq_supervisor.kinds.redis.client_process import find_client_process, process_holds_client_socket
+from relayq_supervisor.kinds.redis.credentials import NODE_USER_PREFIX
 from relayq_supervisor.witness.identity import ProcessIdentity
 
 if TYPE_CHECKING:
@@ -37,7 +39,7 @@ class RedisHealth:
         self.kind = kind
         self.ctx = ctx
         self.running = running              # the Redis instance while RUNNING, else None
-        self.acl_log = redis_acl.AclLogReader()
+        self.acl_log = AclLogReader()
         self.task: asyncio.Task[None] | None = None
         # one ACL LOG read at a time: two concurrent replies handled out of order would make
         # an entry look shrunk (re-created) and report its attempts twice
@@ -105,7 +107,7 @@ class RedisHealth:
         for d in denials:
             self.record_denial(p, d, since)
 
-    def record_denial(self, p: Program, d: redis_acl.Denial, since: float | None = None) -> None:
+    def record_denial(self, p: Program, d: Denial, since: float | None = None) -> None:
         """`since`: when the previous ACL LOG read was sent; attempts new in `d` came after it."""
         remote = self.ctx.remote_clients
         if remote is not None and d.client_addr and remote.is_remote(d.client_addr):
@@ -114,7 +116,7 @@ class RedisHealth:
             return
         self.record_local_denial(p, d, since)
 
-    async def record_remote_denial(self, p: Program, d: redis_acl.Denial, remote: RemoteClients) -> None:
+    async def record_remote_denial(self, p: Program, d: Denial, remote: RemoteClients) -> None:
         """The denial, written once the node owning the address answered (or the deadline
         passed: then an answer that comes later is a follow-up `attribution` event)."""
         denial_id = uuid.uuid4().hex[:16]
@@ -143,15 +145,15 @@ class RedisHealth:
     def describe_remote(sender: dict[str, Any]) -> str:
         return f"node {sender.get('node')} {ProcessIdentity.from_dict(sender).describe()}"
 
-    def record_local_denial(self, p: Program, d: redis_acl.Denial, since: float | None = None) -> None:
+    def record_local_denial(self, p: Program, d: Denial, since: float | None = None) -> None:
         sender, note = None, None
         port = self.kind.redis.port
-        pid = redis_acl.find_client_process(d.client_addr, port) if d.client_addr else None
+        pid = find_client_process(d.client_addr, port) if d.client_addr else None
         if pid is not None and d.client_addr:
             identity = self.ctx.name_process(pid)
             # the socket check after the capture: a pid reused meanwhile is not blamed
             if identity is not None and identity.get("alive") and \
-                    redis_acl.process_holds_client_socket(pid, d.client_addr, port):
+                    process_holds_client_socket(pid, d.client_addr, port):
                 sender = dict(identity, seen_by="procfs")
         clients = self.ctx.clients
         if sender is None and d.client_addr and clients is not None:
@@ -175,7 +177,7 @@ class RedisHealth:
         log.warning("%s: denied %s x%d by user %s from %s (%s)%s", p.name, d.command, d.count_new, d.user,
                     d.client_addr, who, denial_hint(d))
 
-    def folded_clients(self, d: redis_acl.Denial, last: dict[str, Any] | None,
+    def folded_clients(self, d: Denial, last: dict[str, Any] | None,
                        since: float | None) -> dict[str, Any] | None:
         """Redis folds repeated denials into one entry and keeps only the last client. An
         attempt comes before its client's close, and the attempts new in `d` came after our
@@ -207,10 +209,10 @@ class RedisHealth:
                          "closed since the previous read); Redis kept only the last")}
 
 
-def denial_hint(d: redis_acl.Denial) -> str:
+def denial_hint(d: Denial) -> str:
     """What the operator is told with a denial: a refused command is one of the stop commands
     (only the supervisor may run them); a refused key or channel is a user outside its own."""
-    if d.reason == "command" and d.user.startswith(redis_acl.NODE_USER_PREFIX):
+    if d.reason == "command" and d.user.startswith(NODE_USER_PREFIX):
         return f"; user {d.user} may run only the cluster view's commands"
     if d.reason == "command":
         return "; only the supervisor may stop Redis: `relayqctl stop redis`"

@@ -1,0 +1,172 @@
+"""Redis as its own user cannot undo what the supervisor keeps about it (issue 17, least
+privilege): the data-dir owner record, the one-owner guarantee. Real processes, as root."""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import signal
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import redis
+from support import PYTHON, REDIS_SERVER, Supervisor, free_port, wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="changing Redis' user takes root")
+
+NOBODY = pwd.getpwnam("nobody")
+# what nobody may run: the venv's interpreter may sit under /root (0700)
+SYSTEM_PYTHON = next((p for p in ("/usr/bin/python3", "/bin/python3") if os.access(p, os.X_OK)), None)
+needs_system_python = pytest.mark.skipif(SYSTEM_PYTHON is None, reason="no /usr/bin/python3 to run as nobody")
+
+# As Redis' user: delete and forge every lock file in the data dir, try the record kept in
+# run_dir; print what happened to each attempt.
+TAMPER = textwrap.dedent("""\
+    import errno, glob, json, os, sys
+    data, run, forged = sys.argv[1], sys.argv[2], sys.argv[3]
+    out = {}
+    def attempt(label, action):
+        try:
+            action()
+            out[label] = "ok"
+        except OSError as e:
+            out[label] = errno.errorcode.get(e.errno, str(e.errno))
+    lock = os.path.join(data, "relayq.lock")
+    attempt("unlink data-dir lock", lambda: os.unlink(lock))
+    def forge():
+        with open(lock, "w") as f:
+            f.write(forged)
+    attempt("forge data-dir lock", forge)
+    for path in glob.glob(os.path.join(run, "redis-dir@*.lock")):
+        attempt("unlink record", lambda p=path: os.unlink(p))
+        attempt("write record", lambda p=path: open(p, "r+").close())
+    print(json.dumps(out))
+""")
+
+
+def config(port: int, data: str) -> str:
+    return textwrap.dedent(f"""\
+        [supervisor]
+        run_dir = "run"
+        log_dir = "log"
+
+        [redis]
+        binary = "{REDIS_SERVER}"
+        port = {port}
+        dir = "{data}"
+        user = "nobody"
+        args = ["--save", ""]
+        """)
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, user=NOBODY.pw_uid, group=NOBODY.pw_gid, extra_groups=[],
+                          capture_output=True, text=True, timeout=30, cwd="/")
+
+
+@pytest.fixture
+def supervisors():
+    started: list[Supervisor] = []
+    yield started
+    for sup in started:
+        sup.cleanup()
+
+
+@needs_system_python
+def test_redis_user_can_neither_forge_nor_remove_the_data_dir_record(open_tmp, supervisors):
+    data = open_tmp / "data"
+    first = Supervisor(open_tmp, config(free_port(), str(data)))
+    supervisors.append(first)
+    first.start()
+    redis_pid = first.wait_state("redis", "RUNNING")["pid"]
+    first.seen.add(redis_pid)
+    records = sorted((open_tmp / "run").glob("redis-dir@*.lock"))
+    assert len(records) == 1, "the data dir's owner record is kept in run_dir"
+    st = os.stat(records[0])
+    assert (st.st_uid, st.st_mode & 0o022) == (0, 0)
+    assert json.loads(records[0].read_text())["redis"]["pid"] == redis_pid
+
+    # Redis' user rewrites what it can: it names a process of its own as the Redis to adopt
+    forged = json.dumps({"pid": 1, "redis": {"pid": 1, "start_ticks": 1, "port": 1}})
+    r = as_nobody(SYSTEM_PYTHON, "-c", TAMPER, str(data), str(open_tmp / "run"), forged)
+    report = json.loads(r.stdout)
+    assert report["unlink data-dir lock"] == "ok", "the data dir is Redis' own: it may remove the lock file there"
+    assert (report["unlink record"], report["write record"]) == ("EACCES", "EACCES")
+
+    # a second supervisor on the same data dir (its own run_dir, config and port) is still refused
+    other = open_tmp / "other"
+    other.mkdir(mode=0o755)
+    second = Supervisor(other, config(free_port(), str(data)))
+    supervisors.append(second)
+    second.start()
+    assert second.proc.wait(30) == 2, second.log()
+    assert f"{data} is owned by pid {first.pid}" in second.log()
+
+    # after a crash the next supervisor adopts the Redis of the genuine record, not the forged one
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(10)
+    first.log_file.close()
+    first.start()
+    wait_for(lambda: first.ctl("pid").returncode == 0, timeout=30, what="the next supervisor's socket")
+    st = first.wait_state("redis", "RUNNING")
+    assert st["pid"] == redis_pid and st["reason"] == f"adopted pid {redis_pid} from the previous supervisor", \
+        first.log()
+
+
+@pytest.fixture
+def made_user():
+    """A system user (and its group) of the test's own, removed after (once nothing runs as it)."""
+    name = f"rq-{secrets.token_hex(4)}"
+    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        removed = subprocess.run(["userdel", name], capture_output=True, text=True)
+        subprocess.run(["groupdel", name], capture_output=True)
+        assert removed.returncode == 0, f"userdel {name}: {removed.stderr}"
+
+
+def owners(top: Path) -> set[int]:
+    return {p.lstat().st_uid for p in (top, *top.rglob("*")) if p.name != "relayq.lock"}
+
+
+def test_a_new_redis_user_gets_the_data_dir_the_supervisor_made(open_tmp, made_user, supervisors):
+    # made_user before supervisors: fixtures end in reverse, so Redis has stopped when the user goes
+    data, run, port = open_tmp / "data", open_tmp / "run", free_port()
+    text = config(port, str(data)).replace('args = ["--save", ""]', 'args = ["--save", "", "--appendonly", "yes"]')
+    sup = Supervisor(open_tmp, text)
+    supervisors.append(sup)
+    sup.start()
+    sup.wait_state("redis", "RUNNING")
+    with redis.Redis(port=port, socket_timeout=5) as conn:
+        conn.set("kept", "across the change of user")
+    wait_for(lambda: [p for p in data.rglob("*.aof") if p.stat().st_size > 0], what="the AOF with the write")
+    assert owners(data) == {NOBODY.pw_uid}
+
+    # a reload that changes Redis' user: restarted as the new user, in its own data dir
+    sup.config.write_text(text.replace('user = "nobody"', f'user = "{made_user.pw_name}"'))
+    sup.ctl("reload", check=True)
+    pid = sup.wait_state("redis", "RUNNING", user=made_user.pw_name)["pid"]
+    sup.seen.add(pid)
+    assert owners(data) == {made_user.pw_uid}
+    assert (data / "relayq.lock").stat().st_uid == 0           # what was not the old user's stays as it was
+    for name in ("redis.conf", "redis-users.acl"):
+        assert (run / name).stat().st_uid == made_user.pw_uid
+    with redis.Redis(port=port, socket_timeout=5) as conn:
+        assert conn.get("kept") == b"across the change of user"
+        assert conn.set("written", "by the new user")         # its AOF is writable by it
+
+    # a data dir the supervisor did not make is not taken over: --check names the chown to run
+    other = open_tmp / "theirs"
+    other.mkdir(mode=0o750)
+    os.chown(other, NOBODY.pw_uid, NOBODY.pw_gid)
+    (open_tmp / "theirs.toml").write_text(config(free_port(), str(other)).replace('user = "nobody"',
+                                                                                  f'user = "{made_user.pw_name}"'))
+    r = subprocess.run([PYTHON, "-m", "relayq_supervisor", "--check", "-c", str(open_tmp / "theirs.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "the supervisor did not make it" in r.stderr, r.stderr
+    assert f"`chown -R {made_user.pw_name}: {other}`" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,73 @@
+"""Redis' data dir as root: the record only the supervisor could have written, and the
+hand-over of a dir it made to Redis' new user (kinds/redis/data_dir.py)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from relayq_supervisor.config.model import Privileges
+from relayq_supervisor.config.redis import data_dir_made_for
+from relayq_supervisor.errors import StartupError
+from relayq_supervisor.kinds.redis.data_dir import give_tree, prepare_data_dir, record_name, trusted_record
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to other users takes root")
+
+OLD, NEW = 64001, 64002         # uids with no user: root may give files to any number
+
+
+def test_a_record_counts_only_when_only_we_could_have_written_it(tmp_path):
+    path = tmp_path / "relayq.lock"
+    path.write_text(json.dumps({"redis": {"pid": 1}}))
+    path.chmod(0o644)
+    assert trusted_record(str(path)) == {"redis": {"pid": 1}}
+    os.chown(path, OLD, -1)         # replaced by Redis' user: says nothing
+    assert trusted_record(str(path)) is None
+    os.chown(path, 0, -1)
+    path.chmod(0o666)
+    assert trusted_record(str(path)) is None
+    link = tmp_path / "link.lock"
+    path.chmod(0o644)
+    link.symlink_to(path)
+    assert trusted_record(str(link)) is None
+    assert record_name(str(tmp_path / "data")) == record_name(str(tmp_path / "x" / ".." / "data"))
+    assert "@" in record_name(str(tmp_path))
+
+
+def test_a_dir_made_for_one_user_is_given_to_the_next_and_nothing_else(tmp_path):
+    data = str(tmp_path / "data")
+    prepare_data_dir(data, Privileges(user="old", uid=OLD, gid=OLD))
+    if data_dir_made_for(data) is None:
+        pytest.skip("no trusted.* extended attributes on this file system")
+    assert data_dir_made_for(data) == OLD and os.stat(data).st_uid == OLD
+    # the old user's files, a file of root's, and a link the old user planted to a file of root's
+    os.makedirs(os.path.join(data, "appendonlydir"))
+    aof = os.path.join(data, "appendonlydir", "a.aof")
+    open(aof, "w").close()
+    outside = tmp_path / "shadow"
+    outside.write_text("root's")
+    os.symlink(outside, os.path.join(data, "appendonlydir", "evil"))
+    for path in (os.path.join(data, "appendonlydir"), aof):
+        os.chown(path, OLD, OLD)
+    os.lchown(os.path.join(data, "appendonlydir", "evil"), OLD, OLD)
+    root_file = os.path.join(data, "relayq.lock")
+    open(root_file, "w").close()
+
+    prepare_data_dir(data, Privileges(user="new", uid=NEW, gid=NEW))
+    assert data_dir_made_for(data) == NEW
+    for path in (data, os.path.join(data, "appendonlydir"), aof):
+        assert (os.stat(path).st_uid, os.stat(path).st_gid) == (NEW, NEW), path
+    assert os.lstat(os.path.join(data, "appendonlydir", "evil")).st_uid == NEW      # the link itself
+    assert outside.stat().st_uid == 0 and os.stat(root_file).st_uid == 0           # never what it points to
+    assert give_tree(data, OLD, NEW, NEW) == 0                                      # nothing of the old user left
+
+    # not given while the previous user's Redis still runs there; never a dir it did not make
+    with pytest.raises(StartupError, match="chown -R old:"):
+        prepare_data_dir(data, Privileges(user="old", uid=OLD, gid=OLD), give=False)
+    theirs = str(tmp_path / "theirs")
+    os.mkdir(theirs)
+    os.chown(theirs, OLD, OLD)
+    with pytest.raises(StartupError, match="did not make it"):
+        prepare_data_dir(theirs, Privileges(user="new", uid=NEW, gid=NEW))
+    assert os.stat(theirs).st_uid == OLD
