@@ -259,7 +259,7 @@ class Attribution:
         if seen.result == RESULT_ALREADY_PENDING and seen.signo != signal.SIGKILL:
             # merged into one pending (that the tap will stop at, or that this path recorded):
             # counted on that sender's burst
-            self.bursts.merged(key, lambda: self.kernel_record(seen))
+            self.bursts.merged(key, lambda: self.kernel_record(seen), seen.count)
             self.wake_bursts()
             return
         sender = self.name_witnessed(seen.sender) if seen.sender else None

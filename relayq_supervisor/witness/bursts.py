@@ -77,14 +77,14 @@ class Bursts:
         else:               # coalesced counts were waiting for it
             b.record = record
 
-    def merged(self, key: Key, record: Callable[[], dict[str, Any]]) -> None:
-        """The kernel merged one into a pending signal: counted on the key's window (`record`
+    def merged(self, key: Key, record: Callable[[], dict[str, Any]], n: int = 1) -> None:
+        """The kernel merged `n` into a pending signal: counted on the key's window (`record`
         is called only when no window is open for it: thousands of these come at once)."""
         self.close_due()
         b = self.open.get(key)
         if b is None:
             b = self.open[key] = Burst(key, self.clock(), None, extra={"kernel_record": record()})
-        b.coalesced += 1
+        b.coalesced += n
         if b.since is None:
             b.since = time.time()
 

@@ -19,17 +19,20 @@ SI_KERNEL = 0x80
 
 # --- trace_pipe lines ------------------------------------------------------------------
 
-# The history's three events, nearly every line on a busy node, matched with the whole
-# read in one finditer pass (about a third of the general path's cost per line:
-# bench/witness_cost.py); any other line (another event, no (TGID) column without
-# record-tgid, LOST) is the last group and takes the general path below. Possessive
-# quantifiers: no backtracking in the header; lazy fields, the line's end anchoring the
-# last one. A comm cannot fake a header: it has 15 bytes, `: sched_process_` is 16.
+# The history's three events and signal_generate, nearly every line on a busy node or in a
+# signal storm, matched with the whole read in one finditer pass (a fraction of the general
+# path's cost per line: bench/witness_cost.py, bench/storm_lines.py); any other line
+# (another event, no (TGID) column without record-tgid, LOST) is the last group and takes
+# the general path below. Possessive quantifiers: no backtracking in the header; lazy
+# fields, the line's end anchoring the last one. A comm cannot fake a header: it has 15
+# bytes, `: sched_process_` is 16. Groups: task, tid, tgid, ts; fork (4), exec (2), exit
+# (3); signal_generate (7); the other line.
 _TRACE_LINES = re.compile(
-    r"^(?: *+\S.*?\( *+(\d++|-++)\) \[\d++\] \S++ ++(\d++\.\d++): sched_process_(?:"
+    r"^(?: *+(\S.*?)-(\d++) ++\( *+(\d++|-++)\) \[\d++\] \S++ ++(\d++\.\d++): (?:sched_process_(?:"
     r"fork: comm=(.*?) pid=(\d++) child_comm=(.*?) child_pid=(\d++)"
     r"|exec: filename=(.*?) pid=(\d++) old_pid=\d++"
     r"|exit: comm=(.*?) pid=(\d++) prio=-?\d++(?: group_dead=(\w++))?)"
+    r"|signal_generate: sig=(\d++) errno=(-?\d++) code=(-?\d++) comm=(.*?) pid=(\d++) grp=(\d++) res=(\d++))"
     r"|(.+))$", re.MULTILINE)
 
 # `  sh-30529  (  30529) [001] d..1.  1651.658289: signal_generate: sig=18 ...`; the
@@ -181,6 +184,7 @@ class KernelSignal:
     # a merge into a pending signal is only counted, its sender named only if its burst is
     # ever recorded: naming it later from what the history held at `ts`
     name_later: Callable[[], dict[str, Any]] | None = field(default=None, compare=False, repr=False)
+    count: int = 1                  # merges folded into this one (same target, sender, signal, code)
 
     def sender_identity(self) -> dict[str, Any] | None:
         if self.sender is None and self.name_later is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import signal
@@ -166,6 +167,9 @@ class KernelWitness:
         self.watched: frozenset[int] = frozenset()
         self.self_pid = os.getpid()
         self.partial = b""
+        # merges read but not yet handed on: (target, sender, signo, code) as the trace
+        # printed them -> [count, first's ts, its task, the sender's record then] (feed())
+        self.merges: dict[tuple[str, int, str, str], list[Any]] = {}
         self.lines = 0
         self.signals = 0
         self.lost_logged_at = 0.0
@@ -427,15 +431,19 @@ class KernelWitness:
             except OSError as e:
                 log.error("kernel witness: reading the trace failed (%s); stopped", e.strerror)
                 self.unavailable = f"trace read failed: {e.strerror}"
+                if self.merges:
+                    self.flush_merges()
                 return False
             if not data:
                 break
-            self.feed(data)
+            self.feed(data, flush=False)
             if deadline is not None and time.monotonic() > deadline:
                 more = True
                 break
         else:
             more = True
+        if self.merges:
+            self.flush_merges()
         if capture:
             self.history.capture_execs()
         return more
@@ -443,15 +451,44 @@ class KernelWitness:
     def capture_execs(self) -> None:
         self.history.capture_execs()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes, flush: bool = True) -> None:
+        """Handle the complete lines of `data` (a partial last line waits for the next read).
+        A storm's merges (res already-pending: thousands a second, each only counted) are
+        folded by (target, sender, signal, code), never each made an object, and handed on
+        when a line of the same target and sender that is not a merge comes, or at the end
+        (`flush`; drain() folds across all its reads, then flushes)."""
         data = self.partial + data
         cut = data.rfind(b"\n") + 1
         self.partial = data[cut:]
         history = self.history
+        self_pid = self.self_pid
+        merges = self.merges
         for m in _TRACE_LINES.finditer(data[:cut].decode("utf-8", "replace")):
-            tgid, ts, parent_comm, parent_tid, comm, child, filename, pid, exit_comm, exit_pid, dead, other = \
-                m.groups()
+            task, tid, tgid, ts, parent_comm, parent_tid, comm, child, filename, pid, exit_comm, exit_pid, dead, \
+                sig, err, code, target_comm, target, grp, res, other = m.groups()
+            if sig is not None:
+                self.lines += 1
+                sender = int(tgid) if tgid[0] != "-" else int(tid)
+                if res == "2" and sig != "9" and code != "128" and sender and sender != self_pid:
+                    # RESULT_ALREADY_PENDING, not SIGKILL nor SI_KERNEL: named (if ever) from
+                    # what the history held at the first of them, as signal_seen would
+                    key = (target, sender, sig, code)
+                    fold = merges.get(key)
+                    if fold is None:
+                        merges[key] = [1, ts, task, history.get(sender)]
+                    else:
+                        fold[0] += 1
+                    continue
+                if merges:
+                    self.flush_merges(target, sender)   # theirs came first
+                self.signal_seen(SignalGenerated(
+                    ts=float(ts), sender_tid=int(tid), sender_tgid=int(tgid) if tgid[0] != "-" else None,
+                    sender_task=task, signo=int(sig), errno=int(err), code=int(code), target_comm=target_comm,
+                    target_pid=int(target), group=grp != "0", result=int(res)))
+                continue
             if other is not None:
+                if merges:
+                    self.flush_merges()
                 self.handle(other)
                 continue
             self.lines += 1
@@ -463,6 +500,24 @@ class KernelWitness:
                 history.execed(float(ts), int(pid), filename, None)
             elif dead != "false":               # a thread's end is not its process' end
                 history.exited_at(float(ts), int(exit_pid), exit_comm)
+        if flush and merges:
+            self.flush_merges()
+
+    def flush_merges(self, target: str | None = None, sender: int | None = None) -> None:
+        """Each fold of merges (only those to `target` from `sender` when given) as one
+        KernelSignal with its count."""
+        if target is None:
+            folds = list(self.merges.items())
+            self.merges.clear()             # in place: feed() holds it
+        else:
+            folds = [(k, self.merges.pop(k)) for k in [k for k in self.merges if k[0] == target and k[1] == sender]]
+        for (to, pid, sig, code), (count, ts, task, record) in folds:
+            self.signals += count
+            signo, code_no, at = int(sig), int(code), float(ts)
+            self.on_signal(KernelSignal(
+                ts=at, signo=signo, code=code_no, target_pid=int(to), result=RESULT_ALREADY_PENDING,
+                sender_pid=pid, sender=None, count=count,
+                name_later=functools.partial(self.namer.name_record, pid, record, at, task, code_name(signo, code_no))))
 
     def handle(self, line: str) -> None:
         """Any line but the history's three events with a (TGID) column (feed() has those)."""

@@ -429,3 +429,49 @@ def test_a_storm_to_an_untraced_program_folds_into_one_event_per_second():
     [(_, folded)] = sup.audited[1:]
     assert (folded["count"], folded["coalesced"], folded["sender"]["pid"]) == (24, 25, SH)
     assert sup.worker.last_signal["signal"] == "SIGUSR1"
+
+
+# --- a storm's lines: the fast path and its folds ------------------------------------------------
+
+def storm_line(sender: int, ts: float, res: int, sig: int = 15, code: int = 0, tgid: int | None | str = "same") -> str:
+    return line("bash", sender, ts, "signal_generate",
+                f"sig={sig} errno=0 code={code} comm=redis server pid=812 grp=1 res={res}",
+                tgid=sender if tgid == "same" else tgid)
+
+
+def test_a_signal_line_reads_the_same_on_the_fast_and_the_general_path():
+    fast, general = Collect(), Collect()
+    feed(witness(fast), storm_line(SH, 5.5, 0, sig=10, code=-6))        # with (TGID): one finditer pass
+    feed(witness(general), storm_line(SH, 5.5, 0, sig=10, code=-6, tgid="none"))    # without: parse_line
+    [a], [b] = fast.signals, general.signals
+    assert a == b and (a.signo, a.code, a.target_pid, a.sender_pid, a.result) == (10, -6, 812, SH, 0)
+    assert a.sender["comm"] == "bash" and a.count == 1
+
+
+def test_a_storms_merges_are_folded_per_sender_and_handed_on_before_that_senders_next_signal():
+    c = Collect()
+    w = witness(c)
+    lines = [storm_line(SH if i % 2 else SCRIPT, 1.0 + i * 1e-4, 2) for i in range(10)]
+    lines.append(storm_line(SH, 2.0, 0))                      # SH's delivered one: its merges come first
+    lines += [storm_line(SH, 2.1, 2), storm_line(SH, 2.2, 2, sig=10),
+              line("sh", TIMER, 2.3, "sched_process_exit", f"comm=sh pid={TIMER} prio=120 group_dead=true", tgid=TIMER),
+              storm_line(SCRIPT, 2.4, 2)]
+    text = ("\n".join(lines) + "\n").encode()
+    w.feed(text[:300], flush=False)              # split mid-line, across reads
+    w.feed(text[300:], flush=False)
+    assert [(s.sender_pid, s.result, s.count) for s in c.signals] == [(SH, 2, 5), (SH, 0, 1)]
+    w.flush_merges()                              # drain()'s end
+    assert [(s.sender_pid, s.signo, s.count) for s in c.signals[2:]] == [(SCRIPT, 15, 6), (SH, 15, 1), (SH, 10, 1)]
+    assert w.signals == 14 and w.lines == 15 and w.history.get(TIMER).exit == 2.3
+    first = c.signals[0]
+    assert first.ts == 1.0001 and first.sender is None and first.sender_identity()["pid"] == SH
+
+
+def test_folded_merges_count_in_full_on_the_burst():
+    sup = Sup(tap_active=True)
+    a = Attribution(sup, ())
+    w = KernelWitness(a.on_kernel_signal)
+    feed(w, *[storm_line(SH, 1.0 + i * 1e-4, 2) for i in range(300)])
+    a.close_bursts()
+    [(kind, event)] = sup.audited
+    assert (kind, event["coalesced"], event["count"], event["sender"]["pid"]) == ("signal", 300, 0, SH)
