@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import redis
 
+from . import storm_lines
 from .contenders import RedisSetup, RelayqSupervisor
 from .context import BenchContext
 from .processes import BenchError, cpu_seconds, free_port, poll_until
@@ -22,6 +23,14 @@ NAME = "storm"
 TITLE = "Signal storm (5000 SIGTERMs to Redis from 20 shell loops)"
 LOOPS = 20
 PER_LOOP = 250
+
+
+def user_system(pid: int) -> tuple[float, float]:
+    """utime and stime of a process, seconds (clock ticks: coarse, for the split only)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def timed(fn) -> float:
@@ -138,7 +147,8 @@ def run(ctx: BenchContext) -> Section:
         client = redis.Redis(port=port, socket_timeout=30)
         idle_end = time.monotonic() + (1.0 if ctx.quick else 3.0)
         idle_status, idle_ping = sample(sup, client, lambda: time.monotonic() > idle_end)
-        cpu0 = cpu_seconds(sup.pid)
+        cpu0, ticks0 = cpu_seconds(sup.pid), user_system(sup.pid)
+        lines0 = (sup.status()["supervisor"].get("kernel_trace_stats") or {}).get("lines", 0)
         durations: list[float] = []
 
         def storms_in(group: str | None) -> tuple[list[float], list[float]]:
@@ -161,6 +171,7 @@ def run(ctx: BenchContext) -> Section:
             ctx.say(f"storm: {storms} more, {where}")
             own_status, own_ping = storms_in(group) if group else ([], [])
         storm_cpu = cpu_seconds(sup.pid) - cpu0
+        user, system = (b - a for a, b in zip(ticks0, user_system(sup.pid), strict=True))
         # the kernel trace read to its end (its signal count still), then the last windows closed
         last = [-1, time.monotonic()]
 
@@ -176,6 +187,7 @@ def run(ctx: BenchContext) -> Section:
         counts = audit_counts(sup)
         tap = sup.status()["supervisor"].get("signal_tap_stats") or {}
         kw = sup.status()["supervisor"].get("kernel_trace_stats") or {}
+        per_line = storm_lines.measure(10_000, 3)["us_per_line"]
     except (BenchError, redis.RedisError, OSError) as e:
         return Section(NAME, TITLE, method, skipped=f"a run failed: {e}")
     finally:
@@ -194,7 +206,11 @@ def run(ctx: BenchContext) -> Section:
         ("kernel witness: state, signals traced, lost trace events",
          f"{kw.get('state')}, {kw.get('signals')}, {kw.get('lost')}"),
         ("storm duration, median (max)", f"{ms(Samples.of(durations).median)} ({ms(Samples.of(durations).max)})"),
-        ("supervisor CPU during the storms (sampler's requests included)", ms(storm_cpu)),
+        ("supervisor CPU during the storms (sampler's requests included)",
+         f"{ms(storm_cpu)} (user {ms(user)}, system {ms(system)}: the kernel formats the trace's text in read())"),
+        ("trace lines the supervisor read (all events: signals, and every fork, exec and exit on the node)",
+         f"{kw.get('lines', 0) - lines0:,}"),
+        ("parsing and attribution per storm line, in-process (bench/storm_lines.py)", f"{per_line:.2f} µs"),
         ("Redis alive, same pid, after", "yes" if alive else "NO"),
     ))
     rows, targets = [], []

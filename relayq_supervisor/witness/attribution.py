@@ -209,7 +209,7 @@ class Attribution:
 
     def burst_closed(self, b: Burst) -> None:
         """One event for a window's worth of one sender's signal to one target."""
-        r = b.record if b.record is not None else b.extra["kernel_record"]
+        r = b.record if b.record is not None else b.extra["kernel_record"]()
         p = self.sup.program_of_pid(r["target_pid"])
         fields = {k: v for k, v in r.items() if k not in ("target_pid", "who")}
         fields.update(count=b.count, since=wall_time(b.since))

@@ -78,12 +78,13 @@ class Bursts:
             b.record = record
 
     def merged(self, key: Key, record: Callable[[], dict[str, Any]], n: int = 1) -> None:
-        """The kernel merged `n` into a pending signal: counted on the key's window (`record`
-        is called only when no window is open for it: thousands of these come at once)."""
+        """The kernel merged `n` into a pending signal: counted on the key's window. `record`
+        (naming the sender: /proc reads) is kept uncalled, for the window's event if no tap
+        record comes to it (in a storm to a traced program one always does)."""
         self.close_due()
         b = self.open.get(key)
         if b is None:
-            b = self.open[key] = Burst(key, self.clock(), None, extra={"kernel_record": record()})
+            b = self.open[key] = Burst(key, self.clock(), None, extra={"kernel_record": record})
         b.coalesced += n
         if b.since is None:
             b.since = time.time()

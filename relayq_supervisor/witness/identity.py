@@ -350,7 +350,31 @@ def _read_ancestry(ppid: int, child_ticks: int) -> tuple[Ancestor, ...]:
     return tuple(chain)
 
 
+# (pid, start ticks) -> (monotonic time read, the ancestor, its parent): a storm's senders
+# share their parents (a script's loops, its shell, the login), read once per
+# ANCESTOR_REUSE_S rather than once per sender. The start ticks, read again each time,
+# tell a reused pid apart; an exec meanwhile is shown at most that late.
+ANCESTOR_REUSE_S = 1.0
+ANCESTOR_CACHE_MAX = 256
+_ancestors: dict[tuple[int, int], tuple[float, Ancestor, int]] = {}
+
+
 def _read_ancestor(pid: int, child_ticks: int) -> tuple[Ancestor, int, int] | None:
+    ticks = proc_start_ticks(pid)
+    if ticks is None or ticks > child_ticks:
+        return None
+    hit = _ancestors.get((pid, ticks))
+    if hit is not None and time.monotonic() - hit[0] < ANCESTOR_REUSE_S:
+        return hit[1], hit[2], ticks
+    found = _read_ancestor_now(pid, child_ticks)
+    if found is not None:
+        if len(_ancestors) >= ANCESTOR_CACHE_MAX:
+            _ancestors.clear()
+        _ancestors[(pid, found[2])] = (time.monotonic(), found[0], found[1])
+    return found
+
+
+def _read_ancestor_now(pid: int, child_ticks: int) -> tuple[Ancestor, int, int] | None:
     try:
         pidfd = os.pidfd_open(pid)
     except OSError as e:

@@ -96,9 +96,13 @@ READ_SIZE = 1 << 16
 # exec'ing 1000 programs a second writes (3 lines each: fork, exec, exit).
 READS_PER_WAKEUP = 256
 # ...but the loop's reader callback stops after this much parsing and comes back on the next
-# loop pass: a signal line costs ~30 µs (its sender named, the burst counted), so 256 reads of
-# a signal storm would hold the loop ~0.5 s, and status requests, exits and the tap with it.
-READ_BUDGET_S = 0.01
+# loop pass, after what else is ready (a status request, an exit, the tap). Each pass that
+# serves a status request may hold one such stretch, and on a node whose CPU is taken (a
+# signal storm's kill loops) a stretch of CPU time is several times that on the wall: 2 ms
+# keeps a status answered within tens of ms under a storm (BENCHMARKS.md: signal storm),
+# where 10 ms made it ~100 ms. Reading costs no more per line in shorter stretches (a
+# pass's overhead is a few µs), and a storm's merges fold across the reads of one drain.
+READ_BUDGET_S = 0.002
 LOST_LOG_EVERY_S = 60.0
 
 # --- the witness -----------------------------------------------------------------------------
