@@ -98,6 +98,7 @@ class Witnessing:
             # bounded like the loop's own reads: in a storm the backlog is long, and its sender's
             # line is then read on by the next passes (the tap's record names it as gone)
             self.attribution.catch_up = lambda: w.drain(CATCH_UP_READS, budget_s=CATCH_UP_BUDGET_S)
+            w.on_lost = self.attribution.on_trace_lost
             self.listen_to_kernel_trace()
             log.info("kernel witness: tracing signals to children in %s", w.instance)
             if redis_port and w.watch_clients(redis_port):

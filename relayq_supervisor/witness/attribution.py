@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 # Signals that ask a program to stop: an exit after one of them is its sender's doing.
 STOP_REQUESTS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP})
 COALESCED_NOTE = "sent while one was already pending: the kernel merged them into it (signal(7))"
+TRACE_LOST_NOTE = ("the kernel trace dropped events while this window was open (buffer overrun): "
+                   "merges it did not report are not counted; lineage incomplete (trace buffer overrun)")
+LOST_AUDIT_EVERY_S = 60.0
 WITNESSED_ALIVE_NOTE = "exited before the tap could inspect it; read from /proc when the kernel traced its signal"
 
 
@@ -81,6 +85,8 @@ class Attribution:
         # signals the kernel witness saw that the tap will also stop at: its sender, for
         # the tap's record when the sender is gone by then (bounded: a stop may never come)
         self.parked: deque[KernelSignal] = deque(maxlen=64)
+        self.lost_audited_at: float | None = None
+        self.lost_unaudited = 0
 
     def name_sender(self, identity: ProcessIdentity | None) -> dict[str, Any] | None:
         """The identity as an audit field, naming the program when it is one of ours."""
@@ -215,6 +221,8 @@ class Attribution:
         fields.update(count=b.count, since=wall_time(b.since))
         if b.coalesced:
             fields.update(coalesced=b.coalesced, coalesced_note=COALESCED_NOTE)
+        if b.extra.get("trace_lost"):
+            fields.update(trace_lost=b.extra["trace_lost"], trace_lost_note=TRACE_LOST_NOTE)
         self.record(p, r["target_pid"], b.key[2], **fields)
         level = logging.WARNING if r.get("action") == "blocked" else logging.INFO
         log.log(level, "%s: %s %s from %s x %d since %s%s", p.name if p else f"pid {r['target_pid']}",
@@ -282,6 +290,18 @@ class Attribution:
         if sender is not None:
             log.info("%s: %s from %s (kernel trace: %s)", p.name if p else f"pid {seen.target_pid}", seen.signal,
                      lineage_text(sender), seen.result_name)
+
+    def on_trace_lost(self, count: int) -> None:
+        """The kernel dropped `count` trace events (a LOST line, read now): every open window
+        may be missing merges, and says so; one `kernel_trace_lost` event a minute at most."""
+        for b in self.bursts.open.values():
+            b.extra["trace_lost"] = b.extra.get("trace_lost", 0) + count
+        self.lost_unaudited += count
+        now = time.monotonic()
+        if self.lost_audited_at is None or now - self.lost_audited_at >= LOST_AUDIT_EVERY_S:
+            self.sup.audit("kernel_trace_lost", lost=self.lost_unaudited, via="tracefs",
+                           note="the kernel trace's buffer overran; lineage incomplete (trace buffer overrun)")
+            self.lost_audited_at, self.lost_unaudited = now, 0
 
     def kernel_record(self, seen: KernelSignal) -> dict[str, Any]:
         """What a burst of merges the tap never saw says, if no tap record comes for it."""

@@ -87,7 +87,21 @@ HISTORY_EVENTS = (("sched", "sched_process_fork"), ("sched", "sched_process_exec
 EXIT_EVENT = ("sched", "sched_process_exit")
 OOM_EVENT = ("oom", "mark_victim")
 SOCK_EVENT = ("sock", "inet_sock_set_state")
-BUFFER_KB_PER_CPU = 512         # ~6,000 sched events per CPU between two reads
+# The instance's ring buffer (buffer_size_kb is per CPU; kernel memory, never swapped, held
+# while the supervisor runs). An event takes ~40-60 bytes in it (signal_generate ~56), so
+# 2 MiB a CPU holds ~35,000: on a 2-CPU node, ten back-to-back storms of 5000 signals with
+# the reader starved of CPU (BENCHMARKS.md: signal storm), where 512 KiB lost a fifth of
+# them. Bounded for the node: BUFFER_KB_TOTAL over all CPUs (8 MiB), never below 512 KiB a
+# CPU (~9,000 events between two reads).
+BUFFER_KB_PER_CPU_MAX = 2048
+BUFFER_KB_PER_CPU_MIN = 512
+BUFFER_KB_TOTAL = 8192
+
+
+def buffer_kb_per_cpu(cpus: int | None = None) -> int:
+    cpus = cpus or os.cpu_count() or 1
+    return max(BUFFER_KB_PER_CPU_MIN, min(BUFFER_KB_PER_CPU_MAX, BUFFER_KB_TOTAL // cpus))
+
 READ_SIZE = 1 << 16
 # A trace_pipe read returns one page of text (~8 KiB, ~60 lines) whatever the size asked.
 # Up to 256 reads (~2 MiB, ~16,000 lines, ~40 ms of parsing) per wake-up, then back to the
@@ -179,6 +193,9 @@ class KernelWitness:
         self.lost_logged_at = 0.0
         self.lost_unlogged = 0
         self.has_oom = False
+        self.buffer_kb = 0          # per CPU, as set
+        # each LOST line's count, as it is read (attribution marks the storms it hid)
+        self.on_lost: Callable[[int], None] | None = None
         self.clients = ClientConnections(max_age=max_age)
         self.client_port: int | None = None
         # this node's own connections to a remote Redis (witness/connections.py), and the
@@ -255,7 +272,8 @@ class KernelWitness:
         inst = self.instance
         assert inst is not None
         tracefs.set_value(inst, "trace_clock", "boot")          # the clock of /proc start times
-        tracefs.set_value(inst, "buffer_size_kb", str(BUFFER_KB_PER_CPU))
+        self.buffer_kb = buffer_kb_per_cpu()
+        tracefs.set_value(inst, "buffer_size_kb", str(self.buffer_kb))
         # poll() on trace_pipe waits for the buffer to be this % full; 0: any event wakes us
         tracefs.set_value(inst, "buffer_percent", "0")
         try:
@@ -598,6 +616,8 @@ class KernelWitness:
     def overrun(self, count: int) -> None:
         self.namer.lost += count
         self.lost_unlogged += count
+        if self.on_lost is not None:
+            self.on_lost(count)
         now = time.monotonic()
         if now - self.lost_logged_at >= LOST_LOG_EVERY_S:
             log.warning("kernel witness: the kernel dropped %d trace events (buffer overrun); "
@@ -606,6 +626,7 @@ class KernelWitness:
 
     def stats(self) -> dict[str, Any]:
         return {"state": self.state, "instance": self.instance, "processes_known": len(self.history),
+                "buffer_kb": self.buffer_kb * (os.cpu_count() or 1),
                 "exec_captures": self.history.captures,
                 "lines": self.lines, "signals": self.signals, "lost": self.namer.lost,
                 "clients_known": len(self.clients), "client_connects": self.clients.connects,

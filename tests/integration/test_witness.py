@@ -406,3 +406,24 @@ def test_folded_denials_name_every_client_and_say_redis_kept_the_last(make_super
     assert f"x3: pids {', '.join(map(str, clis))}; Redis recorded the last" in sup.log()
     audit = sup.ctl("audit", "--program", "redis", check=True).stdout
     assert f"x3: pids {', '.join(map(str, clis))}; Redis recorded the last" in audit
+
+
+def test_a_trace_buffer_overrun_is_counted_and_said(tracing_root):
+    """The witness's own instance, its buffer shrunk to one page a CPU, and a few hundred
+    short processes (3 events each) before it reads: the kernel's LOST lines are counted."""
+    from relayq_supervisor.witness.tracefs import KernelWitness, buffer_kb_per_cpu
+    lost: list[int] = []
+    w = KernelWitness(lambda seen: None, root=tracing_root)
+    w.on_lost = lost.append
+    assert w.start(), w.unavailable
+    try:
+        assert int(tracefs.read_file(os.path.join(w.instance, "buffer_size_kb")).split()[0]) >= buffer_kb_per_cpu()
+        tracefs.set_value(w.instance, "buffer_size_kb", "4")
+        for _ in range(400):
+            os.waitpid(os.posix_spawn("/bin/true", ["true"], {}), 0)
+        while w.drain():
+            pass
+        assert w.stats()["lost"] > 0 and sum(lost) == w.stats()["lost"]
+    finally:
+        w.close()
+    assert not os.path.exists(os.path.join(tracing_root, "instances", f"relayq-{os.getpid()}"))

@@ -475,3 +475,23 @@ def test_folded_merges_count_in_full_on_the_burst():
     a.close_bursts()
     [(kind, event)] = sup.audited
     assert (kind, event["coalesced"], event["count"], event["sender"]["pid"]) == ("signal", 300, 0, SH)
+
+
+def test_lost_events_are_said_on_the_storm_window_they_hid_and_audited_once_a_minute():
+    sup = Sup(tap_active=True)
+    a = Attribution(sup, ())
+    w = KernelWitness(a.on_kernel_signal)
+    w.on_lost = a.on_trace_lost
+    feed(w, storm_line(SH, 1.0, 2), "CPU:1 [LOST 700 EVENTS]", storm_line(SH, 1.1, 2), "CPU:0 [LOST 5 EVENTS]")
+    assert [kind for kind, _ in sup.audited] == ["kernel_trace_lost"]      # the second within the minute: counted
+    assert sup.audited[0][1]["lost"] == 700 and w.stats()["lost"] == 705
+    a.close_bursts()
+    burst = sup.audited[-1][1]
+    assert (burst["coalesced"], burst["trace_lost"]) == (2, 705)
+    assert "lineage incomplete (trace buffer overrun)" in burst["trace_lost_note"]
+
+
+def test_the_trace_buffer_is_sized_for_a_storm_within_a_node_wide_bound():
+    assert tracefs.buffer_kb_per_cpu(2) == 2048                 # 4 MiB on this 2-CPU machine
+    assert tracefs.buffer_kb_per_cpu(8) == 1024
+    assert tracefs.buffer_kb_per_cpu(64) == 512                 # the floor: 32 MiB on 64 CPUs
