@@ -25,9 +25,12 @@ PRUNE_EVERY_S = 5.0
 START_MATCH_S = 2.0 / CLOCK_TICKS
 GONE_NOTE = "exited before it could be inspected; named from the kernel trace"
 OVERRUN_NOTE = "lineage incomplete (trace buffer overrun)"
-# /proc reads per capture pass (one per trace read on the loop, ~5 a second on a busy
-# node): ~20 us each, so at most ~1.3 ms a pass however many long-lived programs start
-CAPTURES_PER_PASS = 64
+# /proc reads per capture pass (one per trace read on the loop): ~20 us each, bounded by
+# time like the trace reads (tracefs.READ_BUDGET_S); the rest wait for the next pass (a
+# process that exits meanwhile is marked not captured without a read), at most
+# CAPTURES_WAITING_MAX of them: beyond that the oldest are given up (`captured` False).
+CAPTURE_BUDGET_S = 0.002
+CAPTURES_WAITING_MAX = 4096
 ARGV_MAX_BYTES = 4096
 
 
@@ -97,20 +100,24 @@ class ProcessHistory:
         r.exit = ts
         self.exited.append((ts, r))
 
-    def capture_execs(self, budget: int = CAPTURES_PER_PASS) -> None:
+    def capture_execs(self, budget_s: float = CAPTURE_BUDGET_S) -> None:
         """Read argv, uid and unit from /proc for the processes exec'd since the last call
         (the caller has read all the trace it could first, so an exit seen there needs no
         syscall: `captured` False at once). A process whose exit is not in the trace is
-        matched by its start time, so a pid reused meanwhile is never read as it. Beyond
-        `budget` (a storm of long-lived execs), the rest are marked not captured."""
+        matched by its start time, so a pid reused meanwhile is never read as it. Past
+        `budget_s` (a storm of long-lived execs, a starved CPU), the rest wait for the
+        next call."""
         pending, self.to_capture = self.to_capture, []
-        for r in pending:
+        deadline = time.monotonic() + budget_s
+        for i, r in enumerate(pending):
             if r.captured is not None or self.records.get(r.pid) is not r:
                 continue        # exec'd again (that exec is pending too) or replaced by a reuse
-            if r.exit is not None or budget <= 0:
+            if r.exit is not None:
                 r.captured = False
                 continue
-            budget -= 1
+            if time.monotonic() > deadline:
+                self.defer(pending[i:])
+                return
             self.captures += 1
             facts = read_exec_facts(r.pid, r.start)
             if facts is None:
@@ -118,6 +125,13 @@ class ProcessHistory:
             else:
                 r.cmdline, r.uid, r.unit = facts
                 r.captured = True
+
+    def defer(self, rest: list[ProcessRecord]) -> None:
+        waiting = rest + self.to_capture
+        for r in waiting[:-CAPTURES_WAITING_MAX]:
+            if r.captured is None:
+                r.captured = False
+        self.to_capture = waiting[-CAPTURES_WAITING_MAX:]
 
     def prune(self, now: float) -> None:
         if now - self.last_prune < PRUNE_EVERY_S:

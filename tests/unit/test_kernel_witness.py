@@ -495,3 +495,19 @@ def test_the_trace_buffer_is_sized_for_a_storm_within_a_node_wide_bound():
     assert tracefs.buffer_kb_per_cpu(2) == 2048                 # 4 MiB on this 2-CPU machine
     assert tracefs.buffer_kb_per_cpu(8) == 1024
     assert tracefs.buffer_kb_per_cpu(64) == 512                 # the floor: 32 MiB on 64 CPUs
+
+
+def test_exec_captures_past_their_time_budget_wait_for_the_next_pass():
+    import os
+    c = Collect()
+    w = witness(c)
+    me = os.getpid()
+    feed(w, *[line("sh", SH + i, 1.0, "sched_process_exec", f"filename=/bin/sh pid={SH + i} old_pid={SH + i}",
+                   tgid=SH + i) for i in range(3)],
+         line("python3", me, 1.1, "sched_process_exec", f"filename=/usr/bin/python3 pid={me} old_pid={me}", tgid=me))
+    w.history.capture_execs(budget_s=-1.0)          # spent before the first read
+    assert w.history.captures == 0 and len(w.history.to_capture) == 4
+    assert w.history.get(me).captured is None
+    w.history.capture_execs()
+    assert w.history.captures == 4 and w.history.to_capture == []
+    assert w.history.get(me).captured is True and w.history.get(SH).captured is False
