@@ -29,7 +29,7 @@ from pathlib import Path
 from bench.processes import stop_supervisor
 from bench.witness_cost import cpu_seconds, table, witness_stats
 from relayq_supervisor.linux import tracefs as tracefs_files
-from relayq_supervisor.witness.tracefs import in_initial_pid_namespace
+from relayq_supervisor.witness.trace_instance import in_initial_pid_namespace
 
 REDIS_CLI = "/usr/bin/redis-cli"
 

@@ -44,7 +44,8 @@ from relayq_supervisor.config import find_redis_tool, load_config
 from relayq_supervisor.kinds.redis import acl
 from relayq_supervisor.linux.sockets import process_pids
 from relayq_supervisor.witness.connections import NetnsGate, OwnConnections
-from relayq_supervisor.witness.tracefs import ProcessHistory, SockState
+from relayq_supervisor.witness.history import ProcessHistory
+from relayq_supervisor.witness.trace_lines import SockState
 
 NAME = "whois"
 TITLE = "Cross-node attribution (Redis cost per 1,000 connections per node)"

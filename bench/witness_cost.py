@@ -26,7 +26,8 @@ from pathlib import Path
 
 from bench.processes import stop_supervisor
 from relayq_supervisor.linux import tracefs as tracefs_files
-from relayq_supervisor.witness.tracefs import KernelWitness, in_initial_pid_namespace
+from relayq_supervisor.witness.trace_instance import in_initial_pid_namespace
+from relayq_supervisor.witness.tracefs import KernelWitness
 
 
 def cpu_seconds(pid: int) -> float:

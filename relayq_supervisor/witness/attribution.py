@@ -13,15 +13,10 @@ from typing import Any, Protocol
 from relayq_supervisor.linux.siginfo import Siginfo, is_user_sent, sender_is_verified, signal_name
 from relayq_supervisor.witness.bursts import Burst, Bursts, Key, wall_time
 from relayq_supervisor.witness.guard import Verdict, judge
+from relayq_supervisor.witness.history import lineage_text
 from relayq_supervisor.witness.identity import Pin, ProcessIdentity, boottime_now
 from relayq_supervisor.witness.tap import Decision
-from relayq_supervisor.witness.tracefs import (
-    RESULT_ALREADY_PENDING,
-    RESULT_DELIVERED,
-    KernelSignal,
-    OomVictim,
-    lineage_text,
-)
+from relayq_supervisor.witness.trace_lines import RESULT_ALREADY_PENDING, RESULT_DELIVERED, KernelSignal, OomVictim
 
 log = logging.getLogger(__name__)
 

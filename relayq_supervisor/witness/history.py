@@ -9,6 +9,7 @@ trace's record), else from the history, with its parent chain up to a live ances
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -284,3 +285,11 @@ class Namer:
             pid, child_start = r.ppid, r.start
         return chain, True
 
+
+def lineage_text(sender: dict[str, Any], width: int = 3) -> str:
+    identity = ProcessIdentity.from_dict(sender)
+    parts = [dataclasses.replace(identity, note=None).describe() if not identity.alive else identity.describe()]
+    for a in (sender.get("ancestry") or [])[:width]:
+        command = " ".join(a.get("cmdline") or []) or a.get("exe") or a.get("comm") or "?"
+        parts.append(f"pid {a['pid']} {command}")
+    return " <- ".join(parts)

@@ -1,28 +1,17 @@
 """The kernel witness: who sent each signal to a supervised program, from the kernel's own
 tracepoints, even when the sender lived for two milliseconds.
 
-The supervisor owns one tracefs instance, `instances/relayq-<pid>` (its own ring buffer,
-switches and filters; nothing global is touched), with:
-- `signal:signal_generate`, filtered to the supervised pids: every signal to a child,
-  SIGKILL included (which no ptrace stop ever shows), with the kernel's result. The
-  sender is the task that generated it: the trace line's leading task-pid;
-- `sched:sched_process_fork/exec/exit`, unfiltered: a short, bounded memory of the
-  node's processes (`ProcessHistory`), so a sender that already exited is still named
-  with its parent chain;
-- `oom:mark_victim`, filtered like signals: the OOM killer's SIGKILL is told apart;
-- `sock:inet_sock_set_state`, filtered to the Redis port (`watch_clients`): which process
-  opened each client connection (`ClientConnections`), so an ACL LOG `addr=` names a
-  client that has exited, and a closed connection prompts an early ACL LOG read.
-
-The trace pipe is read on the loop, non-blocking, a bounded amount per wake-up. Events
-are handled in the kernel's time order, so the history is exactly as it was when each
-signal was sent: a pid reused later is never blamed. trace_clock is `boot`, the clock
-/proc start times use, so a live process is matched to its history by start time.
+`KernelWitness` is the supervisor's tracefs instance (trace_instance.py: signal_generate
+and oom's mark_victim filtered to the supervised pids, sched_process_fork/exec/exit for
+all, inet_sock_set_state on the watched ports), read: on the loop, non-blocking, a bounded
+stretch per wake-up, its lines (trace_lines.py) handled in the kernel's time order, so the
+process history (history.py) is exactly as it was when each signal was sent and a pid
+reused later is never blamed. trace_clock is `boot`, the clock /proc start times use, so
+a live process is matched to its history by start time. Client connections (clients.py,
+connections.py) name who connected from an address, even once gone.
 """
 from __future__ import annotations
 
-import dataclasses
-import errno
 import functools
 import logging
 import os
@@ -31,45 +20,29 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from relayq_supervisor.linux import tracefs
 from relayq_supervisor.linux.siginfo import code_name
-from relayq_supervisor.witness.clients import (  # noqa: F401 (re-exported: the witness's API)
+from relayq_supervisor.witness.clients import (  # noqa: F401 (CATCH_UP_READS: node/witnessing's)
     CATCH_UP_READS,
     CLIENT_LATE_SLACK_S,
     CLIENT_TIME_SLACK_S,
     REMOTE_CLOCK_SLACK_S,
     ClientConnections,
     ClientRecord,
-    _ip_key,
     client_filter_expression,
-    client_key,
 )
-from relayq_supervisor.witness.history import (  # noqa: F401 (re-exported)
-    GONE_NOTE,
-    OVERRUN_NOTE,
-    PRUNE_EVERY_S,
-    Namer,
-    ProcessHistory,
-    ProcessRecord,
-    _boot_to_epoch,
-    _live_match,
-)
-from relayq_supervisor.witness.identity import ProcessIdentity
-from relayq_supervisor.witness.trace_lines import (  # noqa: F401 (re-exported)
+from relayq_supervisor.witness.history import Namer, ProcessHistory, _boot_to_epoch
+from relayq_supervisor.witness.trace_instance import TraceInstance
+from relayq_supervisor.witness.trace_lines import (
     _EXEC,
     _EXIT,
     _FORK,
     _TRACE_LINES,
     RESULT_ALREADY_PENDING,
-    RESULT_DELIVERED,
-    RESULTS,
     SI_KERNEL,
     KernelSignal,
     Lost,
     OomVictim,
     SignalGenerated,
-    SockState,
-    TraceLine,
     parse_line,
     parse_oom,
     parse_signal,
@@ -80,27 +53,6 @@ if TYPE_CHECKING:
     from relayq_supervisor.witness.connections import NetnsGate, OwnConnections
 
 log = logging.getLogger(__name__)
-
-INSTANCE_PREFIX = "relayq-"
-SIGNAL_EVENT = ("signal", "signal_generate")
-HISTORY_EVENTS = (("sched", "sched_process_fork"), ("sched", "sched_process_exec"), ("sched", "sched_process_exit"))
-EXIT_EVENT = ("sched", "sched_process_exit")
-OOM_EVENT = ("oom", "mark_victim")
-SOCK_EVENT = ("sock", "inet_sock_set_state")
-# The instance's ring buffer (buffer_size_kb is per CPU; kernel memory, never swapped, held
-# while the supervisor runs). An event takes ~40-60 bytes in it (signal_generate ~56), so
-# 2 MiB a CPU holds ~35,000: on a 2-CPU node, ten back-to-back storms of 5000 signals with
-# the reader starved of CPU (BENCHMARKS.md: signal storm), where 512 KiB lost a fifth of
-# them. Bounded for the node: BUFFER_KB_TOTAL over all CPUs (8 MiB), never below 512 KiB a
-# CPU (~9,000 events between two reads).
-BUFFER_KB_PER_CPU_MAX = 2048
-BUFFER_KB_PER_CPU_MIN = 512
-BUFFER_KB_TOTAL = 8192
-
-
-def buffer_kb_per_cpu(cpus: int | None = None) -> int:
-    cpus = cpus or os.cpu_count() or 1
-    return max(BUFFER_KB_PER_CPU_MIN, min(BUFFER_KB_PER_CPU_MAX, BUFFER_KB_TOTAL // cpus))
 
 READ_SIZE = 1 << 16
 # A trace_pipe read returns one page of text (~8 KiB, ~60 lines) whatever the size asked.
@@ -119,71 +71,20 @@ READS_PER_WAKEUP = 256
 READ_BUDGET_S = 0.002
 LOST_LOG_EVERY_S = 60.0
 
-# --- the witness -----------------------------------------------------------------------------
+class KernelWitness(TraceInstance):
+    """Our tracefs instance (trace_instance.py), read: its lines handled in the kernel's
+    order, signals to the supervised pids handed to `on_signal`, the process history and
+    the client connections kept, and what they know answered."""
 
-def filter_expression(pids: Iterable[int]) -> str:
-    """signal_generate/mark_victim filter: those targets (SIGCHLD excluded: children's
-    children exit all the time). "0" (match nothing) when there are none."""
-    ordered = sorted(set(pids))
-    if not ordered:
-        return "pid == 0"
-    targets = " || ".join(f"pid == {p}" for p in ordered)
-    return f"sig != 17 && ({targets})"
-
-
-def oom_filter_expression(pids: Iterable[int]) -> str:
-    ordered = sorted(set(pids))
-    return " || ".join(f"pid == {p}" for p in ordered) if ordered else "pid == 0"
-
-
-# The initial pid namespace's inode number, fixed by the kernel (PROC_PID_INIT_INO)
-INITIAL_PID_NS_INODE = 0xEFFFFFFC
-
-
-def in_initial_pid_namespace() -> bool:
-    """Tracepoints report pids as the initial pid namespace sees them; ours must be those.
-    NSpid alone cannot tell: with a /proc of our own namespace it lists just our pid."""
-    try:
-        if os.stat("/proc/self/ns/pid").st_ino != INITIAL_PID_NS_INODE:
-            return False
-    except OSError:
-        pass    # no ns files (old kernel or no /proc/self/ns): fall back to NSpid
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("NSpid:"):
-                    return len(line.split()) == 2
-    except OSError:
-        return False
-    return True     # kernels before 4.1 have no NSpid and no nested pid namespaces to tell
-
-
-def is_live_supervisor(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
-        return False
-    return any(b"relayq_supervisor" in a or b"relayq-supervisor" in a for a in argv[:3])
-
-
-class KernelWitness:
     def __init__(self, on_signal: Callable[[KernelSignal], None],
                  on_oom: Callable[[OomVictim], None] | None = None, *,
                  max_processes: int = 65536, max_age: float = 600.0, root: str | None = None,
                  private_mount: str | None = None):
+        super().__init__(root, private_mount)
         self.on_signal = on_signal
         self.on_oom = on_oom
         self.history = ProcessHistory(max_processes, max_age)
         self.namer = Namer(self.history)
-        self.root = root
-        self.private_mount = private_mount
-        self.unavailable: str | None = None
-        self.instance: str | None = None
-        self.fd: int | None = None
-        self.mounted_here: str | None = None     # tracefs we mounted, unmounted at close
-        self.watched: frozenset[int] = frozenset()
-        self.self_pid = os.getpid()
         self.partial = b""
         # merges read but not yet handed on: (target, sender, signo, code) as the trace
         # printed them -> [count, first's ts, its task, the sender's record then] (feed())
@@ -192,8 +93,6 @@ class KernelWitness:
         self.signals = 0
         self.lost_logged_at = 0.0
         self.lost_unlogged = 0
-        self.has_oom = False
-        self.buffer_kb = 0          # per CPU, as set
         # each LOST line's count, as it is read (attribution marks the storms it hid)
         self.on_lost: Callable[[int], None] | None = None
         self.clients = ClientConnections(max_age=max_age)
@@ -204,128 +103,6 @@ class KernelWitness:
         self.gate: NetnsGate | None = None
         # "a client connection to the watched port closed" (not our own): a prompt to read ACL LOG
         self.on_client_closed: Callable[[], None] | None = None
-
-    @property
-    def state(self) -> str:
-        if self.unavailable:
-            return f"unavailable ({self.unavailable})"
-        return "watching" if self.fd is not None else "not started"
-
-    def fileno(self) -> int:
-        assert self.fd is not None
-        return self.fd
-
-    # --- start and stop -----------------------------------------------------------------
-
-    def start(self) -> bool:
-        """Set up the instance; False (with `unavailable` set) where the kernel refuses."""
-        if not in_initial_pid_namespace():
-            self.unavailable = ("the supervisor runs in a child pid namespace; "
-                                "kernel pids would name the wrong processes")
-            return False
-        try:
-            self.root = self.root or self.find_or_mount()
-            self.remove_stale()
-            self.instance = tracefs.create_instance(self.root, f"{INSTANCE_PREFIX}{self.self_pid}")
-            self.configure()
-            self.fd = tracefs.open_trace_pipe(self.instance)
-        except OSError as e:
-            reason = e.strerror or str(e)
-            self.unavailable = f"tracefs: {e.filename}: {reason}" if e.filename else f"tracefs: {reason}"
-            self.close()
-            return False
-        return True
-
-    def find_or_mount(self) -> str:
-        """The system's tracefs; where nobody mounted it, our own mount (`private_mount`),
-        unmounted at close. Never the standard place: a mount there would be shared with
-        other supervisors, and whichever exits last could not know it should unmount it."""
-        root = tracefs.find_mount()
-        if root is not None:
-            return root
-        if self.private_mount is None:
-            raise OSError(errno.ENOENT, "tracefs is not mounted")
-        os.makedirs(self.private_mount, exist_ok=True)
-        if self.private_mount not in tracefs.mounts():      # else: ours, left by a crash
-            tracefs.mount(self.private_mount)
-            log.info("kernel witness: tracefs was not mounted; mounted it on %s for this supervisor",
-                     self.private_mount)
-        self.mounted_here = self.private_mount
-        return self.private_mount
-
-    def remove_stale(self) -> None:
-        """Instances a supervisor left when it died (SIGKILL, a crash): theirs, never a live one's."""
-        assert self.root is not None
-        for name in tracefs.list_instances(self.root):
-            pid = name[len(INSTANCE_PREFIX):]
-            if not name.startswith(INSTANCE_PREFIX) or not pid.isdigit() or int(pid) == self.self_pid:
-                continue
-            if is_live_supervisor(int(pid)):
-                continue
-            try:
-                tracefs.remove_instance(tracefs.instance_path(self.root, name))
-                log.info("kernel witness: removed %s, left by a supervisor (pid %s) that is gone", name, pid)
-            except OSError as e:
-                log.warning("kernel witness: could not remove stale instance %s (%s)", name, e.strerror)
-
-    def configure(self) -> None:
-        inst = self.instance
-        assert inst is not None
-        tracefs.set_value(inst, "trace_clock", "boot")          # the clock of /proc start times
-        self.buffer_kb = buffer_kb_per_cpu()
-        tracefs.set_value(inst, "buffer_size_kb", str(self.buffer_kb))
-        # poll() on trace_pipe waits for the buffer to be this % full; 0: any event wakes us
-        tracefs.set_value(inst, "buffer_percent", "0")
-        try:
-            tracefs.set_option(inst, "record-tgid", True)       # the sender's process, not just its thread
-        except OSError:
-            pass                                                # older kernels: the tid names it
-        tracefs.set_filter(inst, *SIGNAL_EVENT, filter_expression(()))
-        tracefs.enable_event(inst, *SIGNAL_EVENT)
-        if "group_dead" in tracefs.event_fields(inst, *EXIT_EVENT):
-            # a thread's end is not its process' end: not even a line (thread-heavy nodes)
-            tracefs.set_filter(inst, *EXIT_EVENT, "group_dead == 1")
-        for system, event in HISTORY_EVENTS:
-            tracefs.enable_event(inst, system, event)
-        if tracefs.has_event(inst, *OOM_EVENT):
-            tracefs.set_filter(inst, *OOM_EVENT, oom_filter_expression(()))
-            tracefs.enable_event(inst, *OOM_EVENT)
-            self.has_oom = True
-
-    def close(self) -> None:
-        """Stop tracing and remove the instance (and tracefs, if we mounted it and nobody uses it)."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        if self.instance is not None:
-            try:
-                tracefs.remove_instance(self.instance)
-            except OSError as e:
-                log.warning("kernel witness: could not remove %s (%s)", self.instance, e.strerror)
-            self.instance = None
-        if self.mounted_here is not None:
-            try:
-                tracefs.umount(self.mounted_here)
-                os.rmdir(self.mounted_here)
-            except OSError as e:
-                log.warning("kernel witness: could not unmount %s (%s)", self.mounted_here, e.strerror)
-            self.mounted_here = None
-
-    # --- what to watch ----------------------------------------------------------------------
-
-    def watch(self, pids: Iterable[int]) -> None:
-        """The supervised pids; the kernel filter is rewritten only when they changed."""
-        wanted = frozenset(pids)
-        if wanted == self.watched or self.instance is None:
-            return
-        try:
-            tracefs.set_filter(self.instance, *SIGNAL_EVENT, filter_expression(wanted))
-            if self.has_oom:
-                tracefs.set_filter(self.instance, *OOM_EVENT, oom_filter_expression(wanted))
-        except OSError as e:
-            log.error("kernel witness: filter for pids %s refused (%s)", sorted(wanted), e.strerror)
-            return
-        self.watched = wanted
 
     def watch_clients(self, port: int) -> bool:
         """Trace TCP connections to `port` (Redis'): who connected from each client address,
@@ -358,17 +135,7 @@ class KernelWitness:
         return self.gate
 
     def _trace_sockets(self, *ports: int) -> bool:
-        assert self.instance is not None
-        try:
-            if not tracefs.has_event(self.instance, *SOCK_EVENT):
-                log.warning("kernel witness: no sock:inet_sock_set_state on this kernel; "
-                            "Redis clients are named only while connected")
-                return False
-            tracefs.set_filter(self.instance, *SOCK_EVENT, client_filter_expression(*ports, server=self.client_port))
-            tracefs.enable_event(self.instance, *SOCK_EVENT)
-        except OSError as e:
-            log.warning("kernel witness: cannot trace connections to port(s) %s (%s)",
-                        ", ".join(map(str, ports)), e.strerror or e)
+        if not self.trace_sockets(client_filter_expression(*ports, server=self.client_port), ports):
             return False
         self.netns_gate()
         return True
@@ -636,19 +403,3 @@ class KernelWitness:
                 "watched": sorted(self.watched)}
 
 
-def describe_kernel_signal(seen: KernelSignal, oom: OomVictim | None = None) -> str:
-    """Who sent it, in one line: `pid 9120 sh <- pid 9118 bash`, or the kernel."""
-    if oom is not None:
-        return oom.describe()
-    if seen.sender is None:
-        return f"the kernel ({seen.code_name})"
-    return lineage_text(seen.sender)
-
-
-def lineage_text(sender: dict[str, Any], width: int = 3) -> str:
-    identity = ProcessIdentity.from_dict(sender)
-    parts = [dataclasses.replace(identity, note=None).describe() if not identity.alive else identity.describe()]
-    for a in (sender.get("ancestry") or [])[:width]:
-        command = " ".join(a.get("cmdline") or []) or a.get("exe") or a.get("comm") or "?"
-        parts.append(f"pid {a['pid']} {command}")
-    return " <- ".join(parts)

@@ -24,7 +24,7 @@ from support.netns import NetnsRefused, create_pair
 
 from relayq_supervisor.cluster.whois import split_addr
 from relayq_supervisor.linux import tracefs
-from relayq_supervisor.witness.tracefs import in_initial_pid_namespace
+from relayq_supervisor.witness.trace_instance import in_initial_pid_namespace
 
 REDIS_CLI = shutil.which("redis-cli", path="/usr/bin") or shutil.which("redis-cli")
 NAMED_WITHIN_S = 2.0

@@ -16,7 +16,7 @@ import pytest
 from support import wait_for
 
 from relayq_supervisor.linux import tracefs
-from relayq_supervisor.witness.tracefs import in_initial_pid_namespace
+from relayq_supervisor.witness.trace_instance import in_initial_pid_namespace
 
 GONE_PID = 4_200_000        # above PID_MAX_LIMIT: no process ever has it
 FIXTURE_MOUNTED = False     # tracefs was mounted for these tests (not the system's)
@@ -411,7 +411,8 @@ def test_folded_denials_name_every_client_and_say_redis_kept_the_last(make_super
 def test_a_trace_buffer_overrun_is_counted_and_said(tracing_root):
     """The witness's own instance, its buffer shrunk to one page a CPU, and a few hundred
     short processes (3 events each) before it reads: the kernel's LOST lines are counted."""
-    from relayq_supervisor.witness.tracefs import KernelWitness, buffer_kb_per_cpu
+    from relayq_supervisor.witness.trace_instance import buffer_kb_per_cpu
+    from relayq_supervisor.witness.tracefs import KernelWitness
     lost: list[int] = []
     w = KernelWitness(lambda seen: None, root=tracing_root)
     w.on_lost = lost.append

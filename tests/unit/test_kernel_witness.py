@@ -13,19 +13,12 @@ import pytest
 
 from relayq_supervisor.linux import tracefs as tracefs_files
 from relayq_supervisor.linux.siginfo import SI_USER, Siginfo
-from relayq_supervisor.witness import tracefs
+from relayq_supervisor.witness import history, trace_instance, tracefs
 from relayq_supervisor.witness.attribution import Attribution, attribute_exit
-from relayq_supervisor.witness.tracefs import (
-    KernelSignal,
-    KernelWitness,
-    Lost,
-    ProcessHistory,
-    TraceLine,
-    filter_expression,
-    parse_line,
-    parse_oom,
-    parse_signal,
-)
+from relayq_supervisor.witness.history import ProcessHistory
+from relayq_supervisor.witness.trace_instance import filter_expression
+from relayq_supervisor.witness.trace_lines import KernelSignal, Lost, TraceLine, parse_line, parse_oom, parse_signal
+from relayq_supervisor.witness.tracefs import KernelWitness
 
 GONE = 4_200_000            # > PID_MAX_LIMIT: never a live pid
 SH, SCRIPT, TIMER = GONE + 1, GONE + 2, GONE + 3
@@ -149,7 +142,7 @@ def test_a_gone_sender_is_named_with_its_parent_chain():
     assert (s["pid"], s["comm"], s["exe"], s["alive"], s["seen_by"]) == (SH, "sh", "/bin/sh", False, "tracefs")
     assert [(a["pid"], a["comm"], a["exe"]) for a in s["ancestry"]] == \
         [(SCRIPT, "check-redis.sh", "/opt/relayq/bin/check-redis.sh"), (TIMER, "bash", None)]
-    assert tracefs.lineage_text(s) == \
+    assert history.lineage_text(s) == \
         f"pid {SH} sh <- pid {SCRIPT} /opt/relayq/bin/check-redis.sh <- pid {TIMER} bash"
 
 
@@ -160,7 +153,7 @@ def test_lineage_after_an_overrun_says_it_may_be_incomplete():
          line("sh", SH, 10.0, "sched_process_fork", f"comm=sh pid={SCRIPT} child_comm=sh child_pid={SH}"),
          line("sh", SH, 10.1, "signal_generate", "sig=15 errno=0 code=0 comm=w pid=812 grp=1 res=0"))
     assert w.stats()["lost"] == 50
-    assert c.signals[0].sender["note"].endswith(tracefs.OVERRUN_NOTE)
+    assert c.signals[0].sender["note"].endswith(history.OVERRUN_NOTE)
 
 
 def test_a_live_sender_is_read_from_proc():
@@ -240,7 +233,7 @@ class Sup:
 
 
 def gone_sender(pid: int = SH) -> dict[str, Any]:
-    return {"pid": pid, "comm": "sh", "exe": "/bin/sh", "alive": False, "note": tracefs.GONE_NOTE,
+    return {"pid": pid, "comm": "sh", "exe": "/bin/sh", "alive": False, "note": history.GONE_NOTE,
             "seen_by": "tracefs", "ancestry": [{"pid": SCRIPT, "comm": "bash", "cmdline": [], "exe": None}]}
 
 
@@ -347,14 +340,14 @@ def test_pid_namespace_detection(tmp_path, monkeypatch, status, expected):
     path = tmp_path / "status"
     path.write_text("Name:\tx\n" + status)
     monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(path if p == "/proc/self/status" else p, *a, **k))
-    monkeypatch.setattr(tracefs.os, "stat", lambda p: type("st", (), {"st_ino": tracefs.INITIAL_PID_NS_INODE})())
-    assert tracefs.in_initial_pid_namespace() is expected
+    monkeypatch.setattr(trace_instance.os, "stat", lambda p: type("st", (), {"st_ino": trace_instance.INITIAL_PID_NS_INODE})())
+    assert trace_instance.in_initial_pid_namespace() is expected
 
 
 def test_a_pid_namespace_with_its_own_proc_is_detected_by_its_inode(monkeypatch):
     # with --mount-proc, NSpid shows only the inner pid: the namespace inode tells
-    monkeypatch.setattr(tracefs.os, "stat", lambda p: type("st", (), {"st_ino": 4026532500})())
-    assert tracefs.in_initial_pid_namespace() is False
+    monkeypatch.setattr(trace_instance.os, "stat", lambda p: type("st", (), {"st_ino": 4026532500})())
+    assert trace_instance.in_initial_pid_namespace() is False
 
 
 # --- argv, uid and unit read when an exec is read ----------------------------------------------
@@ -415,7 +408,7 @@ def test_a_gone_sender_captured_at_exec_is_named_with_its_command_line_and_unit(
     s = c.signals[0].sender
     assert (s["cmdline"], s["uid"], s["unit"], s["captured"], s["seen_by"]) == \
         (["sh", "-c", "kill -9 812"], 0, "relayq-redis-monitor.service", True, "tracefs")
-    assert tracefs.lineage_text(s).startswith(f"pid {SH} sh -c 'kill -9 812'")
+    assert history.lineage_text(s).startswith(f"pid {SH} sh -c 'kill -9 812'")
 
 
 def test_a_storm_to_an_untraced_program_folds_into_one_event_per_second():
@@ -492,9 +485,9 @@ def test_lost_events_are_said_on_the_storm_window_they_hid_and_audited_once_a_mi
 
 
 def test_the_trace_buffer_is_sized_for_a_storm_within_a_node_wide_bound():
-    assert tracefs.buffer_kb_per_cpu(2) == 2048                 # 4 MiB on this 2-CPU machine
-    assert tracefs.buffer_kb_per_cpu(8) == 1024
-    assert tracefs.buffer_kb_per_cpu(64) == 512                 # the floor: 32 MiB on 64 CPUs
+    assert trace_instance.buffer_kb_per_cpu(2) == 2048                 # 4 MiB on this 2-CPU machine
+    assert trace_instance.buffer_kb_per_cpu(8) == 1024
+    assert trace_instance.buffer_kb_per_cpu(64) == 512                 # the floor: 32 MiB on 64 CPUs
 
 
 def test_exec_captures_past_their_time_budget_wait_for_the_next_pass():

@@ -9,14 +9,11 @@ import dataclasses
 import os
 import time
 
+from relayq_supervisor.witness.clients import client_filter_expression
 from relayq_supervisor.witness.connections import NetnsGate, OwnConnections, netns_of
-from relayq_supervisor.witness.tracefs import (
-    KernelWitness,
-    ProcessHistory,
-    client_filter_expression,
-    parse_line,
-    parse_sock,
-)
+from relayq_supervisor.witness.history import ProcessHistory
+from relayq_supervisor.witness.trace_lines import parse_line, parse_sock
+from relayq_supervisor.witness.tracefs import KernelWitness
 
 GONE = 4_200_001        # above PID_MAX_LIMIT: no process has it
 REMOTE = ("10.254.0.1", 6398)
@@ -133,7 +130,7 @@ def test_who_held_names_a_gone_process_within_its_connection_life():
 
 
 def w_epoch_offset():
-    from relayq_supervisor.witness.tracefs import _boot_to_epoch
+    from relayq_supervisor.witness.history import _boot_to_epoch
     return _boot_to_epoch(0.0)
 
 

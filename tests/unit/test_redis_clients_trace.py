@@ -7,14 +7,10 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
-from relayq_supervisor.witness.tracefs import (
-    ClientConnections,
-    KernelWitness,
-    ProcessHistory,
-    client_key,
-    parse_line,
-    parse_sock,
-)
+from relayq_supervisor.witness.clients import ClientConnections, client_key
+from relayq_supervisor.witness.history import ProcessHistory
+from relayq_supervisor.witness.trace_lines import parse_line, parse_sock
+from relayq_supervisor.witness.tracefs import KernelWitness
 
 # Recorded with `record-tgid` in an instance filtered on `sport == 16399 || dport == 16399`
 # (the witness filters on dport only: the lines with sport=16399 are Redis' own socket).
@@ -254,7 +250,7 @@ def test_an_earlier_user_of_the_port_never_answers_for_a_later_unnamed_one():
 
 
 def test_a_connection_not_open_at_the_attempt_does_not_answer():
-    from relayq_supervisor.witness.tracefs import _boot_to_epoch
+    from relayq_supervisor.witness.history import _boot_to_epoch
     w = KernelWitness(lambda s: None)
     w.client_port = 16399
     w.feed(REDIS_CLI_SESSION.encode())      # connected 4717.912675, closed 4717.913570 (trace clock)
