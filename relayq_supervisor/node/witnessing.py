@@ -18,14 +18,13 @@ from relayq_supervisor.errors import StartupError
 from relayq_supervisor.linux.procfs import thread_group
 from relayq_supervisor.witness.attribution import Attribution
 from relayq_supervisor.witness.tap import SignalTap
-from relayq_supervisor.witness.tracefs import CATCH_UP_READS, READ_BUDGET_S, KernelWitness
+from relayq_supervisor.witness.tracefs import READ_BUDGET_S, KernelWitness
 
 log = logging.getLogger(__package__)     # "relayq_supervisor.node": its lines read "node: ..." as before the split
 
 # at most 20 trace reads a second on a busy node; a lone event waits this long, and an exit
 # reads at most this much backlog before its restart (~0.6 ms of parsing at 1000 execs/s)
 TRACE_READ_PAUSE_S = 0.05
-CATCH_UP_BUDGET_S = 0.05       # ~13,000 sched lines: a quiet node's whole backlog, a storm's first part
 
 
 class TracedClients:
@@ -63,6 +62,7 @@ class Witnessing:
             if spec.kernel_trace != "false" else None
         self.tapped: set[int] = set()       # pids the signal tap seized (traced(pid))
         self.closed = False                 # no fd may be registered again
+        self.read_asked = False             # read_soon() scheduled a read
 
     @property
     def tap_active(self) -> bool:
@@ -95,9 +95,9 @@ class Witnessing:
             raise StartupError(f"relayq-supervisor: kernel_trace = true, but the kernel trace is unavailable: "
                                f"{w.unavailable}; fix that, or set kernel_trace = \"auto\" to run without it")
         if w.fd is not None:
-            # bounded like the loop's own reads: in a storm the backlog is long, and its sender's
-            # line is then read on by the next passes (the tap's record names it as gone)
-            self.attribution.catch_up = lambda: w.drain(CATCH_UP_READS, budget_s=CATCH_UP_BUDGET_S)
+            # a tap record whose sender is gone waits until the trace is read up to its stop
+            self.attribution.trace_position = lambda: w.read_position() if w.fd is not None else float("inf")
+            self.attribution.read_trace_soon = self.read_soon
             w.on_lost = self.attribution.on_trace_lost
             self.listen_to_kernel_trace()
             log.info("kernel witness: tracing signals to children in %s", w.instance)
@@ -114,7 +114,9 @@ class Witnessing:
         after what else is ready there (a status request, an exit), not in one long stretch."""
         w = self.kernel
         assert w is not None
+        self.read_asked = False
         more = w.drain(budget_s=READ_BUDGET_S)
+        self.attribution.trace_read()
         if w.fd is None:
             return
         self.loop.remove_reader(w.fileno())
@@ -123,6 +125,12 @@ class Witnessing:
             self.audit("kernel_witness_unavailable", reason=w.unavailable)
             return
         self.loop.call_later(0 if more else TRACE_READ_PAUSE_S, self.listen_to_kernel_trace)
+
+    def read_soon(self) -> None:
+        """The trace's next read on the next loop pass, not after the reader's pause."""
+        if not self.read_asked:
+            self.read_asked = True
+            self.loop.call_soon(self.on_kernel_trace)
 
     def listen_to_kernel_trace(self) -> None:
         w = self.kernel
@@ -133,12 +141,14 @@ class Witnessing:
         """Read the trace's backlog now (before an exit is handled: its signal came first)."""
         if self.kernel is not None:
             self.kernel.drain()
+            self.attribution.trace_read()
 
     def catch_up_before_exit(self) -> None:
         """The backlog before an exit is handled, without the /proc reads of new execs:
         those wait until after the restart (the next loop pass)."""
         if self.kernel is not None:
             self.kernel.drain(capture=False)
+            self.attribution.trace_read()         # tap records that waited for it, before the exit
             self.loop.call_soon(self.kernel.capture_execs)     # after the restart
 
     def follow_children(self, also: int | None = None) -> None:

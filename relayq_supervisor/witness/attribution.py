@@ -8,6 +8,7 @@ import signal
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from relayq_supervisor.linux.siginfo import Siginfo, is_user_sent, sender_is_verified, signal_name
@@ -19,6 +20,21 @@ from relayq_supervisor.witness.tap import Decision
 from relayq_supervisor.witness.trace_lines import RESULT_ALREADY_PENDING, RESULT_DELIVERED, KernelSignal, OomVictim
 
 log = logging.getLogger(__name__)
+
+# a tap record whose sender is gone waits at most this long for the witness to read the
+# trace up to its stop (then it is recorded as the tap saw it)
+DEFER_MAX_S = 2.0
+
+
+@dataclass(eq=False)
+class Deferred:
+    """A tap record waiting for the kernel witness to read the trace up to `stopped_at`."""
+    stopped_at: float           # boot clock, when the tap held the stop
+    deadline: float             # monotonic
+    program: Watched | None
+    signo: int
+    sender_pid: int
+    finish: Callable[[KernelSignal | None], None]
 
 # Signals that ask a program to stop: an exit after one of them is its sender's doing.
 STOP_REQUESTS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP})
@@ -71,10 +87,13 @@ class Attribution:
         self.audit_ignore = frozenset(audit_ignore)
         self.schedule = schedule            # loop.call_later: closes burst windows on time
         self.bursts = Bursts(self.burst_closed)
-        # reads the kernel witness's backlog now (set when it runs): a sender gone before the
-        # tap could look was traced before its signal stopped the tracee, but the loop reads
-        # the trace in bounded batches and may not have reached that line yet
-        self.catch_up: Callable[[], object] | None = None
+        # how far (boot clock) the kernel witness has read its trace (set when it runs): a
+        # sender gone before the tap could look was traced before its signal stopped the
+        # tracee, but the loop reads the trace in bounded stretches and may not have reached
+        # that line yet; its record waits for it (`deferred`, completed by `trace_read`)
+        self.trace_position: Callable[[], float] | None = None
+        self.read_trace_soon: Callable[[], None] | None = None     # asks the witness for its next read now
+        self.deferred: list[Deferred] = []
         self.burst_timer = False
         self.traced: Counter[str] = Counter()     # "program SIGNAL" -> deliveries the tap saw and recorded
         # signals the kernel witness saw that the tap will also stop at: its sender, for
@@ -166,9 +185,37 @@ class Attribution:
             if pin is not None:
                 pin.close()
         witnessed = self.take_parked(p, info.signo, info.pid) if user_sent else None
-        if witnessed is None and user_sent and sender is not None and sender.comm is None and self.catch_up is not None:
-            self.catch_up()
-            witnessed = self.take_parked(p, info.signo, info.pid)
+        stopped_at = pin.seen_boottime if pin is not None else None
+        if witnessed is None and sender is not None and sender.comm is None and stopped_at is not None \
+                and info.signo != signal.SIGCHLD and self.trace_position is not None \
+                and self.trace_position() < stopped_at:     # (the witness does not trace SIGCHLD)
+            # gone, and the witness has not read the trace up to the stop yet: the record waits
+            # for it (at most DEFER_MAX_S), the loop answering meanwhile
+            self.deferred.append(Deferred(stopped_at, time.monotonic() + DEFER_MAX_S, p, info.signo, info.pid,
+                                          lambda w: self.finish_traced(p, tid, info, verdict, sender, w, key,
+                                                                       recorded, user_sent)))
+            if self.read_trace_soon is not None:
+                self.read_trace_soon()
+            if self.schedule is not None:
+                self.schedule(DEFER_MAX_S, self.trace_read)
+            return
+        self.finish_traced(p, tid, info, verdict, sender, witnessed, key, recorded, user_sent)
+
+    def trace_read(self) -> None:
+        """The kernel witness read on (or a deferred record's time ran out): each record that
+        waited for its line completes, named from it when it was there."""
+        if not self.deferred:
+            return
+        position = self.trace_position() if self.trace_position is not None else float("inf")
+        now = time.monotonic()
+        due = [d for d in self.deferred if position >= d.stopped_at or now >= d.deadline]
+        self.deferred = [d for d in self.deferred if d not in due]
+        for d in due:
+            d.finish(self.take_parked(d.program, d.signo, d.sender_pid))
+
+    def finish_traced(self, p: Watched | None, tid: int, info: Siginfo, verdict: Verdict,
+                      sender: ProcessIdentity | None, witnessed: KernelSignal | None, key: Key, recorded: bool,
+                      user_sent: bool) -> None:
         sender_dict = self.name_sender(sender)
         who = sender.describe() if sender else f"the kernel ({info.code_name})"
         if sender is not None and sender.comm is None and witnessed is not None and witnessed.sender:
@@ -240,7 +287,9 @@ class Attribution:
         self.wake_bursts()
 
     def close_bursts(self) -> None:
-        """Record what open windows counted (at shutdown)."""
+        """Record what open windows counted, and records still waiting for the trace (at shutdown)."""
+        self.trace_position = None
+        self.trace_read()
         self.bursts.close_all()
 
     # --- the kernel witness (witness/tracefs.py) -----------------------------------------

@@ -90,6 +90,8 @@ class KernelWitness(TraceInstance):
         # printed them -> [count, first's ts, its task, the sender's record then] (feed())
         self.merges: dict[tuple[str, int, str, str], list[Any]] = {}
         self.lines = 0
+        self.read_ts = 0.0              # the last line's time (trace clock: boot)
+        self.caught_up_to = 0.0         # boot clock when the last drain that emptied the pipe began
         self.signals = 0
         self.lost_logged_at = 0.0
         self.lost_unlogged = 0
@@ -211,6 +213,7 @@ class KernelWitness(TraceInstance):
         if self.fd is None:
             return False
         more = False
+        began = time.clock_gettime(time.CLOCK_BOOTTIME)
         deadline = time.monotonic() + budget_s if budget_s is not None else None
         for _ in range(reads):
             try:
@@ -231,6 +234,8 @@ class KernelWitness(TraceInstance):
                 break
         else:
             more = True
+        if not more:
+            self.caught_up_to = began       # all the kernel had written before this drain is read
         if self.merges:
             self.flush_merges()
         if capture:
@@ -239,6 +244,11 @@ class KernelWitness(TraceInstance):
 
     def capture_execs(self) -> None:
         self.history.capture_execs()
+
+    def read_position(self) -> float:
+        """Up to when (boot clock) the trace is known to be read: its last line's time, or
+        the start of the last read that found the pipe empty."""
+        return max(self.read_ts, self.caught_up_to)
 
     def feed(self, data: bytes, flush: bool = True) -> None:
         """Handle the complete lines of `data` (a partial last line waits for the next read).
@@ -252,11 +262,13 @@ class KernelWitness(TraceInstance):
         history = self.history
         self_pid = self.self_pid
         merges = self.merges
+        stamp = None                    # the last line's time, as printed
         for m in _TRACE_LINES.finditer(data[:cut].decode("utf-8", "replace")):
             task, tid, tgid, ts, parent_comm, parent_tid, comm, child, filename, pid, exit_comm, exit_pid, dead, \
                 sig, err, code, target_comm, target, grp, res, other = m.groups()
             if sig is not None:
                 self.lines += 1
+                stamp = ts
                 sender = int(tgid) if tgid[0] != "-" else int(tid)
                 if res == "2" and sig != "9" and code != "128" and sender and sender != self_pid:
                     # RESULT_ALREADY_PENDING, not SIGKILL nor SI_KERNEL: named (if ever) from
@@ -281,6 +293,7 @@ class KernelWitness(TraceInstance):
                 self.handle(other)
                 continue
             self.lines += 1
+            stamp = ts
             if child is not None:
                 # the parent as a process (its tgid), not the thread that forked
                 parent = int(tgid) if tgid[0] != "-" else int(parent_tid)
@@ -289,6 +302,8 @@ class KernelWitness(TraceInstance):
                 history.execed(float(ts), int(pid), filename, None)
             elif dead != "false":               # a thread's end is not its process' end
                 history.exited_at(float(ts), int(exit_pid), exit_comm)
+        if stamp is not None:
+            self.read_ts = max(self.read_ts, float(stamp))
         if flush and merges:
             self.flush_merges()
 
@@ -317,6 +332,7 @@ class KernelWitness(TraceInstance):
         if isinstance(parsed, Lost):
             self.overrun(parsed.count)
             return
+        self.read_ts = max(self.read_ts, parsed.ts)
         event, body = parsed.event, parsed.body
         if event == "sched_process_fork":
             m = _FORK.match(body)

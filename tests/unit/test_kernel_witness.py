@@ -282,20 +282,43 @@ def test_the_tap_names_a_gone_sender_from_the_trace():
     assert not a.parked
 
 
-def test_the_tap_reads_the_trace_only_when_it_finds_a_sender_gone():
+def test_a_gone_senders_tap_record_waits_for_the_trace_to_be_read_up_to_its_stop():
+    import os
     sup = Sup(tap_active=True)
     a = Attribution(sup, ())
-    reads = []
-    a.catch_up = lambda: reads.append(a.on_kernel_signal(kernel_signal(signal.SIGTERM, sender=gone_sender())))
+    position, asked = [0.0], []
+    a.trace_position = lambda: position[0]
+    a.read_trace_soon = lambda: asked.append(True)
     decision = a.on_traced_signal(812, Siginfo(signo=signal.SIGTERM, errno=0, code=SI_USER, pid=SH, uid=0))
-    assert decision.deliver is False and reads == []    # answered before anything is read
+    assert decision.deliver is False and asked == []    # answered before anything else
     decision.then()
-    assert len(reads) == 1                              # the trace was read then, and named it
-    assert sup.audited[0][1]["sender"]["seen_by"] == "tracefs"
-    import os
+    assert sup.audited == [] and asked == [True] and len(a.deferred) == 1   # waits for the witness
+    a.trace_read()
+    assert sup.audited == []                            # not read that far yet
+    a.on_kernel_signal(kernel_signal(signal.SIGTERM, sender=gone_sender()))     # the witness reads its line
+    position[0] = tracefs.time.clock_gettime(tracefs.time.CLOCK_BOOTTIME)
+    a.trace_read()
+    [(kind, event)] = sup.audited
+    assert (event["via"], event["sender"]["seen_by"], event["sender"]["pid"]) == ("ptrace", "tracefs", SH)
+    assert not a.deferred and not a.parked
     a.on_traced_signal(812, Siginfo(signo=signal.SIGUSR1, errno=0, code=SI_USER, pid=os.getppid(),
                                     uid=os.getuid())).then()
-    assert len(reads) == 1 and sup.audited[-1][1]["sender"]["pid"] == os.getppid()   # alive: /proc, no trace read
+    assert len(asked) == 1 and sup.audited[-1][1]["sender"]["pid"] == os.getppid()   # alive: /proc, no wait
+
+
+def test_a_deferred_tap_record_is_made_when_its_time_runs_out_or_at_shutdown(monkeypatch):
+    from relayq_supervisor.witness import attribution
+    sup = Sup(tap_active=True)
+    a = Attribution(sup, ())
+    a.trace_position = lambda: 0.0
+    a.on_traced_signal(812, Siginfo(signo=signal.SIGTERM, errno=0, code=SI_USER, pid=SH, uid=0)).then()
+    monkeypatch.setattr(attribution, "DEFER_MAX_S", -1.0)
+    a.on_traced_signal(812, Siginfo(signo=signal.SIGHUP, errno=0, code=SI_USER, pid=SH + 1, uid=0)).then()
+    assert len(a.deferred) == 2 and sup.audited == []
+    a.trace_read()                                      # the second's time is out: as the tap saw it
+    assert [e["signal"] for _, e in sup.audited] == ["SIGHUP"] and sup.audited[0][1]["sender"]["alive"] is False
+    a.close_bursts()
+    assert [e["signal"] for _, e in sup.audited][:2] == ["SIGHUP", "SIGTERM"] and not a.deferred
 
 
 def test_without_the_tap_every_signal_is_recorded_from_the_trace():
@@ -504,3 +527,23 @@ def test_exec_captures_past_their_time_budget_wait_for_the_next_pass():
     w.history.capture_execs()
     assert w.history.captures == 4 and w.history.to_capture == []
     assert w.history.get(me).captured is True and w.history.get(SH).captured is False
+
+
+def test_the_read_position_is_the_last_lines_time_or_the_start_of_a_read_that_emptied_the_pipe():
+    import os
+    c = Collect()
+    w = witness(c)
+    r, wr = os.pipe()
+    os.set_blocking(r, False)
+    w.fd = r
+    try:
+        os.write(wr, (storm_line(SH, 7.25, 2) + "\nCPU:0 [LOST 1 EVENTS]\n").encode())
+        w.feed(b"", flush=True)
+        assert w.read_position() == 0.0
+        before = tracefs.time.clock_gettime(tracefs.time.CLOCK_BOOTTIME)
+        assert w.drain() is False                       # read to EAGAIN: caught up
+        assert w.read_ts == 7.25 and w.read_position() >= before and c.signals[0].count == 1
+    finally:
+        w.fd = None
+        os.close(r)
+        os.close(wr)
