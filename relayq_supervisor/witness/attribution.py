@@ -194,6 +194,9 @@ class Attribution:
             self.deferred.append(Deferred(stopped_at, time.monotonic() + DEFER_MAX_S, p, info.signo, info.pid,
                                           lambda w: self.finish_traced(p, tid, info, verdict, sender, w, key,
                                                                        recorded, user_sent)))
+            if recorded:    # its window opens now: the sender's next signals are counted on it
+                fields = tap_fields(info, verdict, self.name_sender(sender), user_sent)
+                self.bursts.opened(key, {**fields, "target_pid": tid, "who": sender.describe()})
             if self.read_trace_soon is not None:
                 self.read_trace_soon()
             if self.schedule is not None:
@@ -225,10 +228,7 @@ class Attribution:
                 sender_dict["note"] = WITNESSED_ALIVE_NOTE
             who = lineage_text(sender_dict)
         if recorded:
-            # SI_QUEUE and the like carry a pid the sender wrote itself; SI_USER/SI_TKILL the kernel's
-            fields: dict[str, Any] = {"code": info.code_name, "sender": sender_dict, "action": verdict.action, "via": "ptrace",
-                      "sender_verified": sender_is_verified(info.code) if user_sent else None,
-                      **({"note": verdict.note} if verdict.note else {})}
+            fields = tap_fields(info, verdict, sender_dict, user_sent)
             self.record(p, tid, info.signo, **fields)
             self.bursts.opened(key, {**fields, "target_pid": tid, "who": who})
             self.wake_bursts()
@@ -385,6 +385,14 @@ class Attribution:
             if owner is not None:
                 return {**sender, "program": owner.name}
         return sender
+
+
+def tap_fields(info: Siginfo, verdict: Verdict, sender: dict[str, Any] | None, user_sent: bool) -> dict[str, Any]:
+    """A tap record's audit fields. SI_QUEUE and the like carry a pid the sender wrote
+    itself; SI_USER/SI_TKILL the kernel's (`sender_verified`)."""
+    return {"code": info.code_name, "sender": sender, "action": verdict.action, "via": "ptrace",
+            "sender_verified": sender_is_verified(info.code) if user_sent else None,
+            **({"note": verdict.note} if verdict.note else {})}
 
 
 def attribute_exit(last_signal: dict[str, Any] | None, exit_signal: int | None,

@@ -547,3 +547,23 @@ def test_the_read_position_is_the_last_lines_time_or_the_start_of_a_read_that_em
         w.fd = None
         os.close(r)
         os.close(wr)
+
+
+def test_a_deferred_tap_record_opens_its_window_so_the_senders_next_signals_are_counted_on_it():
+    sup = Sup(tap_active=True)
+    a = Attribution(sup, ())
+    position = [0.0]
+    a.trace_position = lambda: position[0]
+    term = Siginfo(signo=signal.SIGTERM, errno=0, code=SI_USER, pid=SH, uid=0)
+    decisions = [a.on_traced_signal(812, term)]
+    decisions[0].then()
+    decisions += [a.on_traced_signal(812, term) for _ in range(2)]
+    assert [d.then is None for d in decisions] == [False, True, True]   # the next two joined its window
+    assert len(a.deferred) == 1 and sup.audited == []      # the first waits for the trace
+    a.on_kernel_signal(kernel_signal(signal.SIGTERM, sender=gone_sender()))
+    position[0] = float("inf")
+    a.trace_read()
+    a.close_bursts()
+    first, folded = (e for _, e in sup.audited)
+    assert first["sender"]["seen_by"] == "tracefs" and "count" not in first
+    assert (folded["count"], folded["sender"]["seen_by"]) == (2, "tracefs")
