@@ -27,10 +27,10 @@ OOM_EVENT = ("oom", "mark_victim")
 SOCK_EVENT = ("sock", "inet_sock_set_state")
 # The instance's ring buffer (buffer_size_kb is per CPU; kernel memory, never swapped, held
 # while the supervisor runs). An event takes ~40-60 bytes in it (signal_generate ~56), so
-# 2 MiB a CPU holds ~35,000: on a 2-CPU node, ten back-to-back storms of 5000 signals with
-# the reader starved of CPU (BENCHMARKS.md: signal storm), where 512 KiB lost a fifth of
-# them. Bounded for the node: BUFFER_KB_TOTAL over all CPUs (8 MiB), never below 512 KiB a
-# CPU (~9,000 events between two reads).
+# 2 MiB a CPU holds ~35,000: on a 2-CPU node, ten back-to-back storms of 5000 signals even
+# while the reader is starved of CPU (BENCHMARKS.md: signal storm; 512 KiB, with the slower
+# reading before, lost a fifth to two fifths of them). Bounded for the node: BUFFER_KB_TOTAL
+# over all CPUs (8 MiB), never below 512 KiB a CPU (~9,000 events between two reads).
 BUFFER_KB_PER_CPU_MAX = 2048
 BUFFER_KB_PER_CPU_MIN = 512
 BUFFER_KB_TOTAL = 8192
