@@ -236,8 +236,8 @@ def run(ctx: BenchContext) -> Section:
         targets.append(Target(f"{what}: latency under the storm within 2x of idle (medians)",
                               f"{b.median / i.median:.2f}x (max {ms(b.max)} vs {ms(i.max)} idle)", met,
                               "" if met else f"the supervisor was busy {busy_share:.0%} of the storms' time (its CPU over "
-                              f"their duration), {LOOPS} CPU-bound kill loops share 2 cores with it, and each loop "
-                              "pass that wrote audit events waits for their fsync (see the method)"))
+                              f"their duration) and {LOOPS} CPU-bound kill loops share 2 cores with it: each of its loop "
+                              "passes takes several times its CPU time on the wall (see the method)"))
     if not group:
         targets.append(Target("latency with the loops in a cgroup of their own", "not measured", False, where))
     latency = Table("latency, idle vs under the storm", ("", "idle n", "median", "max", "storm n", "median", "max",
