@@ -55,21 +55,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_SIZE = 1 << 16
-# A trace_pipe read returns one page of text (~8 KiB, ~60 lines) whatever the size asked.
-# Up to 256 reads (~2 MiB, ~16,000 lines, ~40 ms of parsing) per wake-up, then back to the
-# loop, the fd still readable: at the loop's 5 wake-ups a second that is ~80,000 lines/s,
-# where 8 reads (the first version) held it to ~2,500 lines/s, below what a node
-# exec'ing 1000 programs a second writes (3 lines each: fork, exec, exit).
+# A trace_pipe read returns one page of text (~8 KiB, ~60 lines) whatever the size asked:
+# up to 256 reads a wake-up (8 held a busy node to ~2,500 lines/s, below 1000 execs/s)...
 READS_PER_WAKEUP = 256
-# ...but the loop's reader callback stops after this much parsing and comes back on the next
-# loop pass, after what else is ready (a status request, an exit, the tap). Each pass that
-# serves a status request may hold one such stretch, and on a node whose CPU is taken (a
-# signal storm's kill loops) a stretch of CPU time is several times that on the wall: 2 ms
-# keeps a status answered within tens of ms under a storm (BENCHMARKS.md: signal storm),
-# where 10 ms made it ~100 ms. Reading costs no more per line in shorter stretches (a
-# pass's overhead is a few µs), and a storm's merges fold across the reads of one drain.
+# ...but the loop's reader stops after this much and reads on in the next loop pass, after
+# what else is ready (a status request, an exit, the tap). Under a storm the kill loops take
+# the CPU and a stretch costs ~3x its CPU time on the wall: 2 ms stretches answered status
+# within ~10-70 ms where 10 ms ones took ~100 ms (BENCHMARKS.md: signal storm).
 READ_BUDGET_S = 0.002
 LOST_LOG_EVERY_S = 60.0
+
 
 class KernelWitness(TraceInstance):
     """Our tracefs instance (trace_instance.py), read: its lines handled in the kernel's
