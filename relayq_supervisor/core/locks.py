@@ -164,10 +164,10 @@ class OwnerLocks:
         self.names: dict[str, socket.socket] = {}      # abstract socket names we hold
         self.answering: list[tuple[asyncio.AbstractEventLoop, int]] = []   # (loop, fd) of hold_name's readers
 
-    def claim(self, what: str, path: str, record_path: str) -> socket.socket:
+    def claim(self, what: str, path: str, record_path: str, thing: str = "", why: str = "") -> socket.socket:
         """Hold the abstract name standing for `path` (a config, a run_dir), or StartupError
-        `relayq-supervisor: PATH is owned by pid N (...)`, with the holder's lock record at
-        `record_path` when it is still there and names that pid."""
+        `relayq-supervisor: THING is owned by pid N (...)WHY` (THING: `path` unless given),
+        with the holder's lock record at `record_path` when it is still there and names that pid."""
         name = abstract_name(what, path)
         s = claim_name(name)
         if s is None:
@@ -177,15 +177,15 @@ class OwnerLocks:
             self.on_conflict("@" + name, owner)
             described = describe_owner(owner) if owner.get("taken_at") else \
                 f"pid {pid}" if pid else "another process"
-            raise StartupError(f"relayq-supervisor: {path} is owned by {described} (it holds the abstract "
-                               f"socket @{name})") from None
+            raise StartupError(f"relayq-supervisor: {thing or path} is owned by {described} (it holds the "
+                               f"abstract socket @{name}){why}") from None
         self.names[name] = s
         return s
 
-    def hold_name(self, what: str, path: str, record_path: str) -> None:
+    def hold_name(self, what: str, path: str, record_path: str, thing: str = "", why: str = "") -> None:
         """claim(), and answer refused rivals on the running loop (they connect to learn our
         pid); without a loop (a unit test) they are answered by the kernel's backlog alone."""
-        claimed = self.claim(what, path, record_path)
+        claimed = self.claim(what, path, record_path, thing, why)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

@@ -84,7 +84,7 @@ class RedisKind:
         why = ": two servers on one data directory would overwrite each other's dump"
         # a second supervisor on this data dir is refused by its abstract name, which no file
         # operation of Redis' user can free, then by the flock of our record in run_dir
-        self.ctx.locks.hold_name("redis-dir", r.dir, self.lock_path)
+        self.ctx.locks.hold_name("redis-dir", r.dir, self.record_path, f"Redis data directory {r.dir}", why)
         # what a predecessor recorded, read before our record replaces it; kept in ours
         # while that Redis lives, so a refused start cannot erase the trail to it
         recorded = (trusted_record(self.record_path) or trusted_record(self.lock_path) or {}).get("redis")
