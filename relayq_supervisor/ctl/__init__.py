@@ -10,8 +10,8 @@ interpreter starts for every relayqctl command, and what it imports is most of i
   local     [supervisor] of the config on disk, the socket's path
   display   printing: lines, durations, the program table
   programs  status (--watch), start, stop, restart, shutdown, pid, reload
-  why       why NAME (--node)         cluster  status --cluster, audit --cluster
-  audit     audit (this node's log)   logs     logs
+  why       why NAME (--node)         cluster  status --cluster (the cluster's Redis)
+  audit     audit, audit --cluster    logs     logs
   doctor    doctor
 """
 from __future__ import annotations
@@ -47,11 +47,8 @@ def run_command(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.cmd == "audit":
-            if args.cluster or args.node:
-                from relayq_supervisor.ctl.cluster import cluster_audit
-                return cluster_audit(args)
-            from relayq_supervisor.ctl.audit import audit_timeline
-            return audit_timeline(args)
+            from relayq_supervisor.ctl.audit import audit_timeline, cluster_audit
+            return cluster_audit(args) if args.cluster or args.node else audit_timeline(args)
         if args.cmd == "status" and args.cluster:
             from relayq_supervisor.ctl.cluster import cluster_status
             return cluster_status(args)

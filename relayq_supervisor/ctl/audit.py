@@ -1,4 +1,5 @@
-"""`relayqctl audit`: this node's audit log as a timeline (rotated files too, --follow)."""
+"""`relayqctl audit`: this node's audit log as a timeline (rotated files too, --follow), or
+(`--cluster`) every node's, from the cluster's Redis."""
 from __future__ import annotations
 
 import collections
@@ -13,6 +14,7 @@ from relayq_supervisor.audit.timeline_text import format_event
 from relayq_supervisor.config import default_config_path
 from relayq_supervisor.control.protocol import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from relayq_supervisor.ctl.local import supervisor_section
+from relayq_supervisor.printable import escape
 
 
 def audit_filter(args) -> EventFilter:
@@ -21,6 +23,31 @@ def audit_filter(args) -> EventFilter:
                               since=parse_when(args.since, now) if args.since else None,
                               until=parse_when(args.until, now) if args.until else None,
                               blocked_only=args.blocked)
+
+
+def cluster_audit(args) -> int:
+    """`audit --cluster`: the merged timeline of every node, each line prefixed with its node."""
+    try:
+        wanted = audit_filter(args)
+    except ValueError as e:
+        print(f"relayqctl audit: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    from relayq_supervisor.ctl.cluster import cluster_view  # redis-py: imported for --cluster only
+    view = cluster_view(args)
+
+    def emit(event: dict) -> None:
+        if (args.node is None or event["node"] == args.node) and wanted.matches(event):
+            print(json.dumps(event, default=str) if args.json else f"{escape(event['node'])} {format_event(event)}")
+
+    last = view.last_id()       # history up to here, then what comes after: no gap, no repeat
+    for _, shown in with_late_answers(view.history(wanted.since, last)):
+        emit(shown)
+    if args.follow:
+        sys.stdout.flush()
+        for event in view.follow(last):
+            emit(event)
+            sys.stdout.flush()
+    return EXIT_OK
 
 
 def audit_timeline(args) -> int:
