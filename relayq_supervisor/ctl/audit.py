@@ -20,9 +20,9 @@ from relayq_supervisor.printable import escape
 def audit_filter(args) -> EventFilter:
     now = datetime.now(UTC)
     return EventFilter(program=args.program, signal=args.signal, sender=args.sender,
-                              since=parse_when(args.since, now) if args.since else None,
-                              until=parse_when(args.until, now) if args.until else None,
-                              blocked_only=args.blocked)
+                       since=parse_when(args.since, now) if args.since else None,
+                       until=parse_when(args.until, now) if args.until else None,
+                       blocked_only=args.blocked)
 
 
 def cluster_audit(args) -> int:
