@@ -199,7 +199,7 @@ class RelayqSupervisor(Contender):
         return supervisor_env()
 
     def status(self, timeout: float = 5.0) -> dict:
-        from relayq_supervisor.ctl import call
+        from relayq_supervisor.ctl.client import call
         reply = call(self.control_socket, "status", timeout)
         if not reply.get("ok"):
             raise RuntimeError(reply.get("error", "status refused"))

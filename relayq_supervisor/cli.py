@@ -1,63 +1,23 @@
 """Command lines: argument parsing and printing, no logic.
 
 Exit codes: 0 ok, 1 failure, 2 usage/config error, 3 not running (status), 4 unknown name.
+
+`relayqctl` enters here too (`ctl_main`), and a new interpreter starts for every command:
+so this module imports only what both need at its top, and the supervisor's own modules
+(asyncio, logging and the journal, the config) inside the functions that use them.
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
+from typing import TYPE_CHECKING
 
-from relayq_supervisor.config.load import default_config_path, load_config
-from relayq_supervisor.config.model import Config
-from relayq_supervisor.config.redis import redis_version
-from relayq_supervisor.control.protocol import EXIT_OK, exit_status_of
-from relayq_supervisor.core.journal import INFO, PRIORITY, JournalSink, SupervisorJournal
-from relayq_supervisor.errors import RelayqError
-from relayq_supervisor.linux.journal import stderr_is_journal
-from relayq_supervisor.printable import escape
-
-ROOT_LOGGER = "relayq_supervisor"
-
-
-class JournalFormatter(logging.Formatter):
-    """One line per event, `module: message`: `<N>` priority prefixes when stderr is
-    journald's stream (JOURNAL_STREAM names it), else a timestamp; never colour."""
-
-    def __init__(self, journal: bool):
-        super().__init__()
-        self.journal = journal
-
-    def format(self, record: logging.LogRecord) -> str:
-        # escaped whole: a sender's argv or a child's output quoted in a message must not
-        # start a journal entry of its own (`\n<2>FORGED`); tracebacks below are ours
-        msg = escape(f"{record.name.removeprefix(ROOT_LOGGER + '.')}: {record.getMessage()}")
-        if record.exc_info:
-            msg += "\n" + self.formatException(record.exc_info)
-        if self.journal:
-            return f"<{PRIORITY.get(record.levelno, INFO)}>{msg}"
-        stamp = self.formatTime(record, "%Y-%m-%d %H:%M:%S") + f".{int(record.msecs):03d}"
-        level = "" if record.levelno == logging.INFO else f"{record.levelname}: "
-        return f"{stamp} {level}{msg}"
-
-
-def setup_logging(verbose: bool = False, target: str = "auto") -> None:
-    """Our lines to stderr, or to the journal by its native protocol (see core/journal.py):
-    each with its priority, and a line the journal does not take to stderr after all."""
-    on_stream = stderr_is_journal()
-    stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(JournalFormatter(on_stream))
-    handler: logging.Handler = stderr
-    if target == "journal" or (target == "auto" and on_stream):
-        handler = SupervisorJournal(JournalSink(), ROOT_LOGGER, stderr)
-    root = logging.getLogger(ROOT_LOGGER)
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
+if TYPE_CHECKING:
+    from relayq_supervisor.config.model import Config
 
 
 def describe_config(config) -> str:
+    from relayq_supervisor.config.redis import redis_version
     lines = [f"config {config.path} is valid", f"run_dir {config.supervisor.run_dir}",
              f"control socket {config.supervisor.control_socket}", f"audit log {config.supervisor.audit_log}"]
     for spec in config.programs:
@@ -86,6 +46,14 @@ def describe_config(config) -> str:
 
 
 def supervisor_main(argv: list[str] | None = None) -> int:
+    import asyncio
+
+    from relayq_supervisor.config.load import default_config_path, load_config
+    from relayq_supervisor.control.protocol import EXIT_OK, exit_status_of
+    from relayq_supervisor.errors import RelayqError
+    from relayq_supervisor.printable import escape
+    from relayq_supervisor.supervisor_log import setup_logging
+
     parser = argparse.ArgumentParser(prog="relayq-supervisor",
                                      description="Run Redis and the relayq workers under one owner.")
     parser.add_argument("-c", "--config", default=None,

@@ -15,7 +15,8 @@ from typing import Any
 import redis
 import redis.exceptions
 
-from relayq_supervisor.audit import review
+from relayq_supervisor.audit.filtering import parse_timestamp
+from relayq_supervisor.audit.reading import parse_line
 from relayq_supervisor.cluster import link
 from relayq_supervisor.config.model import Config
 from relayq_supervisor.errors import RelayqError, UnknownProgram
@@ -136,7 +137,7 @@ class ClusterView:
                 if len(chunk) < READ_CHUNK:
                     break
                 start = "(" + chunk[-1][0].decode()
-        events.sort(key=lambda e: review.parse_timestamp(e.get("ts") or "") or datetime.min.replace(tzinfo=UTC))
+        events.sort(key=lambda e: parse_timestamp(e.get("ts") or "") or datetime.min.replace(tzinfo=UTC))
         return events
 
     def follow(self, after_id: dict[str, str]) -> Iterator[dict[str, Any]]:
@@ -169,7 +170,7 @@ def entry_event(fields: dict[bytes, bytes], seen: set[tuple[str, str]], node: st
     if key in seen:
         return None
     seen.add(key)
-    event = review.parse_line(fields.get(b"event", b""))
+    event = parse_line(fields.get(b"event", b""))
     if event is None:
         return None
     event["node"] = node

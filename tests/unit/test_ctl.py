@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from relayq_supervisor import ctl
 from relayq_supervisor.control import protocol
 from relayq_supervisor.control.protocol import Refused, exit_status_of, parse_reply, parse_request
+from relayq_supervisor.ctl.client import Unreachable, call
+from relayq_supervisor.ctl.display import describe_program, format_duration, outcome_line, print_programs, print_status, say
+from relayq_supervisor.ctl.parser import build_parser
+from relayq_supervisor.ctl.why import print_why
 from relayq_supervisor.errors import (
     BadRequest,
     ConfigError,
@@ -114,15 +117,15 @@ def test_exit_status_of_each_error(error, status):
 
 def test_call_names_the_socket_and_why_it_is_unreachable(tmp_path):
     missing = str(tmp_path / "none.sock")
-    with pytest.raises(ctl.Unreachable) as none:
-        ctl.call(missing, "status")
+    with pytest.raises(Unreachable) as none:
+        call(missing, "status")
     assert str(none.value) == f"{missing}: no supervisor is listening (no socket file)"
     stale = str(tmp_path / "stale.sock")
     s = socket.socket(socket.AF_UNIX)
     s.bind(stale)
     s.close()                                   # the file stays, nobody listens
-    with pytest.raises(ctl.Unreachable) as gone:
-        ctl.call(stale, "status")
+    with pytest.raises(Unreachable) as gone:
+        call(stale, "status")
     assert str(gone.value) == f"{stale}: no supervisor is listening (stale socket)"
 
 
@@ -143,7 +146,7 @@ def test_call_sends_one_request_and_reads_one_reply(tmp_path):
     thread = threading.Thread(target=answer_once, daemon=True)
     thread.start()
     try:
-        assert ctl.call(path, "pid", 5.0, name=None) == {"v": 1, "ok": True, "result": {"pid": 812}}
+        assert call(path, "pid", 5.0, name=None) == {"v": 1, "ok": True, "result": {"pid": 812}}
     finally:
         thread.join(10)
         server.close()
@@ -165,8 +168,8 @@ def test_call_without_a_reply_is_unreachable(tmp_path):
     thread = threading.Thread(target=hang_up, daemon=True)
     thread.start()
     try:
-        with pytest.raises(ctl.Unreachable) as closed:
-            ctl.call(path, "status", 5.0)
+        with pytest.raises(Unreachable) as closed:
+            call(path, "status", 5.0)
     finally:
         thread.join(10)
         server.close()
@@ -178,7 +181,7 @@ def test_call_without_a_reply_is_unreachable(tmp_path):
     (86399, "23h59m"), (86400, "1d 0h00m"), (90061, "1d 1h01m"),
 ])
 def test_format_duration(seconds, text):
-    assert ctl.format_duration(seconds) == text
+    assert format_duration(seconds) == text
 
 
 @pytest.mark.parametrize("program, text", [
@@ -193,12 +196,12 @@ def test_format_duration(seconds, text):
     ({"state": "STOPPED", "reason": ""}, ""),
 ])
 def test_describe_program(program, text):
-    assert ctl.describe_program(program) == text
+    assert describe_program(program) == text
 
 
 def test_why_shows_how_long_a_running_program_has_been_up(capsys):
     """Not only the reason it became RUNNING: `alive for 1s` read as its uptime (issue 15, item 6)."""
-    ctl.print_why({"program": {"name": "rqworker:2", "state": "RUNNING", "pid": 4242, "uptime_s": 754.2,
+    print_why({"program": {"name": "rqworker:2", "state": "RUNNING", "pid": 4242, "uptime_s": 754.2,
                                "reason": "ready: still running 1s after its start"}, "last_stop": None})
     first = capsys.readouterr().out.splitlines()[0]
     assert first == "rqworker:2: RUNNING, pid 4242, up 12m34s (ready: still running 1s after its start)"
@@ -211,27 +214,27 @@ HUGE_SENDER = "killed by SIGTERM from pid 4412 python3 monitor.py " + "A=" + "x"
 def test_status_table_cuts_a_long_detail_to_the_terminal_only(capsys):
     program = {"name": "worker:0", "state": "RUNNING", "pid": 812, "uptime_s": 3.0, "restarts": 1,
                "last_exit": {"description": HUGE_SENDER}}
-    ctl.print_status({"supervisor": {"pid": 1, "uptime_s": 5, "config": "/c.toml", "notes": ["n" * 300]},
+    print_status({"supervisor": {"pid": 1, "uptime_s": 5, "config": "/c.toml", "notes": ["n" * 300]},
                       "programs": [program]}, width=80)
     lines = capsys.readouterr().out.splitlines()
     assert lines and all(len(line) <= 80 for line in lines[1:]), [len(line) for line in lines]
     row = next(line for line in lines if line.startswith("worker:0"))
     assert row.endswith("...") and "last: killed by SIGTERM from pid" in row and len(row) == 80
     # in the cluster view too, under each node's indented table
-    ctl.print_programs([program], False, "    ", width=72)
+    print_programs([program], False, "    ", width=72)
     assert all(len(line) <= 72 for line in capsys.readouterr().out.splitlines())
     # no width (piped, not a terminal): every character stays
-    ctl.print_programs([program], False)
+    print_programs([program], False)
     assert capsys.readouterr().out.rstrip("\n").endswith("x" * 8000)
 
 
 def test_an_outcome_line_is_cut_to_the_terminal_only(capsys):
     outcome = {"name": "worker:1", "state": "BACKOFF", "ok": False,
                "detail": "pid 813 died during the start: " + HUGE_SENDER}
-    ctl.say(ctl.outcome_line(outcome), 100)
+    say(outcome_line(outcome), 100)
     line = capsys.readouterr().out.rstrip("\n")
     assert len(line) == 100 and line.startswith("worker:1: BACKOFF (pid 813 died") and line.endswith("...")
-    ctl.say(ctl.outcome_line(outcome))
+    say(outcome_line(outcome))
     assert capsys.readouterr().out.rstrip("\n").endswith("x" * 8000 + ")")
 
 
@@ -253,7 +256,7 @@ def test_terminal_width_only_for_a_terminal(tmp_path, monkeypatch):
 def test_help_names_every_command_and_option():
     """`relayqctl --help` and each COMMAND --help: no option left unexplained (--cluster,
     --node, --watch, logs came in one day and their help with them)."""
-    parser = ctl.build_parser()
+    parser = build_parser()
     top = parser.format_help()
     for text in ("logs", "--cluster", "--node", "--watch"):
         assert text in top, text

@@ -1,21 +1,7 @@
-"""A small relayq-style job worker and client: the reference worker of the default config.
-
-It reproduces the incident's smoke test shape,
-    python3 -c "from relayq_supervisor.selftest import job; print(job.run('echo SUCCESS').get())"
-so a node can be checked end to end: client -> Redis list -> worker -> `sh -c` -> result.
-
-Wire format (Redis, URL from RELAYQ_REDIS_URL):
-  queue `relayq:jobs` (RPUSH by clients, BLPOP by workers): {"id", "command", "timeout"}
-  result `relayq:result:<id>` (RPUSH by the worker, EXPIRE 1 h):
-      {"id", "stdout", "stderr", "returncode", "worker": "host:pid", "finished_at": epoch seconds}
-
-Usage:
-  python3 -m relayq_supervisor.selftest worker [--queue NAME]
-  python3 -m relayq_supervisor.selftest run 'echo SUCCESS'
-"""
+"""The worker: BLPOP jobs from a queue, run each with `sh -c`, RPUSH its result; READY=1
+and WATCHDOG=1 to the supervisor, SIGTERM to stop."""
 from __future__ import annotations
 
-import argparse
 import faulthandler
 import json
 import os
@@ -23,202 +9,29 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import time
-import uuid
-from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from relayq_supervisor.linux.journal import stderr_is_journal
 from relayq_supervisor.linux.notify_socket import connect_notify_socket, send_notify
 from relayq_supervisor.linux.siginfo import signal_name
+from relayq_supervisor.selftest.wire import (
+    DEFAULT_QUEUE,
+    POLL_TIMEOUT,
+    RESULT_TTL,
+    RETRY_MAX,
+    RETRY_MIN,
+    TIMED_OUT,
+    JobResult,
+    as_text,
+    connect,
+    display_url,
+    redis_url,
+    result_key,
+)
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_QUEUE = "relayq:jobs"
-RESULT_PREFIX = "relayq:result:"
-RESULT_TTL = 3600               # seconds a result waits for its client
-POLL_TIMEOUT = 2.0              # BLPOP timeout: also bounds how long SIGTERM takes when idle
-RETRY_MIN, RETRY_MAX = 0.1, 2.0  # reconnect backoff while Redis is away
-TIMED_OUT = 124                 # returncode of a job killed at its time limit (as timeout(1))
-
-
-# --- shared ------------------------------------------------------------------
-
-def redis_url(url: str | None = None) -> str:
-    """The URL to use: explicit, else $RELAYQ_REDIS_URL (set by the supervisor), else the default."""
-    return url or os.environ.get("RELAYQ_REDIS_URL") or DEFAULT_URL
-
-
-def display_url(url: str) -> str:
-    """The URL with any password masked, fit for error messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
-
-
-def connect(url: str, block: float = 0.0) -> redis.Redis:
-    """A client with short timeouts and no hidden retries: callers own the retry policy.
-
-    `block` is the longest BLPOP the caller will issue; the read timeout must outlast it.
-    """
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=2.0,
-        socket_timeout=block + 2.0,
-        retry=Retry(NoBackoff(), 0),   # a retried RPUSH could queue a job twice
-        decode_responses=True,
-    )
-
-
-def result_key(job_id: str) -> str:
-    return RESULT_PREFIX + job_id
-
-
-@dataclass(frozen=True)
-class JobResult:
-    id: str
-    stdout: str
-    stderr: str
-    returncode: int
-    worker: str
-    finished_at: float
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__)
-
-    @classmethod
-    def from_json(cls, text: str) -> JobResult:
-        data = json.loads(text)
-        return cls(id=str(data["id"]), stdout=data.get("stdout", ""), stderr=data.get("stderr", ""),
-                   returncode=int(data["returncode"]), worker=str(data.get("worker", "?")),
-                   finished_at=float(data.get("finished_at", 0.0)))
-
-
-# --- client ------------------------------------------------------------------
-
-class JobFailed(Exception):
-    """The job ran and its command failed (returncode != 0)."""
-
-    def __init__(self, result: JobResult):
-        self.result = result
-        how = (f"failed with exit code {result.returncode}" if result.returncode >= 0
-               else f"was killed by {signal_name(-result.returncode)}")
-        message = f"job {result.id} {how} on worker {result.worker}"
-        stderr = result.stderr.strip()
-        if stderr:
-            message += f": {stderr}"
-        super().__init__(message)
-
-
-class RedisUnreachable(ConnectionError):
-    """The client could not reach Redis to queue a job."""
-
-
-class Job:
-    """Handle on a queued job; get() waits for and returns its output."""
-
-    def __init__(self, id: str, command: str, timeout: float, url: str, queue: str):
-        self.id = id
-        self.command = command
-        self.timeout = timeout
-        self.url = url
-        self.queue = queue
-        self._result: JobResult | None = None
-
-    @property
-    def payload(self) -> str:
-        """The queue entry; deterministic, so the client can LREM exactly this job."""
-        return json.dumps({"id": self.id, "command": self.command, "timeout": self.timeout})
-
-    @property
-    def result(self) -> JobResult | None:
-        """The full result (worker, stderr, returncode) once get() has received it."""
-        return self._result
-
-    def get(self, timeout: float = 30) -> str:
-        """Wait up to `timeout` seconds; return stdout without its trailing newline.
-
-        Raises JobFailed if the command failed, TimeoutError if no result came.
-        """
-        if self._result is None:
-            self._result = self._wait_for_result(timeout)
-        if self._result.returncode != 0:
-            raise JobFailed(self._result)
-        out = self._result.stdout
-        return out[:-1] if out.endswith("\n") else out
-
-    def _wait_for_result(self, timeout: float) -> JobResult:
-        deadline = time.monotonic() + timeout
-        client = connect(self.url, block=1.0)
-        last_error: Exception | None = None
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(self._timeout_message(client, timeout, last_error))
-                try:
-                    # Short BLPOPs rather than one long one: Redis may restart meanwhile.
-                    item = client.blpop([result_key(self.id)], timeout=max(0.01, min(remaining, 1.0)))
-                    last_error = None
-                except (redis.ConnectionError, redis.TimeoutError) as e:
-                    last_error = e
-                    time.sleep(min(RETRY_MIN, max(0.0, deadline - time.monotonic())))
-                    continue
-                if item is not None:
-                    return JobResult.from_json(_text(item[1]))
-        finally:
-            client.close()
-
-    def _timeout_message(self, client: redis.Redis, timeout: float, error: Exception | None) -> str:
-        where = f"queue {self.queue} at {display_url(self.url)}"
-        if error is not None:
-            return (f"no result for job {self.id} within {timeout:g}s: Redis unreachable ({error}); "
-                    f"{where}")
-        try:
-            # Withdraw the job so a worker that turns up later does not run it for nobody.
-            withdrawn = client.lrem(self.queue, 1, self.payload) > 0
-        except redis.RedisError:
-            withdrawn = False
-        if withdrawn:
-            return (f"no worker answered job {self.id} within {timeout:g}s on {where} "
-                    f"(job withdrawn; is a worker running? try: relayqctl status)")
-        return (f"no result for job {self.id} within {timeout:g}s on {where}: "
-                f"a worker took it but has not finished")
-
-
-class JobClient:
-    """Queues jobs: `job.run('echo SUCCESS').get()`."""
-
-    def __init__(self, queue: str = DEFAULT_QUEUE):
-        self.queue = queue
-
-    def run(self, command: str, timeout: float = 30, url: str | None = None) -> Job:
-        """Queue `command` (run with sh -c, killed after `timeout` s) and return its Job."""
-        url = redis_url(url)
-        handle = Job(uuid.uuid4().hex, command, float(timeout), url, self.queue)
-        client = connect(url)
-        try:
-            client.rpush(self.queue, handle.payload)
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise RedisUnreachable(f"cannot reach Redis at {display_url(url)} to queue the job ({e}); "
-                                   "is relayq-supervisor running? try: relayqctl status") from None
-        finally:
-            client.close()
-        return handle
-
-
-job = JobClient()
-
-
-# --- worker ------------------------------------------------------------------
 
 def notify_ready(address: str | None = None, message: bytes = b"READY=1") -> bool:
     """Send `message` (READY=1, or WATCHDOG=1) to $NOTIFY_SOCKET (or `address`); '@' names an abstract socket.
@@ -331,7 +144,7 @@ class Worker:
                     self._on_unreachable(client, e)
                     continue
                 if item is not None:
-                    self._handle(client, _text(item[1]))
+                    self._handle(client, as_text(item[1]))
         finally:
             client.close()
         self.log(f"stopping ({self._stop_signal})")
@@ -450,10 +263,6 @@ class Worker:
                 self._on_unreachable(client, e)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
 def _kill_tree(pid: int) -> None:
     """SIGKILL `pid` and its descendants (sh may have forked: pipelines, `a; b`)."""
     try:
@@ -467,67 +276,3 @@ def _kill_tree(pid: int) -> None:
             proc.kill()     # psutil checks the pid still names the same process
         except psutil.Error:
             pass
-
-
-# --- command line ------------------------------------------------------------
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python3 -m relayq_supervisor.selftest",
-        description="Reference relayq job worker and smoke-test client. "
-                    f"Redis URL: --url, else $RELAYQ_REDIS_URL, else {DEFAULT_URL}.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{worker,run}")
-
-    w = sub.add_parser("worker", help="serve jobs from a queue until SIGTERM/SIGINT")
-    w.add_argument("--queue", default=DEFAULT_QUEUE, help=f"queue to serve (default {DEFAULT_QUEUE})")
-    w.add_argument("--url", help="Redis URL (default: $RELAYQ_REDIS_URL)")
-    w.add_argument("--poll", type=float, default=POLL_TIMEOUT,
-                   help=f"BLPOP timeout in seconds; bounds how long an idle worker takes to stop "
-                        f"(default {POLL_TIMEOUT:g})")
-
-    r = sub.add_parser("run", help="queue a shell command, wait for it and print its output")
-    r.add_argument("shell_command", metavar="COMMAND", help="run by a worker with sh -c")
-    r.add_argument("--queue", default=DEFAULT_QUEUE, help=f"queue to use (default {DEFAULT_QUEUE})")
-    r.add_argument("--url", help="Redis URL (default: $RELAYQ_REDIS_URL)")
-    r.add_argument("-c", "--config", help="take the Redis address from this relayq-supervisor config")
-    r.add_argument("--timeout", type=float, default=30.0, help="job time limit in seconds (default 30)")
-    r.add_argument("--wait", type=float, help="seconds to wait for the result (default: timeout + 5)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "worker":
-        if args.poll <= 0:
-            print("relayq: --poll must be a positive number of seconds", file=sys.stderr)
-            return 2
-        return Worker(url=args.url, queue=args.queue, poll=args.poll).serve()
-
-    wait = args.wait if args.wait is not None else args.timeout + 5
-    if args.config and not args.url:
-        from relayq_supervisor.config.load import load_config
-        from relayq_supervisor.errors import ConfigError
-        from relayq_supervisor.kinds.redis.server import client_url
-        try:
-            spec = load_config(args.config).redis
-        except ConfigError as e:
-            print(f"relayq: {e}", file=sys.stderr)
-            return 2
-        if spec is None:
-            print(f"relayq: {args.config} has no [redis] table", file=sys.stderr)
-            return 2
-        args.url = client_url(spec)
-    try:
-        output = JobClient(args.queue).run(args.shell_command, timeout=args.timeout, url=args.url).get(wait)
-    except (JobFailed, TimeoutError, RedisUnreachable) as e:
-        print(f"relayq: {e}", file=sys.stderr)
-        return 1
-    except redis.RedisError as e:
-        print(f"relayq: Redis at {display_url(redis_url(args.url))} refused the job: {e}", file=sys.stderr)
-        return 1
-    print(output)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

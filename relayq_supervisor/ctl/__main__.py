@@ -1,0 +1,5 @@
+import sys
+
+from relayq_supervisor.ctl import main
+
+sys.exit(main())
