@@ -54,7 +54,7 @@ class Locks(Protocol):
         """The record in a lock file, whoever wrote it."""
         ...
 
-    def hold_name(self, what: str, path: str, record_path: str) -> None:
+    def hold_name(self, what: str, path: str, record_path: str, thing: str = "", why: str = "") -> None:
         """Hold the abstract socket name standing for `path` (no file operation frees it) or
         raise StartupError naming its holder (its record at `record_path` when it names it)."""
         ...
