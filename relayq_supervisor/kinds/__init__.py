@@ -210,7 +210,7 @@ class ProgramKind(Protocol):
 
 def make_kind(spec: ProgramSpec, ctx: KindContext) -> ProgramKind:
     if spec.redis is not None:
-        from relayq_supervisor.kinds.redis import RedisKind
+        from relayq_supervisor.kinds.redis.kind import RedisKind
         return RedisKind(spec, ctx)
     from relayq_supervisor.kinds.exec import ExecKind
     return ExecKind(spec, ctx)
@@ -218,5 +218,5 @@ def make_kind(spec: ProgramSpec, ctx: KindContext) -> ProgramKind:
 
 def refuse_reload(old: Config, new: Config) -> str | None:
     """What a reload cannot change while running, for any kind; None if it can apply."""
-    from relayq_supervisor.kinds.redis import refuse_reload as redis_refusal
+    from relayq_supervisor.kinds.redis.kind import refuse_reload as redis_refusal
     return redis_refusal(old.redis, new.redis)

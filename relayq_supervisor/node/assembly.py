@@ -35,7 +35,7 @@ from relayq_supervisor.core.states import State
 from relayq_supervisor.errors import RelayqError, StartupError
 from relayq_supervisor.ground import GroundWatch
 from relayq_supervisor.kinds import Cancellable, KindContext
-from relayq_supervisor.kinds.redis import RedisKind
+from relayq_supervisor.kinds.redis.kind import RedisKind
 from relayq_supervisor.linux import prctl
 from relayq_supervisor.linux.journal import SOCKET_ENV
 from relayq_supervisor.linux.notify_socket import ChildNotifySocket

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from relayq_supervisor.kinds import Cancellable, KindContext, Program, RemoteClients
-    from relayq_supervisor.kinds.redis import RedisKind
+    from relayq_supervisor.kinds.redis.kind import RedisKind
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from relayq_supervisor.background import start_task
 
 if TYPE_CHECKING:
     from relayq_supervisor.kinds import KindContext, Program
-    from relayq_supervisor.kinds.redis import RedisKind
+    from relayq_supervisor.kinds.redis.kind import RedisKind
 
 log = logging.getLogger(__name__)
 
