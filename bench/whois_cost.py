@@ -29,8 +29,10 @@ import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import redis
 import redis.asyncio as aioredis
 
@@ -39,17 +41,20 @@ from bench.report import Section, Table, Target
 from relayq_supervisor.cluster import link
 from relayq_supervisor.cluster.whois_answer import WhoisAnswerer
 from relayq_supervisor.cluster.whois_ask import WhoisAsker
-from relayq_supervisor.cluster.whois_scan import find_holder
 from relayq_supervisor.config import find_redis_tool, load_config
-from relayq_supervisor.kinds.redis import acl
+from relayq_supervisor.kinds.redis.acl_log import Denial
+from relayq_supervisor.kinds.redis.health import RedisHealth
 from relayq_supervisor.linux.sockets import process_pids
 from relayq_supervisor.witness.connections import NetnsGate, OwnConnections
 from relayq_supervisor.witness.history import ProcessHistory
+from relayq_supervisor.witness.identity import ProcessIdentity
+from relayq_supervisor.witness.socket_holder import find_holder
 from relayq_supervisor.witness.trace_lines import SockState
 
 NAME = "whois"
 TITLE = "Cross-node attribution (Redis cost per 1,000 connections per node)"
 CONNECTIONS = 1000
+EXTRA_PROCESSES = 300       # idle processes started for the lookups: a busy node's /proc
 METHOD = ("One redis-server. Records: a node writes each connection's record (the identity an answer "
           "carries, ~700 bytes of JSON) with SET EX 600 at connect and again at close; Redis memory "
           "(`used_memory`) and traffic (`total_net_input_bytes` + output) before and after 1,000 connections. "
@@ -59,9 +64,12 @@ METHOD = ("One redis-server. Records: a node writes each connection's record (th
           "per question. The answering node's real lookup, a /proc socket scan, is timed on its own, and on a "
           "loop with a second task that notes the longest gap between its turns (in its thread's CPU time, which "
           "the machine's other load does not inflate, and in wall time): the whole scan in one call "
-          "(as before) against the sliced one (cluster/whois_scan.py: the socket's inode by sock_diag, "
+          "(as before) against the sliced one (witness/socket_holder.py: the socket's inode by sock_diag, "
           "then a 2 ms slice of the fd scan per loop pass), for a live "
-          "connection this process holds to the redis-server and for an address no socket has.")
+          "connection this process holds to the redis-server and for an address no socket has; and the Redis "
+          "node's own path for a denied client of its own (kinds/redis/health.py record_local_denial: the same "
+          "sliced lookup, the identity captured, the event made) against the whole scan it did before. "
+          f"{EXTRA_PROCESSES} idle processes are started for these lookups.")
 
 # an answer's sender as a worker node sends it: a gone redis-cli with two ancestors
 IDENTITY = {
@@ -155,12 +163,22 @@ async def question_cost(tmp: Path, port: int, r: redis.Redis, questions: int) ->
             "named": named, "questions": questions}
 
 
+def whole_scan_before(addr: str, redis_port: int) -> int | None:
+    """The lookup as it was before witness/socket_holder.py (kinds/redis/client_process.py,
+    deleted): every TCP socket of every process in one call (psutil.net_connections), on the loop."""
+    ip, _, port = addr.rpartition(":")
+    pids = [c.pid for c in psutil.net_connections(kind="tcp")
+            if c.pid and c.laddr and c.raddr and c.laddr.port == int(port) and c.raddr.port == redis_port
+            and c.laddr.ip.removeprefix("::ffff:") == ip]
+    return min(pids) if pids else None
+
+
 def resolver_scan_ms(repeat: int) -> float:
     """The answerer's live lookup on this machine: a /proc scan for a socket nobody holds."""
     times = []
     for _ in range(repeat):
         began = time.perf_counter()
-        acl.find_client_process("10.254.254.254:1", 6379)
+        whole_scan_before("10.254.254.254:1", 6379)
         times.append((time.perf_counter() - began) * 1000)
     return statistics.median(times)
 
@@ -191,17 +209,41 @@ async def held_loop(lookup: Callable[[], Awaitable[object]]) -> tuple[float, flo
     return longest_cpu * 1000, longest_wall * 1000, took * 1000
 
 
+def local_health(port: int) -> RedisHealth:
+    """kinds/redis/health.py's RedisHealth for a Redis on `port`, its audit kept in memory:
+    record_local_denial as the supervisor runs it for a client of its own node."""
+    ctx = SimpleNamespace(clients=None, remote_clients=None, call_later=None,
+                          supervisor=SimpleNamespace(health_interval=3600),
+                          name_process=lambda pid: (lambda i: i.to_dict() if i else None)(ProcessIdentity.capture(pid)),
+                          audit=lambda kind, **fields: dict(fields, event=kind))
+    program = SimpleNamespace(name="redis", remember=lambda event: None)
+    kind = SimpleNamespace(redis=SimpleNamespace(port=port, bind=("127.0.0.1",)))
+    return RedisHealth(kind, ctx, running=lambda: program)     # type: ignore[arg-type]
+
+
+def extra_processes(n: int) -> list[subprocess.Popen[bytes]]:
+    """`n` idle processes (each with a few fds), so that /proc looks like a busy node's."""
+    return [subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            for _ in range(n)]
+
+
 def loop_holds(port: int, repeat: int) -> dict[str, dict[str, list[float]]]:
-    """The answerer's live lookup, whole (one call on the loop, as before: acl.find_client_process)
-    and sliced (cluster/whois_scan.py), for a connection to `port` this process holds and for an
+    """The answerer's live lookup, whole (one call on the loop, as before: whole_scan_before)
+    and sliced (witness/socket_holder.py), for a connection to `port` this process holds and for an
     address no socket has: the loop's longest hold and the time to the pid, each `repeat` times."""
     conn = socket.create_connection(("127.0.0.1", port))
     ip, cport = conn.getsockname()[:2]
 
     async def whole(addr: str) -> None:
-        acl.find_client_process(addr, port)
+        whole_scan_before(addr, port)
 
+    health = local_health(port)
+    denial = Denial(command="shutdown", reason="command", context="toplevel", user="default",
+                    client_addr=f"{ip}:{cport}", client_laddr=f"127.0.0.1:{port}", client_name=None, count_new=1,
+                    count_total=1, age_s=0.0, client_info={})
     cases = {
+        "local denial: before": lambda: whole(f"{ip}:{cport}"),
+        "local denial: health": lambda: health.record_local_denial(health.running(), denial),
         "held: whole": lambda: whole(f"{ip}:{cport}"),
         "held: sliced": lambda: find_holder(ip, cport, port, frozenset({"127.0.0.1"})),
         "nobody: whole": lambda: whole("10.254.254.254:1"),
@@ -259,16 +301,22 @@ def measure(server: str, quick: bool, workdir: Path | None = None) -> dict[str, 
         version = r.info("server")["redis_version"]
         mem, traffic = records_cost(r, CONNECTIONS)
         q = asyncio.run(question_cost(tmp, port, r, 20 if quick else 200))
-        scan = resolver_scan_ms(3 if quick else 10)
-        holds = loop_holds(port, 5 if quick else 30)
+        extra = extra_processes(EXTRA_PROCESSES)
+        try:
+            scan = resolver_scan_ms(3 if quick else 10)
+            holds = loop_holds(port, 5 if quick else 30)
+            processes = len(process_pids())
+        finally:
+            for p in extra:
+                p.kill()
+                p.wait()
         own = witness_memory(CONNECTIONS)
     finally:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
     return {"version": version, "records_memory": mem, "records_traffic": traffic, "question": q, "scan_ms": scan,
-            "witness_memory": own, "holds": holds,
-            "processes": len(process_pids())}
+            "witness_memory": own, "holds": holds, "processes": processes}
 
 
 def rows(m: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
@@ -285,10 +333,12 @@ def rows(m: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
 HOLD_COLUMNS = ("lookup (the witness has no record)", "loop's longest hold (CPU): median", "max",
                 "longest hold (wall, with the machine's load): median", "time to the pid (wall): median")
 HOLD_NAMES = {
+    "local denial: before": "a denied client of this node's Redis, one scan on the loop (health.py before)",
+    "local denial: health": "a denied client of this node's Redis, health.py's record_local_denial (sliced)",
     "held: whole": "a live connection, one scan on the loop (before)",
-    "held: sliced": "a live connection, sliced (whois_scan.py)",
+    "held: sliced": "a live connection, sliced (socket_holder.py)",
     "nobody: whole": "an address no socket has, one scan on the loop (before)",
-    "nobody: sliced": "an address no socket has, one sock_diag lookup (whois_scan.py)",
+    "nobody: sliced": "an address no socket has, one sock_diag lookup (socket_holder.py)",
 }
 HOLD_TARGET_MS = 5.0
 

@@ -31,7 +31,6 @@ leaves its own answers held to the strict rule.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 
 import redis.asyncio as aioredis
@@ -39,6 +38,7 @@ import redis.exceptions
 
 from relayq_supervisor.cluster import link
 from relayq_supervisor.config.model import Config
+from relayq_supervisor.witness.socket_holder import canonical_ip, split_addr  # noqa: F401 (split_addr: the wire's too)
 
 ASK_PREFIX = link.PREFIX + "whois:ask:"
 ANSWER_PREFIX = link.PREFIX + "whois:answer:"
@@ -65,23 +65,6 @@ def answer_channel(node: str) -> str:
 
 def digest(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
-
-
-def canonical_ip(text: str) -> str | None:
-    try:
-        ip = ipaddress.ip_address(text.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
-
-
-def split_addr(addr: str) -> tuple[str, int] | None:
-    """Redis' `addr=` (`10.0.0.2:51234`, `[fd00::2]:51234`, `fd00::2:51234`) -> (ip, port)."""
-    host, sep, port = (addr or "").rpartition(":")
-    ip = canonical_ip(host) if sep and port.isdigit() else None
-    return (ip, int(port)) if ip is not None else None
 
 
 def pubsub_client(config: Config) -> aioredis.Redis:

@@ -1,6 +1,6 @@
 """Cross-node attribution, the answering side (every node): who on this node held an
 address and port at a moment, from the kernel witness's records and from /proc while the
-socket lives (whois_scan.py: never holding the loop for the whole scan; whois.py says how
+socket lives (witness/socket_holder.py: never holding the loop for the whole scan; whois.py says how
 the answer is believed); and `Whois`, what node/clustering.py wires."""
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ from relayq_supervisor.cluster.whois import (
     split_addr,
 )
 from relayq_supervisor.cluster.whois_ask import WhoisAsker
-from relayq_supervisor.cluster.whois_scan import ScanStats, find_holder, still_holds
 from relayq_supervisor.config.model import Config
+from relayq_supervisor.witness.socket_holder import ScanStats, live_holder, still_holds
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class WhoisAnswerer:
 
     async def answer(self, asker: str, qid: str, ip: str, port: int, redis_port: int, at: float | None,
                      redis_ips: frozenset[str]) -> None:
-        # resolving may scan /proc, a slice per loop pass (whois_scan.py): the loop goes on
+        # resolving may scan /proc, a slice per loop pass (witness/socket_holder.py): the loop goes on
         # meanwhile, and an answer after the asker's deadline amends its event
         sender = await self.resolve(ip, port, redis_port, at, redis_ips)
         log.info("cluster whois: %s asked who held %s:%d: %s", asker, ip, port,
@@ -131,7 +131,7 @@ class LocalResolver:
     """Who on this node held ip:port in a connection to the cluster's Redis at `at`: the
     kernel witness's record first (a closed connection needs nothing else; an open one, its
     holder checked in /proc), else the live holder of the socket (a connection opened before
-    the witness looked), found by whois_scan.py a slice per loop pass."""
+    the witness looked), found by witness/socket_holder.py a slice per loop pass."""
 
     def __init__(self, name_process: Callable[[int], dict[str, Any] | None],
                  who_held: Callable[[str, int, float | None], dict[str, Any] | None] | None):
@@ -150,14 +150,7 @@ class LocalResolver:
                 return traced
             elif await still_holds(traced["pid"], ip, port, redis_port, redis_ips, self.scans):
                 return traced       # still open, still its (pinned by the capture before the check)
-        pid = await find_holder(ip, port, redis_port, redis_ips, self.scans)
-        if pid is not None:
-            identity = self.name_process(pid)
-            # the socket check after the capture: a pid reused meanwhile is not blamed
-            if identity is not None and identity.get("alive") and \
-                    await still_holds(pid, ip, port, redis_port, redis_ips, self.scans):
-                return dict(identity, seen_by="procfs")
-        return None
+        return await live_holder(ip, port, redis_port, redis_ips, self.name_process, self.scans)
 
 
 class Whois:

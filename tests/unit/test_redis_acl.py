@@ -15,12 +15,12 @@ from relayq_supervisor.kinds.redis.acl import (
     AdminCredentials,
     Denial,
     acl_rules,
-    find_client_process,
     parse_client_info,
     version_tuple,
     write_acl_file,
 )
 from relayq_supervisor.kinds.redis.health import denial_hint
+from relayq_supervisor.witness.socket_holder import split_addr
 
 DENIED = RedisSpec.denied_commands
 
@@ -209,10 +209,12 @@ def test_new_denials_normalises_redis_py_and_raw_shapes():
     assert [d.command for d in denials] == ["config|set", "module", "AUTH"]
 
 
-def test_find_client_process_ignores_unix_socket_and_garbage_addresses():
-    assert find_client_process("/tmp/redis.sock:0", 6379) is None
-    assert find_client_process("", 6379) is None
-    assert find_client_process("not-an-ip:12", 6379) is None
+def test_a_client_address_of_a_unix_socket_or_garbage_is_no_tcp_address():
+    assert split_addr("/tmp/redis.sock:0") is None
+    assert split_addr("") is None
+    assert split_addr("not-an-ip:12") is None
+    assert split_addr("[::ffff:127.0.0.1]:5123") == ("127.0.0.1", 5123)
+    assert split_addr("fd00::2:51234") == ("fd00::2", 51234)
 
 
 @pytest.mark.parametrize("reason, user, hint", [

@@ -221,6 +221,22 @@ def test_folded_entry_names_every_client_that_closed_in_its_window():
     assert "3 attempts among these 4 clients" in wide["note"]
 
 
+def test_the_denied_client_is_looked_up_by_where_it_connected():
+    from relayq_supervisor.kinds.redis.acl import Denial
+    h = health(Clients([]))
+
+    def denial(laddr):
+        return Denial(command="shutdown", reason="command", context="toplevel", user="default",
+                      client_addr="127.0.0.1:40004", client_laddr=laddr, client_name=None, count_new=1,
+                      count_total=1, age_s=0.1, client_info={})
+
+    h.kind.redis.bind = ("127.0.0.1", "-::1")
+    assert h.redis_ips(denial("[::ffff:127.0.0.2]:16399")) == {"127.0.0.2"}     # Redis 7's laddr
+    assert h.redis_ips(denial(None)) == {"127.0.0.1", "::1"}                      # else what it binds
+    h.kind.redis.bind = ("0.0.0.0",)
+    assert h.redis_ips(denial(None)) == frozenset()     # a wildcard: the socket tables are read
+
+
 def test_audit_line_of_a_gone_client_and_a_folded_entry():
     from relayq_supervisor.audit.review import format_event
     sender = {"pid": 104, "comm": "redis-cli", "exe": "/usr/bin/redis-cli", "alive": False, "seen_by": "tracefs",

@@ -4,11 +4,11 @@ one user per cluster node that writes only its own node's keys.
 
 In the incident Redis logged `User requested shutdown...`: a client's SHUTDOWN. With
 this ACL the `default` user (the workers) gets NOPERM instead, Redis keeps running,
-and the ACL LOG entry (acl_log.py) names the client, which client_process.py turns into a pid.
+and the ACL LOG entry (acl_log.py) names the client, which witness/socket_holder.py turns into a pid.
 
 Split by concern: `credentials` (password files), `acl` (this: the rules and the file),
-`acl_log` (reading ACL LOG), `client_process` (a client's address -> a local pid). The
-names of the other three are re-exported here for the callers that knew one module.
+`acl_log` (reading ACL LOG). The
+names of the other two are re-exported here for the callers that knew one module.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import re
 from relayq_supervisor.config.redis import is_command_name
 from relayq_supervisor.errors import AclSetupError
 from relayq_supervisor.kinds.redis.acl_log import AclLogReader, Denial, parse_client_info
-from relayq_supervisor.kinds.redis.client_process import find_client_process, process_holds_client_socket
 from relayq_supervisor.kinds.redis.credentials import (
     ADMIN_USER,
     NODE_USER_PREFIX,
@@ -37,8 +36,8 @@ from relayq_supervisor.kinds.redis.credentials import (
 
 __all__ = [
     "ADMIN_USER", "NODE_USER_PREFIX", "PASSWORD_FILE", "AclLogReader", "AdminCredentials", "Denial",
-    "find_client_process", "node_password_file", "node_user_name", "parse_client_info",
-    "process_holds_client_socket", "remove_shared_node_password", "save_credentials",
+    "node_password_file", "node_user_name", "parse_client_info",
+    "remove_shared_node_password", "save_credentials",
 ]
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """Reading `ACL LOG`: each denied attempt reported once, with the client that made it
-(kinds/redis/health.py polls it; kinds/redis/client_process.py turns the client into a pid)."""
+(kinds/redis/health.py polls it; witness/socket_holder.py turns the client into a pid)."""
 from __future__ import annotations
 
 import time

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from relayq_supervisor.background import start_task
 from relayq_supervisor.kinds.redis.acl_log import AclLogReader, Denial
-from relayq_supervisor.kinds.redis.client_process import find_client_process, process_holds_client_socket
 from relayq_supervisor.kinds.redis.credentials import NODE_USER_PREFIX
 from relayq_supervisor.witness.identity import ProcessIdentity
+from relayq_supervisor.witness.socket_holder import ScanStats, canonical_ip, live_holder, split_addr
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -48,6 +48,7 @@ class RedisHealth:
         self.prompt_task: asyncio.Task[None] | None = None
         self.prompt_reads = 0
         self.last_read_epoch = time.time()     # when the previous ACL LOG read was sent
+        self.scans = ScanStats()               # the /proc scans for denied clients (a slice per loop pass)
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self.run(), name="redis health")
@@ -105,16 +106,16 @@ class RedisHealth:
             log.warning("%s: health check failed (%s)", p.name, e)
             return
         for d in denials:
-            self.record_denial(p, d, since)
+            await self.record_denial(p, d, since)
 
-    def record_denial(self, p: Program, d: Denial, since: float | None = None) -> None:
+    async def record_denial(self, p: Program, d: Denial, since: float | None = None) -> None:
         """`since`: when the previous ACL LOG read was sent; attempts new in `d` came after it."""
         remote = self.ctx.remote_clients
         if remote is not None and d.client_addr and remote.is_remote(d.client_addr):
             # another node's client: ask that node, without holding up anything else
             start_task(self.record_remote_denial(p, d, remote), f"{p.name}: who held {d.client_addr}")
             return
-        self.record_local_denial(p, d, since)
+        await self.record_local_denial(p, d, since)
 
     async def record_remote_denial(self, p: Program, d: Denial, remote: RemoteClients) -> None:
         """The denial, written once the node owning the address answered (or the deadline
@@ -145,16 +146,26 @@ class RedisHealth:
     def describe_remote(sender: dict[str, Any]) -> str:
         return f"node {sender.get('node')} {ProcessIdentity.from_dict(sender).describe()}"
 
-    def record_local_denial(self, p: Program, d: Denial, since: float | None = None) -> None:
+    def redis_ips(self, d: Denial) -> frozenset[str]:
+        """Where the client connected to, for sock_diag's lookup by 4-tuple: Redis' side of the
+        connection (ACL LOG's `laddr`, Redis 7), else the addresses Redis binds; none (the
+        socket tables are read instead) when one of them is a wildcard."""
+        here = split_addr(d.client_laddr or "")
+        if here is not None:
+            return frozenset({here[0]})
+        ips = {canonical_ip(b.lstrip("-")) for b in self.kind.redis.bind}
+        if None in ips or ips & {"0.0.0.0", "::"}:
+            return frozenset()
+        return frozenset(ip for ip in ips if ip is not None)
+
+    async def record_local_denial(self, p: Program, d: Denial, since: float | None = None) -> None:
         sender, note = None, None
-        port = self.kind.redis.port
-        pid = find_client_process(d.client_addr, port) if d.client_addr else None
-        if pid is not None and d.client_addr:
-            identity = self.ctx.name_process(pid)
-            # the socket check after the capture: a pid reused meanwhile is not blamed
-            if identity is not None and identity.get("alive") and \
-                    process_holds_client_socket(pid, d.client_addr, port):
-                sender = dict(identity, seen_by="procfs")
+        where = split_addr(d.client_addr or "")
+        if where is not None:
+            # the live holder, a slice of the /proc scan per loop pass (witness/socket_holder.py):
+            # the one path the cross-node answers take too
+            sender = await live_holder(where[0], where[1], self.kind.redis.port, self.redis_ips(d),
+                                       self.ctx.name_process, self.scans)
         clients = self.ctx.clients
         if sender is None and d.client_addr and clients is not None:
             # gone: who connected from there, in a connection open at the entry's last attempt

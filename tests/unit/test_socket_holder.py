@@ -1,4 +1,4 @@
-"""The answerer's /proc fallback (cluster/whois_scan.py, linux/sockets.py): the socket of a
+"""The answerer's /proc fallback (witness/socket_holder.py, linux/sockets.py): the socket of a
 connection this process holds, found and named, and the scan handing the loop back between
 its slices instead of holding it for the whole of /proc."""
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from relayq_supervisor.cluster.whois_answer import LocalResolver, WhoisAnswerer
-from relayq_supervisor.cluster.whois_scan import ScanStats, find_holder, still_holds
 from relayq_supervisor.config.load import parse_config
 from relayq_supervisor.linux.sockets import connection_inode, connection_inodes, local_forms
+from relayq_supervisor.witness.socket_holder import ScanStats, find_holder, still_holds
 
 
 @pytest.fixture

@@ -1,16 +1,21 @@
 """Who on this node holds a TCP connection's socket now, found without holding the loop.
 
-The answerer's fallback when its witness has no record of a connection (one opened before
-the witness looked): the kernel says whether any socket has that address at all and
-which (sock_diag, one lookup per Redis address: most questions end here), then every process' fd links are read
-for that socket's inode, SLICE_S of them per loop pass (the loop runs what is due in
-between, as the witness's trace reads do). Whole, the scan costs 5-40 ms on a busy node
-(BENCHMARKS.md, whois); sliced, no single pass holds the loop much longer than SLICE_S.
+One path for both askers: the local Redis' health check naming a denied client
+(kinds/redis/health.py) and the cross-node answerer when its witness has no record of a
+connection (cluster/whois_answer.py). The kernel says whether any socket has that address
+at all and which (sock_diag, one lookup per Redis address: most questions end here), then
+every process' fd links are read for that socket's inode, SLICE_S of them per loop pass
+(the loop runs what is due in between, as the witness's trace reads do). Whole, the scan
+costs 5-40 ms on a busy node (BENCHMARKS.md, whois); sliced, no single pass holds the loop
+much longer than SLICE_S.
 """
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
+from collections.abc import Callable
+from typing import Any
 
 from relayq_supervisor.linux.procfs import proc_start_ticks
 from relayq_supervisor.linux.sockets import (
@@ -22,6 +27,27 @@ from relayq_supervisor.linux.sockets import (
     process_pids,
     socket_links,
 )
+
+
+def canonical_ip(text: str) -> str | None:
+    """An address as one spelling: `[fd00::2]` -> `fd00::2`, `::ffff:10.0.0.2` -> `10.0.0.2`
+    (an IPv4 client of a dual-stack socket); None when it is no address."""
+    try:
+        ip = ipaddress.ip_address(text.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def split_addr(addr: str) -> tuple[str, int] | None:
+    """Redis' `addr=` (`10.0.0.2:51234`, `[fd00::2]:51234`, `fd00::2:51234`) -> (ip, port);
+    None for a unix socket's (`/tmp/redis.sock:0`) or anything else."""
+    host, sep, port = (addr or "").rpartition(":")
+    ip = canonical_ip(host) if sep and port.isdigit() else None
+    return (ip, int(port)) if ip is not None else None
+
 
 SLICE_S = 0.002     # the longest the scan runs before it lets the loop run what is due
 FDS_PER_CHECK = 64  # fd links read between two looks at the clock
@@ -125,3 +151,19 @@ async def still_holds(pid: int, ip: str, port: int, redis_port: int, redis_ips: 
     found = await _holds(pid, socket_links(inodes), slices)
     slices.end()
     return found
+
+
+async def live_holder(ip: str, port: int, redis_port: int, redis_ips: frozenset[str],
+                      name_process: Callable[[int], dict[str, Any] | None],
+                      stats: ScanStats | None = None, slice_s: float = SLICE_S) -> dict[str, Any] | None:
+    """The pinned identity (`seen_by: procfs`) of the process holding ip:port -> `redis_port`
+    now, or None. The socket is checked again after the capture, so a pid reused in
+    between is not blamed."""
+    pid = await find_holder(ip, port, redis_port, redis_ips, stats, slice_s)
+    if pid is None:
+        return None
+    identity = name_process(pid)
+    if identity is not None and identity.get("alive") and \
+            await still_holds(pid, ip, port, redis_port, redis_ips, stats, slice_s):
+        return dict(identity, seen_by="procfs")
+    return None
