@@ -97,6 +97,8 @@ _NLMSG_ERROR = 2
 _NOCOOKIE = 0xFFFFFFFF              # INET_DIAG_NOCOOKIE: any socket of that 4-tuple
 _NLMSG_HDR = struct.Struct("=IHHII")   # len, type, flags, seq, pid
 _INODE_AT = _NLMSG_HDR.size + 4 + 48 + 16   # inet_diag_msg: family..retrans, id, expires..uid, then inode
+_STATE_AT = _NLMSG_HDR.size + 1             # inet_diag_msg.idiag_state
+_TCP_LISTEN = 10                            # include/net/tcp_states.h
 
 
 class DiagUnavailable(OSError):
@@ -133,4 +135,8 @@ def connection_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | N
         raise DiagUnavailable(error, f"sock_diag: {os.strerror(error)}")
     if kind != _SOCK_DIAG_BY_FAMILY or len(reply) < _INODE_AT + 4:
         raise DiagUnavailable("sock_diag: an unexpected reply")
+    if reply[_STATE_AT] == _TCP_LISTEN:
+        # the kernel's lookup falls back to a listener on `local` (inet_diag_find_one_icsk ->
+        # inet_lookup): a server's port is no connection of that 4-tuple
+        return None
     return int(struct.unpack_from("=I", reply, _INODE_AT)[0])

@@ -60,6 +60,9 @@ def test_one_socket_by_its_four_tuple_from_the_kernel(connection):
     assert connection_inode((ip, port), ("127.0.0.2", server_port)) is None     # another destination
     assert connection_inode((ip, port + 1), ("127.0.0.1", server_port)) is None
     assert connection_inode((ip, port), ("::1", server_port)) is None           # families differ
+    # the server's own port is no connection (the kernel's lookup falls back to its listener)
+    assert connection_inode(("127.0.0.1", server_port), ("127.0.0.1", server_port)) is None
+    assert connection_inode(("127.0.0.1", server_port), (ip, port)) != inode
     # a dual-stack socket connected to a mapped IPv4 address is found by its IPv4 tuple
     with socket.socket(socket.AF_INET6) as mapped:
         mapped.connect(("::ffff:127.0.0.1", server_port))
