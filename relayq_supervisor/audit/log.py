@@ -51,6 +51,7 @@ EVENT_KINDS = frozenset(
         "rival_manager",
         "operator",
         "audit_gap",
+        "redis_dir_given",      # Redis' data dir (or what was left in it) given to Redis' user
     }
 )
 FILE_MODE = 0o640

@@ -185,6 +185,12 @@ def _format_leftovers_killed(e: dict[str, Any]) -> str:
     return f"{_subject(e.get('program'), e.get('pid'))} left {e.get('count')} process(es) running: SIGKILL ({pids})"
 
 
+def _format_redis_dir_given(e: dict[str, Any]) -> str:
+    skipped = f"; {e.get('skipped')} with several links not given" if e.get("skipped") else ""
+    return (f"{e.get('program')} data dir {e.get('path')} given to user {e.get('user')} (uid {e.get('uid')}): "
+            f"{e.get('changed')} entries of {e.get('from_user')} changed owner ({e.get('why')}){skipped}")
+
+
 def _format_generic(e: dict[str, Any]) -> str:
     fields = " ".join(f"{k}={_value_text(v)}" for k, v in e.items() if k not in ("ts", "host", "event"))
     return f"{e.get('event')}: {fields}" if fields else str(e.get("event"))
@@ -215,4 +221,5 @@ _FORMATTERS: dict[Any, Callable[[dict[str, Any]], str]] = {
     "rival_manager": _format_rival_manager,
     "audit_gap": _format_audit_gap,
     "leftovers_killed": _format_leftovers_killed,
+    "redis_dir_given": _format_redis_dir_given,
 }

@@ -154,6 +154,13 @@ def test_a_new_redis_user_gets_the_data_dir_the_supervisor_made(open_tmp, made_u
     sup.seen.add(pid)
     assert owners(data) == {made_user.pw_uid}
     assert (data / "relayq.lock").stat().st_uid == 0           # what was not the old user's stays as it was
+    # the hand-over is evidence: an audit event, one readable line in `relayqctl audit`
+    [given] = wait_for(lambda: sup.audit_events("redis_dir_given"), what="the redis_dir_given event")
+    assert (given["from_uid"], given["uid"], given["user"]) == (NOBODY.pw_uid, made_user.pw_uid, made_user.pw_name)
+    assert given["changed"] >= 3 and given["why"] == "Redis' user changed"
+    shown = sup.ctl("audit", check=True).stdout
+    assert f"redis data dir {data} given to user {made_user.pw_name} (uid {made_user.pw_uid}): " \
+           f"{given['changed']} entries of nobody changed owner (Redis' user changed)" in shown, shown
     for name in ("redis.conf", "redis-users.acl"):
         assert (run / name).stat().st_uid == made_user.pw_uid
     with redis.Redis(port=port, socket_timeout=5) as conn:
@@ -170,3 +177,34 @@ def test_a_new_redis_user_gets_the_data_dir_the_supervisor_made(open_tmp, made_u
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "the supervisor did not make it" in r.stderr, r.stderr
     assert f"`chown -R {made_user.pw_name}: {other}`" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_redis_user_unset_and_set_again_gets_back_what_redis_wrote_as_root(open_tmp, supervisors):
+    data, port = open_tmp / "data", free_port()
+    text = config(port, str(data)).replace('args = ["--save", ""]', 'args = ["--save", "", "--appendonly", "yes"]')
+    sup = Supervisor(open_tmp, text)
+    supervisors.append(sup)
+    sup.start()
+    sup.wait_state("redis", "RUNNING", user="nobody")
+
+    # `user` unset: Redis runs as the supervisor's user (root) and rewrites its AOF as root's files
+    sup.config.write_text(text.replace('user = "nobody"\n', ""))
+    sup.ctl("reload", check=True)
+    sup.seen.add(sup.wait_state("redis", "RUNNING", user="root")["pid"])
+    with redis.Redis(port=port, socket_timeout=5) as conn:
+        conn.set("kept", "written by root's Redis")
+        conn.bgrewriteaof()
+        wait_for(lambda: not int(conn.info("persistence")["aof_rewrite_in_progress"]) and
+                 not int(conn.info("persistence")["aof_rewrite_scheduled"]), what="the AOF rewrite")
+    assert 0 in owners(data), "root's Redis left files of root's"
+
+    sup.config.write_text(text)
+    sup.ctl("reload", check=True)
+    sup.seen.add(sup.wait_state("redis", "RUNNING", user="nobody")["pid"])
+    assert owners(data) == {NOBODY.pw_uid}
+    with redis.Redis(port=port, socket_timeout=5) as conn:
+        assert conn.get("kept") == b"written by root's Redis"
+        assert conn.set("written", "by nobody")              # its AOF is nobody's to append to
+        assert conn.info("persistence")["aof_last_write_status"] == "ok"
+    [given] = wait_for(lambda: sup.audit_events("redis_dir_given"), what="the redis_dir_given event")
+    assert (given["from_uid"], given["uid"], given["skipped"]) == (0, NOBODY.pw_uid, 0) and given["changed"] >= 2

@@ -54,13 +54,14 @@ def test_a_dir_made_for_one_user_is_given_to_the_next_and_nothing_else(tmp_path)
     root_file = os.path.join(data, "relayq.lock")
     open(root_file, "w").close()
 
-    prepare_data_dir(data, Privileges(user="new", uid=NEW, gid=NEW))
+    given = prepare_data_dir(data, Privileges(user="new", uid=NEW, gid=NEW))
+    assert (given.from_uid, given.uid, given.changed, given.skipped) == (OLD, NEW, 4, 0)
     assert data_dir_made_for(data) == NEW
     for path in (data, os.path.join(data, "appendonlydir"), aof):
         assert (os.stat(path).st_uid, os.stat(path).st_gid) == (NEW, NEW), path
     assert os.lstat(os.path.join(data, "appendonlydir", "evil")).st_uid == NEW      # the link itself
     assert outside.stat().st_uid == 0 and os.stat(root_file).st_uid == 0           # never what it points to
-    assert give_tree(data, OLD, NEW, NEW) == 0                                      # nothing of the old user left
+    assert give_tree(data, OLD, NEW, NEW) == (0, 0)                                 # nothing of the old user left
 
     # not given while the previous user's Redis still runs there; never a dir it did not make
     with pytest.raises(StartupError, match="chown -R old:"):
@@ -71,3 +72,44 @@ def test_a_dir_made_for_one_user_is_given_to_the_next_and_nothing_else(tmp_path)
     with pytest.raises(StartupError, match="did not make it"):
         prepare_data_dir(theirs, Privileges(user="new", uid=NEW, gid=NEW))
     assert os.stat(theirs).st_uid == OLD
+
+
+def test_what_a_redis_without_user_left_is_given_back_to_redis_user(tmp_path):
+    data = str(tmp_path / "data")
+    assert prepare_data_dir(data, Privileges(user="new", uid=NEW, gid=NEW)) is None
+    if data_dir_made_for(data) is None:
+        pytest.skip("no trusted.* extended attributes on this file system")
+    # `user` unset for a while: Redis ran as root and wrote root's files into its dir
+    assert prepare_data_dir(data, Privileges()) is None and data_dir_made_for(data) == NEW
+    os.makedirs(os.path.join(data, "appendonlydir"))
+    aof = os.path.join(data, "appendonlydir", "a.aof")
+    with open(aof, "w") as f:
+        f.write("*1\r\n")
+    outside = tmp_path / "shadow"
+    outside.write_text("root's")
+    os.link(outside, os.path.join(data, "linked"))          # a hard link to a file of root's elsewhere
+    os.mkfifo(os.path.join(data, "fifo"))
+    lock = os.path.join(data, "relayq.lock")
+    open(lock, "w").close()
+
+    given = prepare_data_dir(data, Privileges(user="new", uid=NEW, gid=NEW))
+    assert (given.from_uid, given.uid, given.changed, given.skipped) == (0, NEW, 2, 1)
+    assert "without `user`" in given.why
+    for path in (os.path.join(data, "appendonlydir"), aof):
+        assert (os.stat(path).st_uid, os.stat(path).st_gid) == (NEW, NEW), path
+    for path in (outside, os.path.join(data, "fifo"), lock):   # never another name's file, a fifo, our lock
+        assert os.lstat(path).st_uid == 0, path
+    # nothing left to give (the linked file was said once): no event at every start
+    assert prepare_data_dir(data, Privileges(user="new", uid=NEW, gid=NEW)) is None
+
+
+def test_a_dir_made_without_user_is_given_when_user_is_set(tmp_path):
+    data = str(tmp_path / "data")
+    assert prepare_data_dir(data, Privileges()) is None
+    if data_dir_made_for(data) is None:
+        pytest.skip("no trusted.* extended attributes on this file system")
+    assert data_dir_made_for(data) == 0
+    open(os.path.join(data, "dump.rdb"), "w").close()
+    given = prepare_data_dir(data, Privileges(user="new", uid=NEW, gid=NEW))
+    assert (given.from_uid, given.changed, given.why) == (0, 2, "Redis' user changed")
+    assert os.stat(os.path.join(data, "dump.rdb")).st_uid == NEW and data_dir_made_for(data) == NEW

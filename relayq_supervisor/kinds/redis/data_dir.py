@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import stat
+from dataclasses import dataclass
 from typing import Any
 
 from relayq_supervisor.config.model import Privileges
@@ -56,35 +57,62 @@ def trusted_record(path: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def prepare_data_dir(path: str, priv: Privileges, give: bool = True) -> None:
+@dataclass(frozen=True)
+class Handover:
+    """What a start gave Redis' user in its data dir (audited as `redis_dir_given`)."""
+
+    path: str
+    from_uid: int       # whose entries they were
+    uid: int            # Redis' user now
+    changed: int        # entries that changed owner
+    skipped: int        # regular files with several links: not given (another name may be outside the dir)
+    why: str
+
+
+def prepare_data_dir(path: str, priv: Privileges, give: bool = True) -> Handover | None:
     """Create `path` (and missing parents, 0755 by the umask); with a user to run as, the
-    last directory is created for that user with DATA_DIR_MODE and marked as made for it.
-    A directory marked as made for Redis' previous user is given to the new one (`give`,
-    when no Redis of the previous user still runs in it): what systemd does for a
-    StateDirectory= whose User= changed. StartupError when it belongs to someone else:
-    config/ground.py refuses the same at --check, this is for a directory that changed since."""
+    last directory is created for that user with DATA_DIR_MODE and marked as made for it
+    (without one, as root, marked as made for root). What a start gives Redis' user (`give`,
+    when no Redis of the previous user still runs there), as systemd does for a
+    StateDirectory= whose User= changed, returned for the audit:
+    - a directory marked as made for Redis' previous user (or for root, while Redis had no
+      `user`): the previous owner's entries;
+    - Redis' own directory holding entries of the supervisor's uid (a Redis that ran as root
+      while `user` was unset): those, or the new user could not append to its AOF.
+    StartupError when it belongs to someone else: config/ground.py refuses the same at
+    --check, this is for a directory that changed since."""
     if priv.uid is None:
-        os.makedirs(path, exist_ok=True)
-        return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            return None
+        if os.geteuid() == 0:
+            _mark(path, 0)      # so that a `user` set later is given it
+        return None
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         os.mkdir(path, DATA_DIR_MODE)
     except FileExistsError:
-        owner = os.stat(path).st_uid
+        owner, made_for = os.stat(path).st_uid, data_dir_made_for(path)
+        root = os.geteuid() == 0
         if owner == priv.uid:
-            return
-        if data_dir_made_for(path) == owner and os.geteuid() == 0 and give:
-            changed = give_tree(path, owner, priv.uid, priv.gid)
+            if not (root and give and made_for == priv.uid and priv.uid != 0):
+                return None
+            changed, skipped = give_tree(path, 0, priv.uid, priv.gid, old_gid=os.getegid())
+            return Handover(path, 0, priv.uid, changed, skipped,
+                            "files a Redis without `user` (run as root) left there") if changed else None
+        if made_for == owner and root and give:
+            changed, skipped = give_tree(path, owner, priv.uid, priv.gid)
             _mark(path, priv.uid)
-            log.warning("redis: Redis' user is now %s: gave it %s (made for uid %d), %d entries changed owner",
-                        priv.user, path, owner, changed)
-            return
-        made = "" if data_dir_made_for(path) == owner else ", and the supervisor did not make it"
+            return Handover(path, owner, priv.uid, changed, skipped, "Redis' user changed")
+        made = "" if made_for == owner else ", and the supervisor did not make it"
         raise StartupError(f"relayq-supervisor: Redis dir {path} is owned by uid {owner}, not by Redis' user "
                            f"{priv.user}{made}: `chown -R {priv.user}: {path}` or set another dir") from None
     os.chown(path, priv.uid, priv.gid if priv.gid is not None else -1)
     os.chmod(path, DATA_DIR_MODE)      # exact, whatever the umask
     _mark(path, priv.uid)
+    return None
 
 
 def _mark(path: str, uid: int) -> None:
@@ -94,25 +122,38 @@ def _mark(path: str, uid: int) -> None:
         log.info("redis: cannot mark %s as made for uid %d (%s)", path, uid, e.strerror)
 
 
-def give_tree(top: str, old_uid: int, uid: int, gid: int | None) -> int:
-    """chown to uid (and gid, where the group was the one `top` had: the old user's, given with
-    it) everything under `top` that old_uid owns; the number changed. By directory fd and
-    without following symbolic links, so that a link or a renamed directory planted by the
-    old user leads nowhere else."""
-    old_gid = os.lstat(top).st_gid
-    changed = 0
-    for _, dirs, files, dir_fd in os.fwalk(top, follow_symlinks=False):
+def give_tree(top: str, old_uid: int, uid: int, gid: int | None, old_gid: int | None = None) -> tuple[int, int]:
+    """chown to uid (and gid, where the group was `old_gid`: by default the one `top` has, the
+    old user's, given with it) everything under `top` that old_uid owns: (entries changed,
+    regular files skipped for having several links). By directory fd and without following
+    symbolic links, so that a link or a renamed directory planted by the old user leads
+    nowhere else; a hard link (another name of a file maybe outside the dir) is not given,
+    and of root's entries only directories and regular files are, never the data dir's own
+    lock file (the supervisor's)."""
+    if old_gid is None:
+        old_gid = os.lstat(top).st_gid
+    changed = skipped = 0
+    for where, dirs, files, dir_fd in os.fwalk(top, follow_symlinks=False):
         # the directory itself, then its entries (a subdirectory is given here and found given
         # when visited; a symbolic link itself, never what it points to)
         for name in (".", *dirs, *files):
-            changed += _give(name, dir_fd, old_uid, old_gid, uid, gid)
-    return changed
+            if where == top and name == DATA_DIR_LOCK:
+                continue
+            done = _give(name, dir_fd, old_uid, old_gid, uid, gid)
+            changed += done > 0
+            skipped += done < 0
+    return changed, skipped
 
 
 def _give(name: str, dir_fd: int, old_uid: int, old_gid: int | None, uid: int, gid: int | None) -> int:
+    """1: given; 0: not old_uid's; -1: old_uid's but not given (several links)."""
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if st.st_uid != old_uid:
+            return 0
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            return -1
+        if old_uid == 0 and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             return 0
         new_gid = gid if gid is not None and st.st_gid == old_gid else -1
         os.chown(name, uid, new_gid, dir_fd=dir_fd, follow_symlinks=False)

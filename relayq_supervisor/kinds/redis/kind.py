@@ -16,10 +16,16 @@ from relayq_supervisor.config.redis import redis_version
 from relayq_supervisor.errors import AclSetupError, StartupError
 from relayq_supervisor.kinds import Adoptable
 from relayq_supervisor.kinds.redis import acl, conf, credentials, server
-from relayq_supervisor.kinds.redis.data_dir import DATA_DIR_LOCK, prepare_data_dir, record_name, trusted_record
+from relayq_supervisor.kinds.redis.data_dir import (
+    DATA_DIR_LOCK,
+    Handover,
+    prepare_data_dir,
+    record_name,
+    trusted_record,
+)
 from relayq_supervisor.kinds.redis.health import RedisHealth
 from relayq_supervisor.kinds.redis.liveness import pinger
-from relayq_supervisor.linux.procfs import proc_start_ticks
+from relayq_supervisor.linux.procfs import proc_start_ticks, user_name
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -86,7 +92,7 @@ class RedisKind:
                             keep={"redis_dir": os.path.realpath(r.dir),
                                   **({"redis": self.previous} if self.previous else {})})
         # once ours; not given to a new user while the previous user's Redis still runs in it
-        prepare_data_dir(r.dir, self.spec.privileges, give=self.previous is None)
+        self.given(prepare_data_dir(r.dir, self.spec.privileges, give=self.previous is None))
         self.ctx.locks.take("redis-dir-flock", self.lock_path, f"Redis data directory {r.dir}", why,
                             keep={"record": self.record_path})
         self.version = redis_version(r.binary)
@@ -106,6 +112,18 @@ class RedisKind:
             self.write_acl()
         except (AclSetupError, ValueError) as e:
             raise StartupError(f"relayq-supervisor: cannot set up the Redis command guard: {e}") from None
+
+    def given(self, handover: Handover | None) -> None:
+        """A data dir given to Redis' user: audited (`redis_dir_given`) and logged."""
+        if handover is None:
+            return
+        h, priv = handover, self.spec.privileges
+        from_user = user_name(h.from_uid) or f"uid {h.from_uid}"
+        self.ctx.audit("redis_dir_given", program=self.spec.name, path=h.path, user=priv.user, uid=h.uid,
+                       from_user=from_user, from_uid=h.from_uid, changed=h.changed, skipped=h.skipped, why=h.why)
+        skipped = f"; {h.skipped} file(s) with several links not given: chown them by hand" if h.skipped else ""
+        log.warning("%s: gave %s to Redis' user %s: %d entries of %s changed owner (%s)%s", self.spec.name, h.path,
+                    priv.user, h.changed, from_user, h.why, skipped)
 
     def kept_files(self) -> list[str]:
         return [c.path for c in (self.admin, *self.node_users.values()) if c is not None and c.path]
@@ -182,7 +200,7 @@ class RedisKind:
             return self.port_message(holder)
         try:
             # a reload that changed Redis' user: the data dir the supervisor made goes with it
-            prepare_data_dir(self.redis.dir, self.spec.privileges)
+            self.given(prepare_data_dir(self.redis.dir, self.spec.privileges))
         except (StartupError, OSError) as e:
             return str(e).removeprefix("relayq-supervisor: ")
         try:
