@@ -113,3 +113,36 @@ def test_a_dir_made_without_user_is_given_when_user_is_set(tmp_path):
     given = prepare_data_dir(data, Privileges(user="new", uid=NEW, gid=NEW))
     assert (given.from_uid, given.changed, given.why) == (0, 2, "Redis' user changed")
     assert os.stat(os.path.join(data, "dump.rdb")).st_uid == NEW and data_dir_made_for(data) == NEW
+
+
+def test_records_of_data_dirs_no_longer_configured_are_removed_unless_in_use(tmp_path):
+    import fcntl
+
+    from relayq_supervisor.kinds.redis.data_dir import remove_stale_records
+    from relayq_supervisor.linux.procfs import proc_start_ticks
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def record(name: str, body: dict, mode: int = 0o644):
+        path = run / record_name(str(tmp_path / name))
+        path.write_text(json.dumps(body))
+        path.chmod(mode)
+        return path
+
+    ours = record("data", {"pid": 1})
+    stale = record("old-data", {"pid": 1, "redis_dir": str(tmp_path / "old-data")})
+    me = {"pid": os.getpid(), "start_ticks": proc_start_ticks(os.getpid())}
+    alive = record("live-data", {"pid": 1, "redis": me})               # its Redis still runs: the trail stays
+    held = record("held-data", {"pid": 1})
+    forged = record("forged-data", {"pid": 1}, mode=0o666)             # anyone could have written it: not ours
+    other = run / "redis.lock"                                          # a program's lock: not a record
+    other.write_text("{}")
+    fd = os.open(held, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        running = lambda rec: rec.get("pid") == me["pid"] and proc_start_ticks(rec["pid"]) == rec.get("start_ticks")  # noqa: E731
+        assert remove_stale_records(str(run), str(ours), running) == [str(stale)]
+    finally:
+        os.close(fd)
+    assert {p.name for p in run.iterdir()} == {ours.name, alive.name, held.name, forged.name, other.name}
+    assert remove_stale_records(str(run), str(ours), running) == [str(held)]         # once nobody holds it

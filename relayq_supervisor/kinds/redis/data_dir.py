@@ -12,11 +12,13 @@ flock file (`relayq.lock`) for other tools, trusted for nothing.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,41 @@ def record_name(path: str) -> str:
     path hashed, so that every spelling of one dir names one record; '@' is not allowed in a
     program name, so no program's `<name>.lock` can be it)."""
     return f"redis-dir@{hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]}.lock"
+
+
+RECORD_GLOB = ("redis-dir@", ".lock")
+
+
+def remove_stale_records(run_dir: str, keep: str, running: Callable[[dict[str, Any]], bool]) -> list[str]:
+    """Delete the owner records in `run_dir` of data dirs no longer configured (the [redis]
+    dir changed): each only when it is ours (trusted_record), held by nobody (flock taken
+    while it is unlinked) and names no Redis that still `running`. Those removed."""
+    try:
+        names = sorted(n for n in os.listdir(run_dir) if n.startswith(RECORD_GLOB[0]) and n.endswith(RECORD_GLOB[1]))
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        path = os.path.join(run_dir, name)
+        if path == keep:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)      # a supervisor holds it: not stale
+            record = trusted_record(path)
+            redis = (record or {}).get("redis")
+            if record is None or (isinstance(redis, dict) and running(redis)):
+                continue            # not ours to judge, or the trail to a Redis that still runs
+            os.unlink(path)
+            removed.append(path)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
 
 
 def trusted_record(path: str) -> dict[str, Any] | None:

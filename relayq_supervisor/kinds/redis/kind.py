@@ -21,6 +21,7 @@ from relayq_supervisor.kinds.redis.data_dir import (
     Handover,
     prepare_data_dir,
     record_name,
+    remove_stale_records,
     trusted_record,
 )
 from relayq_supervisor.kinds.redis.health import RedisHealth
@@ -91,6 +92,10 @@ class RedisKind:
         self.ctx.locks.take("redis-dir", self.record_path, f"Redis data directory {r.dir}", why,
                             keep={"redis_dir": os.path.realpath(r.dir),
                                   **({"redis": self.previous} if self.previous else {})})
+        # records of data dirs configured before (`dir` changed): not held, no Redis of theirs left
+        for path in remove_stale_records(self.ctx.supervisor.run_dir, self.record_path, _still_running):
+            log.info("redis: removed %s, the record of a data dir no longer configured (held by nobody, "
+                     "its Redis gone)", path)
         # once ours; not given to a new user while the previous user's Redis still runs in it
         self.given(prepare_data_dir(r.dir, self.spec.privileges, give=self.previous is None))
         self.ctx.locks.take("redis-dir-flock", self.lock_path, f"Redis data directory {r.dir}", why,
