@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import struct
 import time
 from collections.abc import Callable
@@ -46,18 +47,61 @@ class OwnerLock:
     fd: int | None = None
     identity: FileIdentity | None = None
     record: dict[str, Any] | None = None
+    # in a directory another user may write (Redis' data dir): never follow a link there,
+    # nor write into a file that is not ours (root opening a planted link would truncate its target)
+    exposed: bool = False
+    replaced: str | None = None     # what we found at `path` instead of our file, and replaced
 
-    def acquire(self, record: dict[str, Any]) -> None:
-        """Take the lock or raise LockHeld naming the owner. Writes `record` into the file."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    def open(self) -> int:
+        if not self.exposed:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            fd = os.open(self.path, flags | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            self.replaced = "a symbolic link"
+        else:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid():
+                return fd
+            os.close(fd)
+            self.replaced = f"a file of uid {st.st_uid}" if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 else \
+                f"a file with {st.st_nlink} links" if stat.S_ISREG(st.st_mode) else "not a regular file"
+        return self.replace(flags)
+
+    def replace(self, flags: int = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK) -> int:
+        """Unlink what is at `path` and create our own file there (O_EXCL: if something
+        appears in between, FileExistsError: we do not write into it)."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        return os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def acquire(self, record: dict[str, Any], take_from: Callable[[int | None], str | None] | None = None) -> None:
+        """Take the lock or raise LockHeld naming the owner. Writes `record` into the file.
+        `take_from(pid)`: for an exposed lock held by `pid` (from /proc/locks), why that holder
+        is no owner (the lock file is then replaced and taken), or None (it is: LockHeld)."""
+        self.replaced = None
+        fd = self.open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            holder = flock_holder(self.path)
+            why = take_from(holder) if take_from is not None and self.exposed else None
+            if why is None:
                 owner = read_owner(self.path)
+                if self.exposed and holder and (owner or {}).get("pid") != holder:
+                    owner = {"pid": holder}     # a record in a file others may write is only a claim
                 raise LockHeld(self.path, owner, f"{self.path} is locked by {describe_owner(owner or {})}") from None
-            raise
+            fd = self.replace()
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)      # a file nobody else has opened yet
+            self.replaced = why
         self.fd, self.identity = fd, FileIdentity.of_fd(fd)
         self.rewrite(dict(record, taken_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
 
@@ -78,6 +122,25 @@ class OwnerLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd, self.identity = None, None
+
+
+def flock_holder(path: str) -> int | None:
+    """The pid that took the flock(2) on the file at `path`, as /proc/locks lists it
+    (proc(5): `1: FLOCK ADVISORY WRITE PID MAJOR:MINOR:INODE 0 EOF`, a waiter's line has
+    `->`); None when it lists none, or 0 (a holder in a pid namespace we cannot see).
+    The pid is the one that locked: after a fork and its exit, maybe no process any more."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where and fields[4].isdigit():
+            return int(fields[4]) or None
+    return None
 
 
 def owner_key(config_path: str) -> str:
@@ -198,16 +261,25 @@ class OwnerLocks:
         return {"pid": pid, "start_ticks": proc_start_ticks(pid), "config": self.config_path,
                 "manager": "relayq-supervisor"}
 
-    def take(self, key: str, path: str, what: str, why: str = "", keep: dict[str, Any] | None = None) -> None:
+    def take(self, key: str, path: str, what: str, why: str = "", keep: dict[str, Any] | None = None,
+             take_from: Callable[[int | None], str | None] | None = None) -> str | None:
         """StartupError `relayq-supervisor: WHAT is owned by pid N (started ..., config ...)WHY`.
-        `keep`: fields of the previous record carried into ours (what still runs of it)."""
-        lock = OwnerLock(path)
+        `keep`: fields of the previous record carried into ours (what still runs of it).
+        With `take_from` (OwnerLock.acquire), the lock file lives in a directory another user
+        may write: what was found there instead of our free lock file and replaced (a planted
+        file, or ours held by a holder `take_from` says is no owner) is returned, for the
+        caller to audit; None when the lock was taken as it was."""
+        lock = OwnerLock(path, exposed=take_from is not None)
         try:
-            lock.acquire(dict(self.owner_record(), **(keep or {})))
+            lock.acquire(dict(self.owner_record(), **(keep or {})), take_from)
         except LockHeld as e:
             self.on_conflict(path, e.owner)
             raise StartupError(f"relayq-supervisor: {what} is owned by {describe_owner(e.owner)}{why}") from None
+        except FileExistsError:     # exposed: something appeared between our unlink and our create
+            raise StartupError(f"relayq-supervisor: {path} was replaced again while the supervisor made it anew "
+                               "(someone with write access to its directory): see who, then start again") from None
         self.held[key] = lock
+        return lock.replaced
 
     def take_program(self, name: str, run_dir: str, keep: dict[str, Any] | None = None) -> None:
         self.take(program_key(name), program_lock_path(run_dir, name), f"program {name}", keep=keep)

@@ -45,9 +45,12 @@ class CallLater(Protocol):
 
 
 class Locks(Protocol):
-    def take(self, key: str, path: str, what: str, why: str = "", keep: dict[str, Any] | None = None) -> None:
+    def take(self, key: str, path: str, what: str, why: str = "", keep: dict[str, Any] | None = None,
+             take_from: Callable[[int | None], str | None] | None = None) -> str | None:
         """Take an ownership lock or raise StartupError naming its owner; `keep` carries
-        fields of the previous record into ours."""
+        fields of the previous record into ours. `take_from`: the file is in a directory
+        another user may write; why its holder (a pid, None if unknown) is no owner, or None
+        (refused); what was replaced there is returned, for the audit."""
         ...
 
     def read(self, path: str) -> dict[str, Any] | None:

@@ -208,3 +208,43 @@ def test_redis_user_unset_and_set_again_gets_back_what_redis_wrote_as_root(open_
         assert conn.info("persistence")["aof_last_write_status"] == "ok"
     [given] = wait_for(lambda: sup.audit_events("redis_dir_given"), what="the redis_dir_given event")
     assert (given["from_uid"], given["uid"], given["skipped"]) == (0, NOBODY.pw_uid, 0) and given["changed"] >= 2
+
+
+HOLD_FLOCK = textwrap.dedent("""\
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDONLY)      # the supervisor's file, 0644: readable is enough to flock
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    print("held", flush=True)
+    sys.stdin.read()
+""")
+
+
+@needs_system_python
+def test_redis_user_holding_the_data_dir_flock_does_not_keep_the_supervisor_from_starting(open_tmp, supervisors):
+    data = open_tmp / "data"
+    sup = Supervisor(open_tmp, config(free_port(), str(data)))
+    supervisors.append(sup)
+    sup.start()
+    sup.wait_state("redis", "RUNNING")
+    assert sup.terminate() == 0
+    sup.log_file.close()
+
+    lock = data / "relayq.lock"
+    holder = subprocess.Popen([SYSTEM_PYTHON, "-c", HOLD_FLOCK, str(lock)], user=NOBODY.pw_uid, group=NOBODY.pw_gid,
+                              extra_groups=[], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert holder.stdout.readline() == "held\n"
+        sup.start()
+        sup.seen.add(sup.wait_state("redis", "RUNNING")["pid"])
+        [tamper] = wait_for(lambda: [e for e in sup.audit_events("tamper") if e["path"] == str(lock)],
+                            what="the tamper event")
+        assert tamper["sender"]["pid"] == holder.pid and tamper["sender"]["uid"] == NOBODY.pw_uid
+        assert f"flocked by pid {holder.pid} " in tamper["what"] and "not a supervisor" in tamper["what"]
+        assert f"{lock} was flocked by pid {holder.pid}" in sup.log()
+        assert f"TAMPER {lock}: flocked by pid {holder.pid}" in sup.ctl("audit", check=True).stdout
+        # the supervisor holds the data dir's lock file again, for the tools that ask
+        assert subprocess.run(["flock", "-n", str(lock), "true"]).returncode == 1
+        assert json.loads(lock.read_text())["pid"] == sup.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(10)

@@ -27,6 +27,8 @@ from relayq_supervisor.kinds.redis.data_dir import (
 from relayq_supervisor.kinds.redis.health import RedisHealth
 from relayq_supervisor.kinds.redis.liveness import pinger
 from relayq_supervisor.linux.procfs import proc_start_ticks, user_name
+from relayq_supervisor.printable import escape
+from relayq_supervisor.witness.identity import ProcessIdentity
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -62,6 +64,7 @@ class RedisKind:
         self._clients: dict[float | None, aioredis.Redis] = {}
         self.health: RedisHealth | None = None
         self.previous: dict[str, Any] | None = None   # the Redis a crashed predecessor recorded
+        self.flock_holder: dict[str, Any] | None = None   # who held the data dir's flock file (not a supervisor)
         if admin is not None:
             self._set_url()
 
@@ -98,8 +101,16 @@ class RedisKind:
                      "its Redis gone)", path)
         # once ours; not given to a new user while the previous user's Redis still runs in it
         self.given(prepare_data_dir(r.dir, self.spec.privileges, give=self.previous is None))
-        self.ctx.locks.take("redis-dir-flock", self.lock_path, f"Redis data directory {r.dir}", why,
-                            keep={"record": self.record_path})
+        # the data dir's flock file is advice for other tools: Redis' user may remove, replace or
+        # flock it, and that must not keep the supervisor from starting; another supervisor
+        # (root, maybe in another network namespace) holding it still refuses this one
+        replaced = self.ctx.locks.take("redis-dir-flock", self.lock_path, f"Redis data directory {r.dir}", why,
+                                       keep={"record": self.record_path}, take_from=self.not_a_supervisor)
+        if replaced:
+            self.ctx.audit("tamper", path=self.lock_path, what=f"{replaced}: made anew and taken",
+                           **({"sender": self.flock_holder} if self.flock_holder else {}))
+            log.warning("redis: %s was %s: made anew and taken (audited as tamper; the owner record is %s)",
+                        self.lock_path, escape(replaced), self.record_path)
         self.version = redis_version(r.binary)
         try:
             self._set_url()
@@ -117,6 +128,18 @@ class RedisKind:
             self.write_acl()
         except (AclSetupError, ValueError) as e:
             raise StartupError(f"relayq-supervisor: cannot set up the Redis command guard: {e}") from None
+
+    def not_a_supervisor(self, pid: int | None) -> str | None:
+        """Why the process holding the data dir's flock file is no supervisor, so that it
+        does not refuse this start; None when it may be one (or is unknown: refused). A
+        supervisor that gives Redis a user runs as root: a holder of another uid is not one."""
+        identity = self.ctx.name_process(pid) if pid and os.geteuid() == 0 else None
+        uid = identity.get("uid") if identity is not None and identity.get("alive") else None
+        if identity is None or uid is None or uid == 0:
+            return None
+        self.flock_holder = identity
+        who = ProcessIdentity.from_dict(identity).describe()
+        return f"flocked by {who}, uid {uid} ({identity.get('user') or '?'}): not a supervisor"
 
     def given(self, handover: Handover | None) -> None:
         """A data dir given to Redis' user: audited (`redis_dir_given`) and logged."""
