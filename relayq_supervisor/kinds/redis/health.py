@@ -101,21 +101,24 @@ class RedisHealth:
             async with self.reading:
                 sent = time.time()
                 denials = await self.acl_log.poll(conn)
+                replied = time.time()
                 since, self.last_read_epoch = self.last_read_epoch, sent
         except Exception as e:      # redis errors, timeouts: the next round tries again
             log.warning("%s: health check failed (%s)", p.name, e)
             return
         for d in denials:
-            await self.record_denial(p, d, since)
+            await self.record_denial(p, d, since, replied)
 
-    async def record_denial(self, p: Program, d: Denial, since: float | None = None) -> None:
-        """`since`: when the previous ACL LOG read was sent; attempts new in `d` came after it."""
+    async def record_denial(self, p: Program, d: Denial, since: float | None = None,
+                            replied: float | None = None) -> None:
+        """`since`: when the previous ACL LOG read was sent; attempts new in `d` came after it
+        and before `replied` (when its reply came: the client lookup may take loop passes)."""
         remote = self.ctx.remote_clients
         if remote is not None and d.client_addr and remote.is_remote(d.client_addr):
             # another node's client: ask that node, without holding up anything else
             start_task(self.record_remote_denial(p, d, remote), f"{p.name}: who held {d.client_addr}")
             return
-        await self.record_local_denial(p, d, since)
+        await self.record_local_denial(p, d, since, replied)
 
     async def record_remote_denial(self, p: Program, d: Denial, remote: RemoteClients) -> None:
         """The denial, written once the node owning the address answered (or the deadline
@@ -158,7 +161,8 @@ class RedisHealth:
             return frozenset()
         return frozenset(ip for ip in ips if ip is not None)
 
-    async def record_local_denial(self, p: Program, d: Denial, since: float | None = None) -> None:
+    async def record_local_denial(self, p: Program, d: Denial, since: float | None = None,
+                                  replied: float | None = None) -> None:
         sender, note = None, None
         where = split_addr(d.client_addr or "")
         if where is not None:
@@ -172,7 +176,7 @@ class RedisHealth:
             sender = clients.client_of(d.client_addr, at=d.updated_epoch)
         if sender is None:
             note = "client gone before it could be found" if d.client_addr else "client address unknown"
-        folded = self.folded_clients(d, sender, since) if d.count_new > 1 else None
+        folded = self.folded_clients(d, sender, since, replied) if d.count_new > 1 else None
         event = self.ctx.audit("redis_denied", program=p.name, command=d.command, reason=d.reason,
                                context=d.context, user=d.user, client_addr=d.client_addr,
                                client_laddr=d.client_laddr, client_name=d.client_name, count=d.count_new,
@@ -189,12 +193,13 @@ class RedisHealth:
                     d.client_addr, who, denial_hint(d))
 
     def folded_clients(self, d: Denial, last: dict[str, Any] | None,
-                       since: float | None) -> dict[str, Any] | None:
+                       since: float | None, until: float | None = None) -> dict[str, Any] | None:
         """Redis folds repeated denials into one entry and keeps only the last client. An
         attempt comes before its client's close, and the attempts new in `d` came after our
         previous read was sent (`since`; or the entry's creation, if later): every client
-        that made one closed in [since, now] or is `last`. Those that closed then are named,
-        the recorded one last; `exact` says whether their number is the entry's new count
+        that made one closed in [since, until] (until: the reply, now when not given) or is
+        `last`. Those that closed then are named, the recorded one last; `exact` says whether
+        their number is the entry's new count
         (else some of them made no denied attempt, and Redis cannot tell which)."""
         clients = self.ctx.clients
         starts = [t for t in (d.created_epoch, since) if t is not None]
@@ -202,7 +207,7 @@ class RedisHealth:
             return None
         # no slack before `since`: a client that closed before the previous read was sent
         # made its attempts before it, and they were reported then
-        gone = clients.clients_closed_between(max(starts), time.time())
+        gone = clients.clients_closed_between(max(starts), until if until is not None else time.time())
         last_addr = (last.get("connection") or {}).get("addr") if last else None
         named = [c for c in gone if (c.get("connection") or {}).get("addr") != last_addr
                  and c.get("pid") != os.getpid()]      # the supervisor's own connections
