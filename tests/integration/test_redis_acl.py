@@ -9,6 +9,7 @@ import secrets
 import select
 import subprocess
 import textwrap
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -59,14 +60,26 @@ class RedisUnderTest:
     def admin(self) -> redis.Redis:
         return self.client(username=self.creds.username, password=self.creds.password)
 
-    def poll(self, reader: AclLogReader) -> list:
+    def poll(self, reader: AclLogReader, loop_late: float = 0.0) -> list:
+        """`loop_late`: the loop is busy that long while the reply is on its way (a loaded node)."""
+        r_admin = self.admin() if loop_late else None
+
         async def run():
             conn = aioredis.Redis(port=self.port, username=self.creds.username,
                                   password=self.creds.password, socket_timeout=5)
             try:
+                await conn.ping()
+                if loop_late:
+                    # Redis holds the reply 0.15 s; our loop blocks from 0.05 s on, so it
+                    # reads the reply `loop_late` - 0.1 s after Redis sent it
+                    assert r_admin is not None
+                    assert r_admin.execute_command("CLIENT", "PAUSE", "150", "ALL") == b"OK"
+                    asyncio.get_running_loop().call_later(0.05, time.sleep, loop_late)
                 return await reader.poll(conn)
             finally:
                 await conn.aclose()
+                if r_admin is not None:
+                    r_admin.close()
         return asyncio.run(run())
 
 
@@ -233,6 +246,17 @@ def test_acl_log_reader_reports_every_attempt_once(start_redis):
     config = r.poll(reader)
     assert [d.command for d in config] == (["config|set"] if r.version >= (7, 0) else ["config"])
     assert r.proc.poll() is None
+
+
+def test_acl_log_reader_counts_nothing_twice_when_the_loop_reads_late(start_redis):
+    # An entry is dated by Redis' TIME minus its age, not by when our loop got the reply:
+    # a reply read 0.6 s late (over the slack that tells a re-created entry) is unchanged.
+    r = start_redis()
+    reader = AclLogReader()
+    _expect_noperm(r.client(), "SHUTDOWN")
+    assert sum(d.count_new for d in r.poll(reader)) == 1
+    assert r.poll(reader, loop_late=0.7) == []
+    assert r.poll(reader) == []
 
 
 def test_acl_log_reader_survives_a_client_name_with_equals_sign(start_redis):

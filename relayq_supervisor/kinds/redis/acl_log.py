@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 # How far two readings of one unchanged entry's last-update time may disagree: the
-# estimate is `our clock at the reply - age-seconds`, so it moves with poll latency.
+# estimate is `Redis' TIME, read in the same pipeline, - age-seconds` (both Redis' clock,
+# age in ms), so it moves by Redis' rounding, not by how late our loop read the reply.
 UPDATE_TIME_SLACK = 0.25
 # ACL LOG shows 10 entries unless asked for more; Redis' default acllog-max-len is 128.
 ACL_LOG_REQUEST = 1000
@@ -159,8 +160,20 @@ class AclLogReader:
         # The raw command, not conn.acl_log(): redis-py's parser of the reply splits
         # client-info at every '=', and a client name may contain one, so any client
         # could make the parsing (and thus this health check) fail.
-        reply = await conn.execute_command("ACL", "LOG", str(ACL_LOG_REQUEST))
-        return self.new_denials(reply, now=time.monotonic(), wall=time.time())
+        # TIME right after it, on the server, dates the reply by Redis' clock: our own clock
+        # at the reply would be late by however long the loop took to read it (a loaded
+        # node: over the slack, and an unchanged entry would be counted again).
+        async with conn.pipeline(transaction=False) as pipe:
+            pipe.execute_command("ACL", "LOG", str(ACL_LOG_REQUEST))
+            pipe.execute_command("TIME")
+            reply, server_time = await pipe.execute()
+        return self.new_denials(reply, now=_seconds(server_time), wall=time.time())
+
+
+def _seconds(reply: Any) -> float:
+    """TIME's reply, [seconds, microseconds] (redis-py may have made it a tuple of ints)."""
+    sec, usec = reply
+    return int(sec) + int(usec) / 1e6
 
 
 def _same_entry(old: _Seen, new: _Seen, exact: bool, may_grow: bool) -> bool:
