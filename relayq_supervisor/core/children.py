@@ -154,19 +154,26 @@ class ProcessSpawner:
         run = self.containment.new_run(p.name)
         placed = [run]
 
-        def at_gate(pid: int) -> None:
+        def place(pid: int) -> None:
             placed[0] = self.place(p, run, pid)
+
+        def at_gate(pid: int) -> None:
             if self.before_exec is not None:
                 self.before_exec(pid, p)
+        # born in its group where the kernel allows (core/spawn.py's clone way), else moved there at the gate
+        group_fd = self.containment.open_group(run)
         try:
             child = spawn(argv, {**env, MARKER: run.id}, p.spec.directory, out_w, before_exec=at_gate,
-                          child_setup=credentials.child_setup(p.spec.privileges))
+                          child_setup=credentials.child_setup(p.spec.privileges), cgroup_fd=group_fd, place=place)
         except OSError:
             os.close(out_r)
             self.containment.end_run(run)
             raise
         finally:
             os.close(out_w)
+            if group_fd is not None:
+                os.close(group_fd)
+        self.containment.born_in_group = child.via == "clone"
         self.close_pipe(p.name)
         self.pipes[p.name] = out_r
         self.loop.add_reader(out_r, self.on_output, p, out_r)

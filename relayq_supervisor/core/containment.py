@@ -19,6 +19,9 @@ groups waits for an RCU grace period (cgroup_threadgroup_rwsem, several ms on an
 machine) unless the hierarchy is mounted with `favordynmods` (cgroup-v2.rst). So the wait
 is begun early (`warm_up`, on the first sign of a child's end, in a thread of its own): a
 move that comes while that grace period runs, or just after, waits only for what is left.
+On cgroup v2 no move is needed at all where the kernel takes clone3's CLONE_INTO_CGROUP:
+core/spawn.py then makes the child in its group (`open_group` gives it the group), and no
+warm-up thread is started (that way forks only while the supervisor runs one thread).
 
 Without one (`[supervisor] cgroups = false`, no hierarchy, not allowed): a descendant is
 what the main process' tree holds, plus the supervisor's reparented children (orphans
@@ -73,6 +76,7 @@ class Containment:
         self._warming: Future[None] | None = None
         self._warmer: ThreadPoolExecutor | None = None
         self._warm_refused = False
+        self.born_in_group = False      # the last child was made in its group: no move, no warm-up
 
     @classmethod
     def open(cls, enabled: bool, key: str) -> Containment:
@@ -97,7 +101,8 @@ class Containment:
         if self.hierarchy is None:
             return f"by process tree and environment ({self.why_none})"
         kill = "cgroup.kill" if self.base and self.hierarchy.has_kill_file(self.base) else "SIGKILL to each member"
-        moves = "favordynmods" if self.hierarchy.favordynmods else "no favordynmods: a move waits for an RCU grace period"
+        moves = "children born in their group" if self.born_in_group else "favordynmods" \
+            if self.hierarchy.favordynmods else "no favordynmods: a move waits for an RCU grace period"
         return f"cgroup v{self.hierarchy.version} {self.base} ({kill}; {moves})"
 
     def new_run(self, instance: str) -> Run:
@@ -144,7 +149,7 @@ class Containment:
         kernel's grace period now, off the loop (see the module doc). Not where moves are
         cheap (favordynmods) or one is already under way; given up after a refusal."""
         hierarchy = self.hierarchy
-        if hierarchy is None or hierarchy.favordynmods or self._warm_refused or \
+        if hierarchy is None or hierarchy.favordynmods or self._warm_refused or self.born_in_group or \
                 (self._warming is not None and not self._warming.done()):
             return
         if self._warmer is None:
@@ -158,6 +163,16 @@ class Containment:
             log.info("cgroup %s: cannot write our own pid (%s); moves are not begun early", hierarchy.own,
                      e.strerror)
             self._warm_refused = True
+
+    def open_group(self, run: Run) -> int | None:
+        """An fd on the run's group directory for a child to be born in (clone3's
+        CLONE_INTO_CGROUP: cgroup v2 only), or None; the caller closes it."""
+        if run.group is None or self.hierarchy is None or self.hierarchy.version != 2:
+            return None
+        try:
+            return os.open(run.group, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
 
     def place(self, run: Run, pid: int) -> None:
         """Before exec (at spawn's gate): every process it will ever fork is born in the group."""
