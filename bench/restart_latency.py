@@ -116,6 +116,10 @@ MECHANISM_ROWS = {
     "direct": "`spawn()` without before_exec: posix_spawn of the program",
     "fork": "`spawn()`'s fork path (forced by a no-op `child_setup`): fork, Python in the child, gate, exec",
     "posix_spawn": "`os.posix_spawn()` (vfork + exec), as the raw loop",
+    "clone": "`spawn()` into a fresh cgroup, as the supervisor starts a run: clone3 CLONE_INTO_CGROUP, the gate, "
+             "PTRACE_SEIZE, release, exec",
+    "gate+move": "`spawn()` into a fresh cgroup where clone3 is refused: the dash gate, moved into the group at the "
+                 "gate (cgroup.procs), PTRACE_SEIZE, release, exec",
 }
 
 
@@ -123,6 +127,8 @@ def mechanism_table(mechanism: dict) -> Table:
     posix = Samples.of(mechanism["start"]["posix_spawn"])
     rows = []
     for way, label in MECHANISM_ROWS.items():
+        if not mechanism["start"].get(way):
+            continue        # the cgroup ways where no group could be made
         s, c = Samples.of(mechanism["start"][way]), Samples.of(mechanism["call"][way])
         if way == "gate" and mechanism.get("seize_refused"):
             label += f" (ptrace refused here: {mechanism['seize_refused']}; gate without the seize)"
