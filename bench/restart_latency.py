@@ -181,14 +181,15 @@ def summarize(ctx, field, samples, failed, missing, rounds, mechanism) -> Sectio
 
 SPAWN_PATH = (
     "Where relayq-supervisor's extra time goes: the raw loop calls posix_spawn from a tiny process the "
-    "moment its pidfd turns readable. The supervisor wakes on the signalfd (SIGCHLD); with the kernel witness "
-    "it first reads everything the trace has buffered (fork, exec and exit of every process on the node, and "
-    "the signal that killed the child, whose sender it identifies); then it waitpid()s, records the exit, "
-    "logs the transition and decides the restart, makes its pipes, and only then spawns: posix_spawn of the "
-    "dash gate, its move into the run's cgroup (section 15: the kernel's RCU grace period, milliseconds; the "
-    "`cgroups = false` row is the supervisor without it), the witness's pid filter and PTRACE_SEIZE, then the "
-    "gate's exec of the program (second table). The audit write and its fsync come after the spawn, in the "
-    "next loop pass.")
+    "moment its pidfd turns readable. The supervisor wakes on the signalfd (SIGCHLD), waitpid()s, kills what "
+    "the run left behind, decides the restart under its rules and starts the successor at once: its pipes, "
+    "then (cgroup v2) a clone3 fork of the supervisor born in the run's cgroup that execs the dash gate, the "
+    "kernel witness's pid filter and, for a protected program, PTRACE_SEIZE, then the gate's exec of the "
+    "program (second table). Only after that does it read the kernel trace's backlog, name the sender of the "
+    "signal that ended the child (its /proc identity and ancestry), audit the exit and enter BACKOFF and "
+    "STARTING; the audit write and its fsync come in the next loop pass. That judging no longer delays the "
+    "restart, but it shares the machine's two cores with the starting child. Where clone3 is refused the "
+    "gate is posix_spawned and moved into the group, which waits for an RCU grace period (the cgroup section).")
 
 
 def judge(field, samples, raw: Samples | None, mechanism: dict | None) -> tuple[list[Target], list[str]]:
@@ -234,22 +235,27 @@ def judge(field, samples, raw: Samples | None, mechanism: dict | None) -> tuple[
         notes.append(f"The kernel witness's share (`[supervisor] kernel_trace`, on by default where tracefs can be "
                      f"used): with neither witness nor tap a restart took {ms(off.median)} "
                      f"({off.median / raw.median:.2f}x raw), with the witness {ms(on.median)} "
-                     f"({on.median / raw.median:.2f}x), {ms(on.median - off.median)} more.{tap} Before the reap "
-                     "the witness reads what the trace buffered since its last read (at most 0.2 s of the node's "
-                     "forks, execs and exits, ~2-4 µs a line), so the signal that ended the child is known when "
-                     "its exit is recorded; on an idle node that is a few lines.")
+                     f"({on.median / raw.median:.2f}x), {ms(on.median - off.median)} more.{tap} Once the successor is "
+                     "started the witness reads what the trace buffered since its last read (at most 0.05 s of the "
+                     "node's forks, execs and exits, ~4 µs a line) and names the sender, so the signal that ended "
+                     "the child is known when its exit is recorded.")
     if mechanism is not None:
         start = {way: statistics.median(v) for way, v in mechanism["start"].items()}
-        notes.append(f"How relayq-supervisor starts a child (relayq_supervisor/core/spawn.py): posix_spawn of a "
-                     "small dash script, the exec gate, that blocks on a pipe; the tap seizes it there and one "
-                     "newline releases it to exec the program in place, so no instruction of the program runs "
-                     "untraced. The supervisor is never forked on this path: in the second table the gate costs "
+        groups = ""
+        if start.get("clone") is not None and start.get("gate+move") is not None:
+            groups = (" Into a fresh cgroup, as every run starts: born there by clone3 (a fork of the supervisor "
+                      f"that execs the gate at once) {ms(start['clone'] - start['posix_spawn'])} over posix_spawn, "
+                      f"moved there at the gate {ms(start['gate+move'] - start['posix_spawn'])} (the RCU grace "
+                      "period of a cgroup move).")
+        notes.append(f"How relayq-supervisor starts a child (relayq_supervisor/core/spawn.py): a small dash "
+                     "script, the exec gate, that blocks on a pipe; the tap seizes it there and one newline "
+                     "releases it to exec the program in place, so no instruction of the program runs untraced. "
+                     "In the second table posix_spawn of the gate costs "
                      f"{ms(start['gate'] - start['posix_spawn'])} over posix_spawn, where forking the supervisor "
                      f"and running Python in the child up to exec (the fork path, kept for what must run in the "
-                     f"child before exec) costs {ms(start['fork'] - start['posix_spawn'])}. Without before_exec "
-                     "(no tap) spawn() posix_spawns the program itself; the supervisor passes before_exec whether "
-                     "or not the tap is on (the kernel witness starts watching the pid there too), so the tap-off "
-                     "row above goes through the gate as well.")
+                     f"child before exec) costs {ms(start['fork'] - start['posix_spawn'])}.{groups} The supervisor "
+                     "passes before_exec whether or not the tap is on (the kernel witness starts watching the pid "
+                     "there too), so the tap-off rows above go through the gate as well.")
     with_tap = next((c for c in relayq if c.signal_tap), None)
     as_user = next((c for c in runs if c.program_extra.get("user")), None)
     if as_user is not None and with_tap is not None and raw is not None:

@@ -20,8 +20,9 @@ machine) unless the hierarchy is mounted with `favordynmods` (cgroup-v2.rst). So
 is begun early (`warm_up`, on the first sign of a child's end, in a thread of its own): a
 move that comes while that grace period runs, or just after, waits only for what is left.
 On cgroup v2 no move is needed at all where the kernel takes clone3's CLONE_INTO_CGROUP:
-core/spawn.py then makes the child in its group (`open_group` gives it the group), and no
-warm-up thread is started (that way forks only while the supervisor runs one thread).
+core/spawn.py then makes the child in its group (`open_group` gives it the group), and the
+end of such a child begins no warm-up (that fork is made only while the supervisor runs
+one thread, so a warm-up thread would turn it off).
 
 Without one (`[supervisor] cgroups = false`, no hierarchy, not allowed): a descendant is
 what the main process' tree holds, plus the supervisor's reparented children (orphans
@@ -33,8 +34,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from relayq_supervisor.background import start_task
@@ -73,10 +74,10 @@ class Containment:
         self._marks_at = float("-inf")
         self.mains: dict[int, str] = {}            # main pid -> its run id, while it is our child
         self.prepared: dict[str, Run] = {}         # instance -> the empty group of its next run
-        self._warming: Future[None] | None = None
-        self._warmer: ThreadPoolExecutor | None = None
+        # a short-lived thread per warm-up: while none runs, spawn's clone way (one thread only) may fork
+        self._warming: threading.Thread | None = None
         self._warm_refused = False
-        self.born_in_group = False      # the last child was made in its group: no move, no warm-up
+        self.born_in_group = False      # the last child was made in its group (no move): for `state`
 
     @classmethod
     def open(cls, enabled: bool, key: str) -> Containment:
@@ -149,12 +150,12 @@ class Containment:
         kernel's grace period now, off the loop (see the module doc). Not where moves are
         cheap (favordynmods) or one is already under way; given up after a refusal."""
         hierarchy = self.hierarchy
-        if hierarchy is None or hierarchy.favordynmods or self._warm_refused or self.born_in_group or \
-                (self._warming is not None and not self._warming.done()):
+        if hierarchy is None or hierarchy.favordynmods or self._warm_refused or \
+                (self._warming is not None and self._warming.is_alive()):
             return
-        if self._warmer is None:
-            self._warmer = ThreadPoolExecutor(1, thread_name_prefix="relayq-cgroup-warm")
-        self._warming = self._warmer.submit(self._rewrite_own, hierarchy)
+        self._warming = threading.Thread(target=self._rewrite_own, args=(hierarchy,), name="relayq-cgroup-warm",
+                                         daemon=True)
+        self._warming.start()
 
     def _rewrite_own(self, hierarchy: cgroups.Hierarchy) -> None:
         try:
@@ -294,9 +295,6 @@ class Containment:
         for task in list(self.draining.values()):
             task.cancel()
         self.prepared.clear()       # empty groups under base: removed with it
-        if self._warmer is not None:
-            self._warmer.shutdown(wait=False)
-            self._warmer = None
         if self.base is not None and not cgroups.remove(self.base):
             log.warning("cgroup %s: cannot remove it at exit (pids %s)", self.base,
                         " ".join(map(str, cgroups.all_members(self.base)[:10])))

@@ -21,8 +21,9 @@ clone (before_exec and a cgroup v2 group given): the same gate, but the child is
     process runs one thread (linux/clone.py says why); else, or where the kernel refuses
     it, the gate path and `place`.
 direct (no before_exec, no place): posix_spawn of the program itself.
-fork: os.fork() of the supervisor, Python in the child up to the same kind of gate, then
-    os.execvpe. Taken
+fork: os.fork() of the supervisor (clone3 into the group, as the clone way, where a group
+    is given and that way can be taken), Python in the child up to the same kind of gate,
+    then os.execvpe. Taken
     - when `child_setup` is given: the only way to run code in the child between the gate
       and exec: linux/credentials.py's user, groups, rlimits, nice, umask and
       PR_SET_NO_NEW_PRIVS for a program that sets any of them (issue 17);
@@ -80,6 +81,7 @@ class Spawned:
     pidfd: int
     exec_result_fd: int     # readable once: EOF = no exec failure known, else errno (4 bytes)
     via: str = "fork"       # "clone", "gate", "direct" or "fork": which way it started (see the module doc)
+    born_in_group: bool = False     # made in the group of cgroup_fd: no move was needed
 
 
 # Why the clone way is not tried any more (the kernel refused clone3 or CLONE_INTO_CGROUP), or None.
@@ -104,15 +106,34 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str, output_fd: int,
     path = _startable(argv[0], env, cwd) if child_setup is None and libc_spawn.CAN_CHDIR else None
     spawned = None
     at_gate = _placed_then(place, before_exec)
+    born_in = cgroup_fd if _can_clone() else None
     if path is not None:
         if at_gate is None:
             spawned = _spawn_direct(path, argv, env, cwd, output_fd)
         elif GATE_SHELL is not None and gate_is_exact(env, argv[0]):
-            if cgroup_fd is not None and clone_refused is None and threading.active_count() == 1 \
-                    and threading.current_thread() is threading.main_thread():
-                spawned = _spawn_cloned(GATE_SHELL, argv, env, cwd, output_fd, cgroup_fd, before_exec)
+            if born_in is not None:
+                spawned = _spawn_cloned(GATE_SHELL, argv, env, cwd, output_fd, born_in, before_exec)
             spawned = spawned or _spawn_gated(GATE_SHELL, argv, env, cwd, output_fd, at_gate)
-    return spawned or _spawn_forked(argv, env, cwd, output_fd, at_gate, child_setup)
+    return spawned or _spawn_forked(argv, env, cwd, output_fd, at_gate, child_setup,
+                                    born_in if clone_refused is None else None, before_exec)
+
+
+def _can_clone() -> bool:
+    """clone3 forks without glibc's and Python's fork handlers: only while this process runs
+    one thread (linux/clone.py), from the main one (the child resets signal handlers)."""
+    return clone_refused is None and threading.active_count() == 1 \
+        and threading.current_thread() is threading.main_thread()
+
+
+def _clone_into(cgroup_fd: int) -> int | None:
+    """clone.fork_into_cgroup, or None where the kernel refuses it (remembered: not tried again)."""
+    global clone_refused
+    try:
+        return clone.fork_into_cgroup(cgroup_fd)
+    except OSError as e:
+        if e.errno in clone.REFUSED:
+            clone_refused = e.strerror or str(e)
+        return None
 
 
 def _placed_then(place: Callable[[int], None] | None,
@@ -231,7 +252,6 @@ def _spawn_cloned(shell: str, argv: list[str], env: dict[str, str], cwd: str, ou
                   before_exec: Callable[[int], None] | None) -> Spawned | None:
     """The gate, in a child born in its group (clone3 CLONE_INTO_CGROUP). None where the
     kernel refuses (the caller takes the gate path and moves the child)."""
-    global clone_refused
     gate_argv = _gate_argv(argv, env)
     gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
     result_r, result_w = os.pipe2(os.O_CLOEXEC)
@@ -239,13 +259,10 @@ def _spawn_cloned(shell: str, argv: list[str], env: dict[str, str], cwd: str, ou
         result_w, low = fcntl.fcntl(result_w, fcntl.F_DUPFD_CLOEXEC, 4), result_w
         os.close(low)
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        pid = clone.fork_into_cgroup(cgroup_fd)
-    except OSError as e:
+    pid = _clone_into(cgroup_fd)
+    if pid is None:
         for fd in (gate_r, gate_w, result_r, result_w, devnull):
             os.close(fd)
-        if e.errno in clone.REFUSED:
-            clone_refused = e.strerror or str(e)
         return None
     if pid == 0:    # child: one thread, a copy of ours; plain syscalls, then the gate's exec
         try:
@@ -271,10 +288,11 @@ def _spawn_cloned(shell: str, argv: list[str], env: dict[str, str], cwd: str, ou
     os.close(gate_r)
     os.close(result_w)
     os.close(devnull)
-    return _release(pid, gate_w, before_exec, result_r, via="clone")
+    return _release(pid, gate_w, before_exec, result_r, via="clone", born_in_group=True)
 
 
-def _release(pid: int, gate_w: int, before_exec: Callable[[int], None] | None, result: int, via: str) -> Spawned:
+def _release(pid: int, gate_w: int, before_exec: Callable[[int], None] | None, result: int, via: str,
+             born_in_group: bool = False) -> Spawned:
     """The parent's side of a gate: pidfd, before_exec, then open the gate. If anything
     here fails the gate is closed unopened, so the child exits without running the program."""
     pidfd = -1
@@ -286,7 +304,7 @@ def _release(pid: int, gate_w: int, before_exec: Callable[[int], None] | None, r
             os.write(gate_w, b"\n")
         except BrokenPipeError:
             pass        # it died at the gate (a signal, say): an exit the caller reaps like any other
-        return Spawned(pid=pid, pidfd=pidfd, exec_result_fd=result, via=via)
+        return Spawned(pid=pid, pidfd=pidfd, exec_result_fd=result, via=via, born_in_group=born_in_group)
     except BaseException:
         if pidfd >= 0:
             os.close(pidfd)
@@ -297,13 +315,17 @@ def _release(pid: int, gate_w: int, before_exec: Callable[[int], None] | None, r
 
 
 def _spawn_forked(argv: list[str], env: dict[str, str], cwd: str, output_fd: int,
-                  before_exec: Callable[[int], None] | None, child_setup: Callable[[], None] | None) -> Spawned:
+                  at_gate: Callable[[int], None] | None, child_setup: Callable[[], None] | None,
+                  cgroup_fd: int | None = None, before_exec: Callable[[int], None] | None = None) -> Spawned:
     """fork + exec with the gate in Python. Exec failures come back on a close-on-exec
-    pipe: EOF means exec succeeded, 4 bytes are the errno."""
+    pipe: EOF means exec succeeded, 4 bytes are the errno. With `cgroup_fd` the fork is
+    clone3's into that group where the kernel allows, and only before_exec runs at the
+    gate (no move); else os.fork() and at_gate (the move, then before_exec)."""
     gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
     result_r, result_w = os.pipe2(os.O_CLOEXEC)
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    pid = os.fork()
+    cloned = _clone_into(cgroup_fd) if cgroup_fd is not None else None
+    pid = cloned if cloned is not None else os.fork()
     if pid == 0:  # child: only plain syscalls from here to exec
         try:
             os.setsid()
@@ -331,4 +353,6 @@ def _spawn_forked(argv: list[str], env: dict[str, str], cwd: str, output_fd: int
     os.close(gate_r)
     os.close(result_w)
     os.close(devnull)
-    return _release(pid, gate_w, before_exec, result_r, via="fork")
+    if cloned is not None:
+        return _release(pid, gate_w, before_exec, result_r, via="fork", born_in_group=True)
+    return _release(pid, gate_w, at_gate, result_r, via="fork")

@@ -318,6 +318,28 @@ def test_the_clone_way_makes_the_child_in_its_group_before_the_gate(group, child
     assert read_exec_result(child.exec_result_fd) is None
 
 
+def test_the_fork_path_is_born_in_the_group_too(group, children, output, tmp_path):
+    path, fd = group
+    hierarchy = cgroups.own_hierarchy()
+    assert hierarchy is not None
+    _, w = output
+    seen = {}
+
+    def before_exec(pid: int) -> None:
+        children.add(pid)
+        seen["group"] = cgroups.group_of(pid, hierarchy)
+
+    moved: list[int] = []
+    child = spawn([SLEEP, "30"], {"PATH": "/usr/bin:/bin"}, str(tmp_path), w, before_exec, cgroup_fd=fd,
+                  place=moved.append, child_setup=lambda: None)
+    assert (child.via, child.born_in_group, moved) == ("fork", True, [])
+    assert seen["group"] == path
+    wait_exec(child.pid, SLEEP)
+    assert cgroups.members(path) == [child.pid]
+    os.close(child.pidfd)
+    assert read_exec_result(child.exec_result_fd) is None
+
+
 @needs_gate
 def test_without_a_group_fd_the_child_is_moved_at_the_gate_before_before_exec(group, children, output, tmp_path):
     path, _ = group
