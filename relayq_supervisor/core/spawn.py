@@ -253,6 +253,10 @@ def _spawn_cloned(shell: str, argv: list[str], env: dict[str, str], cwd: str, ou
     """The gate, in a child born in its group (clone3 CLONE_INTO_CGROUP). None where the
     kernel refuses (the caller takes the gate path and moves the child)."""
     gate_argv = _gate_argv(argv, env)
+    # exec sets caught signals to SIG_DFL itself, but not ignored ones; and a caught one must not
+    # run our handler in the child before exec: both are reset, the rest already are SIG_DFL (every
+    # page the child touches before exec is a copy of ours)
+    reset = [sig for sig in _RESET_TO_DEFAULT if signal.getsignal(sig) != signal.SIG_DFL]
     gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
     result_r, result_w = os.pipe2(os.O_CLOEXEC)
     if result_w <= 3:       # fd 3 becomes the gate pipe in the child
@@ -267,7 +271,7 @@ def _spawn_cloned(shell: str, argv: list[str], env: dict[str, str], cwd: str, ou
     if pid == 0:    # child: one thread, a copy of ours; plain syscalls, then the gate's exec
         try:
             os.setsid()
-            for sig in _RESET_TO_DEFAULT:
+            for sig in reset:
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
             os.dup2(devnull, 0)
