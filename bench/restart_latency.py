@@ -8,6 +8,7 @@ import json
 import os
 import statistics
 import subprocess
+import time
 
 from .contenders import (
     PYTHON,
@@ -28,6 +29,11 @@ from .report import Samples, Section, Table, Target, mib, ms, ratio
 
 NAME = "restart"
 TITLE = "Restart latency (kill -9 to new child start)"
+# Between one contender's restart and the next kill: moving a process into a cgroup waits for an RCU
+# grace period unless another move (or clone3 into a group) happened within about one grace period
+# before (the kernel's rcu_sync stays in its slow mode that long), so back-to-back restarts of six
+# supervisors made each other's moves cheap. A real restart rarely follows another's by milliseconds.
+PAUSE_S = 0.1
 
 
 def contenders(ctx: BenchContext) -> tuple[list[Contender], list[str]]:
@@ -84,6 +90,7 @@ def run(ctx: BenchContext) -> Section:
         for c in order:
             if c.label in failed:
                 continue
+            time.sleep(PAUSE_S)     # pacing, not synchronisation: each restart measured on its own
             try:
                 samples[c.label].append(kill_and_time_restart(records[c.label], timeout=15.0, tick_s=c.tick_s))
             except BenchError as e:
@@ -164,7 +171,9 @@ def summarize(ctx, field, samples, failed, missing, rounds, mechanism) -> Sectio
         notes.append(f"The spawn mechanism was not measured separately: {mechanism}")
     method = (f"The child is `python3 -S bench/child.py FILE` (appends its pid and `time.time()` at start, then "
               f"sleeps). All contenders run at once; each of {rounds} rounds kills one child of each contender, "
-              f"rotating the order, with every run at least {MIN_RUN_S} s old when killed (above relayq's "
+              f"rotating the order, {PAUSE_S:g} s after the previous contender's restart (a cgroup move is cheap "
+              "right after another one: without the pause one supervisor's restart warmed the next one's), with "
+              f"every run at least {MIN_RUN_S} s old when killed (above relayq's "
               "`stable_after = 0.5`, so every restart is immediate under its rules); contenders that poll on a "
               "tick (supervisord 1 s, circus `check_delay`) are killed at a random phase of it. Latency = the new child's "
               "recorded start minus the time just before `pidfd_send_signal(SIGKILL)`; it includes the "
