@@ -356,8 +356,9 @@ class Arbiter:
         try:
             self.on_exit(p, status)
         finally:
-            # kept until its exit was judged: the trace's late lines about it name p
-            if self.by_pid.get(pid) is p and p.proc is not proc:
+            # kept until its exit was judged: the trace's late lines about it name p (unless its
+            # successor got the same pid back)
+            if self.by_pid.get(pid) is p and (p.proc is None or p.proc.pid != pid):
                 del self.by_pid[pid]
         return True
 
