@@ -230,10 +230,12 @@ def judge(field, samples, raw: Samples | None, mechanism: dict | None) -> tuple[
     if any(s.median > 1.25 * raw.median for s in (Samples.of(samples[c.label]) for c in relayq)) if raw else False:
         notes.append(SPAWN_PATH)
         if mechanism is not None:
-            gap = statistics.median(mechanism["start"]["gate"]) - statistics.median(mechanism["start"]["posix_spawn"])
+            way = "clone" if mechanism["start"].get("clone") else "gate"
+            gap = statistics.median(mechanism["start"][way]) - statistics.median(mechanism["start"]["posix_spawn"])
             notes.append(f"Of that gap, the spawn mechanism alone accounts for {ms(gap)} in this run (second "
-                         "table, gate against posix_spawn). The rest is the loop's work between the child's "
-                         "death and the spawn.")
+                         f"table, {'clone3 into a fresh cgroup' if way == 'clone' else 'gate'} against posix_spawn). "
+                         "The rest is the loop's work between the child's death and the spawn, and the two "
+                         "cores' other load.")
     witness_only = next((c for c in relayq if not c.signal_tap), None)
     neither = next((c for c in runs if not c.signal_tap and c.kernel_trace is False), None)
     tap_only = next((c for c in runs if c.signal_tap and c.kernel_trace is False), None)
