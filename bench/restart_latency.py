@@ -8,6 +8,7 @@ import json
 import os
 import statistics
 import subprocess
+import time
 
 from .contenders import (
     PYTHON,
@@ -28,6 +29,11 @@ from .report import Samples, Section, Table, Target, mib, ms, ratio
 
 NAME = "restart"
 TITLE = "Restart latency (kill -9 to new child start)"
+# Between one contender's restart and the next kill: moving a process into a cgroup waits for an RCU
+# grace period unless another move (or clone3 into a group) happened within about one grace period
+# before (the kernel's rcu_sync stays in its slow mode that long), so back-to-back restarts of six
+# supervisors made each other's moves cheap. A real restart rarely follows another's by milliseconds.
+PAUSE_S = 0.1
 
 
 def contenders(ctx: BenchContext) -> tuple[list[Contender], list[str]]:
@@ -84,6 +90,7 @@ def run(ctx: BenchContext) -> Section:
         for c in order:
             if c.label in failed:
                 continue
+            time.sleep(PAUSE_S)     # pacing, not synchronisation: each restart measured on its own
             try:
                 samples[c.label].append(kill_and_time_restart(records[c.label], timeout=15.0, tick_s=c.tick_s))
             except BenchError as e:
@@ -116,6 +123,10 @@ MECHANISM_ROWS = {
     "direct": "`spawn()` without before_exec: posix_spawn of the program",
     "fork": "`spawn()`'s fork path (forced by a no-op `child_setup`): fork, Python in the child, gate, exec",
     "posix_spawn": "`os.posix_spawn()` (vfork + exec), as the raw loop",
+    "clone": "`spawn()` into a fresh cgroup, as the supervisor starts a run: clone3 CLONE_INTO_CGROUP, the gate, "
+             "PTRACE_SEIZE, release, exec",
+    "gate+move": "`spawn()` into a fresh cgroup where clone3 is refused: the dash gate, moved into the group at the "
+                 "gate (cgroup.procs), PTRACE_SEIZE, release, exec",
 }
 
 
@@ -123,6 +134,8 @@ def mechanism_table(mechanism: dict) -> Table:
     posix = Samples.of(mechanism["start"]["posix_spawn"])
     rows = []
     for way, label in MECHANISM_ROWS.items():
+        if not mechanism["start"].get(way):
+            continue        # the cgroup ways where no group could be made
         s, c = Samples.of(mechanism["start"][way]), Samples.of(mechanism["call"][way])
         if way == "gate" and mechanism.get("seize_refused"):
             label += f" (ptrace refused here: {mechanism['seize_refused']}; gate without the seize)"
@@ -158,7 +171,9 @@ def summarize(ctx, field, samples, failed, missing, rounds, mechanism) -> Sectio
         notes.append(f"The spawn mechanism was not measured separately: {mechanism}")
     method = (f"The child is `python3 -S bench/child.py FILE` (appends its pid and `time.time()` at start, then "
               f"sleeps). All contenders run at once; each of {rounds} rounds kills one child of each contender, "
-              f"rotating the order, with every run at least {MIN_RUN_S} s old when killed (above relayq's "
+              f"rotating the order, {PAUSE_S:g} s after the previous contender's restart (a cgroup move is cheap "
+              "right after another one: without the pause one supervisor's restart warmed the next one's), with "
+              f"every run at least {MIN_RUN_S} s old when killed (above relayq's "
               "`stable_after = 0.5`, so every restart is immediate under its rules); contenders that poll on a "
               "tick (supervisord 1 s, circus `check_delay`) are killed at a random phase of it. Latency = the new child's "
               "recorded start minus the time just before `pidfd_send_signal(SIGKILL)`; it includes the "
@@ -175,14 +190,15 @@ def summarize(ctx, field, samples, failed, missing, rounds, mechanism) -> Sectio
 
 SPAWN_PATH = (
     "Where relayq-supervisor's extra time goes: the raw loop calls posix_spawn from a tiny process the "
-    "moment its pidfd turns readable. The supervisor wakes on the signalfd (SIGCHLD); with the kernel witness "
-    "it first reads everything the trace has buffered (fork, exec and exit of every process on the node, and "
-    "the signal that killed the child, whose sender it identifies); then it waitpid()s, records the exit, "
-    "logs the transition and decides the restart, makes its pipes, and only then spawns: posix_spawn of the "
-    "dash gate, its move into the run's cgroup (section 15: the kernel's RCU grace period, milliseconds; the "
-    "`cgroups = false` row is the supervisor without it), the witness's pid filter and PTRACE_SEIZE, then the "
-    "gate's exec of the program (second table). The audit write and its fsync come after the spawn, in the "
-    "next loop pass.")
+    "moment its pidfd turns readable. The supervisor wakes on the signalfd (SIGCHLD), waitpid()s, kills what "
+    "the run left behind, decides the restart under its rules and starts the successor at once: its pipes, "
+    "then (cgroup v2) a clone3 fork of the supervisor born in the run's cgroup that execs the dash gate, the "
+    "kernel witness's pid filter and, for a protected program, PTRACE_SEIZE, then the gate's exec of the "
+    "program (second table). Only after that does it read the kernel trace's backlog, name the sender of the "
+    "signal that ended the child (its /proc identity and ancestry), audit the exit and enter BACKOFF and "
+    "STARTING; the audit write and its fsync come in the next loop pass. That judging no longer delays the "
+    "restart, but it shares the machine's two cores with the starting child. Where clone3 is refused the "
+    "gate is posix_spawned and moved into the group, which waits for an RCU grace period (the cgroup section).")
 
 
 def judge(field, samples, raw: Samples | None, mechanism: dict | None) -> tuple[list[Target], list[str]]:
@@ -214,10 +230,12 @@ def judge(field, samples, raw: Samples | None, mechanism: dict | None) -> tuple[
     if any(s.median > 1.25 * raw.median for s in (Samples.of(samples[c.label]) for c in relayq)) if raw else False:
         notes.append(SPAWN_PATH)
         if mechanism is not None:
-            gap = statistics.median(mechanism["start"]["gate"]) - statistics.median(mechanism["start"]["posix_spawn"])
+            way = "clone" if mechanism["start"].get("clone") else "gate"
+            gap = statistics.median(mechanism["start"][way]) - statistics.median(mechanism["start"]["posix_spawn"])
             notes.append(f"Of that gap, the spawn mechanism alone accounts for {ms(gap)} in this run (second "
-                         "table, gate against posix_spawn). The rest is the loop's work between the child's "
-                         "death and the spawn.")
+                         f"table, {'clone3 into a fresh cgroup' if way == 'clone' else 'gate'} against posix_spawn). "
+                         "The rest is the loop's work between the child's death and the spawn, and the two "
+                         "cores' other load.")
     witness_only = next((c for c in relayq if not c.signal_tap), None)
     neither = next((c for c in runs if not c.signal_tap and c.kernel_trace is False), None)
     tap_only = next((c for c in runs if c.signal_tap and c.kernel_trace is False), None)
@@ -228,22 +246,27 @@ def judge(field, samples, raw: Samples | None, mechanism: dict | None) -> tuple[
         notes.append(f"The kernel witness's share (`[supervisor] kernel_trace`, on by default where tracefs can be "
                      f"used): with neither witness nor tap a restart took {ms(off.median)} "
                      f"({off.median / raw.median:.2f}x raw), with the witness {ms(on.median)} "
-                     f"({on.median / raw.median:.2f}x), {ms(on.median - off.median)} more.{tap} Before the reap "
-                     "the witness reads what the trace buffered since its last read (at most 0.2 s of the node's "
-                     "forks, execs and exits, ~2-4 µs a line), so the signal that ended the child is known when "
-                     "its exit is recorded; on an idle node that is a few lines.")
+                     f"({on.median / raw.median:.2f}x), {ms(on.median - off.median)} more.{tap} Once the successor is "
+                     "started the witness reads what the trace buffered since its last read (at most 0.05 s of the "
+                     "node's forks, execs and exits, ~4 µs a line) and names the sender, so the signal that ended "
+                     "the child is known when its exit is recorded.")
     if mechanism is not None:
         start = {way: statistics.median(v) for way, v in mechanism["start"].items()}
-        notes.append(f"How relayq-supervisor starts a child (relayq_supervisor/core/spawn.py): posix_spawn of a "
-                     "small dash script, the exec gate, that blocks on a pipe; the tap seizes it there and one "
-                     "newline releases it to exec the program in place, so no instruction of the program runs "
-                     "untraced. The supervisor is never forked on this path: in the second table the gate costs "
+        groups = ""
+        if start.get("clone") is not None and start.get("gate+move") is not None:
+            groups = (" Into a fresh cgroup, as every run starts: born there by clone3 (a fork of the supervisor "
+                      f"that execs the gate at once) {ms(start['clone'] - start['posix_spawn'])} over posix_spawn, "
+                      f"moved there at the gate {ms(start['gate+move'] - start['posix_spawn'])} (the RCU grace "
+                      "period of a cgroup move).")
+        notes.append(f"How relayq-supervisor starts a child (relayq_supervisor/core/spawn.py): a small dash "
+                     "script, the exec gate, that blocks on a pipe; the tap seizes it there and one newline "
+                     "releases it to exec the program in place, so no instruction of the program runs untraced. "
+                     "In the second table posix_spawn of the gate costs "
                      f"{ms(start['gate'] - start['posix_spawn'])} over posix_spawn, where forking the supervisor "
                      f"and running Python in the child up to exec (the fork path, kept for what must run in the "
-                     f"child before exec) costs {ms(start['fork'] - start['posix_spawn'])}. Without before_exec "
-                     "(no tap) spawn() posix_spawns the program itself; the supervisor passes before_exec whether "
-                     "or not the tap is on (the kernel witness starts watching the pid there too), so the tap-off "
-                     "row above goes through the gate as well.")
+                     f"child before exec) costs {ms(start['fork'] - start['posix_spawn'])}.{groups} The supervisor "
+                     "passes before_exec whether or not the tap is on (the kernel witness starts watching the pid "
+                     "there too), so the tap-off rows above go through the gate as well.")
     with_tap = next((c for c in relayq if c.signal_tap), None)
     as_user = next((c for c in runs if c.program_extra.get("user")), None)
     if as_user is not None and with_tap is not None and raw is not None:

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from relayq_supervisor.command_vars import UndefinedVariable, expand_command
 from relayq_supervisor.config.model import Config, ProgramSpec
@@ -56,6 +56,11 @@ class Witness(Protocol):
 
     def record(self, p: Program | None, pid: int, signo: int, **fields: Any) -> dict[str, Any]: ...
 
+    def catch_up(self) -> None:
+        """Read what the witnesses learnt but have not delivered yet (the kernel trace's
+        backlog): before an exit is judged, the signal that caused it is known."""
+        ...
+
 
 class Audit(Protocol):
     def __call__(self, kind: str, **fields: Any) -> dict[str, Any]: ...
@@ -67,6 +72,13 @@ class Probe(Protocol):
     def rss(self, pgid: int, members: list[int] | None = None) -> int | None: ...
 
     def evidence(self, pid: int) -> dict[str, Any]: ...
+
+
+class Launch(NamedTuple):
+    """A start's outcome: its process, or why it could not start (the program goes FATAL)."""
+    argv: list[str]
+    proc: ChildHandle | None = None
+    refusal: str | None = None
 
 
 class _NoCheck:
@@ -101,6 +113,8 @@ class Arbiter:
         self.by_pid: dict[int, Program] = {}
         self.shutting_down = False
         self.waiters: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        # the successor started before its predecessor's exit was judged (on_exit), for start()
+        self.successor: tuple[Program, Launch] | None = None
         self.graph: Graph[Program] = Graph(config.programs, (self.new_program(spec, name)
                                                              for spec in config.programs
                                                              for name in spec.instance_names()))
@@ -134,14 +148,19 @@ class Arbiter:
         for p in self.programs if candidates is None else candidates:
             if not p.wanted or not (p.state == State.STOPPED or (p.state == State.BACKOFF and p.start_due)):
                 continue
-            waiting = [d.name for d in self.graph.dependencies(p) if d.state != State.RUNNING]
-            waiting += [f"{name} (remote)" for name in p.spec.depends_on
-                        if name in self.config.remote_dependencies and not self.remote_ready(name)]
+            waiting = self.waiting_for(p)
             if waiting:
                 if p.note_waiting(f"waiting for {', '.join(waiting)}"):
                     log.info("%s: %s", p.name, p.reason)
                 continue
             self.start(p)
+
+    def waiting_for(self, p: Program) -> list[str]:
+        """The dependencies p waits for (not RUNNING, or on another node and not ready)."""
+        waiting = [d.name for d in self.graph.dependencies(p) if d.state != State.RUNNING]
+        waiting += [f"{name} (remote)" for name in p.spec.depends_on
+                    if name in self.config.remote_dependencies and not self.remote_ready(name)]
+        return waiting
 
     def awaits_other_node(self, p: Program) -> bool:
         """p is held only by a dependency on another node that is not met (a worker-only node's
@@ -162,27 +181,39 @@ class Arbiter:
         env.update(dict(p.spec.environment))
         return env
 
-    def start(self, p: Program) -> None:
+    def launch(self, p: Program) -> Launch:
+        """Make p's process (no state change, no audit: start() records it)."""
         kind = self.kinds[p.base]
         refusal = kind.preflight()
         if refusal:
-            self.give_up(p, refusal)
-            return
+            return Launch([], refusal=refusal)
         env = self.environment(p)
         argv = kind.argv(p)
         if p.spec.redis is None:        # `command` as written: its $VAR and ${VAR} (command_vars.py)
             try:
                 argv = expand_command(argv, env)
             except UndefinedVariable as e:
-                self.give_up(p, f"cannot start: its command uses {e}")
-                return
+                return Launch(argv, refusal=f"cannot start: its command uses {e}")
         try:
             proc = self.spawner.spawn(p, argv, env)
         except OSError as e:
-            self.give_up(p, f"cannot start: {e.strerror or e}")
-            return
+            return Launch(argv, refusal=f"cannot start: {e.strerror or e}")
         self.by_pid[proc.pid] = p
-        self.audit("spawn", program=p.name, pid=proc.pid, argv=argv)
+        return Launch(argv, proc)
+
+    def start(self, p: Program) -> None:
+        """STOPPED/BACKOFF -> STARTING, on a process launched now or just before its
+        predecessor's exit was judged (on_exit)."""
+        if self.successor is not None and self.successor[0] is p:
+            launch, self.successor = self.successor[1], None
+        else:
+            launch = self.launch(p)
+        if launch.proc is None:
+            self.give_up(p, launch.refusal or "cannot start")
+            return
+        proc = launch.proc
+        kind = self.kinds[p.base]
+        self.audit("spawn", program=p.name, pid=proc.pid, argv=launch.argv)
         p.started(proc, kind.begin_ready_check(p, lambda why: self.mark_running(p, proc, why),
                                                lambda why: self.refuse_started(p, proc, why)))
 
@@ -310,48 +341,82 @@ class Arbiter:
     def child_exited(self, pid: int, status: int | None) -> bool:
         """A reaped process (status None: an adopted one whose status we cannot see):
         False if it was not one of ours."""
-        p = self.by_pid.pop(pid, None)
-        if p is None or p.proc is None:
+        p = self.by_pid.get(pid)
+        if p is None or p.proc is None or p.proc.pid != pid:
+            self.by_pid.pop(pid, None)
             return False
-        left = p.proc.descendants()
-        if p.proc.kill_group():
+        proc = p.proc
+        left = proc.descendants()
+        if proc.kill_group():
             # as systemd does for a service's cgroup: nothing it left behind survives it, a
             # daemon that left the process group with setsid() included (core/containment.py)
             log.info("%s: killed what pid %d left behind (its process group and other descendants)", p.name, pid)
             if left:
                 self.audit("leftovers_killed", program=p.name, pid=pid, pids=left[:100], count=len(left))
-        self.on_exit(p, status)
+        try:
+            self.on_exit(p, status)
+        finally:
+            # kept until its exit was judged: the trace's late lines about it name p (unless its
+            # successor got the same pid back)
+            if self.by_pid.get(pid) is p and (p.proc is None or p.proc.pid != pid):
+                del self.by_pid[pid]
         return True
 
     def on_exit(self, p: Program, status: int | None) -> None:
+        """Decide, start the successor of a run that restarts at once, then judge the exit
+        (who caused it: the witnesses' backlog is read first), record it, and enter the
+        states in their order (BACKOFF, then STARTING on the successor). The successor is
+        started before the judging because reading the kernel trace's backlog and naming a
+        sender (its /proc files and ancestry) took milliseconds of every restart."""
         assert p.proc is not None
         pid = p.proc.pid
         runtime = self.clock.monotonic() - (p.started_at or self.clock.monotonic())
         info = ExitInfo.from_wait_status(status, runtime)
-        sender = None
         exec_error = p.proc.exec_error()
+        stopping = p.state == State.STOPPING
+        failed = p.fired is not None
+        ending = stopping or not p.wanted or self.shutting_down
+        decision = None if ending else p.tracker.on_exit(runtime, info.code, info.signal, failed=failed)
+        if decision is not None and decision.action == policy.RESTART and not self.waiting_for(p):
+            self.successor = (p, self.launch(p))
+        try:
+            self.judge_exit(p, pid, info, runtime, exec_error, stopping, ending, decision)
+        finally:
+            if self.successor is not None:      # start() did not take it (not expected): it must not run
+                q, launch = self.successor
+                self.successor = None
+                if launch.proc is not None:
+                    log.error("%s: pid %d started for a restart that did not happen: killed", q.name, launch.proc.pid)
+                    self.by_pid.pop(launch.proc.pid, None)
+                    launch.proc.kill_group()
+                    launch.proc.close()
+
+    def judge_exit(self, p: Program, pid: int, info: ExitInfo, runtime: float, exec_error: str | None,
+                   stopping: bool, ending: bool, decision: policy.Decision | None) -> None:
+        assert p.proc is not None
+        self.witness.catch_up()
+        sender = None
         if exec_error:
             log.error("%s: %s", p.name, exec_error)
             info = info.with_detail(exec_error)
-        elif p.state == State.STOPPING and p.stop_reason:
+        elif stopping and p.stop_reason:
             info = info.with_detail(p.stop_reason)
         elif p.fired:
             info = info.with_detail(p.fired)
-        elif p.state != State.STOPPING:
+        elif not stopping:
             detail, sender = attribute_exit(p.last_signal, info.signal, self.witness.traced(pid))
             if detail:
                 info = info.with_detail(detail)
         event = self.audit("exit", program=p.name, pid=pid, code=info.code,
                            signal=signal_name(info.signal) if info.signal else None,
                            runtime_s=round(runtime, 3), sender=sender, note=info.detail)
-        failed = p.fired is not None
         p.run_ended(info, sender, event)
-        if p.state == State.STOPPING or not p.wanted or self.shutting_down:
+        if ending:
             p.stopped(info.describe())
             if p.refused_start and not self.shutting_down:
                 self.give_up(p, p.refused_start)
             return
-        decision = p.tracker.on_exit(runtime, info.code, info.signal, failed=failed)
+        assert decision is not None
         what = f"pid {pid} {info.describe()} after {runtime:.1f}s"
         if decision.action == policy.FATAL:
             self.give_up(p, f"{decision.reason} (last: {what})")

@@ -30,8 +30,9 @@ class ChildProcess:
     (its cgroup, or the marker its descendants carry)."""
 
     def __init__(self, pid: int, pidfd: int, exec_result_fd: int, command: str,
-                 containment: Containment | None = None, run: Run | None = None):
+                 containment: Containment | None = None, run: Run | None = None, moved_in: bool = True):
         self.pid = pid
+        self.moved_in = moved_in        # it was moved into its group (not born there): its successor will be too
         self.pidfd: int | None = pidfd
         self.exec_result_fd: int | None = exec_result_fd
         self.command = command
@@ -52,7 +53,7 @@ class ChildProcess:
     def kill_group(self) -> bool:
         """SIGKILL to its process group and to every other descendant (its cgroup, or what
         carries its run's marker): a daemon that left the group with setsid() goes too."""
-        if self.containment is not None:
+        if self.containment is not None and self.moved_in:
             self.containment.warm_up()      # for the restart that may follow (core/containment.py)
         # The group id stays allocated while the group has members, so the number
         # still names our group, even after the leader is reaped; empty: ESRCH.
@@ -101,7 +102,8 @@ class AdoptedProcess(ChildProcess):
     the tap (waitpid as its tracer) or, untraced, only as its pidfd turning readable."""
 
     def __init__(self, pid: int, pidfd: int, containment: Containment | None = None, run: Run | None = None):
-        super().__init__(pid, pidfd, -1, "", containment, run)
+        # its successor is a new spawn: moved into its group only where children cannot be born there
+        super().__init__(pid, pidfd, -1, "", containment, run, moved_in=False)
         self.exec_result_fd = None
 
     def exec_error(self) -> str | None:
@@ -123,6 +125,7 @@ class ProcessSpawner:
         self.outputs: dict[str, list[ChildOutput]] = {}     # instance name -> where its lines go
         self.pipes: dict[str, int] = {}      # instance name -> read end of its current pipe
         self.output_lost: dict[str, int] = {}    # instance name -> output bytes dropped while its log fails
+        self.born_in_group: dict[str, bool] = {}  # instance name -> its last child was made in its cgroup
         self.journal_by_default = logs_to_journal(supervisor.log_target)
         self.journal: JournalSink | None = None     # opened when a first program logs there
 
@@ -154,24 +157,33 @@ class ProcessSpawner:
         run = self.containment.new_run(p.name)
         placed = [run]
 
-        def at_gate(pid: int) -> None:
+        def place(pid: int) -> None:
             placed[0] = self.place(p, run, pid)
+
+        def at_gate(pid: int) -> None:
             if self.before_exec is not None:
                 self.before_exec(pid, p)
+        # born in its group where the kernel allows (core/spawn.py's clone way), else moved there at the gate
+        group_fd = self.containment.open_group(run)
         try:
             child = spawn(argv, {**env, MARKER: run.id}, p.spec.directory, out_w, before_exec=at_gate,
-                          child_setup=credentials.child_setup(p.spec.privileges))
+                          child_setup=credentials.child_setup(p.spec.privileges), cgroup_fd=group_fd, place=place)
         except OSError:
             os.close(out_r)
             self.containment.end_run(run)
             raise
         finally:
             os.close(out_w)
+            if group_fd is not None:
+                os.close(group_fd)
+        self.containment.born_in_group = child.born_in_group
+        self.born_in_group[p.name] = child.born_in_group
         self.close_pipe(p.name)
         self.pipes[p.name] = out_r
         self.loop.add_reader(out_r, self.on_output, p, out_r)
         self.loop.call_soon(self.containment.prepare, p.name)     # the next run's group, off the restart path
-        return ChildProcess(child.pid, child.pidfd, child.exec_result_fd, argv[0], self.containment, placed[0])
+        return ChildProcess(child.pid, child.pidfd, child.exec_result_fd, argv[0], self.containment, placed[0],
+                            moved_in=not child.born_in_group)
 
     def place(self, p: Program, run: Run, pid: int) -> Run:
         """Into its group before exec; if the kernel refuses, this run is followed by marker."""
@@ -193,7 +205,8 @@ class ProcessSpawner:
             data = b""
         if not data:
             # its output ends as it dies, before its SIGCHLD: the restart's move can begin now
-            self.containment.warm_up()
+            if not self.born_in_group.get(p.name):
+                self.containment.warm_up()
             self.close_pipe(p.name)
             for output in self.outputs.get(p.name, ()):
                 if isinstance(output, ChildJournal):

@@ -19,6 +19,10 @@ groups waits for an RCU grace period (cgroup_threadgroup_rwsem, several ms on an
 machine) unless the hierarchy is mounted with `favordynmods` (cgroup-v2.rst). So the wait
 is begun early (`warm_up`, on the first sign of a child's end, in a thread of its own): a
 move that comes while that grace period runs, or just after, waits only for what is left.
+On cgroup v2 no move is needed at all where the kernel takes clone3's CLONE_INTO_CGROUP:
+core/spawn.py then makes the child in its group (`open_group` gives it the group), and the
+end of such a child begins no warm-up (that fork is made only while the supervisor runs
+one thread, so a warm-up thread would turn it off).
 
 Without one (`[supervisor] cgroups = false`, no hierarchy, not allowed): a descendant is
 what the main process' tree holds, plus the supervisor's reparented children (orphans
@@ -30,8 +34,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from relayq_supervisor.background import start_task
@@ -70,9 +74,10 @@ class Containment:
         self._marks_at = float("-inf")
         self.mains: dict[int, str] = {}            # main pid -> its run id, while it is our child
         self.prepared: dict[str, Run] = {}         # instance -> the empty group of its next run
-        self._warming: Future[None] | None = None
-        self._warmer: ThreadPoolExecutor | None = None
+        # a short-lived thread per warm-up: while none runs, spawn's clone way (one thread only) may fork
+        self._warming: threading.Thread | None = None
         self._warm_refused = False
+        self.born_in_group = False      # the last child was made in its group (no move): for `state`
 
     @classmethod
     def open(cls, enabled: bool, key: str) -> Containment:
@@ -97,7 +102,8 @@ class Containment:
         if self.hierarchy is None:
             return f"by process tree and environment ({self.why_none})"
         kill = "cgroup.kill" if self.base and self.hierarchy.has_kill_file(self.base) else "SIGKILL to each member"
-        moves = "favordynmods" if self.hierarchy.favordynmods else "no favordynmods: a move waits for an RCU grace period"
+        moves = "children born in their group" if self.born_in_group else "favordynmods" \
+            if self.hierarchy.favordynmods else "no favordynmods: a move waits for an RCU grace period"
         return f"cgroup v{self.hierarchy.version} {self.base} ({kill}; {moves})"
 
     def new_run(self, instance: str) -> Run:
@@ -145,11 +151,11 @@ class Containment:
         cheap (favordynmods) or one is already under way; given up after a refusal."""
         hierarchy = self.hierarchy
         if hierarchy is None or hierarchy.favordynmods or self._warm_refused or \
-                (self._warming is not None and not self._warming.done()):
+                (self._warming is not None and self._warming.is_alive()):
             return
-        if self._warmer is None:
-            self._warmer = ThreadPoolExecutor(1, thread_name_prefix="relayq-cgroup-warm")
-        self._warming = self._warmer.submit(self._rewrite_own, hierarchy)
+        self._warming = threading.Thread(target=self._rewrite_own, args=(hierarchy,), name="relayq-cgroup-warm",
+                                         daemon=True)
+        self._warming.start()
 
     def _rewrite_own(self, hierarchy: cgroups.Hierarchy) -> None:
         try:
@@ -158,6 +164,16 @@ class Containment:
             log.info("cgroup %s: cannot write our own pid (%s); moves are not begun early", hierarchy.own,
                      e.strerror)
             self._warm_refused = True
+
+    def open_group(self, run: Run) -> int | None:
+        """An fd on the run's group directory for a child to be born in (clone3's
+        CLONE_INTO_CGROUP: cgroup v2 only), or None; the caller closes it."""
+        if run.group is None or self.hierarchy is None or self.hierarchy.version != 2:
+            return None
+        try:
+            return os.open(run.group, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
 
     def place(self, run: Run, pid: int) -> None:
         """Before exec (at spawn's gate): every process it will ever fork is born in the group."""
@@ -279,9 +295,6 @@ class Containment:
         for task in list(self.draining.values()):
             task.cancel()
         self.prepared.clear()       # empty groups under base: removed with it
-        if self._warmer is not None:
-            self._warmer.shutdown(wait=False)
-            self._warmer = None
         if self.base is not None and not cgroups.remove(self.base):
             log.warning("cgroup %s: cannot remove it at exit (pids %s)", self.base,
                         " ".join(map(str, cgroups.all_members(self.base)[:10])))

@@ -122,8 +122,7 @@ class Node:
                                probe=Probe(), on_change=self.changed, remote_ready=self.cluster.remote_ready)
         self.child_notes = ChildNotes(self.loop, self.locks, lambda base: self.arbiter.graph.instances(base))
         self.reloader = Reloader(self.arbiter, self.locks, self.service, self.kind_context, self.reloaded)
-        self.reaper = Reaper(self.loop, self.witnessing, self.arbiter.child_exited,
-                             trace_backlog=self.witnessing.kernel is not None)
+        self.reaper = Reaper(self.loop, self.witnessing, self.arbiter.child_exited)
         self.orphans: list[Orphan] = []     # a crashed predecessor's workers, still running
 
     # --- what collaborators see (witness, ground, control, systemd) -------------------
@@ -145,6 +144,10 @@ class Node:
 
     def record(self, p: Program | None, pid: int, signo: int, **fields: Any) -> dict[str, Any]:
         return self.attribution.record(p, pid, signo, **fields)
+
+    def catch_up(self) -> None:
+        """Before an exit is judged (after its restart began): the kernel trace's backlog."""
+        self.witnessing.catch_up_before_exit()
 
     def count_blocked(self) -> None:
         self.service.count_blocked()

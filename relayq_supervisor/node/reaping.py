@@ -20,8 +20,6 @@ class Stops(Protocol):
 
     def tap_stop(self, pid: int, status: int) -> bool: ...
 
-    def catch_up_before_exit(self) -> None: ...
-
     def forget(self, pid: int) -> None: ...
 
     def follow_children(self, also: int | None = None) -> None: ...
@@ -29,11 +27,10 @@ class Stops(Protocol):
 
 class Reaper:
     def __init__(self, loop: asyncio.AbstractEventLoop, witnesses: Stops,
-                 exited: Callable[[int, int | None], object], trace_backlog: bool):
+                 exited: Callable[[int, int | None], object]):
         self.loop = loop
         self.witnesses = witnesses
         self.exited = exited                    # Arbiter.child_exited
-        self.trace_backlog = trace_backlog      # a kernel witness exists: read it before an exit
         self.reaped = asyncio.Event()           # set whenever reap() collects a process
 
     def reap(self) -> None:
@@ -45,11 +42,11 @@ class Reaper:
             self.witnesses.follow_children()
 
     def reap_all(self) -> None:
-        """The kernel witness is read before the first exit is handled (the signal that ended
-        a child was traced before its exit was reported), not before a tap stop: a stopped
-        program (Redis at each SIGCHLD of its save child) must not wait for the node's trace
-        backlog; the tap's attribution catches up itself when it finds a sender gone."""
-        caught_up = not self.trace_backlog
+        """The kernel witness's backlog is not read here: the arbiter reads it (Witness.catch_up)
+        once it has started the successor of an exit that restarts at once, before judging
+        the exit. Nor before a tap stop: a stopped program (Redis at each SIGCHLD of its save
+        child) must not wait for the node's trace backlog; the tap's attribution catches up
+        itself when it finds a sender gone."""
         for _ in range(REAP_BATCH):
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG | ptrace.WALL)
@@ -59,9 +56,6 @@ class Reaper:
                 return
             if self.witnesses.tap_stop(pid, status):
                 continue
-            if not caught_up:
-                self.witnesses.catch_up_before_exit()
-                caught_up = True
             self.reaped.set()
             self.exited(pid, status)
             self.witnesses.forget(pid)

@@ -141,7 +141,8 @@ def test_warm_up_moves_nothing(containment):
         assert containment._warming is None        # moves are cheap there: nothing to begin
         return
     assert containment._warming is not None
-    containment._warming.result(timeout=10)
+    containment._warming.join(timeout=10)
+    assert not containment._warming.is_alive()      # short-lived: spawn's clone way needs a single thread
     assert not containment._warm_refused, "writing our own pid into our own group was refused"
     assert cgroups.group_of(os.getpid(), containment.hierarchy) == before
     run, child = start(containment, "w", ["sleep", "1000"])      # and a move right after it works

@@ -26,8 +26,8 @@ from relayq_supervisor.core.spawn import (
     read_exec_result,
     spawn,
 )
+from relayq_supervisor.linux import cgroups, ptrace
 from relayq_supervisor.linux import posix_spawn as libc_spawn
-from relayq_supervisor.linux import ptrace
 from relayq_supervisor.linux.siginfo import Siginfo
 from relayq_supervisor.witness.tap import SignalTap
 
@@ -126,11 +126,37 @@ WAYS = {
 }
 
 
-def start(children: Children, way: str, argv: list[str], env: dict[str, str], cwd: str, out: int):
-    child = spawn(argv, env, cwd, out, **WAYS[way]())
+def start(children: Children, way: str, argv: list[str], env: dict[str, str], cwd: str, out: int,
+          group_fd: int | None = None):
+    kwargs = WAYS[way]() if way != "clone" else {"before_exec": lambda pid: None, "cgroup_fd": group_fd}
+    child = spawn(argv, env, cwd, out, **kwargs)
     children.add(child.pid)
     assert child.via == way, f"expected the {way} path, got {child.via}"
     return child
+
+
+@pytest.fixture
+def group(tmp_path) -> Iterator[tuple[str, int]]:
+    """A cgroup v2 group to be born in (path, fd on its directory); removed after the test."""
+    hierarchy = cgroups.own_hierarchy()
+    if hierarchy is None or hierarchy.version != 2:
+        pytest.skip("the clone way needs a cgroup v2 hierarchy (none mounted where we can see it)")
+    path = os.path.join(hierarchy.own, f"relayq-test-spawn-{os.getpid()}-{tmp_path.name}")
+    try:
+        cgroups.make_new_group(path)
+    except OSError as e:
+        pytest.skip(f"cannot make a cgroup under {hierarchy.own}: {e.strerror}")
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield path, fd
+    finally:
+        os.close(fd)
+        cgroups.kill_all(path, hierarchy)
+        wait_for(lambda: cgroups.remove(path), f"{path} removed")
+
+
+def born_in(way: str, group: tuple[str, int] | None) -> int | None:
+    return group[1] if way == "clone" and group is not None else None
 
 
 @pytest.fixture
@@ -148,13 +174,22 @@ def parent_signals() -> Iterator[None]:
 
 # ---------------------------------------------------------------- what every way gives the child
 
-@pytest.mark.parametrize("way", [pytest.param("gate", marks=needs_gate), pytest.param("direct", marks=needs_gate),
-                                 "fork"])
-def test_every_way_gives_the_same_start(way, children, output, parent_signals, tmp_path):
+ALL_WAYS = [pytest.param("gate", marks=needs_gate), pytest.param("direct", marks=needs_gate), "fork",
+            pytest.param("clone", marks=needs_gate)]
+
+
+@pytest.fixture
+def way_group(request, tmp_path) -> tuple[str, int] | None:
+    """The group for the clone way (None for the others)."""
+    return request.getfixturevalue("group") if request.node.callspec.params.get("way") == "clone" else None
+
+
+@pytest.mark.parametrize("way", ALL_WAYS)
+def test_every_way_gives_the_same_start(way, way_group, children, output, parent_signals, tmp_path):
     _, w = output
     env = {"PATH": os.path.dirname(SLEEP), "RELAYQ_PROGRAM": "w:0", "EMPTY": "", "MULTI": "a\nb c",
            "_": "/usr/bin/python3", "PWD": "/not/where/it/runs"}
-    child = start(children, way, ["sleep", "30"], env, str(tmp_path), w)
+    child = start(children, way, ["sleep", "30"], env, str(tmp_path), w, born_in(way, way_group))
     pid = child.pid
     assert read_exec_result(child.exec_result_fd) is None
     wait_exec(pid, SLEEP)
@@ -177,12 +212,11 @@ def test_every_way_gives_the_same_start(way, children, output, parent_signals, t
     os.close(child.pidfd)
 
 
-@pytest.mark.parametrize("way", [pytest.param("gate", marks=needs_gate), pytest.param("direct", marks=needs_gate),
-                                 "fork"])
-def test_stdout_and_stderr_go_to_the_output_fd(way, children, output, tmp_path):
+@pytest.mark.parametrize("way", ALL_WAYS)
+def test_stdout_and_stderr_go_to_the_output_fd(way, way_group, children, output, tmp_path):
     r, w = output
     child = start(children, way, ["/bin/sh", "-c", "echo out; echo err >&2; read x || echo stdin-empty"],
-                  {"PATH": "/usr/bin:/bin"}, str(tmp_path), w)
+                  {"PATH": "/usr/bin:/bin"}, str(tmp_path), w, born_in(way, way_group))
     os.close(child.pidfd)
     read_exec_result(child.exec_result_fd)
     assert os.waitstatus_to_exitcode(wait_exit(child.pid)) == 0
@@ -253,6 +287,78 @@ def test_the_gate_holds_the_child_until_before_exec_returns(way, children, outpu
     assert marker.exists()
     os.close(child.pidfd)
     assert read_exec_result(child.exec_result_fd) is None
+
+
+@needs_gate
+def test_the_clone_way_makes_the_child_in_its_group_before_the_gate(group, children, output, tmp_path):
+    if READ_SYSCALL is None:
+        pytest.skip(f"read(2)'s syscall number on {platform.machine()} is not known to this test")
+    path, fd = group
+    hierarchy = cgroups.own_hierarchy()
+    assert hierarchy is not None
+    _, w = output
+    seen = {}
+
+    def before_exec(pid: int) -> None:
+        children.add(pid)
+        wait_for(lambda: blocked_in_read(pid), "the child to wait at the gate")
+        seen["group"] = cgroups.group_of(pid, hierarchy)
+        seen["cmdline"] = cmdline(pid)
+
+    moved: list[int] = []
+    child = spawn([SLEEP, "30"], {"PATH": "/usr/bin:/bin"}, str(tmp_path), w, before_exec, cgroup_fd=fd,
+                  place=moved.append)
+    assert child.via == "clone"
+    assert moved == []                  # born there: no move
+    assert seen["cmdline"][0] == GATE_NAME
+    assert seen["group"] == path
+    wait_exec(child.pid, SLEEP)
+    assert cgroups.members(path) == [child.pid]
+    os.close(child.pidfd)
+    assert read_exec_result(child.exec_result_fd) is None
+
+
+def test_the_fork_path_is_born_in_the_group_too(group, children, output, tmp_path):
+    path, fd = group
+    hierarchy = cgroups.own_hierarchy()
+    assert hierarchy is not None
+    _, w = output
+    seen = {}
+
+    def before_exec(pid: int) -> None:
+        children.add(pid)
+        seen["group"] = cgroups.group_of(pid, hierarchy)
+
+    moved: list[int] = []
+    child = spawn([SLEEP, "30"], {"PATH": "/usr/bin:/bin"}, str(tmp_path), w, before_exec, cgroup_fd=fd,
+                  place=moved.append, child_setup=lambda: None)
+    assert (child.via, child.born_in_group, moved) == ("fork", True, [])
+    assert seen["group"] == path
+    wait_exec(child.pid, SLEEP)
+    assert cgroups.members(path) == [child.pid]
+    os.close(child.pidfd)
+    assert read_exec_result(child.exec_result_fd) is None
+
+
+@needs_gate
+def test_without_a_group_fd_the_child_is_moved_at_the_gate_before_before_exec(group, children, output, tmp_path):
+    path, _ = group
+    _, w = output
+    order: list[str] = []
+
+    def place(pid: int) -> None:
+        children.add(pid)
+        order.append("place")
+        cgroups.place(path, pid)
+
+    child = spawn([SLEEP, "30"], {"PATH": "/usr/bin:/bin"}, str(tmp_path), w, lambda pid: order.append("before_exec"),
+                  place=place)
+    assert child.via == "gate"
+    assert order == ["place", "before_exec"]
+    wait_exec(child.pid, SLEEP)
+    assert cgroups.members(path) == [child.pid]
+    os.close(child.pidfd)
+    read_exec_result(child.exec_result_fd)
 
 
 @pytest.mark.parametrize("way", [pytest.param("gate", marks=needs_gate), "fork"])

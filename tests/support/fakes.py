@@ -120,6 +120,9 @@ class FakeWitness:
     def __init__(self) -> None:
         self.records: list[tuple[str | None, int, int, dict[str, Any]]] = []
 
+    def catch_up(self) -> None:
+        pass
+
     def record(self, p: Any, pid: int, signo: int, **fields: Any) -> dict[str, Any]:
         self.records.append((p.name if p else None, pid, signo, fields))
         event = {"event": "signal", "signo": signo, **fields}

@@ -497,3 +497,39 @@ def test_restart_is_ok_when_an_instance_that_died_runs_again_at_the_end():
     assert [o.ok for o in outcomes] == [True, True]
     assert outcomes[1].detail.startswith(f"running, pid {rig.program('worker:1').pid} (again, after pid ")
     assert "died during the start: killed by SIGKILL" in outcomes[1].detail
+
+
+def test_a_restart_at_once_spawns_before_the_exit_is_judged_and_records_in_order():
+    """The successor is started first; then the witnesses' backlog (here: the signal that
+    killed it, as the kernel trace would deliver it) names the sender in the exit."""
+    rig = started(Rig(BASE))
+    rig.clock.advance(20)                       # stable: restarts at once
+    db = rig.program("db")
+    first = rig.child("db")
+    seen: dict[str, object] = {}
+
+    def catch_up() -> None:
+        seen["spawned"] = len(rig.spawner.of("db"))
+        seen["owner"] = rig.arbiter.program_of_pid(first.pid)     # a late trace line still finds db
+        db.signalled({"signal": "SIGKILL", "signo": signal.SIGKILL, "sender": {"pid": 4242},
+                      "describe": "pid 4242 kill -9"})
+    rig.witness.catch_up = catch_up             # type: ignore[method-assign]
+    rig.events.clear()
+    rig.exit("db", kill_status(signal.SIGKILL))
+    assert seen == {"spawned": 2, "owner": db}
+    assert [e["event"] for e in rig.events] == ["exit", "spawn"]
+    assert rig.events[0]["sender"] == {"pid": 4242} and "from pid 4242 kill -9" in rig.events[0]["note"]
+    assert rig.events[1]["pid"] == rig.child("db").pid != first.pid
+    assert rig.state("db") == "STARTING" and db.restarts == 1
+    assert rig.arbiter.program_of_pid(first.pid) is None and rig.arbiter.program_of_pid(rig.child("db").pid) is db
+
+
+def test_an_exit_that_backs_off_or_waits_spawns_nothing_before_it_is_judged():
+    rig = started(Rig(BASE))
+    rig.clock.advance(0.5)                      # db RUNNING, workers started
+    spawned: list[int] = []
+    rig.witness.catch_up = lambda: spawned.append(len(rig.spawner.children))    # type: ignore[method-assign]
+    before = len(rig.spawner.children)
+    rig.exit("db", exit_status(1))              # quick failure: a backoff delay
+    assert spawned == [before] and rig.state("db") == "BACKOFF"
+    assert len(rig.spawner.children) == before
