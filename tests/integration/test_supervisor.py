@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import textwrap
@@ -125,11 +126,10 @@ def test_foreign_redis_on_the_port_is_named_and_nothing_starts(make_supervisor, 
 def test_port_taken_during_a_restart_is_fatal_not_a_loop(make_supervisor, port, tmp_path):
     sup = make_supervisor(redis_config(None, port)).start()
     p = sup.wait_state("redis", "RUNNING")
-    os.kill(p["pid"], signal.SIGSTOP)     # hold it while a rival takes the port
-    os.kill(p["pid"], signal.SIGKILL)
     squatter = subprocess.Popen([PYTHON, "-c", textwrap.dedent(f"""
         import socket, time, sys
         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        print("trying", flush=True)
         while True:
             try:
                 s.bind(("127.0.0.1", {port})); break
@@ -138,11 +138,27 @@ def test_port_taken_during_a_restart_is_fatal_not_a_loop(make_supervisor, port, 
         s.listen(); print("bound", flush=True); time.sleep(120)
         """)], stdout=subprocess.PIPE, text=True)
     try:
+        assert read_line(squatter, 30) == "trying"          # started, and Redis still holds the port
+        # the supervisor is frozen while Redis dies and the rival takes its port: its restart
+        # then finds the port held (unfrozen, the restart could bind first: a CI run timed out)
+        os.kill(sup.pid, signal.SIGSTOP)
+        try:
+            os.kill(p["pid"], signal.SIGKILL)
+            assert read_line(squatter, 30) == "bound"
+        finally:
+            os.kill(sup.pid, signal.SIGCONT)
         fatal = sup.wait_state("redis", "FATAL", timeout=30)
         assert f"port {port} is held by pid {squatter.pid}" in fatal["reason"]
     finally:
         squatter.kill()
         squatter.wait()
+
+
+def read_line(proc: subprocess.Popen, timeout: float) -> str:
+    """`proc`'s next stdout line, stripped; fails after `timeout` s without one."""
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no line from pid {proc.pid} within {timeout}s"
+    return proc.stdout.readline().strip()
 
 
 # Every config error is a unit test (tests/unit/test_config.py) against the parser; these run
