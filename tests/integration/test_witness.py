@@ -18,7 +18,9 @@ from support import wait_for
 from relayq_supervisor.linux import tracefs
 from relayq_supervisor.witness.trace_instance import in_initial_pid_namespace
 
-GONE_PID = 4_200_000        # above PID_MAX_LIMIT: no process ever has it
+# above PID_MAX_LIMIT (2^22): no process ever has it; one per test run, since the system's tracefs
+# is shared by every run on the machine (two runs at once collided on one fixed name)
+GONE_PID = 4_200_000 + os.getpid()
 FIXTURE_MOUNTED = False     # tracefs was mounted for these tests (not the system's)
 
 
