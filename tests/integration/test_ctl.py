@@ -12,7 +12,7 @@ import tempfile
 import time
 
 import pytest
-from support import PYTHON, WORKER, redis_config, wait_for
+from support import PYTHON, WORKER, Supervisor, free_port, redis_config, wait_for
 
 
 @pytest.fixture
@@ -20,6 +20,18 @@ def running(make_supervisor, port):
     sup = make_supervisor(redis_config(None, port, programs=WORKER)).start()
     sup.wait_all_running()
     return sup
+
+
+@pytest.fixture(scope="module")
+def looked_at(tmp_path_factory):
+    """One supervisor for the tests that only look at it or probe its socket (status, pid, unknown
+    names, garbage, a silent client): started once, not once per test; the others change it."""
+    sup = Supervisor(tmp_path_factory.mktemp("looked-at"), redis_config(None, free_port(), programs=WORKER))
+    try:
+        sup.start().wait_all_running()
+        yield sup
+    finally:
+        sup.cleanup()
 
 
 def raw_request(path, payload: bytes, shut_write=True, timeout=10) -> dict:
@@ -39,20 +51,20 @@ def raw_request(path, payload: bytes, shut_write=True, timeout=10) -> dict:
     return json.loads(data)
 
 
-def test_status_table_and_json(running):
-    r = running.ctl("status")
+def test_status_table_and_json(looked_at):
+    r = looked_at.ctl("status")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith(f"relayq-supervisor pid {running.pid}, up ")
-    assert f"config {running.config}" in lines[0] and "redis " in lines[0]
+    assert lines[0].startswith(f"relayq-supervisor pid {looked_at.pid}, up ")
+    assert f"config {looked_at.config}" in lines[0] and "redis " in lines[0]
     assert lines[1].split()[:5] == ["NAME", "STATE", "PID", "UPTIME", "RESTARTS"]
     rows = {line.split()[0]: line.split() for line in lines[2:]}
     assert set(rows) == {"redis", "worker:0", "worker:1"}
     assert all(row[1] == "RUNNING" for row in rows.values())
-    st = json.loads(running.ctl("status", "--json").stdout)
+    st = json.loads(looked_at.ctl("status", "--json").stdout)
     for p in st["programs"]:
         assert {"name", "state", "pid", "uptime_s", "restarts", "last_exit", "next_start_in_s", "reason"} <= set(p)
-    assert st["supervisor"]["pid"] == running.pid
+    assert st["supervisor"]["pid"] == looked_at.pid
 
 
 def test_kill_9_worker_shows_restart_and_signal(running):
@@ -108,14 +120,14 @@ def test_restart_and_no_wait(running):
         running.wait_state(name, "STOPPED")
 
 
-def test_pid(running):
-    assert running.ctl("pid").stdout.strip() == str(running.pid)
-    assert running.ctl("pid", "redis").stdout.strip() == str(running.program("redis")["pid"])
+def test_pid(looked_at):
+    assert looked_at.ctl("pid").stdout.strip() == str(looked_at.pid)
+    assert looked_at.ctl("pid", "redis").stdout.strip() == str(looked_at.program("redis")["pid"])
 
 
-def test_unknown_name_exits_4(running):
+def test_unknown_name_exits_4(looked_at):
     for cmd in (("status", "nope"), ("start", "nope"), ("stop", "worker:7")):
-        r = running.ctl(*cmd)
+        r = looked_at.ctl(*cmd)
         assert r.returncode == 4, cmd
         assert "unknown program name" in r.stderr
 
@@ -155,8 +167,8 @@ def test_shutdown(running):
     assert running.proc.wait(30) == 0
 
 
-def test_garbage_gets_error_replies_and_supervision_continues(running):
-    path = running.dir / "run" / "relayq.sock"
+def test_garbage_gets_error_replies_and_supervision_continues(looked_at):
+    path = looked_at.dir / "run" / "relayq.sock"
     cases = [
         (b"this is not json\n", "not JSON"),
         (b"[1, 2, 3]\n", "expected a JSON object"),
@@ -172,16 +184,16 @@ def test_garbage_gets_error_replies_and_supervision_continues(running):
         reply = raw_request(path, payload)
         assert reply["ok"] is False, payload[:40]
         assert expected in reply["error"], (payload[:40], reply)
-    assert running.ctl("status").returncode == 0
+    assert looked_at.ctl("status").returncode == 0
 
 
-def test_a_silent_client_does_not_block_the_supervisor(running):
-    path = running.dir / "run" / "relayq.sock"
+def test_a_silent_client_does_not_block_the_supervisor(looked_at):
+    path = looked_at.dir / "run" / "relayq.sock"
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     silent.connect(str(path))
     try:
         t0 = time.monotonic()
-        r = running.ctl("status")
+        r = looked_at.ctl("status")
         assert r.returncode == 0
         # the silent client is answered (timed out) by the server, not left hanging forever
         silent.settimeout(30)
