@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import textwrap
 import time
@@ -21,23 +22,33 @@ def audit_events(sup, kind):
     return sup.audit_events(kind)
 
 
+# socket(7): the kernel stamps each datagram as it is queued (CLOCK_REALTIME, a timespec);
+# the value of asm-generic/socket.h (x86-64, arm64), which Python's socket module does not export
+SO_TIMESTAMPNS = 35
+
+
 class NotifySocket:
-    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET. Each message's `_t` is when it
+    was sent (the kernel's stamp), not when this test got round to reading it: read late, queued
+    WATCHDOG=1 pings came out back to back and their gaps looked like a broken timer."""
 
     def __init__(self, path):
         self.path = str(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.sock.bind(self.path)
         self.messages: list[dict] = []
 
     def receive(self, timeout: float) -> dict | None:
         self.sock.settimeout(timeout)
         try:
-            data = self.sock.recv(65536)
+            data, ancillary, _, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(16))
         except TimeoutError:
             return None
         msg = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-        msg["_t"] = time.monotonic()
+        [(sec, nsec)] = [struct.unpack("qq", d) for level, kind, d in ancillary
+                         if (level, kind) == (socket.SOL_SOCKET, SO_TIMESTAMPNS)]
+        msg["_t"] = sec + nsec / 1e9
         self.messages.append(msg)
         return msg
 
