@@ -346,10 +346,13 @@ def render(data: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+# every character UTF-8 can encode (st.text()'s own default): named by category, since the default
+# is worked out by encoding each code point, ~1.5 s on a fresh checkout before the first example
+TEXT = st.characters(exclude_categories=("Cs",))
 values = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-(10 ** 20), max_value=10 ** 20),
     st.sampled_from([0, 1, -1, 1000, 1001, 10 ** 9, 0.1, 1e-9, 86400.5, 2 ** 63]),
-    st.text(max_size=300), st.sampled_from(["SIGSTOP", "SIGKILL", "x" * 300, "a\0b", "", "=", "supervisor"]),
+    st.text(TEXT, max_size=300), st.sampled_from(["SIGSTOP", "SIGKILL", "x" * 300, "a\0b", "", "=", "supervisor"]),
     st.booleans(),
 )
 
