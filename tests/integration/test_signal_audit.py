@@ -9,13 +9,16 @@ import textwrap
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from support import PYTHON, WORKER, find_redis_tool, redis_config, wait_for
 
 
 def ping(port: int) -> bool:
-    # a Redis that is up answers at once, but a loaded 2-core machine can hold a reply past 0.5 s
+    # a Redis that is up answers at once, but a loaded 2-core machine can hold a reply past 0.5 s;
+    # no retry: redis-py's default one backs off ~4 s before a refused port counts as down
     try:
-        return redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=5).ping()
+        return redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0)).ping()
     except redis.RedisError:
         return False
 
