@@ -313,8 +313,8 @@ def test_default_user_password_from_a_file(make_supervisor, port, tmp_path):
     os.chmod(secret, 0o600)
     sup = make_supervisor(redis_config(None, port, programs=WORKER, redis_extra=f'password_file = "{secret}"')).start()
     sup.wait_all_running()
-    with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=port).ping()
+    with pytest.raises(redis.AuthenticationError):      # no retry: redis-py's backed off ~3 s first
+        redis.Redis(port=port, retry=Retry(NoBackoff(), 0)).ping()
     authed = redis.Redis(port=port, password="s3cret-for-workers")
     assert authed.ping()
     with pytest.raises(redis.exceptions.NoPermissionError):
