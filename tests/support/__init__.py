@@ -183,7 +183,7 @@ class Supervisor:
     def program(self, name: str) -> dict:
         return next(p for p in self.status()["programs"] if p["name"] == name)
 
-    def wait_state(self, name: str, state: str, timeout: float = 20.0, **match) -> dict:
+    def wait_state(self, name: str, state: str, timeout: float = 30.0, **match) -> dict:
         def check():
             st = self._status_once_up()
             if st is None:
