@@ -39,6 +39,7 @@ READ_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 128
 BACKLOG = 128
 REFUSED_READ_S = 1.0
+ACCEPT_RETRY_S = 1.0
 _PEERCRED = struct.Struct("3i")
 
 
@@ -77,6 +78,7 @@ class ControlServer:
         self.group = spec.control_group
         self.group_gid = grp.getgrnam(self.group).gr_gid if self.group else None
         self.server: socket.socket | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.identity: FileIdentity | None = None
         self.connections = 0
         self.refused_over_cap = 0
@@ -98,7 +100,8 @@ class ControlServer:
         finally:
             os.umask(old)
         self.server = sock
-        asyncio.get_running_loop().add_reader(sock.fileno(), self.accept)
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(sock.fileno(), self.accept)
         os.chmod(self.path, 0o660)
         if self.group_gid is not None:
             os.chown(self.path, -1, self.group_gid)
@@ -116,8 +119,8 @@ class ControlServer:
 
     def close(self) -> None:
         if self.server is not None:
-            with contextlib.suppress(RuntimeError):     # the loop is closed already: nothing to remove
-                asyncio.get_running_loop().remove_reader(self.server.fileno())
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.remove_reader(self.server.fileno())
             self.server.close()
             self.server = None
             if self.is_intact():
@@ -135,8 +138,14 @@ class ControlServer:
                 conn, _ = self.server.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:        # EMFILE and the like: the client stays queued for later
-                log.warning("control: cannot accept a client: %s", e.strerror)
+            except ConnectionAbortedError:
+                continue
+            except OSError as e:        # EMFILE and the like: clients stay queued, tried again in a while
+                log.warning("control: cannot accept a client (%s); trying again in %g s", e.strerror,
+                            ACCEPT_RETRY_S)
+                if self.loop is not None:
+                    self.loop.remove_reader(self.server.fileno())
+                    self.loop.call_later(ACCEPT_RETRY_S, self.listen_again, self.server)
                 return
             conn.setblocking(False)
             if self.connections >= MAX_CONNECTIONS:
@@ -144,6 +153,10 @@ class ControlServer:
                 continue
             self.connections += 1
             start_task(self.handle(conn), "control client")
+
+    def listen_again(self, sock: socket.socket) -> None:
+        if self.server is sock and self.loop is not None:      # (not closed or replaced meanwhile)
+            self.loop.add_reader(sock.fileno(), self.accept)
 
     async def handle(self, conn: socket.socket) -> None:
         try:
