@@ -154,12 +154,12 @@ def run(ctx: BenchContext) -> Section:
               "work on the machine): status median with the loops beside 40, 54, 55 ms before, 30, 37, 32 ms "
               "after; with the loops in their own group 64, 106, 102 ms before, 38, 19, 29 ms after; supervisor "
               "CPU per tap stop 2.5 to 2.9 ms before, 1.6 to 2.1 ms after. Redis' PING with the loops in their own "
-              "group went the other way (0.33 to 0.39 ms before, 1.7 to 4.0 ms after, 4.7 and 8.3 ms in two more "
-              "runs), with more tap stops per storm (7 to 16 before, 12 to 24 after: a tap that resumes Redis "
+              "group went the other way in most runs (0.33 to 0.39 ms before, 1.7 to 4.0 ms after, 4.7, 8.3 and 0.47 "
+              "ms in three more), with more tap stops per storm (7 to 16 before, 12 to 24 after: a tap that resumes Redis "
               "sooner leaves fewer SIGTERMs to merge into a pending one, so more are delivered, and each delivery "
               "stops Redis until the supervisor's loop reaches it, after an fsync or a trace read); not explained "
-              "further. With the loops beside, the supervisor's status now comes within 1.6 to 2.2x of the trivial "
-              "server's under the same storm, which is itself 4 to 37x its idle latency.")
+              "further. With the loops beside, the supervisor's status now comes within 1.6 to 3.1x of the trivial "
+              "server's under the same storm (6 runs), which is itself 4 to 37x its idle latency.")
     if not ctx.tap.config_key:
         return Section(NAME, TITLE, method, skipped=f"the supervisor under test has no signal tap: {ctx.tap.problem}")
     if not ctx.redis_binary:
