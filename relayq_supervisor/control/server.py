@@ -2,16 +2,27 @@
 
 Single-threaded: every client is a coroutine with a read deadline, so a client that
 connects and never writes costs one idle coroutine, never a blocked loop.
+
+Few loop passes per request: under load (a signal storm) every pass of the loop also
+runs the trace reads, the tap's stops and the audit fsync that are ready, so a request
+waits for each pass it needs. The listening socket is the loop's own reader: a client is
+accepted in one pass and, its request being already in the socket (a client writes it
+right after connecting), read, answered and written in the next, whose first callback it
+is (a task's step is queued before the I/O that pass finds ready). asyncio's streams take
+about five passes for the same (a task to make the transport, connection_made, the read,
+the reader's wake-up). Only a client that is slow to write waits on the loop for more.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import logging
 import os
 import socket
 import struct
 
+from relayq_supervisor.background import start_task
 from relayq_supervisor.config import SupervisorSpec
 from relayq_supervisor.control import protocol
 from relayq_supervisor.control.commands import HANDLERS, Supervision
@@ -26,6 +37,9 @@ READ_TIMEOUT_S = 5.0
 # beyond this a client is told to retry and closed at once, so a flood of idle
 # connections cannot exhaust the supervisor's fds (it needs them for pidfds and pipes).
 MAX_CONNECTIONS = 128
+BACKLOG = 128
+REFUSED_READ_S = 1.0
+ACCEPT_RETRY_S = 1.0
 _PEERCRED = struct.Struct("3i")
 
 
@@ -44,13 +58,27 @@ def peer_of(sock: socket.socket) -> Peer:
     return Peer(*_PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)))
 
 
+def discard_unread(conn: socket.socket, limit: int = 4 * protocol.MAX_REQUEST_BYTES) -> None:
+    """Read away what the client sent past its request (a request too large): a unix socket
+    closed with unread data resets the connection, and the client would lose its reply."""
+    while limit > 0:
+        try:
+            chunk = conn.recv(min(limit, 65536))
+        except OSError:         # nothing more now (EAGAIN), or the client is gone
+            return
+        if not chunk:
+            return
+        limit -= len(chunk)
+
+
 class ControlServer:
     def __init__(self, sup: Supervision, spec: SupervisorSpec):
         self.sup = sup
         self.path = spec.control_socket
         self.group = spec.control_group
         self.group_gid = grp.getgrnam(self.group).gr_gid if self.group else None
-        self.server: asyncio.AbstractServer | None = None
+        self.server: socket.socket | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.identity: FileIdentity | None = None
         self.connections = 0
         self.refused_over_cap = 0
@@ -61,12 +89,19 @@ class ControlServer:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         old = os.umask(0o117)
         try:
-            self.server = await asyncio.start_unix_server(self.handle, path=self.path,
-                                                          limit=protocol.MAX_REQUEST_BYTES)
+            sock.bind(self.path)
+            sock.listen(BACKLOG)
+        except OSError:
+            sock.close()
+            raise
         finally:
             os.umask(old)
+        self.server = sock
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(sock.fileno(), self.accept)
         os.chmod(self.path, 0o660)
         if self.group_gid is not None:
             os.chown(self.path, -1, self.group_gid)
@@ -84,6 +119,8 @@ class ControlServer:
 
     def close(self) -> None:
         if self.server is not None:
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.remove_reader(self.server.fileno())
             self.server.close()
             self.server = None
             if self.is_intact():
@@ -94,15 +131,38 @@ class ControlServer:
             return True
         return self.group_gid is not None and self.group_gid in peer.groups()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.connections >= MAX_CONNECTIONS:
-            self.over_cap(writer)
-            return
-        self.connections += 1
+    def accept(self) -> None:
+        """The listening socket is readable: every waiting client, each served by a task."""
+        while self.server is not None:
+            try:
+                conn, _ = self.server.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as e:        # EMFILE and the like: clients stay queued, tried again in a while
+                log.warning("control: cannot accept a client (%s); trying again in %g s", e.strerror,
+                            ACCEPT_RETRY_S)
+                if self.loop is not None:
+                    self.loop.remove_reader(self.server.fileno())
+                    self.loop.call_later(ACCEPT_RETRY_S, self.listen_again, self.server)
+                return
+            conn.setblocking(False)
+            if self.connections >= MAX_CONNECTIONS:
+                self.over_cap(conn)
+                continue
+            self.connections += 1
+            start_task(self.handle(conn), "control client")
+
+    def listen_again(self, sock: socket.socket) -> None:
+        if self.server is sock and self.loop is not None:      # (not closed or replaced meanwhile)
+            self.loop.add_reader(sock.fileno(), self.accept)
+
+    async def handle(self, conn: socket.socket) -> None:
         try:
-            reply = await self.serve_one(reader, writer)
-            writer.write(reply)
-            await asyncio.wait_for(writer.drain(), READ_TIMEOUT_S)
+            reply = await self.serve_one(conn)
+            async with asyncio.timeout(READ_TIMEOUT_S):     # (not wait_for: its task costs a loop pass)
+                await self.send_all(conn, reply)
         except (TimeoutError, ConnectionError):
             pass
         except Exception:   # one bad client must never end supervision
@@ -111,31 +171,68 @@ class ControlServer:
             self.connections -= 1
             if self.connections == 0:
                 self.refused_over_cap = 0
-            writer.close()
+            discard_unread(conn)
+            conn.close()
 
-    def over_cap(self, writer: asyncio.StreamWriter) -> None:
+    @staticmethod
+    async def send_all(conn: socket.socket, data: bytes) -> None:
+        """Written at once when the socket takes it (a reply usually fits its buffer)."""
+        try:
+            sent = conn.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            await asyncio.get_running_loop().sock_sendall(conn, data[sent:])
+
+    @staticmethod
+    async def read_line(conn: socket.socket) -> bytes:
+        """One request line, read at once when it is in the socket already. Raises
+        IncompleteReadError (closed before a newline) or LimitOverrunError (too long)."""
+        loop = asyncio.get_running_loop()
+        data = b""
+        while True:
+            try:
+                chunk = conn.recv(protocol.MAX_REQUEST_BYTES + 1)
+            except BlockingIOError:
+                chunk = await loop.sock_recv(conn, protocol.MAX_REQUEST_BYTES + 1)
+            if not chunk:
+                raise asyncio.IncompleteReadError(data, None)
+            data += chunk
+            end = data.find(b"\n")
+            if end >= 0 and end < protocol.MAX_REQUEST_BYTES:
+                return data[:end + 1]
+            if len(data) >= protocol.MAX_REQUEST_BYTES:
+                raise asyncio.LimitOverrunError("request too large", len(data))
+
+    def over_cap(self, conn: socket.socket) -> None:
         """Refused without reading: the reply fits the socket buffer, so no wait."""
         if self.refused_over_cap == 0:      # once per flood, not once per connection
             log.warning("control: %d connections open (limit %d): refusing more until some close",
                         self.connections, MAX_CONNECTIONS)
         self.refused_over_cap += 1
         try:
-            writer.write(protocol.reply_error(f"too many control connections ({MAX_CONNECTIONS} open): "
-                                              "try again shortly", code=1))
-        except (ConnectionError, RuntimeError):
+            conn.send(protocol.reply_error(f"too many control connections ({MAX_CONNECTIONS} open): "
+                                           "try again shortly", code=1))
+        except OSError:
             pass
-        writer.close()
+        conn.close()
 
-    async def serve_one(self, reader, writer) -> bytes:
-        peer = peer_of(writer.get_extra_info("socket"))
+    async def serve_one(self, conn: socket.socket) -> bytes:
+        peer = peer_of(conn)
         if not self.allowed(peer):
             allowed = f"root, uid {os.getuid()}" + (f", group {self.group}" if self.group else "")
             log.warning("refused %s (allowed: %s)", peer, allowed)
             self.sup.audit("control_refused", peer={"pid": peer.pid, "uid": peer.uid})
+            # its request read away first (unused): a reply that overtook it and a close with it
+            # unread would reset the connection before the client reads why
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(REFUSED_READ_S):
+                    await self.read_line(conn)
             return protocol.reply_error(f"permission denied: uid {peer.uid} may not use this supervisor "
                                         f"(allowed: {allowed})", code=1)
         try:
-            line = await asyncio.wait_for(reader.readuntil(b"\n"), READ_TIMEOUT_S)
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                line = await self.read_line(conn)
         except TimeoutError:
             return protocol.reply_error(f"no request within {READ_TIMEOUT_S:g}s", code=2)
         except asyncio.LimitOverrunError:

@@ -42,6 +42,10 @@ COALESCED_NOTE = "sent while one was already pending: the kernel merged them int
 TRACE_LOST_NOTE = ("the kernel trace dropped events while this window was open (buffer overrun): "
                    "merges it did not report are not counted; lineage incomplete (trace buffer overrun)")
 LOST_AUDIT_EVERY_S = 60.0
+# a window's event waits this long past its end, so that windows opened close together (a
+# storm's senders start within a fraction of a second) are recorded in one loop pass, one
+# audit fsync, not one pass each (issue 13: an fsync took 5 ms on the wall, up to 43 ms)
+BURST_CLOSE_SLACK_S = 0.1
 WITNESSED_ALIVE_NOTE = "exited before the tap could inspect it; read from /proc when the kernel traced its signal"
 
 
@@ -279,7 +283,7 @@ class Attribution:
         if due is None:
             return
         self.burst_timer = True
-        self.schedule(due + 0.01, self.burst_tick)
+        self.schedule(due + BURST_CLOSE_SLACK_S, self.burst_tick)
 
     def burst_tick(self) -> None:
         self.burst_timer = False

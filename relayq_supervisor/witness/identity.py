@@ -112,19 +112,31 @@ class ProcessIdentity:
         ticks = proc_start_ticks(pid)
         if ticks is None:
             return gone
-        facts = _read_facts(pid)
-        if facts is None or facts.start_ticks != ticks:
-            return gone
-        if not _still_same_process(pidfd, pid, ticks, facts.start_time):
-            return gone
+        found = _recent(pid, ticks, pidfd)
+        if found is None:
+            found = cls._read_pinned(pid, pidfd, ticks)
+            if found is None:
+                return gone
+            _remember(pid, ticks, found)
         if seen_boottime is not None and ticks / CLOCK_TICKS > seen_boottime + 1.0 / CLOCK_TICKS:
             return dataclasses.replace(
                 gone, note=f"pid {pid} was reused by a process started after the signal; sender already gone"
             )
-        if uid_hint is not None and facts.uid != uid_hint:
+        if uid_hint is not None and found.uid != uid_hint:
             return dataclasses.replace(
-                gone, note=f"pid {pid} now belongs to uid {facts.uid}, not the sender's uid {uid_hint}; sender already gone"
+                gone, note=f"pid {pid} now belongs to uid {found.uid}, not the sender's uid {uid_hint}; sender already gone"
             )
+        return dataclasses.replace(found, code=code_hint) if code_hint is not None else found
+
+    @classmethod
+    def _read_pinned(cls, pid: int, pidfd: int | None, ticks: int) -> ProcessIdentity | None:
+        """Everything /proc says about the process that started at `ticks`, checked against
+        the pin afterwards; None when it is gone (or its pid was reused) meanwhile."""
+        facts = _read_facts(pid)
+        if facts is None or facts.start_ticks != ticks:
+            return None
+        if not _still_same_process(pidfd, pid, ticks, facts.start_time):
+            return None
         ancestry = _read_ancestry(facts.ppid, ticks) if facts.ppid else ()
         return cls(
             pid=pid,
@@ -142,7 +154,6 @@ class ProcessIdentity:
             tty=facts.tty,
             alive=not facts.zombie,
             note=ZOMBIE_NOTE if facts.zombie else None,
-            code=code_hint,
         )
 
     def with_program(self, name: str) -> ProcessIdentity:
@@ -348,6 +359,31 @@ def _read_ancestry(ppid: int, child_ticks: int) -> tuple[Ancestor, ...]:
         ancestor, pid, child_ticks = found
         chain.append(ancestor)
     return tuple(chain)
+
+
+# (pid, start ticks) -> (monotonic time read, its identity): a storm's sender is read from
+# /proc once per IDENTITY_REUSE_S, not at each of its signals that opens a window, nor again
+# when the kernel witness names the same sender (issue 13: ~1 ms and 19 /proc opens a
+# reading). The start ticks (read again each time) tell a reused pid apart, the pin that the
+# process is still there; an exec, or its exit to a zombie, meanwhile is shown at most that late.
+IDENTITY_REUSE_S = 1.0
+IDENTITY_CACHE_MAX = 256
+_identities: dict[tuple[int, int], tuple[float, ProcessIdentity]] = {}
+
+
+def _recent(pid: int, ticks: int, pidfd: int | None) -> ProcessIdentity | None:
+    hit = _identities.get((pid, ticks))
+    if hit is None or time.monotonic() - hit[0] >= IDENTITY_REUSE_S:
+        return None
+    if pidfd is not None and not _pidfd_alive(pidfd):
+        return None
+    return hit[1]
+
+
+def _remember(pid: int, ticks: int, identity: ProcessIdentity) -> None:
+    if len(_identities) >= IDENTITY_CACHE_MAX:
+        _identities.clear()
+    _identities[(pid, ticks)] = (time.monotonic(), identity)
 
 
 # (pid, start ticks) -> (monotonic time read, the ancestor, its parent): a storm's senders
