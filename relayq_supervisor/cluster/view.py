@@ -1,8 +1,8 @@
 """Reading the cluster view back, for relayqctl: every node's status, the merged audit
 timeline, one node's `why`. Straight from the cluster's Redis with the node credentials
 ([cluster] in the local config), so it works on every node, with any supervisor down.
-
-Nothing here runs in the supervisor.
+The supervisor reads the same status for relayqctl (`cluster-status`: read_status, on
+its own asyncio client); the rest runs in relayqctl only.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 import redis.exceptions
 
 from relayq_supervisor.audit.filtering import parse_timestamp
@@ -55,30 +56,11 @@ class ClusterView:
 
     def nodes(self) -> list[dict[str, Any]]:
         """`{"node", "seen_s_ago", "stale", "shut_down", "supervisor", "programs", ...}` per node,
-        by name. The age comes from the TTL Redis keeps on each node's key: no clock of
-        any node is compared with another's."""
+        by name (node_entries)."""
         names = self.names()
         pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.get(link.node_key(name))
-            pipe.pttl(link.node_key(name))
-        replies = self._call("GET", pipe.execute) if names else []
-        out = []
-        for i, name in enumerate(names):
-            raw, ttl_ms = replies[2 * i], replies[2 * i + 1]
-            if raw is None or ttl_ms is None or ttl_ms < 0:
-                continue                # expired between the two reads
-            try:
-                doc = json.loads(raw)
-            except ValueError:
-                continue
-            age = max(0.0, link.NODE_KEEP_S - ttl_ms / 1000)
-            interval = doc.get("heartbeat_interval") or 2.0
-            doc.pop("node", None)
-            entry = {"node": name, "seen_s_ago": round(age, 3),
-                     "stale": age > link.STALE_INTERVALS * interval, **doc}
-            out.append(entry)
-        return out
+        queue_node_reads(pipe, names)
+        return node_entries(names, self._call("GET", pipe.execute) if names else [])
 
     def status(self) -> dict[str, Any]:
         return {"redis": self.url, "nodes": self.nodes()}
@@ -162,6 +144,46 @@ class ClusterView:
                         yield event
 
 
+def queue_node_reads(pipe, names: list[str]) -> None:
+    """Each node's status and the TTL of its key, on a pipeline (sync or asyncio)."""
+    for name in names:
+        pipe.get(link.node_key(name))
+        pipe.pttl(link.node_key(name))
+
+
+def node_entries(names: list[str], replies: list[Any]) -> list[dict[str, Any]]:
+    """The pipeline's replies -> one entry per node. The age comes from the TTL Redis keeps
+    on each node's key: no clock of any node is compared with another's."""
+    out = []
+    for i, name in enumerate(names):
+        raw, ttl_ms = replies[2 * i], replies[2 * i + 1]
+        if raw is None or ttl_ms is None or ttl_ms < 0:
+            continue                # expired between the two reads
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            continue
+        age = max(0.0, link.NODE_KEEP_S - ttl_ms / 1000)
+        interval = doc.get("heartbeat_interval") or 2.0
+        doc.pop("node", None)
+        out.append({"node": name, "seen_s_ago": round(age, 3),
+                    "stale": age > link.STALE_INTERVALS * interval, **doc})
+    return out
+
+
+async def read_status(client: aioredis.Redis, url: str) -> dict[str, Any]:
+    """`ClusterView.status()` on an asyncio client: the supervisor's answer to `cluster-status`
+    (node/clustering.py). Two round trips, as the sync view; redis-py errors are the caller's."""
+    members: list[Any] = await client.zrange(link.NODES_KEY, 0, -1)     # type: ignore[assignment]
+    names = [n.decode() for n in members]
+    replies: list[Any] = []
+    if names:
+        pipe = client.pipeline(transaction=False)
+        queue_node_reads(pipe, names)
+        replies = await pipe.execute()
+    return {"redis": url, "nodes": node_entries(names, replies)}
+
+
 def entry_event(fields: dict[bytes, bytes], seen: set[tuple[str, str]], node: str) -> dict[str, Any] | None:
     """One entry of `node`'s stream -> its audit event with `node` (the stream's, which only
     that node's user may write: not the entry's own field); None for a repeat (a batch the
@@ -175,29 +197,3 @@ def entry_event(fields: dict[bytes, bytes], seen: set[tuple[str, str]], node: st
         return None
     event["node"] = node
     return event
-
-
-# --- printing (relayqctl) ---------------------------------------------------------------------
-
-def exit_status(result: dict[str, Any]) -> int:
-    """0: every program RUNNING on every live node; 3: something is not, or a node is stale."""
-    for node in result["nodes"]:
-        if node["stale"] or node.get("shut_down"):
-            return 3
-        if any(p.get("state") != "RUNNING" for p in node.get("programs") or ()):
-            return 3
-    return 0
-
-
-def node_line(node: dict[str, Any], format_duration) -> str:
-    sup = node.get("supervisor") or {}
-    seen = f"seen {node['seen_s_ago']:.1f}s ago"
-    if node.get("shut_down"):
-        state = "SHUT DOWN"
-    elif node["stale"]:
-        state = f"STALE (silent over {link.STALE_INTERVALS} heartbeats of {node.get('heartbeat_interval')}s)"
-    else:
-        state = "live"
-    line = (f"node {node['node']} ({node.get('host')}): {state}, {seen}; supervisor pid {node.get('pid')} "
-            f"{node.get('version')}, up {format_duration(sup.get('uptime_s'))}")
-    return line

@@ -35,6 +35,8 @@ class Supervision(Protocol):
 
     def audit(self, kind: str, **fields: Any) -> dict[str, Any]: ...
 
+    async def cluster_status(self) -> dict[str, Any]: ...
+
 
 Handler = Callable[[Supervision, dict[str, Any], Peer], Awaitable[dict[str, Any]]]
 
@@ -78,6 +80,13 @@ async def shutdown(sup: Supervision, args: dict[str, Any], peer: Peer) -> dict[s
     return {"pid": os.getpid()}
 
 
+async def cluster_status(sup: Supervision, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """Read-only: every node's published status from the cluster's Redis, read by this
+    supervisor (`{redis, nodes}`, as `relayqctl status --cluster --json` shows it), within a
+    short deadline; without [cluster], or with the cluster's Redis silent, an error (code 1)."""
+    return await sup.cluster_status()
+
+
 def _operate(cmd: str) -> Handler:
     async def handler(sup: Supervision, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         arbiter = sup.arbiter
@@ -115,6 +124,7 @@ HANDLERS: dict[str, Handler] = {
     "status": status,
     "pid": pid,
     "why": why,
+    "cluster-status": cluster_status,
     "reload": reload,
     "shutdown": shutdown,
     "start": _operate("start"),

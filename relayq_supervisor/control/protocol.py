@@ -17,6 +17,8 @@ Reply:    {"v": 1, "ok": true, "result": {...}}
   shutdown {}                                     -> {pid: int}
   reload   {}                                     -> {changes: {...}}
   why      {name: str}                            -> {program: {...}, last_stop: {...} | null}
+  cluster-status {}                               -> {redis: str, nodes: [...]}   read-only: the
+           cluster's Redis read by the supervisor ([cluster]), `status --cluster --json`'s nodes
 New fields may be added to any object; clients ignore what they do not know.
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ MAX_REQUEST_BYTES = 64 * 1024
 # A request is at most three levels deep ({"args": {"names": [...]}}); deeper is garbage,
 # and deep enough would be json's RecursionError.
 MAX_REQUEST_DEPTH = 8
-COMMANDS = ("status", "start", "stop", "restart", "pid", "shutdown", "reload", "why")
+COMMANDS = ("status", "start", "stop", "restart", "pid", "shutdown", "reload", "why", "cluster-status")
 
 
 class Refused(RelayqError):

@@ -23,7 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME", help="programs or instances (worker, worker:1); default all")
     p.add_argument("--json", action="store_true", help="the whole status as JSON (reasons uncut)")
     p.add_argument("--watch", "-w", action="store_true", help="redraw every second until interrupted")
-    p.add_argument("--cluster", action="store_true", help="every node of the cluster, from its Redis ([cluster])")
+    p.add_argument("--cluster", action="store_true",
+                   help="every node of the cluster ([cluster]): asked of this node's supervisor, else read "
+                        "from the cluster's Redis")
+    p.add_argument("--verbose", action="store_true", help="with --cluster: say when the supervisor did not answer")
     for name, text in (("start", "start programs (and what they depend on)"), ("stop", "stop programs"),
                        ("restart", "stop then start programs")):
         p = sub.add_parser(name, parents=[common], help=text)

@@ -13,8 +13,9 @@ import pytest
 from relayq_supervisor.audit.log import AuditLog, make_event
 from relayq_supervisor.cluster import link
 from relayq_supervisor.cluster.publisher import ClusterPublisher
-from relayq_supervisor.cluster.view import entry_event, exit_status
+from relayq_supervisor.cluster.view import entry_event
 from relayq_supervisor.config.load import parse_config
+from relayq_supervisor.ctl.cluster import exit_status
 from relayq_supervisor.errors import ConfigError
 from relayq_supervisor.kinds.redis.acl import AdminCredentials, acl_file_text, acl_weaknesses, keys_outside
 
