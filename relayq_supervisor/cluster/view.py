@@ -174,7 +174,7 @@ def node_entries(names: list[str], replies: list[Any]) -> list[dict[str, Any]]:
 async def read_status(client: aioredis.Redis, url: str) -> dict[str, Any]:
     """`ClusterView.status()` on an asyncio client: the supervisor's answer to `cluster-status`
     (node/clustering.py). Two round trips, as the sync view; redis-py errors are the caller's."""
-    members: list[Any] = await client.zrange(link.NODES_KEY, 0, -1)     # type: ignore[assignment]
+    members: list[Any] = await client.zrange(link.NODES_KEY, 0, -1)
     names = [n.decode() for n in members]
     replies: list[Any] = []
     if names:
