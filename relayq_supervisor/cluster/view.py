@@ -1,8 +1,9 @@
 """Reading the cluster view back, for relayqctl: every node's status, the merged audit
 timeline, one node's `why`. Straight from the cluster's Redis with the node credentials
 ([cluster] in the local config), so it works on every node, with any supervisor down.
-The supervisor reads the same status for relayqctl (`cluster-status`: read_status, on
-its own asyncio client); the rest runs in relayqctl only.
+The supervisor reads the same status and why for relayqctl (`cluster-status`,
+`cluster-why`: read_status, read_why, on its own asyncio client); the audit timeline is
+read in relayqctl only.
 """
 from __future__ import annotations
 
@@ -69,18 +70,12 @@ class ClusterView:
 
     def why(self, node: str, name: str) -> dict[str, Any]:
         """The same reply as the supervisor's `why`, from what `node` published."""
-        raw = self._call("GET", self.client.get, link.node_key(node))
+        pipe = self.client.pipeline(transaction=False)
+        queue_why_reads(pipe, node, name)
+        raw, stop = self._call("GET", pipe.execute)
         if raw is None:
-            known = ", ".join(n["node"] for n in self.nodes()) or "none"
-            raise UnknownNode(f"no node named {node!r} in the cluster view (known: {known})")
-        doc = json.loads(raw)
-        programs = doc.get("programs") or []
-        program = next((p for p in programs if p.get("name") == name), None)
-        if program is None:
-            known = ", ".join(p.get("name", "?") for p in programs)
-            raise UnknownProgram(f"node {node} has no program named {name!r} (known: {known})")
-        stop = self._call("HGET", self.client.hget, link.why_key(node), name)
-        return {"node": node, "program": program, "last_stop": json.loads(stop) if stop else None}
+            raise unknown_node(node, self.nodes())
+        return why_result(node, name, raw, stop)
 
     # --- audit ----------------------------------------------------------------------------
 
@@ -169,6 +164,36 @@ def node_entries(names: list[str], replies: list[Any]) -> list[dict[str, Any]]:
         out.append({"node": name, "seen_s_ago": round(age, 3),
                     "stale": age > link.STALE_INTERVALS * interval, **doc})
     return out
+
+
+def queue_why_reads(pipe, node: str, name: str) -> None:
+    pipe.get(link.node_key(node))
+    pipe.hget(link.why_key(node), name)
+
+
+def unknown_node(node: str, nodes: list[dict[str, Any]]) -> UnknownNode:
+    known = ", ".join(n["node"] for n in nodes) or "none"
+    return UnknownNode(f"no node named {node!r} in the cluster view (known: {known})")
+
+
+def why_result(node: str, name: str, raw: bytes, stop: bytes | None) -> dict[str, Any]:
+    """`why`'s reply from `node`'s published status and its program's last stop."""
+    programs = json.loads(raw).get("programs") or []
+    program = next((p for p in programs if p.get("name") == name), None)
+    if program is None:
+        known = ", ".join(p.get("name", "?") for p in programs)
+        raise UnknownProgram(f"node {node} has no program named {name!r} (known: {known})")
+    return {"node": node, "program": program, "last_stop": json.loads(stop) if stop else None}
+
+
+async def read_why(client: aioredis.Redis, node: str, name: str) -> dict[str, Any]:
+    """`ClusterView.why()` on an asyncio client: the supervisor's answer to `cluster-why`."""
+    pipe = client.pipeline(transaction=False)
+    queue_why_reads(pipe, node, name)
+    raw, stop = await pipe.execute()
+    if raw is None:
+        raise unknown_node(node, (await read_status(client, ""))["nodes"])
+    return why_result(node, name, raw, stop)
 
 
 async def read_status(client: aioredis.Redis, url: str) -> dict[str, Any]:

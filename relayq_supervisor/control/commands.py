@@ -37,6 +37,8 @@ class Supervision(Protocol):
 
     async def cluster_status(self) -> dict[str, Any]: ...
 
+    async def cluster_why(self, node: str, name: str) -> dict[str, Any]: ...
+
 
 Handler = Callable[[Supervision, dict[str, Any], Peer], Awaitable[dict[str, Any]]]
 
@@ -87,6 +89,15 @@ async def cluster_status(sup: Supervision, args: dict[str, Any], peer: Peer) -> 
     return await sup.cluster_status()
 
 
+async def cluster_why(sup: Supervision, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """Read-only: what node `node` published of program `name` (`{node, program, last_stop}`,
+    as `relayqctl why NAME --node N --json` shows it), read from the cluster's Redis by this
+    supervisor as `cluster-status` is; an unknown node or program: code 4."""
+    if not args.get("node") or not args.get("name"):
+        raise BadRequest("cluster-why: give a node and a program name")
+    return await sup.cluster_why(args["node"], args["name"])
+
+
 def _operate(cmd: str) -> Handler:
     async def handler(sup: Supervision, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         arbiter = sup.arbiter
@@ -125,6 +136,7 @@ HANDLERS: dict[str, Handler] = {
     "pid": pid,
     "why": why,
     "cluster-status": cluster_status,
+    "cluster-why": cluster_why,
     "reload": reload,
     "shutdown": shutdown,
     "start": _operate("start"),

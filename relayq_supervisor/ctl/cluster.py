@@ -2,8 +2,9 @@
 (`cluster-status` on its control socket: it reads the cluster's Redis on its own
 connection, as systemctl asks PID 1), else read from the cluster's Redis here ([cluster] in
 the local config; redis-py, imported only then, is most of this command's time). One
-printer for both. `audit --cluster` (ctl/audit.py) and `why --node` (ctl/why.py) read the
-Redis here, with `cluster_view`."""
+printer for both. `why --node` (ctl/why.py) does the same with `cluster-why`; `audit
+--cluster` (ctl/audit.py) reads the Redis here, with `cluster_view` (a timeline of up to a
+million events, or --follow, is no one-line reply)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from typing import Any
 
 from relayq_supervisor.cluster.layout import STALE_INTERVALS, ClusterUnreachable
 from relayq_supervisor.config import default_config_path, load_config, load_supervisor_section
-from relayq_supervisor.control.protocol import EXIT_NOT_RUNNING, EXIT_OK
+from relayq_supervisor.control.protocol import EXIT_NOT_RUNNING, EXIT_OK, EXIT_UNKNOWN, Refused
 from relayq_supervisor.ctl.client import call, checked
 from relayq_supervisor.ctl.display import format_duration, print_programs, say, use_colour
 from relayq_supervisor.errors import RelayqError
@@ -29,6 +30,36 @@ def cluster_view(args):
     return ClusterView(load_config(args.config or default_config_path(), ground=False))
 
 
+def supervisor_socket(args: Any) -> str:
+    if args.socket:
+        return str(args.socket)
+    return load_supervisor_section(os.path.abspath(args.config or default_config_path())).control_socket
+
+
+def ask_supervisor(args: Any, cmd: str, **request: Any) -> dict[str, Any] | None:
+    """This node's supervisor's answer to a read of the cluster view, or None (said with
+    --verbose) when none answers or it cannot: no supervisor, one without [cluster] or
+    without this command, its cluster Redis silent. An unknown node or program is an
+    answer (exit 4), the same as relayqctl's own read would give."""
+    try:
+        result = checked(call(supervisor_socket(args), cmd, ASK_TIMEOUT_S, **request))
+        if isinstance(result, dict):
+            return result
+        problem = "a reply that is not an object"
+    except KeyError:
+        problem = "a reply without its result"
+    except Refused as e:
+        if e.code == EXIT_UNKNOWN:
+            raise
+        problem = str(e)
+    except RelayqError as e:
+        problem = str(e)
+    if args.verbose:
+        print(f"relayqctl: the supervisor did not answer {cmd} ({problem}); reading the cluster's Redis "
+              "from here", file=sys.stderr)
+    return None
+
+
 class ClusterStatus:
     """The cluster's status: from the supervisor when it answers, else from Redis here."""
 
@@ -36,22 +67,10 @@ class ClusterStatus:
         self.args = args
         self.view: Any = None
 
-    def socket(self) -> str:
-        if self.args.socket:
-            return self.args.socket
-        return load_supervisor_section(os.path.abspath(self.args.config or default_config_path())).control_socket
-
     def read(self) -> dict[str, Any]:
-        try:
-            result = checked(call(self.socket(), "cluster-status", ASK_TIMEOUT_S))
-            if isinstance(result.get("nodes"), list) and isinstance(result.get("redis"), str):
-                return result
-            problem = "a reply without its nodes"
-        except RelayqError as e:    # no supervisor, one without [cluster] or this command, Redis silent
-            problem = str(e)
-        if self.args.verbose:
-            print(f"relayqctl: the supervisor did not answer cluster-status ({problem}); "
-                  "reading the cluster's Redis from here", file=sys.stderr)
+        result = ask_supervisor(self.args, "cluster-status")
+        if result is not None and isinstance(result.get("nodes"), list) and isinstance(result.get("redis"), str):
+            return result
         if self.view is None:
             self.view = cluster_view(self.args)
         status: dict[str, Any] = self.view.status()

@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the last stop of a program, with its evidence (--node: on another node)")
     p.add_argument("name", metavar="NAME", help="a program or instance (worker:1)")
     p.add_argument("--json", action="store_true", help="the evidence as JSON")
-    p.add_argument("--node", help="a node of the cluster (read from the cluster's Redis)")
+    p.add_argument("--node", help="a node of the cluster (asked of this node's supervisor, else read from the "
+                                  "cluster's Redis)")
+    p.add_argument("--verbose", action="store_true", help="with --node: say when the supervisor did not answer")
     p = sub.add_parser("doctor", parents=[common], help="find rival managers of Redis and the workers")
     p.add_argument("--root", help="look at this root instead of / (the config's doctor_root)")
     p.add_argument("--json", action="store_true", help="the findings as JSON")

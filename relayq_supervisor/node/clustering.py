@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import redis.exceptions
@@ -100,6 +100,13 @@ class Clustering:
         """Every node's published status, as `relayqctl status --cluster` shows it, read on
         this loop by this node's read-only user (`relayq-view-<node>`): relayqctl then needs
         no redis-py of its own (its import is most of a new interpreter's time)."""
+        return await self.read_view(lambda client, url: view.read_status(client, url))
+
+    async def cluster_why(self, node: str, name: str) -> dict[str, Any]:
+        """`relayqctl why NAME --node N`: what node N published of NAME, read as above."""
+        return await self.read_view(lambda client, url: view.read_why(client, node, name))
+
+    async def read_view(self, read: Callable[[Redis, str], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
         if self.config.cluster is None:
             raise RelayqError("this supervisor has no [cluster] table")
         if self.reader is None:
@@ -107,7 +114,7 @@ class Clustering:
                                             max_connections=READER_CONNECTIONS)
         url = link.display_url(link.cluster_url(self.config))
         try:
-            return await asyncio.wait_for(view.read_status(self.reader, url), ANSWER_TIMEOUT_S)
+            return await asyncio.wait_for(read(self.reader, url), ANSWER_TIMEOUT_S)
         except TimeoutError:
             raise link.ClusterUnreachable(f"cluster Redis {url}: no answer within {ANSWER_TIMEOUT_S:g}s") from None
         except (redis.exceptions.RedisError, OSError) as e:

@@ -196,7 +196,12 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port,
         return json.loads(r.stdout) if r.returncode == 0 and json.loads(r.stdout)["last_stop"] else None
     why = wait_for(why_published, what="n2's why worker")
     assert why["last_stop"]["exit"]["pid"] == victim
-    assert n1.ctl("why", "worker", "--node", "n9").returncode == 4
+    # asked of n1's supervisor (cluster-why) or read directly: the same answer, the same refusal
+    nowhere = ("--socket", str(n1.dir / "nobody.sock"))
+    direct = n1.ctl("why", "worker", "--node", "n2", "--json", "--verbose", *nowhere)
+    assert "did not answer cluster-why" in direct.stderr and json.loads(direct.stdout)["last_stop"] == why["last_stop"]
+    unknown = [n1.ctl("why", "worker", "--node", "n9", *extra) for extra in ((), nowhere)]
+    assert [r.returncode for r in unknown] == [4, 4] and unknown[0].stderr == unknown[1].stderr != ""
 
     # a node's user cannot stop or reconfigure Redis, nor write as another node: denied, and
     # audited on the Redis node with the user that tried
