@@ -396,6 +396,7 @@ def run(ctx: BenchContext) -> Section:
         view.nodes()
         query.append(time.perf_counter() - t0)
     asked = answering_supervisor(ctx, port)
+    start_load = os.getloadavg()[0]
     try:
         answer = control_round_trips(asked.control_socket, 20 if ctx.quick else 100)
         start = command_start(str(asked.config_path), view_config.path, 5 if ctx.quick else 15)
@@ -480,9 +481,12 @@ def run(ctx: BenchContext) -> Section:
                    f"{ms(w_median)}, CPU {ms(cpu_median[ASKED])} asking the supervisor; "
                    f"{ms(statistics.median(direct))}, CPU {ms(cpu_median[DIRECT])} reading Redis itself",
                    w_median < 0.2,
-                   why=f"the interpreter (CPU median {ms(cpu_median['the interpreter alone'])}) and the "
-                       f"command's imports cost this before any node is read; redis-py (CPU median "
-                       f"{ms(cpu_median['import redis alone'])}) only when no supervisor answers"),
+                   why=f"on this shared machine (load average {start_load:.1f} on {os.cpu_count()} cores as the "
+                       f"rounds began) wall time runs 2-3x the command's CPU time, {ms(cpu_median[ASKED])} asking "
+                       f"the supervisor (wall min {ms(min(whole))}): the interpreter (CPU median "
+                       f"{ms(cpu_median['the interpreter alone'])}) and the config's and printer's imports; "
+                       f"redis-py (CPU median {ms(cpu_median['import redis alone'])}) only when no supervisor "
+                       f"answers"),
             Target(f"audit publishing {TARGET_RATE:,} events/s from one node",
                    f"drains {drain_rate:,.0f}/s; {TARGET_RATE:,}/s sustained with {loaded['dropped']} dropped",
                    drain_rate >= TARGET_RATE and loaded["dropped"] == 0),
