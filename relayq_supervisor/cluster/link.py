@@ -1,21 +1,6 @@
-"""Where the cluster view lives in Redis, and how a node connects to it.
-
-Every key starts with `relayq-cluster:`; node N, logged in as its own ACL user
-`relayq-node-N` (kinds/redis/acl.py), may write only its own keys, and read the rest
-(on Redis 6.x, as `relayq-view-N`); once the Redis node declares other nodes, the workers'
-`default` user may write none of them:
-- `relayq-cluster:nodes`: a sorted set, node name -> the epoch it was last written: the
-  Redis node's declared members ([cluster] nodes), written by the Redis node, and any node
-  that publishes with the workers' credentials, written by itself; a name without a
-  status key is not shown;
-- `relayq-cluster:node:<node>`: that node's status (JSON), kept NODE_KEEP_S after its last
-  heartbeat, so its age comes from Redis' own TTL and not from the clocks of two nodes;
-- `relayq-cluster:why:<node>`: a hash, program name -> how its last run ended (JSON);
-- `relayq-cluster:audit:<node>`: that node's audit events, a stream capped so that all the
-  nodes' streams together hold about STREAM_MAXLEN. One stream per node, merged on read,
-  because Redis cannot check a field of an entry: in a shared stream any node could add
-  entries in another's name, or trim them; per node, the key says who wrote each entry.
-- `relayq-cluster:whois:*`: channels, cluster/whois.py.
+"""How a node connects to the cluster's Redis: the URL, its credentials (its own
+`relayq-node-<node>` user, `relayq-view-<node>` to read), redis-py clients. Where the view
+lives in that Redis: layout.py (re-exported here), which imports no redis-py.
 """
 from __future__ import annotations
 
@@ -31,47 +16,28 @@ from redis.backoff import NoBackoff
 from redis.credentials import CredentialProvider
 from redis.retry import Retry
 
+from relayq_supervisor.cluster.layout import (  # noqa: F401  (re-exported: link.node_key, ...)
+    NODE_KEEP_S,
+    NODE_USER_PREFIX,
+    NODES_KEY,
+    PREFIX,
+    STALE_INTERVALS,
+    STREAM_MAXLEN,
+    STREAM_MIN_PER_NODE,
+    STREAM_PREFIX,
+    ClusterUnreachable,
+    node_key,
+    node_user,
+    stream_key,
+    stream_maxlen,
+    why_key,
+)
 from relayq_supervisor.config.model import Config
 from relayq_supervisor.config.paths import read_secret
-from relayq_supervisor.errors import RelayqError
 from relayq_supervisor.kinds.redis import credentials, server
 
 if TYPE_CHECKING:
     from typing import Any
-
-PREFIX = "relayq-cluster:"
-NODES_KEY = PREFIX + "nodes"
-STREAM_PREFIX = PREFIX + "audit:"
-STREAM_MAXLEN = 1_000_000           # all the nodes' streams together (XADD MAXLEN ~: about this many)
-STREAM_MIN_PER_NODE = 10_000        # each node's share, however many nodes
-NODE_KEEP_S = 86400                 # a node silent for a day leaves the view
-STALE_INTERVALS = 3                 # silent for this many heartbeat intervals: stale
-NODE_USER_PREFIX = "relayq-node-"   # kinds/redis/acl.py creates one per node on the Redis node
-
-
-def node_key(node: str) -> str:
-    return f"{PREFIX}node:{node}"
-
-
-def why_key(node: str) -> str:
-    return f"{PREFIX}why:{node}"
-
-
-def stream_key(node: str) -> str:
-    return STREAM_PREFIX + node
-
-
-def stream_maxlen(nodes: int) -> int:
-    """Each node's cap when `nodes` publish: the total stays about STREAM_MAXLEN."""
-    return max(STREAM_MIN_PER_NODE, STREAM_MAXLEN // max(1, nodes))
-
-
-def node_user(node: str) -> str:
-    return NODE_USER_PREFIX + node
-
-
-class ClusterUnreachable(RelayqError):
-    """The cluster's Redis does not answer (relayqctl exit status 1)."""
 
 
 def cluster_url(config: Config) -> str:
@@ -161,9 +127,13 @@ class OwnOrWorkers(CredentialProvider):
         return self.get_credentials()
 
 
-def async_client(config: Config, timeout: float) -> aioredis.Redis:
+def async_client(config: Config, timeout: float, reader: bool = False,
+                 max_connections: int | None = None) -> aioredis.Redis:
+    """The publisher's client; a `reader` (`relayq-view-<node>`) answers `cluster-status` for
+    relayqctl (node/clustering.py), with at most `max_connections` to Redis."""
     # no retries inside redis-py: the publisher retries with its own backoff, in order
-    return aioredis.Redis(retry=AsyncRetry(NoBackoff(), 0), **connection_options(config, timeout))
+    return aioredis.Redis(retry=AsyncRetry(NoBackoff(), 0), max_connections=max_connections,
+                          **connection_options(config, timeout, reader))
 
 
 def sync_client(config: Config, timeout: float, reader: bool = False) -> redis.Redis:

@@ -1,8 +1,9 @@
 """Reading the cluster view back, for relayqctl: every node's status, the merged audit
 timeline, one node's `why`. Straight from the cluster's Redis with the node credentials
 ([cluster] in the local config), so it works on every node, with any supervisor down.
-
-Nothing here runs in the supervisor.
+The supervisor reads the same status and why for relayqctl (`cluster-status`,
+`cluster-why`: read_status, read_why, on its own asyncio client); the audit timeline is
+read in relayqctl only.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 import redis.exceptions
 
 from relayq_supervisor.audit.filtering import parse_timestamp
@@ -55,30 +57,11 @@ class ClusterView:
 
     def nodes(self) -> list[dict[str, Any]]:
         """`{"node", "seen_s_ago", "stale", "shut_down", "supervisor", "programs", ...}` per node,
-        by name. The age comes from the TTL Redis keeps on each node's key: no clock of
-        any node is compared with another's."""
+        by name (node_entries)."""
         names = self.names()
         pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.get(link.node_key(name))
-            pipe.pttl(link.node_key(name))
-        replies = self._call("GET", pipe.execute) if names else []
-        out = []
-        for i, name in enumerate(names):
-            raw, ttl_ms = replies[2 * i], replies[2 * i + 1]
-            if raw is None or ttl_ms is None or ttl_ms < 0:
-                continue                # expired between the two reads
-            try:
-                doc = json.loads(raw)
-            except ValueError:
-                continue
-            age = max(0.0, link.NODE_KEEP_S - ttl_ms / 1000)
-            interval = doc.get("heartbeat_interval") or 2.0
-            doc.pop("node", None)
-            entry = {"node": name, "seen_s_ago": round(age, 3),
-                     "stale": age > link.STALE_INTERVALS * interval, **doc}
-            out.append(entry)
-        return out
+        queue_node_reads(pipe, names)
+        return node_entries(names, self._call("GET", pipe.execute) if names else [])
 
     def status(self) -> dict[str, Any]:
         return {"redis": self.url, "nodes": self.nodes()}
@@ -87,18 +70,12 @@ class ClusterView:
 
     def why(self, node: str, name: str) -> dict[str, Any]:
         """The same reply as the supervisor's `why`, from what `node` published."""
-        raw = self._call("GET", self.client.get, link.node_key(node))
+        pipe = self.client.pipeline(transaction=False)
+        queue_why_reads(pipe, node, name)
+        raw, stop = self._call("GET", pipe.execute)
         if raw is None:
-            known = ", ".join(n["node"] for n in self.nodes()) or "none"
-            raise UnknownNode(f"no node named {node!r} in the cluster view (known: {known})")
-        doc = json.loads(raw)
-        programs = doc.get("programs") or []
-        program = next((p for p in programs if p.get("name") == name), None)
-        if program is None:
-            known = ", ".join(p.get("name", "?") for p in programs)
-            raise UnknownProgram(f"node {node} has no program named {name!r} (known: {known})")
-        stop = self._call("HGET", self.client.hget, link.why_key(node), name)
-        return {"node": node, "program": program, "last_stop": json.loads(stop) if stop else None}
+            raise unknown_node(node, self.nodes())
+        return why_result(node, name, raw, stop)
 
     # --- audit ----------------------------------------------------------------------------
 
@@ -162,6 +139,76 @@ class ClusterView:
                         yield event
 
 
+def queue_node_reads(pipe, names: list[str]) -> None:
+    """Each node's status and the TTL of its key, on a pipeline (sync or asyncio)."""
+    for name in names:
+        pipe.get(link.node_key(name))
+        pipe.pttl(link.node_key(name))
+
+
+def node_entries(names: list[str], replies: list[Any]) -> list[dict[str, Any]]:
+    """The pipeline's replies -> one entry per node. The age comes from the TTL Redis keeps
+    on each node's key: no clock of any node is compared with another's."""
+    out = []
+    for i, name in enumerate(names):
+        raw, ttl_ms = replies[2 * i], replies[2 * i + 1]
+        if raw is None or ttl_ms is None or ttl_ms < 0:
+            continue                # expired between the two reads
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            continue
+        age = max(0.0, link.NODE_KEEP_S - ttl_ms / 1000)
+        interval = doc.get("heartbeat_interval") or 2.0
+        doc.pop("node", None)
+        out.append({"node": name, "seen_s_ago": round(age, 3),
+                    "stale": age > link.STALE_INTERVALS * interval, **doc})
+    return out
+
+
+def queue_why_reads(pipe, node: str, name: str) -> None:
+    pipe.get(link.node_key(node))
+    pipe.hget(link.why_key(node), name)
+
+
+def unknown_node(node: str, nodes: list[dict[str, Any]]) -> UnknownNode:
+    known = ", ".join(n["node"] for n in nodes) or "none"
+    return UnknownNode(f"no node named {node!r} in the cluster view (known: {known})")
+
+
+def why_result(node: str, name: str, raw: bytes, stop: bytes | None) -> dict[str, Any]:
+    """`why`'s reply from `node`'s published status and its program's last stop."""
+    programs = json.loads(raw).get("programs") or []
+    program = next((p for p in programs if p.get("name") == name), None)
+    if program is None:
+        known = ", ".join(p.get("name", "?") for p in programs)
+        raise UnknownProgram(f"node {node} has no program named {name!r} (known: {known})")
+    return {"node": node, "program": program, "last_stop": json.loads(stop) if stop else None}
+
+
+async def read_why(client: aioredis.Redis, node: str, name: str) -> dict[str, Any]:
+    """`ClusterView.why()` on an asyncio client: the supervisor's answer to `cluster-why`."""
+    pipe = client.pipeline(transaction=False)
+    queue_why_reads(pipe, node, name)
+    raw, stop = await pipe.execute()
+    if raw is None:
+        raise unknown_node(node, (await read_status(client, ""))["nodes"])
+    return why_result(node, name, raw, stop)
+
+
+async def read_status(client: aioredis.Redis, url: str) -> dict[str, Any]:
+    """`ClusterView.status()` on an asyncio client: the supervisor's answer to `cluster-status`
+    (node/clustering.py). Two round trips, as the sync view; redis-py errors are the caller's."""
+    members: list[Any] = await client.zrange(link.NODES_KEY, 0, -1)
+    names = [n.decode() for n in members]
+    replies: list[Any] = []
+    if names:
+        pipe = client.pipeline(transaction=False)
+        queue_node_reads(pipe, names)
+        replies = await pipe.execute()
+    return {"redis": url, "nodes": node_entries(names, replies)}
+
+
 def entry_event(fields: dict[bytes, bytes], seen: set[tuple[str, str]], node: str) -> dict[str, Any] | None:
     """One entry of `node`'s stream -> its audit event with `node` (the stream's, which only
     that node's user may write: not the entry's own field); None for a repeat (a batch the
@@ -175,29 +222,3 @@ def entry_event(fields: dict[bytes, bytes], seen: set[tuple[str, str]], node: st
         return None
     event["node"] = node
     return event
-
-
-# --- printing (relayqctl) ---------------------------------------------------------------------
-
-def exit_status(result: dict[str, Any]) -> int:
-    """0: every program RUNNING on every live node; 3: something is not, or a node is stale."""
-    for node in result["nodes"]:
-        if node["stale"] or node.get("shut_down"):
-            return 3
-        if any(p.get("state") != "RUNNING" for p in node.get("programs") or ()):
-            return 3
-    return 0
-
-
-def node_line(node: dict[str, Any], format_duration) -> str:
-    sup = node.get("supervisor") or {}
-    seen = f"seen {node['seen_s_ago']:.1f}s ago"
-    if node.get("shut_down"):
-        state = "SHUT DOWN"
-    elif node["stale"]:
-        state = f"STALE (silent over {link.STALE_INTERVALS} heartbeats of {node.get('heartbeat_interval')}s)"
-    else:
-        state = "live"
-    line = (f"node {node['node']} ({node.get('host')}): {state}, {seen}; supervisor pid {node.get('pid')} "
-            f"{node.get('version')}, up {format_duration(sup.get('uptime_s'))}")
-    return line

@@ -35,6 +35,10 @@ class Supervision(Protocol):
 
     def audit(self, kind: str, **fields: Any) -> dict[str, Any]: ...
 
+    async def cluster_status(self) -> dict[str, Any]: ...
+
+    async def cluster_why(self, node: str, name: str) -> dict[str, Any]: ...
+
 
 Handler = Callable[[Supervision, dict[str, Any], Peer], Awaitable[dict[str, Any]]]
 
@@ -78,6 +82,22 @@ async def shutdown(sup: Supervision, args: dict[str, Any], peer: Peer) -> dict[s
     return {"pid": os.getpid()}
 
 
+async def cluster_status(sup: Supervision, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """Read-only: every node's published status from the cluster's Redis, read by this
+    supervisor (`{redis, nodes}`, as `relayqctl status --cluster --json` shows it), within a
+    short deadline; without [cluster], or with the cluster's Redis silent, an error (code 1)."""
+    return await sup.cluster_status()
+
+
+async def cluster_why(sup: Supervision, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """Read-only: what node `node` published of program `name` (`{node, program, last_stop}`,
+    as `relayqctl why NAME --node N --json` shows it), read from the cluster's Redis by this
+    supervisor as `cluster-status` is; an unknown node or program: code 4."""
+    if not args.get("node") or not args.get("name"):
+        raise BadRequest("cluster-why: give a node and a program name")
+    return await sup.cluster_why(args["node"], args["name"])
+
+
 def _operate(cmd: str) -> Handler:
     async def handler(sup: Supervision, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         arbiter = sup.arbiter
@@ -115,6 +135,8 @@ HANDLERS: dict[str, Handler] = {
     "status": status,
     "pid": pid,
     "why": why,
+    "cluster-status": cluster_status,
+    "cluster-why": cluster_why,
     "reload": reload,
     "shutdown": shutdown,
     "start": _operate("start"),

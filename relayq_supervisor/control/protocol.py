@@ -17,6 +17,10 @@ Reply:    {"v": 1, "ok": true, "result": {...}}
   shutdown {}                                     -> {pid: int}
   reload   {}                                     -> {changes: {...}}
   why      {name: str}                            -> {program: {...}, last_stop: {...} | null}
+  cluster-status {}                               -> {redis: str, nodes: [...]}   read-only: the
+           cluster's Redis read by the supervisor ([cluster]), `status --cluster --json`'s nodes
+  cluster-why {node: str, name: str}              -> {node, program: {...}, last_stop: {...} | null}
+           read-only, as cluster-status: `why NAME --node N`
 New fields may be added to any object; clients ignore what they do not know.
 """
 from __future__ import annotations
@@ -33,7 +37,7 @@ MAX_REQUEST_BYTES = 64 * 1024
 # A request is at most three levels deep ({"args": {"names": [...]}}); deeper is garbage,
 # and deep enough would be json's RecursionError.
 MAX_REQUEST_DEPTH = 8
-COMMANDS = ("status", "start", "stop", "restart", "pid", "shutdown", "reload", "why")
+COMMANDS = ("status", "start", "stop", "restart", "pid", "shutdown", "reload", "why", "cluster-status", "cluster-why")
 
 
 class Refused(RelayqError):
@@ -101,8 +105,9 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
     for key in ("wait", "with_dependents", "force"):
         if key in args and not isinstance(args[key], bool):
             raise BadRequest(f"malformed request: '{key}' must be true or false")
-    if "name" in args and args["name"] is not None and not isinstance(args["name"], str):
-        raise BadRequest("malformed request: 'name' must be a string")
+    for key in ("name", "node"):
+        if key in args and args[key] is not None and not isinstance(args[key], str):
+            raise BadRequest(f"malformed request: '{key}' must be a string")
     return cmd, args
 
 

@@ -5,12 +5,13 @@ Exit status follows systemctl: 0 all named programs RUNNING (or the action worke
 
 One module per command family, imported by `run_command` only for its command: a new
 interpreter starts for every relayqctl command, and what it imports is most of its time
-(`status` needs no Redis client, `audit` no socket, `status --cluster` no psutil):
+(`status` needs no Redis client, `audit` no socket, `status --cluster` no psutil, and no
+redis-py while the supervisor answers it):
   parser    the command line          client   the control socket (call, checked)
   local     [supervisor] of the config on disk, the socket's path
   display   printing: lines, durations, the program table
   programs  status (--watch), start, stop, restart, shutdown, pid, reload
-  why       why NAME (--node)         cluster  status --cluster (the cluster's Redis)
+  why       why NAME (--node)         cluster  status --cluster (the supervisor, else Redis)
   audit     audit, audit --cluster    logs     logs
   doctor    doctor
 """

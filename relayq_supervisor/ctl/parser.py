@@ -23,7 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME", help="programs or instances (worker, worker:1); default all")
     p.add_argument("--json", action="store_true", help="the whole status as JSON (reasons uncut)")
     p.add_argument("--watch", "-w", action="store_true", help="redraw every second until interrupted")
-    p.add_argument("--cluster", action="store_true", help="every node of the cluster, from its Redis ([cluster])")
+    p.add_argument("--cluster", action="store_true",
+                   help="every node of the cluster ([cluster]): asked of this node's supervisor, else read "
+                        "from the cluster's Redis")
+    p.add_argument("--verbose", action="store_true", help="with --cluster: say when the supervisor did not answer")
     for name, text in (("start", "start programs (and what they depend on)"), ("stop", "stop programs"),
                        ("restart", "stop then start programs")):
         p = sub.add_parser(name, parents=[common], help=text)
@@ -42,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the last stop of a program, with its evidence (--node: on another node)")
     p.add_argument("name", metavar="NAME", help="a program or instance (worker:1)")
     p.add_argument("--json", action="store_true", help="the evidence as JSON")
-    p.add_argument("--node", help="a node of the cluster (read from the cluster's Redis)")
+    p.add_argument("--node", help="a node of the cluster (asked of this node's supervisor, else read from the "
+                                  "cluster's Redis)")
+    p.add_argument("--verbose", action="store_true", help="with --node: say when the supervisor did not answer")
     p = sub.add_parser("doctor", parents=[common], help="find rival managers of Redis and the workers")
     p.add_argument("--root", help="look at this root instead of / (the config's doctor_root)")
     p.add_argument("--json", action="store_true", help="the findings as JSON")

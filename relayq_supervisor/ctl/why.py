@@ -11,9 +11,12 @@ from relayq_supervisor.shell_text import command_line
 
 def run_why(args, socket_path) -> int:
     """`socket_path`: a function giving the socket (read only without --node)."""
-    if args.node:
-        from relayq_supervisor.ctl.cluster import cluster_view
-        show(cluster_view(args).why(args.node, args.name), args.json, print_why)
+    if args.node:       # asked of this node's supervisor, else read from the cluster's Redis here
+        from relayq_supervisor.ctl.cluster import ask_supervisor, cluster_view
+        result = ask_supervisor(args, "cluster-why", node=args.node, name=args.name)
+        if result is None or not isinstance(result.get("program"), dict):
+            result = cluster_view(args).why(args.node, args.name)
+        show(result, args.json, print_why)
     else:
         show(checked(call(socket_path(args), "why", args.timeout, name=args.name)), args.json, print_why)
     return EXIT_OK

@@ -204,6 +204,14 @@ class Node:
         """Queue one audit event (written and fsynced with the others of this loop pass)."""
         return self.records.audit(kind, **fields)
 
+    async def cluster_status(self) -> dict[str, Any]:
+        """`cluster-status`: the cluster view read by this supervisor (node/clustering.py)."""
+        return await self.cluster.cluster_status()
+
+    async def cluster_why(self, node: str, name: str) -> dict[str, Any]:
+        """`cluster-why`: what another node published of a program, read by this supervisor."""
+        return await self.cluster.cluster_why(node, name)
+
     def request_shutdown(self, why: str) -> None:
         if not self.shutdown_requested.is_set():
             log.info("shutting down (%s)", why)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import select
 import signal
+import socket
 import subprocess
 import textwrap
 import time
@@ -16,6 +18,7 @@ import redis
 from support import PYTHON, REDIS_SERVER, embedded_redis_tool, redis_config, wait_for
 
 from relayq_supervisor.cluster.link import quiet_handshake
+from relayq_supervisor.config import load_supervisor_section
 
 HEARTBEAT = 0.3
 
@@ -68,6 +71,25 @@ def cluster_events(sup, *args) -> list[dict]:
     r = sup.ctl("audit", "--cluster", "--json", *args)
     assert r.returncode == 0, r.stderr
     return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def ask(sup, payload: bytes) -> dict:
+    """One raw request on `sup`'s control socket, its reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(load_supervisor_section(str(sup.config)).control_socket)
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        return json.loads(s.makefile("rb").readline())
+
+
+CLUSTER_STATUS = b'{"v": 1, "cmd": "cluster-status"}\n'
+
+
+def unaged(text: str) -> str:
+    """A status table without its numbers (ages, uptimes move between two reads) and the
+    column padding they change."""
+    return "\n".join(" ".join(re.sub(r"\d[\d.dhms]*", "N", line).split()) for line in text.splitlines())
 
 
 def read_until(proc: subprocess.Popen, match, timeout: float = 15.0) -> dict:
@@ -127,6 +149,22 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port,
     lines = table.stdout.splitlines()
     n2_at = next(i for i, line in enumerate(lines) if line.startswith("node n2 "))
     assert lines[n2_at + 1].split()[:2] == ["NAME", "STATE"] and lines[n2_at + 2].split()[:2] == ["worker", "RUNNING"]
+    # relayqctl asks the supervisor (it reads the view on its own connection); read directly
+    # (a socket where none listens: the fallback), the table is the same
+    asked = n2.ctl("status", "--cluster", "--verbose")
+    direct = n2.ctl("status", "--cluster", "--verbose", "--socket", str(n2.dir / "nobody.sock"))
+    assert asked.returncode == direct.returncode == 0 and asked.stderr == ""
+    assert "did not answer cluster-status" in direct.stderr
+    assert unaged(asked.stdout) == unaged(direct.stdout) and "node n3 " in asked.stdout
+    reply = ask(n1, CLUSTER_STATUS)
+    assert reply["ok"] and [n["node"] for n in reply["result"]["nodes"]] == ["n1", "n2", "n3"]
+    # garbage to the new command: an error, and supervision goes on
+    for garbage, error in ((b'{"v": 1, "cmd": "cluster-status", "args": [1]}\n', "'args' must be an object"),
+                           (b'{"v": 1, "cmd": "cluster-status", "ar', "truncated request"),
+                           (b'{"v": 1, "cmd": "cluster-status\xff"}\n', "not JSON")):
+        reply = ask(n1, garbage)
+        assert not reply["ok"] and reply["code"] == 2 and error in reply["error"], reply
+    assert ask(n1, CLUSTER_STATUS)["ok"] and n1.program("worker")["state"] == "RUNNING"
 
     # n2's worker reached Redis through [cluster] redis_url
     assert f"at redis://127.0.0.1:{port}/0" in (n2.dir / "log" / "worker.log").read_text()
@@ -158,7 +196,12 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port,
         return json.loads(r.stdout) if r.returncode == 0 and json.loads(r.stdout)["last_stop"] else None
     why = wait_for(why_published, what="n2's why worker")
     assert why["last_stop"]["exit"]["pid"] == victim
-    assert n1.ctl("why", "worker", "--node", "n9").returncode == 4
+    # asked of n1's supervisor (cluster-why) or read directly: the same answer, the same refusal
+    nowhere = ("--socket", str(n1.dir / "nobody.sock"))
+    direct = n1.ctl("why", "worker", "--node", "n2", "--json", "--verbose", *nowhere)
+    assert "did not answer cluster-why" in direct.stderr and json.loads(direct.stdout)["last_stop"] == why["last_stop"]
+    unknown = [n1.ctl("why", "worker", "--node", "n9", *extra) for extra in ((), nowhere)]
+    assert [r.returncode for r in unknown] == [4, 4] and unknown[0].stderr == unknown[1].stderr != ""
 
     # a node's user cannot stop or reconfigure Redis, nor write as another node: denied, and
     # audited on the Redis node with the user that tried
@@ -191,6 +234,10 @@ def test_cluster_table_remote_signal_why_denied_and_stale(make_supervisor, port,
     code, found = wait_for(n2_stale, what="n2 stale")
     assert code == 3 and found["n1"]["stale"] is False
     assert "STALE" in n1.ctl("status", "--cluster").stdout
+    # relayqctl on n2, its supervisor gone: read from Redis, saying so only with --verbose
+    fallback = n2.ctl("status", "--cluster")
+    assert fallback.returncode == 3 and fallback.stderr == "" and "node n2 " in fallback.stdout
+    assert "did not answer cluster-status" in n2.ctl("status", "--cluster", "--verbose").stderr
 
 
 def test_worker_node_waits_for_the_cluster_redis_and_its_backlog_arrives_in_order(make_supervisor, port, tmp_path):
@@ -204,6 +251,8 @@ def test_worker_node_waits_for_the_cluster_redis_and_its_backlog_arrives_in_orde
     w = n2.wait_state("worker", "STOPPED")
     assert "waiting for redis (remote)" in w["reason"]
     assert any("unreachable" in note for note in n2.status()["supervisor"]["notes"])
+    refused = ask(n2, CLUSTER_STATUS)          # n2's supervisor says so at once; relayqctl reads Redis itself
+    assert not refused["ok"] and refused["code"] == 1 and "cluster Redis" in refused["error"]
     unreachable = n2.ctl("status", "--cluster")
     assert unreachable.returncode == 1 and "does not answer" in unreachable.stderr
     n1 = make_supervisor(redis_node(port), "n1").start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import textwrap
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import pytest
 from relayq_supervisor.audit.log import AuditLog, make_event
 from relayq_supervisor.cluster import link
 from relayq_supervisor.cluster.publisher import ClusterPublisher
-from relayq_supervisor.cluster.view import entry_event, exit_status
+from relayq_supervisor.cluster.view import entry_event
 from relayq_supervisor.config.load import parse_config
+from relayq_supervisor.ctl.cluster import exit_status
 from relayq_supervisor.errors import ConfigError
 from relayq_supervisor.kinds.redis.acl import AdminCredentials, acl_file_text, acl_weaknesses, keys_outside
 
@@ -290,3 +292,26 @@ def test_the_redis_node_warns_only_when_its_redis_was_up(tmp_path, caplog):
     caplog.clear()
     publisher(tmp_path, 10).set_reachable(False, "Connection refused")
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
+
+
+def test_cluster_status_from_a_silent_redis_is_an_error_within_its_deadline(monkeypatch):
+    """`cluster-status` on a Redis that accepts and never answers: the supervisor's reply is
+    an error within its deadline, not a wait (relayqctl then reads Redis itself)."""
+    from relayq_supervisor.cluster.link import ClusterUnreachable
+    from relayq_supervisor.node import clustering
+    monkeypatch.setattr(clustering, "READ_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(clustering, "ANSWER_TIMEOUT_S", 0.1)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()         # the kernel completes the connect; nothing ever reads or answers
+        config = parse(f"[cluster]\nnode = 'n2'\nredis_url = 'redis://127.0.0.1:{silent.getsockname()[1]}/0'\n"
+                       + WORKER)
+        node = clustering.Clustering(config, status=dict, programs=list, reconcile=lambda: None,
+                                     redis_admin=lambda: None, name_process=lambda pid: None, who_held=None)
+
+        async def ask() -> None:
+            with pytest.raises(ClusterUnreachable, match=r"cluster Redis redis://127\.0\.0\.1:\d+/0: "):
+                await node.cluster_status()
+            await node.close_after_programs()
+        asyncio.run(ask())
+    assert node.reader is None

@@ -35,6 +35,9 @@ def refused(line: bytes) -> BadRequest:
     return failed.value
 
 
+KNOWN = "status, start, stop, restart, pid, shutdown, reload, why, cluster-status, cluster-why"
+
+
 @pytest.mark.parametrize("line, message", [
     (b"this is not json\n", "malformed request: not JSON (Expecting value: line 1 column 1 (char 0))"),
     (b"\xff\xfe\x00garbage\n", "malformed request: not JSON ('utf-8' codec can't decode byte 0xff in position 0: "
@@ -44,9 +47,9 @@ def refused(line: bytes) -> BadRequest:
     (b'{"v": 99, "cmd": "status"}\n', "unsupported protocol version 99 (this supervisor speaks 1)"),
     (b'{"cmd": "status"}\n', "unsupported protocol version None (this supervisor speaks 1)"),
     (b'{"v": "1", "cmd": "status"}\n', "unsupported protocol version '1' (this supervisor speaks 1)"),
-    (b'{"v": 1, "cmd": "rm -rf /"}\n',
-     "unknown command 'rm -rf /' (known: status, start, stop, restart, pid, shutdown, reload, why)"),
-    (b'{"v": 1}\n', "unknown command None (known: status, start, stop, restart, pid, shutdown, reload, why)"),
+    (b'{"v": 1, "cmd": "rm -rf /"}\n', f"unknown command 'rm -rf /' (known: {KNOWN})"),
+    (b'{"v": 1}\n', f"unknown command None (known: {KNOWN})"),
+    (b'{"v": 1, "cmd": "cluster-why", "args": {"node": ["n2"]}}\n', "malformed request: 'node' must be a string"),
     (b'{"v": 1, "cmd": "status", "args": []}\n', "malformed request: 'args' must be an object"),
     (b'{"v": 1, "cmd": "start", "args": {"names": "redis"}}\n', "malformed request: 'names' must be a list of strings"),
     (b'{"v": 1, "cmd": "start", "args": {"names": ["redis", 1]}}\n',
