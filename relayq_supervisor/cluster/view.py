@@ -33,6 +33,10 @@ class UnknownNode(UnknownProgram):
     """No node of that name published to the cluster (exit status 4)."""
 
 
+class ClusterUnreadable(RelayqError):
+    """What a node published cannot be read (exit status 1)."""
+
+
 class ClusterView:
     def __init__(self, config: Config, timeout: float = TIMEOUT_S):
         if config.cluster is None:
@@ -177,13 +181,20 @@ def unknown_node(node: str, nodes: list[dict[str, Any]]) -> UnknownNode:
 
 
 def why_result(node: str, name: str, raw: bytes, stop: bytes | None) -> dict[str, Any]:
-    """`why`'s reply from `node`'s published status and its program's last stop."""
-    programs = json.loads(raw).get("programs") or []
+    """`why`'s reply from `node`'s published status and its program's last stop. What a node
+    published is read, not trusted: a document that is not its JSON is a ClusterUnreadable."""
+    try:
+        doc = json.loads(raw)
+        programs = [p for p in (doc.get("programs") or []) if isinstance(p, dict)]
+        last_stop = json.loads(stop) if stop else None
+    except (ValueError, AttributeError, TypeError):
+        raise ClusterUnreadable(f"node {node}'s published status is not readable JSON: "
+                                f"it is rewritten at its next heartbeat") from None
     program = next((p for p in programs if p.get("name") == name), None)
     if program is None:
-        known = ", ".join(p.get("name", "?") for p in programs)
+        known = ", ".join(str(p.get("name", "?")) for p in programs)
         raise UnknownProgram(f"node {node} has no program named {name!r} (known: {known})")
-    return {"node": node, "program": program, "last_stop": json.loads(stop) if stop else None}
+    return {"node": node, "program": program, "last_stop": last_stop}
 
 
 async def read_why(client: aioredis.Redis, node: str, name: str) -> dict[str, Any]:

@@ -315,3 +315,18 @@ def test_cluster_status_from_a_silent_redis_is_an_error_within_its_deadline(monk
             await node.close_after_programs()
         asyncio.run(ask())
     assert node.reader is None
+
+
+@pytest.mark.parametrize("raw, stop", [(b"not json", None), (b"[1, 2]", None),
+                                       (json.dumps({"programs": [{"name": "redis"}]}).encode(), b"{torn")])
+def test_why_of_a_node_whose_published_status_is_not_its_json_is_an_error_not_a_traceback(raw, stop):
+    from relayq_supervisor.cluster.view import ClusterUnreadable, why_result
+    with pytest.raises(ClusterUnreadable, match="node n2's published status is not readable JSON"):
+        why_result("n2", "redis", raw, stop)
+
+
+def test_why_of_a_readable_status_names_the_program_and_its_last_stop():
+    from relayq_supervisor.cluster.view import why_result
+    raw = json.dumps({"programs": [{"name": "redis", "state": "RUNNING"}, "junk"]}).encode()
+    got = why_result("n2", "redis", raw, json.dumps({"signal": "SIGKILL"}).encode())
+    assert got == {"node": "n2", "program": {"name": "redis", "state": "RUNNING"}, "last_stop": {"signal": "SIGKILL"}}
