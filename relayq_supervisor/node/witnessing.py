@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,9 +23,18 @@ from relayq_supervisor.witness.tracefs import READ_BUDGET_S, KernelWitness
 
 log = logging.getLogger(__package__)     # "relayq_supervisor.node": its lines read "node: ..." as before the split
 
-# at most 20 trace reads a second on a busy node; a lone event waits this long, and an exit
-# reads at most this much backlog before its restart (~0.6 ms of parsing at 1000 execs/s)
-TRACE_READ_PAUSE_S = 0.05
+# The trace pipe wakes its poller at the first event whatever `buffer_percent` says (the
+# kernel's trace_poll passes it on, but ring_buffer_poll_wait ignores it for trace_pipe, a
+# reader of all CPUs: "full only makes sense on per cpu reads"; tried on 6.18: one exec
+# woke a poller at buffer_percent 50). So the loop batches by itself: the first event after
+# a quiet spell wakes it, the pipe is read TRACE_COALESCE_S later (a process' fork, exec
+# and exit in one read, and any exec'd meanwhile that exited needs no /proc read), and
+# while events keep coming it is read every TRACE_COALESCE_S, without listening, until a
+# read finds the traffic has stopped. Nothing happens: no wake-up at all. The delay is
+# also how long an exec'd program may live and still have its command line read (a script
+# that ran 50 ms is named with its argv). Exits, tap stops and whois questions read the
+# pipe up to now themselves (catch_up*, read_soon, KernelWitness.client_of...).
+TRACE_COALESCE_S = 0.05
 
 
 class TracedClients:
@@ -63,6 +73,8 @@ class Witnessing:
         self.tapped: set[int] = set()       # pids the signal tap seized (traced(pid))
         self.closed = False                 # no fd may be registered again
         self.read_asked = False             # read_soon() scheduled a read
+        self.listening = False              # the trace pipe's fd is on the loop
+        self.read_handle: asyncio.TimerHandle | None = None     # the next read, when scheduled
 
     @property
     def tap_active(self) -> bool:
@@ -107,35 +119,57 @@ class Witnessing:
             log.warning("kernel trace: %s (signals are attributed by the tap alone)", w.state)
             self.audit("kernel_witness_unavailable", reason=w.unavailable)
 
+    def on_kernel_trace_ready(self) -> None:
+        """The first event after a quiet spell: stop listening, read in TRACE_COALESCE_S."""
+        self.stop_listening()
+        self.schedule_read(TRACE_COALESCE_S)
+
     def on_kernel_trace(self) -> None:
-        """The trace pipe is readable: read it, then stop listening for a moment so that a
-        busy node's events are read in batches, not one wake-up per fork (exits do not wait
-        for this: reap() drains the pipe first). A backlog is read on in the next loop pass,
-        after what else is ready there (a status request, an exit), not in one long stretch."""
+        """Read the trace pipe (a bounded stretch: a backlog is read on in the next loop
+        pass, after what else is ready there, a status request, an exit), then: read again
+        in TRACE_COALESCE_S while events keep coming (its newest line is recent), else wait
+        for the next event."""
         w = self.kernel
         assert w is not None
+        self.read_handle = None
         self.read_asked = False
+        self.stop_listening()
         more = w.drain(budget_s=READ_BUDGET_S)
         self.attribution.trace_read()
-        if w.fd is None:
+        if w.fd is None or self.closed:
             return
-        self.loop.remove_reader(w.fileno())
         if w.unavailable:       # a read failed: say so in status
             w.close()
             self.audit("kernel_witness_unavailable", reason=w.unavailable)
             return
-        self.loop.call_later(0 if more else TRACE_READ_PAUSE_S, self.listen_to_kernel_trace)
+        if more:
+            self.schedule_read(0)
+        elif w.read_ts > time.clock_gettime(time.CLOCK_BOOTTIME) - TRACE_COALESCE_S / 2:
+            self.schedule_read(TRACE_COALESCE_S)    # still flowing: one wake-up a period
+        else:
+            self.listen_to_kernel_trace()
+
+    def schedule_read(self, delay: float) -> None:
+        if self.read_handle is not None:
+            self.read_handle.cancel()
+        self.read_handle = self.loop.call_later(delay, self.on_kernel_trace)
 
     def read_soon(self) -> None:
-        """The trace's next read on the next loop pass, not after the reader's pause."""
+        """The trace's next read on the next loop pass, not after the coalescing delay."""
         if not self.read_asked:
             self.read_asked = True
-            self.loop.call_soon(self.on_kernel_trace)
+            self.schedule_read(0)
 
     def listen_to_kernel_trace(self) -> None:
         w = self.kernel
-        if w is not None and w.fd is not None and not self.closed:
-            self.loop.add_reader(w.fileno(), self.on_kernel_trace)
+        if w is not None and w.fd is not None and not self.closed and not self.listening:
+            self.loop.add_reader(w.fileno(), self.on_kernel_trace_ready)
+            self.listening = True
+
+    def stop_listening(self) -> None:
+        if self.listening and self.kernel is not None and self.kernel.fd is not None:
+            self.loop.remove_reader(self.kernel.fileno())
+        self.listening = False
 
     def catch_up(self) -> None:
         """Read the trace's backlog now (before an exit is handled: its signal came first)."""
@@ -223,7 +257,9 @@ class Witnessing:
 
     def close(self) -> None:
         if self.kernel is not None:
+            self.stop_listening()
             self.closed = True
-            if self.kernel.fd is not None:
-                self.loop.remove_reader(self.kernel.fileno())
+            if self.read_handle is not None:
+                self.read_handle.cancel()
+                self.read_handle = None
             self.kernel.close()
