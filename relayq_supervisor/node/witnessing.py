@@ -27,14 +27,14 @@ log = logging.getLogger(__package__)     # "relayq_supervisor.node": its lines r
 # kernel's trace_poll passes it on, but ring_buffer_poll_wait ignores it for trace_pipe, a
 # reader of all CPUs: "full only makes sense on per cpu reads"; tried on 6.18: one exec
 # woke a poller at buffer_percent 50). So the loop batches by itself: the first event after
-# a quiet spell wakes it, the pipe is read TRACE_COALESCE_S later (a process' fork, exec
-# and exit in one read, and any exec'd meanwhile that exited needs no /proc read), and
-# while events keep coming it is read every TRACE_COALESCE_S, without listening, until a
-# read finds the traffic has stopped. Nothing happens: no wake-up at all. The delay is
-# also how long an exec'd program may live and still have its command line read (a script
-# that ran 50 ms is named with its argv). Exits, tap stops and whois questions read the
-# pipe up to now themselves (catch_up*, read_soon, KernelWitness.client_of...).
-TRACE_COALESCE_S = 0.05
+# a quiet spell wakes it, the pipe is read `[supervisor] kernel_trace_read_delay` later
+# (0.05 s: a process' fork, exec and exit in one read, and any exec'd meanwhile that has
+# exited needs no /proc read), and while events keep coming it is read once a delay,
+# without listening, until a read finds they have stopped. Nothing happens: no wake-up at
+# all. The delay is also how long an exec'd program must live to be named with its argv,
+# uid and unit (a check script that ran 50 ms is); a longer one costs fewer wake-ups on a
+# node that execs all the time (BENCHMARKS.md: idle cost). Exits, tap stops and whois
+# questions read the pipe up to now themselves (catch_up*, read_soon, KernelWitness.client_of).
 
 
 class TracedClients:
@@ -73,6 +73,7 @@ class Witnessing:
         self.tapped: set[int] = set()       # pids the signal tap seized (traced(pid))
         self.closed = False                 # no fd may be registered again
         self.read_asked = False             # read_soon() scheduled a read
+        self.read_delay = spec.kernel_trace_read_delay
         self.listening = False              # the trace pipe's fd is on the loop
         self.read_handle: asyncio.TimerHandle | None = None     # the next read, when scheduled
 
@@ -120,14 +121,14 @@ class Witnessing:
             self.audit("kernel_witness_unavailable", reason=w.unavailable)
 
     def on_kernel_trace_ready(self) -> None:
-        """The first event after a quiet spell: stop listening, read in TRACE_COALESCE_S."""
+        """The first event after a quiet spell: stop listening, read after `read_delay`."""
         self.stop_listening()
-        self.schedule_read(TRACE_COALESCE_S)
+        self.schedule_read(self.read_delay)
 
     def on_kernel_trace(self) -> None:
         """Read the trace pipe (a bounded stretch: a backlog is read on in the next loop
         pass, after what else is ready there, a status request, an exit), then: read again
-        in TRACE_COALESCE_S while events keep coming (its newest line is recent), else wait
+        after `read_delay` while events keep coming (its newest line is recent), else wait
         for the next event."""
         w = self.kernel
         assert w is not None
@@ -144,8 +145,8 @@ class Witnessing:
             return
         if more:
             self.schedule_read(0)
-        elif w.read_ts > time.clock_gettime(time.CLOCK_BOOTTIME) - TRACE_COALESCE_S / 2:
-            self.schedule_read(TRACE_COALESCE_S)    # still flowing: one wake-up a period
+        elif w.read_ts > time.clock_gettime(time.CLOCK_BOOTTIME) - self.read_delay / 2:
+            self.schedule_read(self.read_delay)    # still flowing: one wake-up a period
         else:
             self.listen_to_kernel_trace()
 
