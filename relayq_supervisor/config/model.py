@@ -140,6 +140,9 @@ class SupervisorSpec:
     signal_tap: bool = True
     # the kernel witness (tracefs): "auto" where the kernel allows, "true" required, "false" off
     kernel_trace: str = "auto"
+    # how long after the first trace event of a burst the witness reads (node/witnessing.py):
+    # an exec'd program that lives longer is named with its argv, uid and unit
+    kernel_trace_read_delay: float = 0.05
     doctor_root: str = "/"          # the file system whose units/cron the rival checks read
     metrics_listen: ListenAddress | None = None     # GET /metrics; None = off
     cgroups: bool = True            # each program run in a cgroup of its own where we may make one

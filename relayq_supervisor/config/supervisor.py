@@ -20,11 +20,12 @@ _SUPERVISOR_KEYS: dict[str, type | tuple[type, ...]] = {
     "control_group": str, "audit_ignore": list, "log_max_bytes": int, "log_backups": int,
     "audit_max_bytes": int, "audit_backups": int, "health_interval": (int, float),
     "signal_tap": bool, "kernel_trace": (str, bool), "doctor_root": str, "metrics_listen": str,
-    "cgroups": bool,
+    "cgroups": bool, "kernel_trace_read_delay": (int, float),
     "log_target": str,
 }
 
 LOG_TARGETS = ("auto", "journal", "stderr")
+READ_DELAY_RANGE = (0.01, 1.0)      # kernel_trace_read_delay, seconds
 
 
 def _given(table: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -93,6 +94,11 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
     if sup.get("health_interval", 1) < 0.1:
         # a health check (ACL LOG round trip) more often than this only burns CPU
         raise loc.error(("supervisor", "health_interval"), "'health_interval' must be at least 0.1 (seconds)")
+    delay = sup.get("kernel_trace_read_delay", 0.05)
+    if not READ_DELAY_RANGE[0] <= delay <= READ_DELAY_RANGE[1]:
+        raise loc.error(("supervisor", "kernel_trace_read_delay"),
+                        f"'kernel_trace_read_delay' must be between {READ_DELAY_RANGE[0]:g} and "
+                        f"{READ_DELAY_RANGE[1]:g} (seconds), not {delay!r}")
     supervisor = SupervisorSpec(
         run_dir=run_dir, log_dir=log_dir,
         audit_log=_resolve(base, sup.get("audit_log", os.path.join(log_dir, "audit.jsonl"))),
@@ -104,6 +110,7 @@ def _parse_supervisor(loc: _Locator, sup: dict, base: Path) -> SupervisorSpec:
                  ("health_interval",)),
         signal_tap=sup.get("signal_tap", True),
         kernel_trace=_kernel_trace(loc, sup.get("kernel_trace", KERNEL_TRACE_AUTO)),
+        kernel_trace_read_delay=float(delay),
         doctor_root=_resolve(base, sup.get("doctor_root", "/")),
         metrics_listen=metrics_listen,
         cgroups=sup.get("cgroups", True),

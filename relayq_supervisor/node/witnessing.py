@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,9 +23,18 @@ from relayq_supervisor.witness.tracefs import READ_BUDGET_S, KernelWitness
 
 log = logging.getLogger(__package__)     # "relayq_supervisor.node": its lines read "node: ..." as before the split
 
-# at most 20 trace reads a second on a busy node; a lone event waits this long, and an exit
-# reads at most this much backlog before its restart (~0.6 ms of parsing at 1000 execs/s)
-TRACE_READ_PAUSE_S = 0.05
+# The trace pipe wakes its poller at the first event whatever `buffer_percent` says (the
+# kernel's trace_poll passes it on, but ring_buffer_poll_wait ignores it for trace_pipe, a
+# reader of all CPUs: "full only makes sense on per cpu reads"; tried on 6.18: one exec
+# woke a poller at buffer_percent 50). So the loop batches by itself: the first event after
+# a quiet spell wakes it, the pipe is read `[supervisor] kernel_trace_read_delay` later
+# (0.05 s: a process' fork, exec and exit in one read, and any exec'd meanwhile that has
+# exited needs no /proc read), and while events keep coming it is read once a delay,
+# without listening, until a read finds they have stopped. Nothing happens: no wake-up at
+# all. The delay is also how long an exec'd program must live to be named with its argv,
+# uid and unit (a check script that ran 50 ms is); a longer one costs fewer wake-ups on a
+# node that execs all the time (BENCHMARKS.md: idle cost). Exits, tap stops and whois
+# questions read the pipe up to now themselves (catch_up*, read_soon, KernelWitness.client_of).
 
 
 class TracedClients:
@@ -63,6 +73,9 @@ class Witnessing:
         self.tapped: set[int] = set()       # pids the signal tap seized (traced(pid))
         self.closed = False                 # no fd may be registered again
         self.read_asked = False             # read_soon() scheduled a read
+        self.read_delay = spec.kernel_trace_read_delay
+        self.listening = False              # the trace pipe's fd is on the loop
+        self.read_handle: asyncio.TimerHandle | None = None     # the next read, when scheduled
 
     @property
     def tap_active(self) -> bool:
@@ -107,35 +120,57 @@ class Witnessing:
             log.warning("kernel trace: %s (signals are attributed by the tap alone)", w.state)
             self.audit("kernel_witness_unavailable", reason=w.unavailable)
 
+    def on_kernel_trace_ready(self) -> None:
+        """The first event after a quiet spell: stop listening, read after `read_delay`."""
+        self.stop_listening()
+        self.schedule_read(self.read_delay)
+
     def on_kernel_trace(self) -> None:
-        """The trace pipe is readable: read it, then stop listening for a moment so that a
-        busy node's events are read in batches, not one wake-up per fork (exits do not wait
-        for this: reap() drains the pipe first). A backlog is read on in the next loop pass,
-        after what else is ready there (a status request, an exit), not in one long stretch."""
+        """Read the trace pipe (a bounded stretch: a backlog is read on in the next loop
+        pass, after what else is ready there, a status request, an exit), then: read again
+        after `read_delay` while events keep coming (its newest line is recent), else wait
+        for the next event."""
         w = self.kernel
         assert w is not None
+        self.read_handle = None
         self.read_asked = False
+        self.stop_listening()
         more = w.drain(budget_s=READ_BUDGET_S)
         self.attribution.trace_read()
-        if w.fd is None:
+        if w.fd is None or self.closed:
             return
-        self.loop.remove_reader(w.fileno())
         if w.unavailable:       # a read failed: say so in status
             w.close()
             self.audit("kernel_witness_unavailable", reason=w.unavailable)
             return
-        self.loop.call_later(0 if more else TRACE_READ_PAUSE_S, self.listen_to_kernel_trace)
+        if more:
+            self.schedule_read(0)
+        elif w.read_ts > time.clock_gettime(time.CLOCK_BOOTTIME) - self.read_delay / 2:
+            self.schedule_read(self.read_delay)    # still flowing: one wake-up a period
+        else:
+            self.listen_to_kernel_trace()
+
+    def schedule_read(self, delay: float) -> None:
+        if self.read_handle is not None:
+            self.read_handle.cancel()
+        self.read_handle = self.loop.call_later(delay, self.on_kernel_trace)
 
     def read_soon(self) -> None:
-        """The trace's next read on the next loop pass, not after the reader's pause."""
+        """The trace's next read on the next loop pass, not after the coalescing delay."""
         if not self.read_asked:
             self.read_asked = True
-            self.loop.call_soon(self.on_kernel_trace)
+            self.schedule_read(0)
 
     def listen_to_kernel_trace(self) -> None:
         w = self.kernel
-        if w is not None and w.fd is not None and not self.closed:
-            self.loop.add_reader(w.fileno(), self.on_kernel_trace)
+        if w is not None and w.fd is not None and not self.closed and not self.listening:
+            self.loop.add_reader(w.fileno(), self.on_kernel_trace_ready)
+            self.listening = True
+
+    def stop_listening(self) -> None:
+        if self.listening and self.kernel is not None and self.kernel.fd is not None:
+            self.loop.remove_reader(self.kernel.fileno())
+        self.listening = False
 
     def catch_up(self) -> None:
         """Read the trace's backlog now (before an exit is handled: its signal came first)."""
@@ -223,7 +258,9 @@ class Witnessing:
 
     def close(self) -> None:
         if self.kernel is not None:
+            self.stop_listening()
             self.closed = True
-            if self.kernel.fd is not None:
-                self.loop.remove_reader(self.kernel.fileno())
+            if self.read_handle is not None:
+                self.read_handle.cancel()
+                self.read_handle = None
             self.kernel.close()

@@ -66,6 +66,7 @@ class ProcessHistory:
         self.last_prune = 0.0
         self.to_capture: list[ProcessRecord] = []     # exec'd since the last capture_execs()
         self.captures = 0           # /proc reads made, ever (stats)
+        self.execs = 0              # exec events seen, ever (stats: the node's exec rate)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -87,6 +88,7 @@ class ProcessHistory:
         r = self.records.get(pid)
         if r is None:                       # forked before the trace started
             r = self.records[pid] = ProcessRecord(pid=pid, ppid=None, comm=comm or "", start=None)
+        self.execs += 1
         r.filename = filename
         # the kernel names an exec'd process after its file (first 15 bytes of its basename)
         r.comm = comm if comm and comm != "<...>" else filename.rpartition("/")[2][:15]

@@ -85,6 +85,7 @@ class KernelWitness(TraceInstance):
         # printed them -> [count, first's ts, its task, the sender's record then] (feed())
         self.merges: dict[tuple[str, int, str, str], list[Any]] = {}
         self.lines = 0
+        self.reads = 0                  # drains that found something (stats: wake-ups that read)
         self.read_ts = 0.0              # the last line's time (trace clock: boot)
         self.caught_up_to = 0.0         # boot clock when the last drain that emptied the pipe began
         self.signals = 0
@@ -207,7 +208,7 @@ class KernelWitness(TraceInstance):
         exit's restart must not wait for them."""
         if self.fd is None:
             return False
-        more = False
+        more = got = False
         began = time.clock_gettime(time.CLOCK_BOOTTIME)
         deadline = time.monotonic() + budget_s if budget_s is not None else None
         for _ in range(reads):
@@ -223,6 +224,9 @@ class KernelWitness(TraceInstance):
                 return False
             if not data:
                 break
+            if not got:
+                got = True
+                self.reads += 1
             self.feed(data, flush=False)
             if deadline is not None and time.monotonic() > deadline:
                 more = True
@@ -405,7 +409,7 @@ class KernelWitness(TraceInstance):
     def stats(self) -> dict[str, Any]:
         return {"state": self.state, "instance": self.instance, "processes_known": len(self.history),
                 "buffer_kb": self.buffer_kb * (os.cpu_count() or 1),
-                "exec_captures": self.history.captures,
+                "execs": self.history.execs, "exec_captures": self.history.captures, "reads": self.reads,
                 "lines": self.lines, "signals": self.signals, "lost": self.namer.lost,
                 "clients_known": len(self.clients), "client_connects": self.clients.connects,
                 "client_closes": self.clients.closes, "clients_unnamed": self.clients.unclaimed,

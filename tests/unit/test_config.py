@@ -78,8 +78,8 @@ def test_invalid_toml_at_end_of_document_has_no_line():
 def test_unknown_key_lists_the_known_ones():
     assert error("[supervisor]\nrun_dir = 'r'\nbogus = 1\n") == (
         f"{PATH}:3: unknown key 'bogus' (known keys: audit_backups, audit_ignore, audit_log, audit_max_bytes, "
-        "cgroups, control_group, control_socket, doctor_root, health_interval, kernel_trace, log_backups, log_dir, "
-        "log_max_bytes, log_target, metrics_listen, run_dir, signal_tap)")
+        "cgroups, control_group, control_socket, doctor_root, health_interval, kernel_trace, "
+        "kernel_trace_read_delay, log_backups, log_dir, log_max_bytes, log_target, metrics_listen, run_dir, signal_tap)")
 
 
 def test_numprocs_of_the_wrong_type():
@@ -183,7 +183,8 @@ def test_programs_in_an_inline_array_are_located_on_its_line():
 @pytest.mark.parametrize("text, line, key, known", [
     ("[supervisor]\nrunDir = 'x'\n" + PROGRAM, 2, "runDir",
      "audit_backups, audit_ignore, audit_log, audit_max_bytes, cgroups, control_group, control_socket, doctor_root, "
-     "health_interval, kernel_trace, log_backups, log_dir, log_max_bytes, log_target, metrics_listen, run_dir, signal_tap"),
+     "health_interval, kernel_trace, kernel_trace_read_delay, log_backups, log_dir, log_max_bytes, log_target, "
+     "metrics_listen, run_dir, signal_tap"),
     (PROGRAM + "nmprocs = 2\n", 4, "nmprocs",
      "autostart, command, depends_on, directory, environment, group, limits, log, max_rss, max_rss_interval, name, nice, "
      "no_new_privileges, numprocs, protect, ready_after, restart, stop_signal, stop_timeout, "
@@ -893,7 +894,7 @@ def test_supervisor_section_of_a_file_without_one(tmp_path):
     ("[supervisor]\nrun_dir = 'r'\nhealth_interval = 0\n", "{path}:3: 'health_interval' must be positive"),
     ("[supervisor]\nbogus = 1\n", "{path}:2: unknown key 'bogus' (known keys: audit_backups, audit_ignore, "
      "audit_log, audit_max_bytes, cgroups, control_group, control_socket, doctor_root, health_interval, kernel_trace, "
-     "log_backups, log_dir, log_max_bytes, log_target, metrics_listen, run_dir, signal_tap)"),
+     "kernel_trace_read_delay, log_backups, log_dir, log_max_bytes, log_target, metrics_listen, run_dir, signal_tap)"),
     ("supervisor = 'here'\n", "{path}: supervisor: must be a table"),
 ])
 def test_supervisor_section_errors(tmp_path, text, message):
