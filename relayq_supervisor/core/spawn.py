@@ -50,8 +50,9 @@ import signal
 import stat
 import struct
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import NoReturn
 
 from relayq_supervisor.linux import clone
 from relayq_supervisor.linux import posix_spawn as libc_spawn
@@ -269,30 +270,40 @@ def _spawn_cloned(shell: str, argv: list[str], env: dict[str, str], cwd: str, ou
             os.close(fd)
         return None
     if pid == 0:    # child: one thread, a copy of ours; plain syscalls, then the gate's exec
-        try:
-            os.setsid()
-            for sig in reset:
-                signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
-            os.dup2(devnull, 0)
-            os.dup2(output_fd, 1)
-            os.dup2(output_fd, 2)
+        def to_gate() -> None:
             os.dup2(gate_r, 3)
             os.set_inheritable(3, True)     # dup2 onto itself would keep close-on-exec
             os.chdir(cwd)
             os.closerange(4, result_w)      # all but the result pipe, itself close-on-exec
             os.closerange(result_w + 1, os.sysconf("SC_OPEN_MAX"))
             os.execve(shell, gate_argv, env)
-        except OSError as e:
-            os.write(result_w, struct.pack("i", e.errno or 0))
-        except BaseException:   # noqa: BLE001 - nothing may return into the parent's Python
-            os.write(result_w, struct.pack("i", 0))
-        finally:
-            os._exit(127)
+        _child(reset, devnull, output_fd, result_w, to_gate)
     os.close(gate_r)
     os.close(result_w)
     os.close(devnull)
     return _release(pid, gate_w, before_exec, result_r, via="clone", born_in_group=True)
+
+
+def _child(reset: Iterable[int], devnull: int, output_fd: int, result_w: int, then: Callable[[], None]) -> NoReturn:
+    """A forked child's start, whichever fork made it: a session of its own, signals at their
+    defaults and unblocked, stdin /dev/null, stdout and stderr the output; then `then`, which
+    execs. A failure is written to the result pipe (its errno, or 0) and the child exits 127:
+    nothing may return into the parent's Python."""
+    try:
+        os.setsid()
+        for sig in reset:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        os.dup2(devnull, 0)
+        os.dup2(output_fd, 1)
+        os.dup2(output_fd, 2)
+        then()
+    except OSError as e:
+        os.write(result_w, struct.pack("i", e.errno or 0))
+    except BaseException:   # noqa: BLE001
+        os.write(result_w, struct.pack("i", 0))
+    finally:
+        os._exit(127)
 
 
 def _release(pid: int, gate_w: int, before_exec: Callable[[int], None] | None, result: int, via: str,
@@ -331,14 +342,7 @@ def _spawn_forked(argv: list[str], env: dict[str, str], cwd: str, output_fd: int
     cloned = _clone_into(cgroup_fd) if cgroup_fd is not None else None
     pid = cloned if cloned is not None else os.fork()
     if pid == 0:  # child: only plain syscalls from here to exec
-        try:
-            os.setsid()
-            for sig in _RESET_TO_DEFAULT:
-                signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
-            os.dup2(devnull, 0)
-            os.dup2(output_fd, 1)
-            os.dup2(output_fd, 2)
+        def at_gate_then_exec() -> None:
             os.chdir(cwd)
             os.close(gate_w)
             if os.read(gate_r, 1) != b"\n":
@@ -348,12 +352,7 @@ def _spawn_forked(argv: list[str], env: dict[str, str], cwd: str, output_fd: int
             os.closerange(3, result_w)      # all but the result pipe, itself close-on-exec
             os.closerange(result_w + 1, os.sysconf("SC_OPEN_MAX"))
             os.execvpe(argv[0], argv, env)
-        except OSError as e:
-            os.write(result_w, struct.pack("i", e.errno or 0))
-        except BaseException:   # noqa: BLE001 - nothing may return into the parent's Python
-            os.write(result_w, struct.pack("i", 0))
-        finally:
-            os._exit(127)
+        _child(_RESET_TO_DEFAULT, devnull, output_fd, result_w, at_gate_then_exec)
     os.close(gate_r)
     os.close(result_w)
     os.close(devnull)
