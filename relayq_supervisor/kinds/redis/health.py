@@ -13,7 +13,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relayq_supervisor.background import start_task
 from relayq_supervisor.kinds.redis.acl_log import AclLogReader, Denial
@@ -24,8 +24,14 @@ from relayq_supervisor.witness.socket_holder import ScanStats, canonical_ip, liv
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
+    from relayq_supervisor.config.model import RedisSpec
     from relayq_supervisor.kinds import Cancellable, KindContext, Program, RemoteClients
-    from relayq_supervisor.kinds.redis.kind import RedisKind
+
+
+class RedisKind(Protocol):
+    """What the health check needs of kind.RedisKind."""
+    redis: RedisSpec
+    def client(self, timeout: float | None = None) -> aioredis.Redis: ...
 
 log = logging.getLogger(__name__)
 

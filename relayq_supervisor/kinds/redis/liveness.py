@@ -13,15 +13,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis.exceptions
 
 from relayq_supervisor.background import start_task
 
 if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
     from relayq_supervisor.kinds import KindContext, Program
-    from relayq_supervisor.kinds.redis.kind import RedisKind
+
+
+class RedisKind(Protocol):
+    """What the pinger needs of kind.RedisKind."""
+    def client(self, timeout: float | None = None) -> aioredis.Redis: ...
+    def major_version(self) -> int: ...
 
 log = logging.getLogger(__name__)
 
