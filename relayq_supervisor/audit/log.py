@@ -37,23 +37,6 @@ from typing import Any
 from relayq_supervisor.audit.held import HeldEvents, Outage
 from relayq_supervisor.linux.files import FileIdentity, rotate_by_rename
 
-EVENT_KINDS = frozenset(
-    {
-        "signal",
-        "exit",
-        "redis_denied",
-        "spawn",
-        "backoff",
-        "gave_up",
-        "tap_unavailable",
-        "lock_conflict",
-        "tamper",
-        "rival_manager",
-        "operator",
-        "audit_gap",
-        "redis_dir_given",      # Redis' data dir (or what was left in it) given to Redis' user
-    }
-)
 FILE_MODE = 0o640
 MAX_PENDING = 1000
 MAX_HELD_BYTES = 1024 * 1024
