@@ -12,7 +12,7 @@ refuses it at load (and `--check`) when it can know the environment, and a start
 meets one gives up with its name. The program to run (argv[0]) is never expanded, so the
 config check can find it.
 
-Imports nothing of ours: config/program.py (the check) and core/arbiter.py (the start) use it.
+Imports nothing of ours: config/program.py (the check) and core/launching.py (the start) use it.
 """
 from __future__ import annotations
 

@@ -182,7 +182,7 @@ def _dependency_order(loc, programs: list[ProgramSpec], wheres: list[tuple],
     return tuple(ordered)
 
 
-# What the supervisor adds to every child's environment (core/arbiter.environment), besides
+# What the supervisor adds to every child's environment (core/launching.environment), besides
 # its own environment and the program's `environment`.
 _GIVEN_TO_CHILDREN = ("RELAYQ_PROGRAM", "NOTIFY_SOCKET", "PATH")
 

@@ -4,7 +4,9 @@ rules, stop in order, apply a reload.
 
 It owns no fd and makes no syscall of its own: processes come from a Spawner, time
 from a Clock, readiness and argv from each program's kind, attribution from the
-witness. The real ones are wired up in node/; tests drive it with fakes.
+witness (the Protocols in core/collaborators.py). The real ones are wired up in node/;
+tests drive it with fakes. Its parts, decisions too: core/launching.py (a start's
+process), core/watching.py (the watchdog), core/stopping.py (the stop escalation).
 """
 from __future__ import annotations
 
@@ -12,73 +14,24 @@ import asyncio
 import dataclasses
 import logging
 import os
-import signal
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
-from relayq_supervisor.command_vars import UndefinedVariable, expand_command
 from relayq_supervisor.config.model import Config, ProgramSpec
-from relayq_supervisor.core import policy
+from relayq_supervisor.core import launching, policy
+from relayq_supervisor.core.collaborators import Audit, Clock, Probe, Spawner, Witness
 from relayq_supervisor.core.graph import Graph
+from relayq_supervisor.core.launching import Launch
 from relayq_supervisor.core.program import ChildHandle, ExitInfo, Program
 from relayq_supervisor.core.reload import Changes
 from relayq_supervisor.core.states import ENDED, State
-from relayq_supervisor.core.watchdog import Watchdog
-from relayq_supervisor.kinds import Cancellable, ProgramKind, StopCalls
+from relayq_supervisor.core.stopping import Stopping
+from relayq_supervisor.core.watching import Watching
+from relayq_supervisor.kinds import ProgramKind
 from relayq_supervisor.linux.siginfo import signal_name
 from relayq_supervisor.witness.attribution import attribute_exit
 
-# How often a program with max_rss has its process group's RSS read.
-
 log = logging.getLogger(__name__)
-
-
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-
-    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Cancellable: ...
-
-
-class Spawner(Protocol):
-    def spawn(self, p: Program, argv: list[str], env: dict[str, str]) -> ChildHandle:
-        """Start p's process (OSError if it cannot); its output goes where p.spec says."""
-        ...
-
-    def release(self, p: Program) -> None:
-        """p is gone for good (removed, or the supervisor exits): close its output."""
-        ...
-
-
-class Witness(Protocol):
-    def traced(self, pid: int) -> bool:
-        """Does the signal tap stop at this process' signals (so a SIGKILL is one it missed)?"""
-        ...
-
-    def record(self, p: Program | None, pid: int, signo: int, **fields: Any) -> dict[str, Any]: ...
-
-    def catch_up(self) -> None:
-        """Read what the witnesses learnt but have not delivered yet (the kernel trace's
-        backlog): before an exit is judged, the signal that caused it is known."""
-        ...
-
-
-class Audit(Protocol):
-    def __call__(self, kind: str, **fields: Any) -> dict[str, Any]: ...
-
-
-class Probe(Protocol):
-    """What the watchdog reads of a live process (witness/evidence.py)."""
-
-    def rss(self, pgid: int, members: list[int] | None = None) -> int | None: ...
-
-    def evidence(self, pid: int) -> dict[str, Any]: ...
-
-
-class Launch(NamedTuple):
-    """A start's outcome: its process, or why it could not start (the program goes FATAL)."""
-    argv: list[str]
-    proc: ChildHandle | None = None
-    refusal: str | None = None
 
 
 class _NoCheck:
@@ -87,11 +40,6 @@ class _NoCheck:
 
 
 _NO_CHECK = _NoCheck()
-
-
-def evidence_summary(evidence: dict[str, Any]) -> str:
-    parts = [f"{k} {evidence[k]}" for k in ("state", "wchan") if evidence.get(k) not in (None, "", "0")]
-    return ", ".join(parts)
 
 
 class Arbiter:
@@ -106,7 +54,9 @@ class Arbiter:
         self.audit = audit
         self.witness = witness
         self.base_env = base_env        # the supervisor's environment as children get it
-        self.probe = probe
+        self.stops = Stopping(self.kind_of, clock=clock, audit=audit, witness=witness)
+        self.watchdogs = Watching(self.kind_of, clock=clock, audit=audit, witness=witness, probe=probe,
+                                  send=self.stops.send)
         self.on_change = on_change
         # whether a dependency on another node (config.remote_dependencies) is met now
         self.remote_ready = remote_ready or (lambda name: False)
@@ -118,6 +68,9 @@ class Arbiter:
         self.graph: Graph[Program] = Graph(config.programs, (self.new_program(spec, name)
                                                              for spec in config.programs
                                                              for name in spec.instance_names()))
+
+    def kind_of(self, p: Program) -> ProgramKind:
+        return self.kinds[p.base]
 
     def new_program(self, spec: ProgramSpec, name: str) -> Program:
         return Program(spec, name, clock=self.clock.monotonic, on_change=self.changed)
@@ -168,38 +121,12 @@ class Arbiter:
         return p.state == State.STOPPED and any(name in self.config.remote_dependencies and not self.remote_ready(name)
                                                 for name in p.spec.depends_on)
 
-    def environment(self, p: Program) -> dict[str, str]:
-        env = dict(self.base_env)
-        for kind in self.kinds.values():
-            env.update(kind.environment())
-        env["RELAYQ_PROGRAM"] = p.name
-        priv = p.spec.privileges
-        if priv.user is not None:       # as login(1) and systemd's User= set them
-            env.update(HOME=priv.home, USER=priv.user, LOGNAME=priv.user, SHELL=priv.shell)
-        if p.spec.watchdog_sec > 0:     # as systemd does, so sd_notify libraries ping on their own
-            env["WATCHDOG_USEC"] = str(int(p.spec.watchdog_sec * 1e6))
-        env.update(dict(p.spec.environment))
-        return env
-
     def launch(self, p: Program) -> Launch:
         """Make p's process (no state change, no audit: start() records it)."""
-        kind = self.kinds[p.base]
-        refusal = kind.preflight()
-        if refusal:
-            return Launch([], refusal=refusal)
-        env = self.environment(p)
-        argv = kind.argv(p)
-        if p.spec.redis is None:        # `command` as written: its $VAR and ${VAR} (command_vars.py)
-            try:
-                argv = expand_command(argv, env)
-            except UndefinedVariable as e:
-                return Launch(argv, refusal=f"cannot start: its command uses {e}")
-        try:
-            proc = self.spawner.spawn(p, argv, env)
-        except OSError as e:
-            return Launch(argv, refusal=f"cannot start: {e.strerror or e}")
-        self.by_pid[proc.pid] = p
-        return Launch(argv, proc)
+        launch = launching.launch(p, self.kinds, self.spawner, self.base_env)
+        if launch.proc is not None:
+            self.by_pid[launch.proc.pid] = p
+        return launch
 
     def start(self, p: Program) -> None:
         """STOPPED/BACKOFF -> STARTING, on a process launched now or just before its
@@ -221,7 +148,7 @@ class Arbiter:
         if p.proc is not proc or p.state != State.STARTING:
             return
         p.ready(why)
-        self.arm_watchdog(p, proc)
+        self.watchdogs.arm(p, proc)
         self.reconcile(self.graph.dependents(p))
 
     def refuse_started(self, p: Program, proc: ChildHandle, why: str) -> None:
@@ -242,91 +169,16 @@ class Arbiter:
         proc = p.proc
         if fields.get("WATCHDOG") == "1" and p.spec.watchdog_sec > 0:
             if p.watchdog is None:          # a ping before READY arms it from that ping
-                self.arm_watchdog(p, proc)
-            self.sign_of_life(p, proc)
+                self.watchdogs.arm(p, proc)
+            self.watchdogs.sign_of_life(p, proc)
         if "WATCHDOG_USEC" in fields and p.watchdog is not None:
-            self.retime_watchdog(p, proc, fields["WATCHDOG_USEC"])
+            self.watchdogs.retime(p, proc, fields["WATCHDOG_USEC"])
         if fields.get("READY") == "1" and self.kinds[p.base].ready_by_notify:
             self.mark_running(p, proc, "sent READY=1")
         if "STATUS" in fields:
             p.set_notify_status(fields["STATUS"])
         if fields.get("WATCHDOG") == "trigger" and p.state in (State.STARTING, State.RUNNING) and not p.fired:
-            self.fire(p, proc, "watchdog: WATCHDOG=trigger from the program")
-
-    # --- the watchdog ------------------------------------------------------------------
-
-    def arm_watchdog(self, p: Program, proc: ChildHandle) -> None:
-        """From READY (or a first ping): silence over watchdog_sec, or RSS over max_rss, fires."""
-        spec = p.spec
-        if not spec.watched or p.watchdog is not None:
-            return
-        kind = self.kinds[p.base]
-        p.arm_watchdog(Watchdog(spec.watchdog_sec, kind.sign_of_life, self.clock.monotonic()))
-        if spec.watchdog_sec > 0:
-            p.watch(self.clock.call_later(spec.watchdog_sec, self.check_watchdog, p, proc))
-            p.watch(kind.watch(p, lambda: self.sign_of_life(p, proc)))
-        if spec.max_rss > 0:
-            p.watch(self.clock.call_later(spec.max_rss_interval, self.check_rss, p, proc))
-
-    def sign_of_life(self, p: Program, proc: ChildHandle) -> None:
-        if p.proc is proc and p.watchdog is not None:
-            p.watchdog.fed(self.clock.monotonic())
-
-    def retime_watchdog(self, p: Program, proc: ChildHandle, usec: str) -> None:
-        """WATCHDOG_USEC= from the program: its own new timeout, as under systemd."""
-        try:
-            timeout = int(usec) / 1e6
-        except ValueError:
-            log.warning("%s: ignoring WATCHDOG_USEC=%r (not a number)", p.name, usec[:40])
-            return
-        if p.watchdog is not None and timeout > 0:
-            p.watchdog.timeout = timeout
-            p.watch(self.clock.call_later(max(0.0, p.watchdog.due_at() - self.clock.monotonic()),
-                                          self.check_watchdog, p, proc))
-
-    def check_watchdog(self, p: Program, proc: ChildHandle) -> None:
-        """At the due time: fire if still silent, else come back at the new due time (pings
-        only move a number, so the timer is re-armed here, once per due time)."""
-        if p.proc is not proc or p.watchdog is None or p.fired:
-            return
-        now = self.clock.monotonic()
-        cause = p.watchdog.overdue(now)
-        if cause:
-            self.fire(p, proc, cause)
-        else:
-            p.watch(self.clock.call_later(p.watchdog.due_at() - now, self.check_watchdog, p, proc))
-
-    def check_rss(self, p: Program, proc: ChildHandle) -> None:
-        if p.proc is not proc or p.watchdog is None or p.fired or self.probe is None:
-            return
-        rss = self.probe.rss(proc.pid, proc.members())
-        cause = p.watchdog.rss_reading(rss, p.spec.max_rss) if rss is not None else None
-        if cause:
-            self.fire(p, proc, cause)
-        else:
-            p.watch(self.clock.call_later(p.spec.max_rss_interval, self.check_rss, p, proc))
-
-    def fire(self, p: Program, proc: ChildHandle, cause: str) -> None:
-        """Keep the evidence, then watchdog_signal; SIGKILL after stop_timeout; the exit
-        restarts it under its policy, counted as a failure."""
-        evidence = self.probe.evidence(proc.pid) if self.probe is not None else {}
-        summary = evidence_summary(evidence)
-        if summary:
-            cause = f"{cause} ({summary})"
-        event = self.audit("watchdog", program=p.name, pid=proc.pid, cause=cause, evidence=evidence,
-                           signal=signal_name(p.spec.watchdog_signal))
-        p.remember(event)
-        log.warning("%s: %s: %s to pid %d", p.name, cause, signal_name(p.spec.watchdog_signal), proc.pid)
-        p.watchdog_fired(cause, self.clock.call_later(p.spec.stop_timeout, self.watchdog_kill, p, proc))
-        self.send(p, p.spec.watchdog_signal, cause)
-
-    def watchdog_kill(self, p: Program, proc: ChildHandle) -> None:
-        if p.proc is not proc or p.state == State.STOPPING:
-            return
-        log.warning("%s: still alive %gs after its watchdog signal: SIGKILL to process group %d", p.name,
-                    p.spec.stop_timeout, proc.pid)
-        self.witness.record(p, proc.pid, signal.SIGKILL, action="delivered", reason="watchdog-kill")
-        proc.kill_group()
+            self.watchdogs.fire(p, proc, "watchdog: WATCHDOG=trigger from the program")
 
     # --- exits and restarts ------------------------------------------------------------
 
@@ -336,7 +188,7 @@ class Arbiter:
         self.by_pid[proc.pid] = p
         p.started(proc, _NO_CHECK, why)
         p.ready(why)
-        self.arm_watchdog(p, proc)
+        self.watchdogs.arm(p, proc)
 
     def child_exited(self, pid: int, status: int | None) -> bool:
         """A reaped process (status None: an adopted one whose status we cannot see):
@@ -453,81 +305,17 @@ class Arbiter:
                 p.stopped(reason)
             return
         if force:
-            self.kill(p, reason)
+            self.stops.kill(p, reason)
         elif p.state != State.STOPPING:
             self.begin_stop(p, reason)
         elif p.stop_refused is not None:
-            self.retry_stop(p, reason)
+            self.stops.retry(p, reason)
         proc = p.proc
         await self.wait_until(lambda: True if p.proc is not proc or (until_refused and p.stop_refused) else None)
 
     def begin_stop(self, p: Program, reason: str, *, save: bool = True) -> None:
-        """STARTING/RUNNING -> STOPPING: its kind asks it to exit (a signal, SHUTDOWN SAVE)."""
-        assert p.proc is not None
-        kind = self.kinds[p.base]
-        timer = self.clock.call_later(p.spec.stop_timeout, self.stop_timed_out, p, p.proc)
-        p.stopping(reason, kind.stop_method(save), timer)
-        p.stop_began(kind.begin_stop(p, self.stop_calls(p, p.proc, reason, save)))
-
-    def stop_calls(self, p: Program, proc: ChildHandle, reason: str, save: bool) -> StopCalls:
-        def signal_it(signo: int) -> None:
-            if p.proc is proc:
-                self.send(p, signo, reason)
-
-        def refused(cause: str) -> None:
-            if p.proc is proc and p.state == State.STOPPING:
-                self.stop_refused(p, cause)
-        return StopCalls(signal=signal_it, refused=refused, save=save)
-
-    def stop_refused(self, p: Program, cause: str) -> None:
-        """Its stop failed (the final save): never kill it for that; it keeps running until
-        the cause is fixed and the stop retried, or an operator forces it."""
-        self.audit("stop_refused", program=p.name, pid=p.pid, cause=cause)
-        p.cancel_timer()
-        p.stop_blocked(cause, f"stop refused, it keeps running: {cause}; fix that, then `relayqctl stop "
-                              f"{p.name}` tries again, or `relayqctl stop --force {p.name}` kills it without a save")
-
-    def retry_stop(self, p: Program, reason: str) -> None:
-        assert p.proc is not None
-        kind = self.kinds[p.base]
-        p.stop_retried(f"{reason}: {kind.stop_method(True)} to pid {p.pid} again")
-        p.set_timer(self.clock.call_later(p.spec.stop_timeout, self.stop_timed_out, p, p.proc))
-        p.stop_began(kind.begin_stop(p, self.stop_calls(p, p.proc, reason, True)))
-
-    def kill(self, p: Program, reason: str) -> None:
-        """SIGKILL to its process group now, without a save (`relayqctl stop --force`)."""
-        assert p.proc is not None
-        proc = p.proc
-        if p.state != State.STOPPING:
-            p.stopping(reason, "SIGKILL", None)
-        log.warning("%s: %s: SIGKILL to process group %d (no save)", p.name, reason, proc.pid)
-        self.witness.record(p, proc.pid, signal.SIGKILL, action="delivered", reason=reason)
-        p.stop_escalated(f"SIGKILL by {reason}")
-        proc.kill_group()
-
-    def send(self, p: Program, signo: int, reason: str) -> None:
-        assert p.proc is not None
-        delivered = p.proc.send_signal(signo)
-        self.witness.record(p, p.proc.pid, signo, action="delivered" if delivered else "not-delivered",
-                            reason=reason)
-
-    def stop_timed_out(self, p: Program, proc: ChildHandle) -> None:
-        if p.proc is not proc or p.state != State.STOPPING:
-            return
-        kind = self.kinds[p.base]
-        method = kind.stop_method(True)
-        if not kind.kill_on_stop_timeout:
-            # e.g. Redis writing a large dump: a SIGKILL would lose what it has not written yet
-            log.warning("%s: not exited %gs after %s; still waiting (`relayqctl stop --force %s` kills it "
-                        "without a save)", p.name, p.spec.stop_timeout, method, p.name)
-            self.audit("stop_slow", program=p.name, pid=proc.pid, waited_s=p.spec.stop_timeout, method=method)
-            p.timer = None
-            return
-        log.warning("%s: did not exit %gs after %s: SIGKILL to process group %d", p.name,
-                    p.spec.stop_timeout, method, proc.pid)
-        self.witness.record(p, proc.pid, signal.SIGKILL, action="delivered", reason="stop-timeout-kill")
-        p.stop_escalated(f"SIGKILL after stop_timeout {p.spec.stop_timeout:g}s")
-        proc.kill_group()      # not reaped yet: its pid (the group id) is still ours
+        """STARTING/RUNNING -> STOPPING (core/stopping.py: asked, then escalated)."""
+        self.stops.begin(p, reason, save=save)
 
     async def stop_in_order(self, targets: Iterable[Program], reason: str, *, force: bool = False,
                             until_refused: bool = False) -> None:

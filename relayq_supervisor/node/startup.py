@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from relayq_supervisor.config import Config
-from relayq_supervisor.core.arbiter import Arbiter, Audit
+from relayq_supervisor.core.arbiter import Arbiter
 from relayq_supervisor.core.children import AdoptedProcess
+from relayq_supervisor.core.collaborators import Audit
 from relayq_supervisor.core.containment import Containment
 from relayq_supervisor.core.graph import Graph
 from relayq_supervisor.core.locks import OwnerLocks, answer_rival, program_key, program_lock_path

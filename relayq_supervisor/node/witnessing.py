@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from relayq_supervisor.config import SupervisorSpec
-from relayq_supervisor.core.arbiter import Audit
+from relayq_supervisor.core.collaborators import Audit
 from relayq_supervisor.core.program import Program
 from relayq_supervisor.errors import StartupError
 from relayq_supervisor.linux.procfs import thread_group

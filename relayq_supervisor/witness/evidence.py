@@ -37,7 +37,7 @@ def _pids() -> list[int]:
 
 
 class Probe:
-    """Reads /proc for the arbiter (core.arbiter.Probe); remembers CPU time per pid so
+    """Reads /proc for the arbiter (core.collaborators.Probe); remembers CPU time per pid so
     evidence can say how much CPU the process used since the previous look."""
 
     def __init__(self) -> None:

@@ -1,6 +1,6 @@
 """In-process stand-ins for the arbiter's collaborators: a clock whose time moves only
 when a test says so, a spawner whose children are records, a witness that keeps what
-it was told. They implement the same Protocols as the real ones (core/arbiter.py)."""
+it was told. They implement the same Protocols as the real ones (core/collaborators.py)."""
 from __future__ import annotations
 
 import heapq
