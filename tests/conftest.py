@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import pwd
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -63,3 +65,17 @@ def open_tmp():
     os.chmod(path, 0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def made_user():
+    """A system user (and its group) of the test's own, removed after (once nothing runs as it)."""
+    name = f"rq-{secrets.token_hex(4)}"
+    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        removed = subprocess.run(["userdel", name], capture_output=True, text=True)
+        subprocess.run(["groupdel", name], capture_output=True)     # when USERGROUPS_ENAB did not take it
+        assert removed.returncode == 0, f"userdel {name}: {removed.stderr}"

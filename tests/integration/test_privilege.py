@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import secrets
 import signal
 import site
 import stat
@@ -71,18 +70,6 @@ def uid_of(pid: int) -> int:
     return int(proc_status(pid)["Uid"].split()[1])     # real, effective, saved, fs: the effective one
 
 
-@pytest.fixture
-def made_user():
-    """A system user (and its group) of the test's own, removed after (once nothing runs as it)."""
-    name = f"rq-{secrets.token_hex(4)}"
-    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        removed = subprocess.run(["userdel", name], capture_output=True, text=True)
-        subprocess.run(["groupdel", name], capture_output=True)     # when USERGROUPS_ENAB did not take it
-        assert removed.returncode == 0, f"userdel {name}: {removed.stderr}"
 
 
 @pytest.fixture

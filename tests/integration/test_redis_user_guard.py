@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import secrets
 import signal
 import subprocess
 import textwrap
@@ -116,18 +115,6 @@ def test_redis_user_can_neither_forge_nor_remove_the_data_dir_record(open_tmp, s
         first.log()
 
 
-@pytest.fixture
-def made_user():
-    """A system user (and its group) of the test's own, removed after (once nothing runs as it)."""
-    name = f"rq-{secrets.token_hex(4)}"
-    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        removed = subprocess.run(["userdel", name], capture_output=True, text=True)
-        subprocess.run(["groupdel", name], capture_output=True)
-        assert removed.returncode == 0, f"userdel {name}: {removed.stderr}"
 
 
 def owners(top: Path) -> set[int]:
